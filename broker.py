@@ -1,0 +1,173 @@
+"""The chat broker: a ROUTER inbox, a PUB feed, and a thin loop around ``ChatCore``.
+
+One thread, one poller, no locks (the zguide way).  Everything the broker
+decides is decided by ``chat.ChatCore``; this file only moves bytes and time.
+
+    python broker.py                       # tcp://*:5555 inbox, tcp://*:5556 feed
+    python broker.py --router ipc:///tmp/chat-in --pub ipc:///tmp/chat-feed
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+import zmq
+
+import messages as m
+from chat import ChatConfig, ChatCore, Output, Publish
+
+#: Most inbox messages handled per wake-up before timers get their turn, so a
+#: flood cannot starve heartbeats and session expiry.
+DRAIN_LIMIT = 10_000
+#: Per-subscriber feed queue.  At the mark PUB drops that subscriber's messages
+#: (never blocks, never slows the others); the subscriber sees a seq gap and
+#: fetches what it missed with ``history``.  ~1 MB at 100-byte events.
+FEED_HWM = 10_000
+#: Per-client reply queue.  At the mark, replies to that client are dropped
+#: (ROUTER_MANDATORY turns that into an error we count instead of a block).
+INBOX_HWM = 1_000
+#: Seconds the broker waits at exit to flush what it already queued.
+LINGER_MS = 1_000
+
+
+def bind_sockets(ctx: zmq.Context, router_ep: str, pub_ep: str, heartbeat: float) -> tuple[zmq.Socket, zmq.Socket]:
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable/full peers raise, so we drop and count
+    router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its session (same routing id)
+    router.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME_BYTES)  # oversized frames never reach Python
+    router.setsockopt(zmq.SNDHWM, INBOX_HWM)
+    router.setsockopt(zmq.RCVHWM, INBOX_HWM)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, FEED_HWM)
+    for sock in (router, pub):
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.IPV6, 1)  # "*" then binds both IPv4 and IPv6
+        # ZMTP heartbeats let libzmq free the pipes of peers that vanished without a FIN.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat * 3000))
+    router.bind(router_ep)
+    pub.bind(pub_ep)
+    return router, pub
+
+
+class Broker:
+    """Owns the sockets and the core; ``run`` is the whole event loop."""
+
+    def __init__(self, router: zmq.Socket, pub: zmq.Socket, core: ChatCore) -> None:
+        self.router = router
+        self.pub = pub
+        self.core = core
+        self.dropped_replies = 0
+
+    def dispatch(self, outputs: Iterable[Output]) -> None:
+        for out in outputs:
+            if type(out) is Publish:
+                self.pub.send_multipart(out)
+            else:
+                try:
+                    self.router.send_multipart(out, zmq.NOBLOCK)
+                except zmq.ZMQError:  # peer gone (EHOSTUNREACH) or its queue full (EAGAIN)
+                    self.dropped_replies += 1
+
+    def run(self) -> None:
+        """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        router, core, clock = self.router, self.core, time.time
+        self.dispatch(core.tick(clock()))
+        while True:
+            wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
+            if poller.poll(wait_ms):
+                for _ in range(DRAIN_LIMIT):  # drain: one poll per burst, not per message
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.dispatch(core.handle(frames[0], frames[1:], clock()))
+            now = clock()
+            if now >= core.next_heartbeat:
+                self.dispatch(core.tick(now))
+
+    def stop(self) -> None:
+        self.dispatch(self.core.shutdown(time.time()))
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chat-broker",
+        description="The chat broker: clients send to its inbox (ROUTER) and read its feed (PUB).",
+    )
+    parser.add_argument("--host", default="*", help="interface to bind both sockets on (default: * = all)")
+    parser.add_argument("--router", metavar="ENDPOINT",
+                        help=f"inbox endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})")
+    parser.add_argument("--pub", metavar="ENDPOINT",
+                        help=f"feed endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})")
+    defaults = ChatConfig()
+    parser.add_argument("--heartbeat", type=float, default=defaults.heartbeat, metavar="SECONDS",
+                        help="seconds between feed heartbeats; clients ping this often (default: %(default)s)")
+    parser.add_argument("--session-timeout", type=float, default=defaults.session_timeout, metavar="SECONDS",
+                        help="end a session silent this long, publishing its leave (default: %(default)s)")
+    parser.add_argument("--history", type=int, default=defaults.history_on_join, metavar="N",
+                        help="events of room history sent on join (default: %(default)s)")
+    parser.add_argument("--history-kept", type=int, default=defaults.history_kept, metavar="N",
+                        help="events kept per room for history requests (default: %(default)s)")
+    parser.add_argument("--rate-limit", type=float, default=defaults.rate_limit, metavar="MSGS_PER_S",
+                        help="requests per second per session, 0 = no limit (default: %(default)s)")
+    parser.add_argument("--rate-burst", type=float, default=defaults.rate_burst, metavar="N",
+                        help="requests a session may send at once before the rate applies (default: %(default)s)")
+    parser.add_argument("--max-rooms", type=int, default=defaults.max_rooms, metavar="N",
+                        help="rooms the broker creates in all (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    router_ep, pub_ep = m.endpoints(args.host, args.router, args.pub)
+    try:
+        config = ChatConfig(
+            heartbeat=args.heartbeat, session_timeout=args.session_timeout, history_on_join=args.history,
+            history_kept=args.history_kept, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+            max_rooms=args.max_rooms,
+        )
+    except ValueError as exc:
+        print(f"chat-broker: {exc}", file=sys.stderr)
+        return 2
+    ctx = zmq.Context()
+    try:
+        router, pub = bind_sockets(ctx, router_ep, pub_ep, config.heartbeat)
+    except zmq.ZMQError as exc:
+        print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
+        ctx.destroy(linger=0)
+        return 1
+    core = ChatCore(config, now=time.time())
+    broker = Broker(router, pub, core)
+    print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
+    print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
+    print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
+    print("Ctrl-C stops it.", flush=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        broker.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+        router.close()
+        pub.close()  # LINGER lets the shutdown event and queued replies go out
+        ctx.term()
+    print(f"chat broker stopped ({len(core.sessions)} sessions ended, {broker.dropped_replies} replies undeliverable)",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The chat logic: sessions, rooms, presence, history, liveness.  No sockets, no clock.
+
+``ChatCore`` is a sans-I/O state machine in the manner of h11: the broker feeds
+it what arrived (``handle``) and the passing of time (``tick``), and gets back
+what to send where, as ``Reply`` (to one peer, on the ROUTER) and ``Publish``
+(to a topic, on the PUB).  Time is always passed in, so tests drive it without
+sleeping, and any other front end (a web gateway, a test) can reuse the logic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import messages as m
+from messages import ErrorCode, ProtocolError
+
+
+class Reply(NamedTuple):
+    """Send ``payload`` to the peer with this ROUTER routing id."""
+
+    peer: bytes
+    payload: bytes
+
+
+class Publish(NamedTuple):
+    """Send ``payload`` on the feed under ``topic``."""
+
+    topic: bytes
+    payload: bytes
+
+
+Output = Reply | Publish
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """Tunables of the chat logic; the protocol's hard limits live in ``messages``."""
+
+    heartbeat: float = 1.0  # seconds between sys/ heartbeats; clients ping this often
+    session_timeout: float = 5.0  # a session silent this long is ended with reason "timeout"
+    history_on_join: int = 50  # events of history in a "joined" reply
+    history_kept: int = 1000  # events kept per room for "history" requests
+    max_rooms: int = 10_000  # rooms the broker will create in all; bounds memory
+    rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
+    rate_burst: float = 40.0  # bucket size: how many requests may come at once
+
+    def __post_init__(self) -> None:
+        if self.heartbeat <= 0 or self.session_timeout <= self.heartbeat:
+            raise ValueError("need 0 < heartbeat < session_timeout")
+        if not 0 <= self.history_on_join <= self.history_kept:
+            raise ValueError("need 0 <= history_on_join <= history_kept")
+        if self.rate_limit < 0 or (self.rate_limit and self.rate_burst < 1):
+            raise ValueError("need rate_limit >= 0 and rate_burst >= 1")
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    peer: bytes
+    user: str
+    rooms: dict[str, None]  # insertion-ordered set
+    last_seen: float
+    tokens: float
+    tokens_at: float
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    name: str
+    topic: bytes
+    history: deque[dict[str, Any]]
+    members: dict[str, str] = field(default_factory=dict)  # casefolded name -> name
+    seq: int = 0
+
+
+def new_epoch() -> str:
+    """A random id of this broker run; clients see it change when the broker restarts."""
+    return os.urandom(8).hex()
+
+
+class ChatCore:
+    """All chat state of one broker.  Not thread-safe by design: one loop owns it."""
+
+    def __init__(self, config: ChatConfig | None = None, epoch: str | None = None, now: float = 0.0) -> None:
+        self.config = config or ChatConfig()
+        self.epoch = epoch or new_epoch()
+        self.sessions: dict[bytes, Session] = {}  # by routing id
+        self.by_name: dict[str, Session] = {}  # by casefolded user name
+        self.rooms: dict[str, Room] = {}
+        self.next_heartbeat = now
+        self._handlers = {
+            "hello": self._hello,
+            "join": self._join,
+            "leave": self._leave,
+            "msg": self._msg,
+            "dm": self._dm,
+            "who": self._who,
+            "history": self._history,
+            "ping": self._ping,
+            "bye": self._bye,
+        }
+
+    # --- entry points ---------------------------------------------------------
+
+    def handle(self, peer: bytes, frames: list[bytes], now: float) -> list[Output]:
+        """One inbox message from ``peer``; returns what to send.  Never raises on bad input."""
+        out: list[Output] = []
+        try:
+            request = m.parse_request(frames)
+            kind = request["type"]
+            session = self.sessions.get(peer)
+            if session is not None:
+                session.last_seen = now
+                if kind not in ("ping", "bye") and not self._take_token(session, now):
+                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests; slow down", request.get("id"))
+            elif kind not in m.SESSIONLESS:
+                raise ProtocolError(ErrorCode.NO_SESSION, "say hello first", request.get("id"))
+            self._handlers[kind](peer, session, request, now, out)
+        except ProtocolError as exc:
+            out.append(Reply(peer, m.encode(exc.envelope())))
+        return out
+
+    def tick(self, now: float) -> list[Output]:
+        """Time passed: end silent sessions, publish the heartbeat when it is due."""
+        out: list[Output] = []
+        deadline = now - self.config.session_timeout
+        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
+            self._end_session(session, "timeout", now, out)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.config.heartbeat
+            out.append(Publish(m.SYS_TOPIC, m.encode({"type": "heartbeat", "epoch": self.epoch, "ts": now})))
+        return out
+
+    def shutdown(self, now: float) -> list[Output]:
+        """The broker is stopping: tell the feed, so clients know to wait for a new epoch."""
+        return [Publish(m.SYS_TOPIC, m.encode({"type": "shutdown", "epoch": self.epoch, "ts": now}))]
+
+    # --- requests -------------------------------------------------------------
+
+    def _hello(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        user: str = req["user"]
+        key = user.casefold()
+        if session is not None and session.user.casefold() != key:
+            raise ProtocolError(ErrorCode.SESSION_EXISTS, f"this connection is already {session.user!r}; send bye first")
+        holder = self.by_name.get(key)
+        if holder is not None and holder.peer != peer:
+            raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
+        rooms = req.get("rooms", [m.DEFAULT_ROOM])
+        self._check_room_capacity(session.rooms if session else {}, rooms)
+        if session is None:
+            session = Session(peer, user, {}, now, self.config.rate_burst, now)
+            self.sessions[peer] = session
+            self.by_name[key] = session
+        # A repeated hello (a client resuming after a reconnect) is answered again, harmlessly.
+        out.append(Reply(peer, m.encode({
+            "type": "welcome", "user": session.user, "rooms": rooms, "epoch": self.epoch,
+            "heartbeat": self.config.heartbeat, "session_timeout": self.config.session_timeout,
+            "protocol": m.PROTOCOL_VERSION,
+        })))
+        for room in rooms:
+            self._enter(session, room, now, out)
+
+    def _join(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        self._check_room_capacity(session.rooms, [req["room"]])
+        self._enter(session, req["room"], now, out)
+
+    def _leave(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        room = req["room"]
+        if room not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {room!r}")
+        self._exit(session, room, "left", now, out)
+        out.append(Reply(peer, m.encode({"type": "left", "room": room})))
+
+    def _msg(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        room_name = req["room"]
+        if room_name not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", req["id"])
+        event = {"type": "msg", "room": room_name, "user": session.user, "text": req["text"], "id": req["id"]}
+        if req.get("me"):
+            event["me"] = True
+        seq = self._publish(self.rooms[room_name], event, now, out)
+        out.append(Reply(peer, m.encode({"type": "ack", "id": req["id"], "room": room_name, "seq": seq})))
+
+    def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        target = self.by_name.get(req["to"].casefold())
+        if target is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
+        event = {"type": "dm", "user": session.user, "to": target.user, "text": req["text"], "id": req["id"], "ts": now}
+        if req.get("me"):
+            event["me"] = True
+        out.append(Reply(target.peer, m.encode(event)))
+        out.append(Reply(peer, m.encode({"type": "ack", "id": req["id"], "to": target.user})))
+
+    def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        room = self.rooms.get(req["room"])
+        out.append(Reply(peer, m.encode({"type": "who", "room": req["room"], "users": _users(room)})))
+
+    def _history(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        room = self.rooms.get(req["room"])
+        after = req.get("after", 0)
+        limit = req.get("limit", m.DEFAULT_HISTORY_LIMIT)
+        events = [] if room is None else _after(room.history, after, limit)
+        reply = {"type": "history", "room": req["room"], "events": events, "seq": room.seq if room else 0}
+        out.append(Reply(peer, m.encode(reply)))
+
+    def _ping(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        out.append(Reply(peer, m.encode({"type": "pong", "epoch": self.epoch, "session": session is not None})))
+
+    def _bye(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        if session is not None:
+            self._end_session(session, "quit", now, out)
+
+    # --- rooms and sessions ---------------------------------------------------
+
+    def _check_room_capacity(self, current: dict[str, None], rooms: list[str]) -> None:
+        new = [r for r in rooms if r not in current]
+        if len(current) + len(new) > m.MAX_ROOMS_PER_SESSION:
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {m.MAX_ROOMS_PER_SESSION} rooms per session")
+        if len(self.rooms) + sum(r not in self.rooms for r in new) > self.config.max_rooms:
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "the broker has reached its room limit")
+
+    def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
+        room = self.rooms.get(room_name)
+        if room is None:
+            room = Room(room_name, m.room_topic(room_name), deque(maxlen=self.config.history_kept))
+            self.rooms[room_name] = room
+        if room_name not in session.rooms:
+            session.rooms[room_name] = None
+            room.members[session.user.casefold()] = session.user
+            self._publish(room, {"type": "join", "room": room_name, "user": session.user}, now, out)
+        recent = list(room.history)[-self.config.history_on_join :] if self.config.history_on_join else []
+        out.append(Reply(session.peer, m.encode({
+            "type": "joined", "room": room_name, "users": _users(room), "history": recent, "seq": room.seq,
+        })))
+
+    def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
+        room = self.rooms[room_name]
+        del session.rooms[room_name]
+        del room.members[session.user.casefold()]
+        self._publish(room, {"type": "leave", "room": room_name, "user": session.user, "reason": reason}, now, out)
+
+    def _end_session(self, session: Session, reason: str, now: float, out: list[Output]) -> None:
+        for room_name in list(session.rooms):
+            self._exit(session, room_name, reason, now, out)
+        del self.sessions[session.peer]
+        del self.by_name[session.user.casefold()]
+
+    def _publish(self, room: Room, event: dict[str, Any], now: float, out: list[Output]) -> int:
+        """Stamp ``event`` with the room's next seq and the time, keep it, and send it to the feed."""
+        room.seq += 1
+        event["seq"] = room.seq
+        event["ts"] = now
+        room.history.append(event)
+        out.append(Publish(room.topic, m.encode(event)))
+        return room.seq
+
+    def _take_token(self, session: Session, now: float) -> bool:
+        rate = self.config.rate_limit
+        if not rate:
+            return True
+        tokens = min(self.config.rate_burst, session.tokens + (now - session.tokens_at) * rate)
+        session.tokens_at = now
+        if tokens < 1:
+            session.tokens = tokens
+            return False
+        session.tokens = tokens - 1
+        return True
+
+
+def _users(room: Room | None) -> list[str]:
+    return sorted(room.members.values(), key=str.casefold) if room else []
+
+
+def _after(history: deque[dict[str, Any]], after: int, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` kept events with ``seq > after``; seqs in a room's history are contiguous."""
+    if not history:
+        return []
+    start = max(0, after + 1 - history[0]["seq"])
+    return [history[i] for i in range(start, min(len(history), start + limit))]

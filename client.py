@@ -1,0 +1,806 @@
+"""The chat client: a library (``ChatClient``) and the console chat people type in.
+
+A bot in ten lines::
+
+    from client import ChatClient
+
+    with ChatClient("echo-bot", router="tcp://localhost:5555", pub="tcp://localhost:5556") as bot:
+        bot.connect()
+        for event in bot.events():
+            if event["type"] == "msg" and event["user"] != bot.user:
+                bot.say(event["room"], event["text"][::-1])
+
+``ChatClient`` is single-threaded: it owns a DEALER (requests and replies) and a
+SUB (the feed), and does its housekeeping (pings, liveness, re-hello after a
+broker restart, resending unacknowledged messages, filling feed gaps from
+``history``) inside ``poll``.  Nothing runs behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import zmq
+
+import messages as m
+
+Event = dict[str, Any]
+
+#: Events held per room while waiting for a gap to be filled; past this the hole is skipped.
+MAX_HELD_PER_ROOM = 10_000
+#: Heartbeats that may go missing before the client says the connection is lost.
+MISSED_HEARTBEATS = 3
+
+
+class ChatError(Exception):
+    """The broker refused a request that the client cannot go on without (e.g. the name)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class FeedSequencer:
+    """Puts each room's feed events in ``seq`` order, exactly once (the zguide Clone pattern).
+
+    Sans-I/O: events go in, events in order come out, plus "fetch history after
+    N" when there is a hole (a PUB high-water-mark drop, a subscription that
+    arrived late, a reconnect).  ``accept_unknown`` makes the first event seen for
+    an unknown room its baseline (a logger that starts mid-stream); otherwise a
+    room's events are held until ``expect`` gives the baseline (a client's
+    ``joined`` reply).
+    """
+
+    def __init__(self, accept_unknown: bool = False) -> None:
+        self.accept_unknown = accept_unknown
+        self.last: dict[str, int] = {}
+        self.held: dict[str, dict[int, Event]] = {}
+        self.lost = 0  # events skipped because the broker no longer had them
+
+    def expect(self, room: str, seq: int) -> tuple[list[Event], int | None]:
+        """Everything up to ``seq`` is known; return what can now be delivered and any fetch needed."""
+        self.last[room] = seq
+        return self._settle(room)
+
+    def forget(self, room: str) -> None:
+        self.last.pop(room, None)
+        self.held.pop(room, None)
+
+    def reset(self) -> None:
+        """The broker restarted without its state: seqs start over."""
+        self.last.clear()
+        self.held.clear()
+
+    def push(self, event: Event) -> tuple[list[Event], int | None]:
+        room, seq = event["room"], event["seq"]
+        last = self.last.get(room)
+        if last is None:
+            if not self.accept_unknown:
+                self._hold(room, event)
+                return [], None
+            self.last[room] = last = seq - 1
+        if seq <= last:
+            return [], None  # already delivered
+        if seq == last + 1 and room not in self.held:
+            self.last[room] = seq  # the common case: in order, nothing held
+            return [event], None
+        self._hold(room, event)
+        return self._settle(room)
+
+    def fill(self, room: str, events: list[Event], complete: bool) -> tuple[list[Event], int | None]:
+        """A ``history`` reply arrived.  ``complete``: the broker sent all it had after our last seq."""
+        if room not in self.last:
+            return [], None
+        for event in events:
+            self._hold(room, event)
+        ready, fetch = self._settle(room)
+        while fetch is not None and complete:
+            # The broker no longer keeps what we missed: skip over the hole rather than wait forever.
+            held = self.held[room]
+            first = min(held)
+            self.lost += first - self.last[room] - 1
+            self.last[room] = first - 1
+            more, fetch = self._settle(room)
+            ready += more
+        return ready, fetch
+
+    def _hold(self, room: str, event: Event) -> None:
+        held = self.held.setdefault(room, {})
+        held[event["seq"]] = event
+        if len(held) > MAX_HELD_PER_ROOM and room in self.last:
+            first = min(held)
+            self.lost += first - self.last[room] - 1
+            self.last[room] = first - 1
+
+    def _settle(self, room: str) -> tuple[list[Event], int | None]:
+        held = self.held.get(room)
+        if not held:
+            return [], None
+        nxt = self.last[room] + 1
+        ready = []
+        while nxt in held:
+            ready.append(held.pop(nxt))
+            nxt += 1
+        self.last[room] = nxt - 1
+        for seq in [s for s in held if s < nxt]:
+            del held[seq]  # duplicates of what was delivered
+        if held:
+            return ready, self.last[room]
+        del self.held[room]
+        return ready, None
+
+
+class ChatClient:
+    """A chat session over ZeroMQ, or (``name=None``) a read-only observer of the feed.
+
+    Call ``connect`` once, then ``poll``/``events`` in your loop; requests
+    (``say``, ``dm``, ``join``, ...) only queue bytes and return at once.  Events
+    are dicts as in ``docs/protocol.md``, plus the client's own
+    ``{"type": "status", "state": ...}`` with state ``lost`` (no heartbeat),
+    ``restored`` (the same broker is back), ``reconnected`` (a new broker run;
+    the session was re-established and unacknowledged messages resent) and
+    ``shutdown`` (the broker said it is stopping).
+    """
+
+    def __init__(
+        self,
+        name: str | None,
+        *,
+        router: str,
+        pub: str,
+        rooms: Iterable[str] | None = None,
+        context: zmq.Context | None = None,
+        ping_interval: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.router_endpoint = router
+        self.pub_endpoint = pub
+        self.ctx = context or zmq.Context.instance()
+        self.observer = name is None
+        wanted = list(rooms) if rooms is not None else ([] if self.observer else [m.DEFAULT_ROOM])
+        self.wanted_rooms: dict[str, None] = dict.fromkeys(wanted)
+        self.rooms: dict[str, None] = {}  # rooms the broker confirmed we are in
+        self.user: str | None = None  # set by welcome; None while there is no session
+        self.epoch: str | None = None
+        self.heartbeat = ping_interval
+        self.sequencer = FeedSequencer(accept_unknown=self.observer)
+        self.unacked: dict[str, Event] = {}  # id -> request, oldest first
+        self.connected = True  # the link state last reported to the caller
+        self._ids = (f"{os.urandom(4).hex()}-{n}" for n in itertools.count(1))
+        self._backlog: list[Event] = []
+        self._fills: dict[str, float] = {}  # room -> when we asked history to fill a gap
+        now = time.monotonic()
+        self._last_heard = now
+        self._last_ping = 0.0
+        self._last_hello = 0.0
+        self._hello_sent = False
+        self._was_welcomed = False
+
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        # Our own routing id: after a dropped TCP connection the broker recognises us (ROUTER_HANDOVER).
+        self.dealer.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
+        # Don't queue requests for a broker that isn't there; unacked messages are resent by us instead.
+        self.dealer.setsockopt(zmq.IMMEDIATE, 1)
+        self.dealer.setsockopt(zmq.LINGER, 1000)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        for sock in (self.dealer, self.sub):
+            sock.setsockopt(zmq.IPV6, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
+        if self.observer and not wanted:
+            self.sub.setsockopt(zmq.SUBSCRIBE, m.ROOM_TOPIC_PREFIX)
+        for room in wanted:
+            self.sub.setsockopt(zmq.SUBSCRIBE, m.room_topic(room))
+        self.dealer.connect(router)
+        self.sub.connect(pub)
+        self.poller = zmq.Poller()  # callers may register their own sockets too
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> Event:
+        """Start the session and wait for ``welcome`` and a ``joined`` for each room.
+
+        Raises ``ChatError`` if the broker refuses (``name_taken``, ``bad_name``...)
+        and ``TimeoutError`` if no broker answers.  Events seen meanwhile are kept
+        for the next ``poll``.  An observer only waits for the first heartbeat.
+        """
+        deadline = time.monotonic() + timeout
+        welcome: Event | None = None
+        seen: list[Event] = []
+        self._hello()
+        while time.monotonic() < deadline:
+            for event in self.poll(0.05):
+                seen.append(event)
+                kind = event["type"]
+                if kind == "welcome":
+                    welcome = event
+                elif kind == "error" and self.user is None and not self.observer:
+                    self._backlog = seen
+                    raise ChatError(event["code"], event["detail"])
+                elif kind == "heartbeat" and self.observer:
+                    welcome = event
+            if welcome is not None and set(self.wanted_rooms) <= set(self.rooms):
+                self._backlog = seen + self._backlog
+                return welcome
+        self._backlog = seen
+        raise TimeoutError(f"no answer from a broker at {self.router_endpoint} / {self.pub_endpoint}")
+
+    def close(self, flush_timeout: float = 2.0) -> list[Event]:
+        """Wait (bounded) for unacknowledged messages, say ``bye``, close the sockets.
+
+        Returns the events that arrived meanwhile (acks, errors), so a caller can still show them.
+        """
+        deadline = time.monotonic() + flush_timeout
+        late, self._backlog = self._backlog, []
+        while self.unacked and self.user is not None and time.monotonic() < deadline:
+            late.extend(self.poll(0.05))
+        if self.user is not None:
+            self._send({"type": "bye"})
+        self.dealer.close()
+        self.sub.close()
+        return late
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.dealer.closed:
+            self.close()
+
+    # --- requests -------------------------------------------------------------
+
+    def say(self, room: str, text: str, me: bool = False) -> str:
+        """Send ``text`` to ``room``; returns the message id that its ``ack`` (or ``error``) will carry."""
+        return self._request({"type": "msg", "room": room, "text": text}, me)
+
+    def dm(self, to: str, text: str, me: bool = False) -> str:
+        """Send a private message; it never goes on the feed."""
+        return self._request({"type": "dm", "to": to, "text": text}, me)
+
+    def join(self, room: str) -> None:
+        self.wanted_rooms[room] = None
+        self.sub.setsockopt(zmq.SUBSCRIBE, m.room_topic(room))  # before the join, so its events reach us
+        self._send({"type": "join", "room": room})
+
+    def leave(self, room: str) -> None:
+        self._send({"type": "leave", "room": room})
+
+    def who(self, room: str) -> None:
+        self._send({"type": "who", "room": room})
+
+    def history(self, room: str, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
+        self._send({"type": "history", "room": room, "after": after, "limit": limit})
+
+    def _request(self, env: Event, me: bool) -> str:
+        env["id"] = msg_id = next(self._ids)
+        if me:
+            env["me"] = True
+        self.unacked[msg_id] = env
+        self._send(env)
+        return msg_id
+
+    def _send(self, env: Event) -> bool:
+        try:
+            self.dealer.send(m.encode(env), zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # no connection (IMMEDIATE) or queue full: housekeeping retries what matters
+            return False
+
+    def _hello(self) -> None:
+        """Start (or restart) the session; an observer just pings, to learn the epoch."""
+        self._last_hello = time.monotonic()
+        if self.observer:
+            request = {"type": "ping"}
+        else:
+            request = {"type": "hello", "user": self.name, "rooms": list(self.wanted_rooms)}
+        self._hello_sent = self._send(request)
+
+    # --- receiving ------------------------------------------------------------
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Yield events as they come; stop after ``timeout`` seconds of silence (``None``: never)."""
+        quiet_since = time.monotonic()
+        while True:
+            batch = self.poll(1.0 if timeout is None else timeout)
+            now = time.monotonic()
+            if batch:
+                quiet_since = now
+            elif timeout is not None and now - quiet_since >= timeout:
+                return
+            yield from batch
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """Wait up to ``timeout`` seconds for traffic, handle it, and return the events for the caller."""
+        events, self._backlog = self._backlog, []
+        wait = 0 if events else max(0.0, min(timeout, self._next_due() - time.monotonic()))
+        ready = dict(self.poller.poll(math.ceil(wait * 1000)))  # pyzmq truncates floats
+        if self.dealer in ready:
+            self._drain(self.dealer, events, self._on_reply)
+        if self.sub in ready:
+            self._drain(self.sub, events, self._on_feed)
+        self._housekeeping(time.monotonic(), events)
+        return events
+
+    def _drain(self, sock: zmq.Socket, events: list[Event], handler: Any) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                env = m.decode(frames[-1])
+            except m.ProtocolError:
+                continue  # a broker never sends this; don't let a broken relay crash us
+            if type(env) is dict and type(env.get("type")) is str:
+                self._last_heard = time.monotonic()
+                handler(env, events)
+
+    def _on_reply(self, env: Event, events: list[Event]) -> None:
+        kind = env["type"]
+        if kind == "welcome":
+            self._on_welcome(env, events)
+        elif kind == "joined":
+            room = env["room"]
+            self.rooms[room] = None
+            self.wanted_rooms[room] = None
+            events.append(env)
+            self._deliver(room, *self.sequencer.expect(room, env["seq"]), events)
+        elif kind == "left":
+            self._forget_room(env["room"])
+            events.append(env)
+        elif kind == "ack":
+            env["request"] = self.unacked.pop(env.get("id"), None)
+            events.append(env)
+        elif kind == "error":
+            self._on_error(env, events)
+        elif kind == "history" and env.get("room") in self._fills:
+            room = env["room"]
+            del self._fills[room]
+            complete = len(env["events"]) < m.MAX_HISTORY_LIMIT
+            self._deliver(room, *self.sequencer.fill(room, env["events"], complete), events)
+        elif kind == "pong":
+            self._saw_epoch(env.get("epoch"), events)
+            if not env.get("session") and self.user is not None:
+                self._lose_session()  # the broker forgot us (we timed out): start again
+        else:  # dm, who, history the caller asked for, and anything newer than this client
+            events.append(env)
+
+    def _on_welcome(self, env: Event, events: list[Event]) -> None:
+        self.user = env["user"]
+        self.heartbeat = float(env.get("heartbeat", self.heartbeat))
+        self._saw_epoch(env.get("epoch"), events)
+        if self._was_welcomed:
+            events.append({"type": "status", "state": "reconnected", "epoch": self.epoch})
+            for request in self.unacked.values():
+                self._send(request)
+        self._was_welcomed = True
+        events.append(env)
+
+    def _on_error(self, env: Event, events: list[Event]) -> None:
+        if env.get("code") == m.ErrorCode.NO_SESSION.value and self._was_welcomed:
+            self._lose_session()  # keep the message: it is resent after the new welcome
+            return
+        if env.get("id") in self.unacked:
+            env["request"] = self.unacked.pop(env["id"])
+        events.append(env)
+
+    def _on_feed(self, env: Event, events: list[Event]) -> None:
+        kind = env["type"]
+        if kind == "heartbeat":
+            self._saw_epoch(env.get("epoch"), events)
+            if self.observer:
+                events.append(env)
+            return
+        if kind == "shutdown":
+            events.append({"type": "status", "state": "shutdown", "epoch": env.get("epoch")})
+            return
+        room = env.get("room")
+        if type(room) is not str or type(env.get("seq")) is not int:
+            return
+        if not self.observer and room not in self.wanted_rooms:
+            return  # a late event for a room we left
+        self._deliver(room, *self.sequencer.push(env), events)
+
+    def _deliver(self, room: str, ready: list[Event], fetch_after: int | None, events: list[Event]) -> None:
+        events.extend(ready)
+        if fetch_after is not None and room not in self._fills:
+            self._fills[room] = time.monotonic()
+            self._send({"type": "history", "room": room, "after": fetch_after, "limit": m.MAX_HISTORY_LIMIT})
+
+    def _forget_room(self, room: str) -> None:
+        self.rooms.pop(room, None)
+        self.wanted_rooms.pop(room, None)
+        self.sequencer.forget(room)
+        self._fills.pop(room, None)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, m.room_topic(room))
+
+    def _saw_epoch(self, epoch: str | None, events: list[Event]) -> None:
+        if epoch is None or epoch == self.epoch:
+            return
+        restarted = self.epoch is not None
+        self.epoch = epoch
+        if restarted:  # a new broker run: its rooms start over and it knows no session of ours
+            self.sequencer.reset()
+            self._fills.clear()
+            if self.observer:
+                events.append({"type": "status", "state": "reconnected", "epoch": epoch})
+            elif self.user is not None:
+                self._lose_session()
+
+    def _lose_session(self) -> None:
+        self.user = None
+        self.rooms.clear()
+        self._hello()
+
+    # --- timers ---------------------------------------------------------------
+
+    def _next_due(self) -> float:
+        due = min(self._last_ping + self.heartbeat, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
+        if self.user is None and self._last_hello and not self.observer:
+            due = min(due, self._last_hello + (1.0 if self._hello_sent else 0.05))
+        return due
+
+    def _housekeeping(self, now: float, events: list[Event]) -> None:
+        silent = now - self._last_heard > self.heartbeat * MISSED_HEARTBEATS
+        if silent and self.connected:
+            self.connected = False
+            events.append({"type": "status", "state": "lost"})
+        elif not silent and not self.connected:
+            self.connected = True
+            if self.user is not None or self.observer:
+                events.append({"type": "status", "state": "restored"})
+        if now - self._last_ping >= self.heartbeat:
+            self._last_ping = now
+            self._send({"type": "ping"})
+        if self.user is None and self._last_hello and not self.observer:
+            # Not connected yet (IMMEDIATE refused the send): retry soon; sent but unanswered: retry slowly.
+            if now - self._last_hello > (1.0 if self._hello_sent else 0.05):
+                self._hello()
+        for room, asked in list(self._fills.items()):
+            if now - asked > 3.0:  # the history reply was lost: ask again
+                last = self.sequencer.last.get(room)
+                del self._fills[room]
+                if last is not None:
+                    self._deliver(room, [], last, events)
+
+
+# --- Console ------------------------------------------------------------------
+
+HELP = """\
+Commands:
+  TEXT               say TEXT in the current room
+  /msg NAME TEXT     private message to NAME (nobody else sees it, not even loggers)
+  /me ACTION         say an action: * alice waves
+  /join ROOM         join ROOM and make it current (or switch to it if you are in it)
+  /leave [ROOM]      leave ROOM (default: the current room)
+  /who [ROOM]        who is in ROOM (default: the current room)
+  /rooms             the rooms you are in
+  /help              this help
+  /quit, /exit       leave the chat (Ctrl-D and Ctrl-C too)
+  //TEXT             say TEXT starting with a slash"""
+
+
+def _where(room: str) -> str:
+    """The default room reads exactly like the original chat; other rooms carry their name."""
+    return "" if room == m.DEFAULT_ROOM else f"#{room} "
+
+
+def render(event: Event, me: str | None) -> str | None:
+    """The console line for an event, or None for events the console does not show.
+
+    Everything that came from another user goes through ``safe_text``; names and
+    rooms are already restricted to safe characters by the broker.
+    """
+    kind = event.get("type")
+    room = event.get("room", "")
+    user = event.get("user", "?")
+    if kind == "msg":
+        text = m.safe_text(event.get("text", ""))
+        return f"{_where(room)}* {user} {text}" if event.get("me") else f"{_where(room)}{user}: {text}"
+    if kind == "join":
+        return f"{_where(room)}[join] {user} joined the {'chat' if room == m.DEFAULT_ROOM else 'room'}"
+    if kind == "leave":
+        place = "chat" if room == m.DEFAULT_ROOM else "room"
+        why = " (timed out)" if event.get("reason") == "timeout" else ""
+        return f"{_where(room)}[leave] {user} left the {place}{why}"
+    if kind == "dm":
+        text = m.safe_text(event.get("text", ""))
+        return f"[dm] * {user} {text}" if event.get("me") else f"[dm] {user}: {text}"
+    if kind == "ack" and event.get("request", {}).get("type") == "dm":
+        req = event["request"]
+        return f"[dm -> {event.get('to', req['to'])}] {m.safe_text(req['text'])}"
+    if kind == "error":
+        return f"[error] {m.safe_text(str(event.get('detail', '')))} ({event.get('code')})"
+    if kind == "who":
+        users = event.get("users", [])
+        return f"[who] #{room}: {', '.join(users) if users else 'nobody'} ({len(users)})"
+    if kind == "joined":
+        users = event.get("users", [])
+        return f"[system] you are in #{room} ({len(users)} here: {', '.join(users)})"
+    if kind == "left":
+        return f"[system] you left #{room}"
+    if kind == "status":
+        return {
+            "lost": "[system] connection lost, reconnecting…",
+            "restored": "[system] connection restored",
+            "reconnected": "[system] reconnected",
+            "shutdown": "[system] the broker is shutting down; waiting for it to come back…",
+        }.get(event.get("state", ""))
+    return None
+
+
+class Console:
+    """The console chat: turns typed lines into requests and events into lines.
+
+    Runs in the main thread with the ``ChatClient``; a reader thread only reads
+    lines and hands them over an inproc PAIR socket, so all ZeroMQ sockets stay
+    in one thread and nothing needs a lock.
+    """
+
+    def __init__(self, client: ChatClient, out: Any = None) -> None:
+        self.client = client
+        self.out = out or sys.stdout
+        self.current: str | None = next(iter(client.wanted_rooms), None)
+        self.switch_on_join: set[str] = set()
+
+    def show(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def on_event(self, event: Event) -> None:
+        me = self.client.user
+        kind = event["type"]
+        if kind in ("msg", "join", "leave") and event.get("user") == me:
+            return  # what I typed is already on my screen; my own join/leave is said by [system]
+        if kind == "joined":
+            for past in event.get("history", [])[-20:]:
+                if past.get("type") == "msg":
+                    self.show(render(past, me) or "")
+            if event["room"] in self.switch_on_join:
+                self.switch_on_join.discard(event["room"])
+                self.current = event["room"]
+        if kind == "left" and self.current == event["room"]:
+            rooms = list(self.client.rooms)
+            self.current = m.DEFAULT_ROOM if m.DEFAULT_ROOM in rooms else next(iter(rooms), None)
+        line = render(event, me)
+        if line is not None:
+            self.show(line)
+
+    def on_line(self, line: str) -> bool:
+        """Act on one typed line; False means the user wants to leave."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return True
+        if line.startswith("/") and not line.startswith("//"):
+            return self.on_command(line)
+        text = line[1:] if line.startswith("//") else line
+        if self.current is None:
+            self.show("[error] you are in no room; /join one")
+        else:
+            self.client.say(self.current, text)
+        return True
+
+    def on_command(self, line: str) -> bool:
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        command = command.lower()
+        client = self.client
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/help":
+            self.show(HELP)
+        elif command == "/msg":
+            name, _, text = rest.partition(" ")
+            if not name or not text.strip():
+                self.show("[error] usage: /msg NAME TEXT")
+            else:
+                client.dm(name, text)
+        elif command == "/me":
+            if not rest:
+                self.show("[error] usage: /me ACTION")
+            elif self.current is None:
+                self.show("[error] you are in no room; /join one")
+            else:
+                client.say(self.current, rest, me=True)
+        elif command == "/join":
+            room = rest.lstrip("#").lower()
+            if not room:
+                self.show("[error] usage: /join ROOM")
+            elif room in client.rooms:
+                self.current = room
+                self.show(f"[system] now talking in #{room}")
+            else:
+                self.switch_on_join.add(room)
+                client.join(room)
+        elif command == "/leave":
+            room = rest.lstrip("#").lower() or self.current
+            if room is None:
+                self.show("[error] usage: /leave ROOM")
+            else:
+                client.leave(room)
+        elif command == "/who":
+            room = rest.lstrip("#").lower() or self.current
+            if room is None:
+                self.show("[error] usage: /who ROOM")
+            else:
+                client.who(room)
+        elif command == "/rooms":
+            rooms = ", ".join(f"#{r}" + (" (current)" if r == self.current else "") for r in client.rooms)
+            self.show(f"[rooms] {rooms or 'none'}")
+        else:
+            self.show(f"[error] unknown command {m.safe_text(command)}; /help lists the commands")
+        return True
+
+    def prompt(self) -> str:
+        return "> " if self.current in (None, m.DEFAULT_ROOM) else f"#{self.current}> "
+
+    def run(self, interactive: bool) -> None:
+        """The loop: client events and typed lines, until /quit, end of input or Ctrl-C."""
+        ctx = self.client.ctx
+        inbox = ctx.socket(zmq.PAIR)
+        address = f"inproc://console-input-{id(self)}"
+        inbox.bind(address)
+        reader = LineReader(ctx, address, interactive, self.prompt)
+        self.client.poller.register(inbox, zmq.POLLIN)
+        reader.start()
+        try:
+            with reader.output_guard():
+                self._loop(inbox)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            reader.stop()
+            self.client.poller.unregister(inbox)
+            inbox.close(linger=0)
+
+    def _loop(self, inbox: zmq.Socket) -> None:
+        while True:
+            for event in self.client.poll(1.0):
+                self.on_event(event)
+            while True:
+                try:
+                    line = inbox.recv_string(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if line == LineReader.EOF or not self.on_line(line):
+                    return
+
+
+class LineReader(threading.Thread):
+    """Reads lines (prompt_toolkit on a terminal, plain lines otherwise) and sends them over inproc."""
+
+    EOF = "\x00eof"
+
+    def __init__(self, ctx: zmq.Context, address: str, interactive: bool, prompt: Any) -> None:
+        super().__init__(name="console-input", daemon=True)
+        self.ctx = ctx
+        self.address = address
+        self.interactive = interactive
+        self.prompt = prompt
+        self.session: Any = None
+        if interactive:
+            from prompt_toolkit import PromptSession
+            from prompt_toolkit.history import InMemoryHistory
+
+            self.session = PromptSession(history=InMemoryHistory())
+
+    def output_guard(self) -> Any:
+        """While reading from a terminal, printed lines go above the prompt, never through the typing."""
+        if self.interactive:
+            from prompt_toolkit.patch_stdout import patch_stdout
+
+            return patch_stdout(raw=True)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def run(self) -> None:
+        out = self.ctx.socket(zmq.PAIR)
+        out.connect(self.address)
+        try:
+            for line in self._lines():
+                out.send_string(line)
+        finally:
+            out.send_string(self.EOF)
+            out.close(linger=1000)
+
+    def _lines(self) -> Iterator[str]:
+        if not self.interactive:
+            yield from sys.stdin
+            return
+        while True:
+            try:
+                yield self.session.prompt(self.prompt)
+            except (EOFError, KeyboardInterrupt):
+                return
+
+    def stop(self) -> None:
+        """Make a running prompt return, so the terminal is restored before we exit."""
+        app = getattr(self.session, "app", None)
+        if app is not None and app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()) if app.is_running else None)
+            self.join(timeout=1.0)
+
+
+def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--host/--router/--pub, shared by every program that connects to a broker."""
+    parser.add_argument("--host", default="localhost", help="broker host, for tcp at the default ports (default: localhost)")
+    parser.add_argument("--router", metavar="ENDPOINT",
+                        help=f"broker inbox, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})")
+    parser.add_argument("--pub", metavar="ENDPOINT",
+                        help=f"broker feed, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
+    add_endpoint_args(parser)
+    parser.add_argument("--name", help="your user name (asked for if not given)")
+    parser.add_argument("--room", action="append", metavar="ROOM",
+                        help=f"room to join at start; repeat for more (default: {m.DEFAULT_ROOM})")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the broker at start (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def _ask_name(interactive: bool) -> str | None:
+    try:
+        if interactive:
+            return input("Enter a username: ").strip()
+        print("Enter a username: ", end="", flush=True)
+        line = sys.stdin.readline()
+        return line.strip() if line else None
+    except (EOFError, KeyboardInterrupt):
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    router, pub = m.endpoints(args.host, args.router, args.pub)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    rooms = [r.lstrip("#").lower() for r in args.room] if args.room else [m.DEFAULT_ROOM]
+    name = args.name
+    while True:
+        if name is None:
+            name = _ask_name(interactive)
+            if not name:
+                return 1
+        client = ChatClient(name, router=router, pub=pub, rooms=rooms)
+        try:
+            client.connect(timeout=args.timeout)
+            break
+        except ChatError as exc:
+            client.close(flush_timeout=0)
+            print(f"[error] {exc.detail} ({exc.code})", flush=True)
+            if not interactive or exc.code not in ("name_taken", "bad_name"):
+                return 2
+            name = None
+        except TimeoutError as exc:
+            client.close(flush_timeout=0)
+            print(f"[error] {exc}", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            client.close(flush_timeout=0)
+            return 130
+    print(f"[system] connected to {router} as {client.user}; /help lists the commands", flush=True)
+    console = Console(client)
+    console.run(interactive)
+    for event in client.close():
+        console.on_event(event)
+    print("[system] bye", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The chat logger: follows the feed and appends every event as one JSON line.
+
+It is a read-only ``ChatClient`` (no session, no name): it subscribes to the
+feed, puts each room's events in ``seq`` order and fills any gap from the
+broker's ``history``, so the file holds each event once, in order per room.
+
+    python logger.py --host broker.example --out chat.jsonl
+    python logger.py --room general --room dev          # to stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import IO
+
+import messages as m
+from client import ChatClient, add_endpoint_args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="chat-logger", description="Append every chat feed event to a file, one JSON object per line."
+    )
+    add_endpoint_args(parser)
+    parser.add_argument("--out", metavar="FILE", help="file to append to (default: standard output)")
+    parser.add_argument("--room", action="append", metavar="ROOM", help="log only ROOM; repeat for more (default: all)")
+    parser.add_argument("--heartbeats", action="store_true", help="also log the broker's sys/ heartbeats")
+    return parser.parse_args(argv)
+
+
+def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False) -> None:
+    """Write events until interrupted; each line is flushed as it is written."""
+    for event in client.events():
+        kind = event["type"]
+        if kind == "heartbeat" and not heartbeats:
+            continue
+        if kind == "status":
+            print(f"chat-logger: {event['state']}", file=sys.stderr, flush=True)
+            continue
+        out.write(m.encode(event) + b"\n")
+        out.flush()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the logger as cleanly as Ctrl-C
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    router, pub = m.endpoints(args.host, args.router, args.pub)
+    rooms = [r.lstrip("#").lower() for r in args.room] if args.room else None
+    for room in rooms or []:
+        if not m.valid_room(room):
+            print(f"chat-logger: {room!r} is not a valid room name", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    out = open(args.out, "ab") if args.out else sys.stdout.buffer
+    client = ChatClient(None, router=router, pub=pub, rooms=rooms)
+    try:
+        client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker
+        where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
+        print(f"chat-logger: following {where} on {pub}", file=sys.stderr, flush=True)
+        follow(client, out, args.heartbeats)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close(flush_timeout=0)
+        if args.out:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The chat protocol, version 1: envelopes, limits, error codes and validation.
+
+This module is the executable half of ``docs/protocol.md``; it opens no sockets.
+Both the broker and every client use it, so what one side accepts is exactly
+what the other side may send.
+
+Wire format, in one paragraph: the inbox carries one frame per message, a UTF-8
+JSON object (the envelope) with a ``type``.  The feed carries two frames, the
+topic (``room/NAME/`` or ``sys/``) and the envelope.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+DEFAULT_ROOM = "general"
+DEFAULT_ROUTER_PORT = 5555
+DEFAULT_PUB_PORT = 5556
+
+# --- Limits (each documented in docs/protocol.md, section "Limits") ---------
+#: Largest inbox frame.  The broker sets it as ZMQ_MAXMSGSIZE, so libzmq drops
+#: the connection of a peer that sends more, before Python ever sees the bytes.
+MAX_FRAME_BYTES = 64 * 1024
+#: Longest ``text`` of a ``msg`` or ``dm``, in Unicode code points.
+MAX_TEXT_CHARS = 4000
+#: Longest client-chosen message ``id``.
+MAX_ID_CHARS = 64
+#: Rooms one session may be in at once (also the longest ``rooms`` in ``hello``).
+MAX_ROOMS_PER_SESSION = 32
+#: Largest ``limit`` a ``history`` request may ask for.
+MAX_HISTORY_LIMIT = 500
+#: Events returned by ``history`` when it gives no ``limit``.
+DEFAULT_HISTORY_LIMIT = 100
+#: User names: 1-32 characters, ASCII letters, digits, ``_ . -``, not starting
+#: with ``. -``.  Unique among live sessions, compared case-insensitively, so
+#: ``Alice`` cannot pose as ``alice``.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,31}")
+#: Names no user may take: they would read as messages from the system.
+RESERVED_NAMES = frozenset({"system", "broker", "server", "admin"})
+#: Room names: 1-32 characters, lower-case ASCII letters, digits, ``_ -``.
+#: No ``/``, so a room's topic ``room/NAME/`` is unambiguous.
+ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
+
+SYS_TOPIC = b"sys/"
+ROOM_TOPIC_PREFIX = b"room/"
+
+
+class ErrorCode(str, Enum):
+    """The ``code`` of an ``error`` reply.  Clients branch on these, never on ``detail``."""
+
+    BAD_JSON = "bad_json"  # not UTF-8 JSON
+    BAD_ENVELOPE = "bad_envelope"  # not one frame, not an object, no type, a required field missing
+    UNKNOWN_TYPE = "unknown_type"  # type is not a request this broker knows
+    BAD_FIELD = "bad_field"  # a field has the wrong JSON type or an invalid value
+    BAD_NAME = "bad_name"  # a user or room name breaks the name rules
+    NAME_TAKEN = "name_taken"  # another live session has this name
+    SESSION_EXISTS = "session_exists"  # hello under another name on a live session
+    NO_SESSION = "no_session"  # the request needs a session; say hello first
+    NO_SUCH_USER = "no_such_user"  # dm to a name with no live session
+    NOT_IN_ROOM = "not_in_room"  # msg or leave for a room the session is not in
+    TOO_MANY_ROOMS = "too_many_rooms"  # join beyond MAX_ROOMS_PER_SESSION or the broker's room cap
+    TOO_LARGE = "too_large"  # text longer than MAX_TEXT_CHARS
+    RATE_LIMITED = "rate_limited"  # the session's token bucket is empty; retry later
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ProtocolError(Exception):
+    """A request the broker refuses; becomes an ``error`` reply."""
+
+    def __init__(self, code: ErrorCode, detail: str, msg_id: str | None = None) -> None:
+        super().__init__(f"{code.value}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.msg_id = msg_id
+
+    def envelope(self) -> dict[str, Any]:
+        env: dict[str, Any] = {"type": "error", "code": self.code.value, "detail": self.detail}
+        if self.msg_id is not None:
+            env["id"] = self.msg_id
+        return env
+
+
+# --- Encoding -----------------------------------------------------------------
+
+encode = orjson.dumps
+"""Envelope -> bytes.  orjson emits compact UTF-8 with no newlines, so one
+envelope is always one line (the logger relies on that)."""
+
+
+def decode(data: bytes) -> Any:
+    """Bytes -> JSON value, or ``ProtocolError(bad_json)``; also rejects invalid UTF-8."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid UTF-8 JSON: {exc}") from None
+
+
+def room_topic(room: str) -> bytes:
+    """The feed topic of a room.  The trailing slash stops ``room/gen/`` matching ``room/general/``."""
+    return b"room/" + room.encode() + b"/"
+
+
+def room_of_topic(topic: bytes) -> str | None:
+    """Inverse of :func:`room_topic`; ``None`` for ``sys/`` and anything else."""
+    if topic.startswith(ROOM_TOPIC_PREFIX) and topic.endswith(b"/"):
+        return topic[len(ROOM_TOPIC_PREFIX) : -1].decode()
+    return None
+
+
+# --- Field checks -------------------------------------------------------------
+# Each takes the raw JSON value and returns the clean value or raises ProtocolError.
+
+
+def _field_error(field: str, expected: str, value: Any) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be {expected}, got {type(value).__name__}")
+
+
+def valid_name(value: Any) -> bool:
+    return type(value) is str and NAME_RE.fullmatch(value) is not None and value.lower() not in RESERVED_NAMES
+
+
+def valid_room(value: Any) -> bool:
+    return type(value) is str and ROOM_RE.fullmatch(value) is not None
+
+
+def check_name(field: str, value: Any) -> str:
+    if type(value) is not str:
+        raise _field_error(field, "a string", value)
+    if not valid_name(value):
+        raise ProtocolError(
+            ErrorCode.BAD_NAME,
+            f"{field!r}: a name is 1-32 of A-Z a-z 0-9 _ . - (not starting with . or -), and not reserved",
+        )
+    return value
+
+
+def check_room(field: str, value: Any) -> str:
+    if type(value) is not str:
+        raise _field_error(field, "a string", value)
+    if not valid_room(value):
+        raise ProtocolError(ErrorCode.BAD_NAME, f"{field!r}: a room name is 1-32 of a-z 0-9 _ - (starting with a-z 0-9)")
+    return value
+
+
+def check_rooms(field: str, value: Any) -> list[str]:
+    if type(value) is not list:
+        raise _field_error(field, "a list of room names", value)
+    if len(value) > MAX_ROOMS_PER_SESSION:
+        raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {MAX_ROOMS_PER_SESSION} rooms per session")
+    rooms = [check_room(field, room) for room in value]
+    return list(dict.fromkeys(rooms))  # drop repeats, keep order
+
+
+def check_text(field: str, value: Any) -> str:
+    if type(value) is not str:
+        raise _field_error(field, "a string", value)
+    if not value:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must not be empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{field!r} is {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+    return value
+
+
+def check_id(field: str, value: Any) -> str:
+    if type(value) is not str:
+        raise _field_error(field, "a string", value)
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be 1-{MAX_ID_CHARS} characters")
+    return value
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise _field_error(field, "true or false", value)
+    return value
+
+
+def check_seq(field: str, value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be an integer >= 0")
+    return value
+
+
+def check_limit(field: str, value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    return value
+
+
+Check = Callable[[str, Any], Any]
+
+#: Every request type, its fields, their checks and whether they are required.
+#: Fields not listed are ignored, so a newer client can talk to an older broker.
+REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
+    "hello": {"user": (check_name, True), "rooms": (check_rooms, False)},
+    "join": {"room": (check_room, True)},
+    "leave": {"room": (check_room, True)},
+    "msg": {"room": (check_room, True), "text": (check_text, True), "id": (check_id, True), "me": (check_bool, False)},
+    "dm": {"to": (check_name, True), "text": (check_text, True), "id": (check_id, True), "me": (check_bool, False)},
+    "who": {"room": (check_room, True)},
+    "history": {"room": (check_room, True), "after": (check_seq, False), "limit": (check_limit, False)},
+    "ping": {},
+    "bye": {},
+}
+
+#: Requests that need no session (everything else answers ``no_session`` before ``hello``).
+SESSIONLESS = frozenset({"hello", "history", "ping", "bye"})
+
+
+def parse_request(frames: list[bytes]) -> dict[str, Any]:
+    """Validate one inbox message (the frames after the routing id).
+
+    Returns a new dict holding ``type`` and only the known, checked fields.
+    Raises ``ProtocolError`` with the code a client should see.
+    """
+    if len(frames) != 1:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, f"a request is exactly one frame, got {len(frames)}")
+    env = decode(frames[0])
+    if type(env) is not dict:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, "the envelope must be a JSON object")
+    msg_id = env.get("id")
+    if type(msg_id) is not str or not 0 < len(msg_id) <= MAX_ID_CHARS:
+        msg_id = None  # only echo ids we could have accepted
+    kind = env.get("type")
+    if type(kind) is not str:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, "the envelope needs a string 'type'", msg_id)
+    fields = REQUESTS.get(kind)
+    if fields is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind[:40]!r}", msg_id)
+    request: dict[str, Any] = {"type": kind}
+    try:
+        for field, (check, required) in fields.items():
+            value = env.get(field)
+            if value is None:
+                if required:
+                    raise ProtocolError(ErrorCode.BAD_ENVELOPE, f"{kind!r} needs the field {field!r}")
+                continue
+            request[field] = check(field, value)
+    except ProtocolError as exc:
+        exc.msg_id = msg_id
+        raise
+    return request
+
+
+# --- Display ------------------------------------------------------------------
+
+# Bidi controls can make text read backwards on someone else's screen ("Trojan Source").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """Text from another user, made safe to print on a terminal.
+
+    Control characters (C0, DEL, C1: so every escape sequence), line and
+    paragraph separators and bidi overrides are shown as visible escapes such
+    as ``\\x1b``; a message can neither move the cursor, clear a screen, nor fake
+    a second line that looks like another user's message.
+    """
+    if text.isprintable():  # the common case: nothing to do
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() and char not in _BIDI:
+            out.append(char)
+        elif char == "\t":
+            out.append("    ")
+        elif char == " " or unicodedata.category(char) == "Zs":
+            out.append(" ")
+        else:
+            out.append(_escape_char(char))
+    return "".join(out)
+
+
+# --- Endpoints ------------------------------------------------------------------
+
+
+def endpoints(host: str, router: str | None = None, pub: str | None = None) -> tuple[str, str]:
+    """The (inbox, feed) endpoints: explicit ``router``/``pub`` win, else tcp on ``host`` at the default ports."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    return (router or f"tcp://{host}:{DEFAULT_ROUTER_PORT}", pub or f"tcp://{host}:{DEFAULT_PUB_PORT}")

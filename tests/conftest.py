@@ -1,0 +1,225 @@
+"""Real processes on real sockets: a broker, console clients and loggers, driven by their stdio.
+
+Nothing here sleeps to synchronise: every wait is "until this line (or event)
+shows up, or fail at the deadline".
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 10.0  # seconds any single expectation may take before the test fails
+
+
+class Proc:
+    """A child process whose stdout lines are collected by a thread and awaited with deadlines."""
+
+    def __init__(self, args: list[str], name: str, stdin: bool = True, cwd: Path = ROOT) -> None:
+        self.name = name
+        self.args = args
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._seen = 0
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _collect(self, timeout: float) -> bool:
+        """Move one line from the pipe into ``lines``; False at end of output or timeout."""
+        try:
+            line = self._queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return False
+        if line is None:
+            self._queue.put(None)
+            return False
+        self.lines.append(line)
+        return True
+
+    def expect(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Wait for the next line (after the last one matched) that matches ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._seen < len(self.lines):
+                line = self.lines[self._seen]
+                self._seen += 1
+                match = regex.search(line)
+                if match:
+                    return match
+            if not self._collect(deadline - time.monotonic()):
+                if time.monotonic() >= deadline or self.popen.poll() is not None:
+                    raise AssertionError(
+                        f"{self.name}: no line matching {pattern!r} within {timeout}s; output so far:\n"
+                        + "\n".join(self.lines)
+                    )
+
+    def output(self, settle: float = 0.0) -> list[str]:
+        """All lines so far (optionally waiting ``settle`` s for stragglers: only to prove an absence)."""
+        deadline = time.monotonic() + settle
+        while self._collect(deadline - time.monotonic()):
+            pass
+        return list(self.lines)
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()
+
+    def wait(self, timeout: float = WAIT) -> int:
+        code = self.popen.wait(timeout)
+        self.output()
+        return code
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class Broker(Proc):
+    """A broker on ephemeral tcp ports of 127.0.0.1; ``router``/``pub`` are the endpoints it printed."""
+
+    def __init__(self, *extra: str, heartbeat: float = 0.2, session_timeout: float = 1.0) -> None:
+        super().__init__(
+            [
+                "broker.py", "--router", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
+                "--heartbeat", str(heartbeat), "--session-timeout", str(session_timeout), *extra,
+            ],
+            "broker",
+            stdin=False,
+        )
+        self.router = self.expect(r"inbox \(ROUTER\): (\S+)").group(1)
+        self.pub = self.expect(r"feed  \(PUB\):\s+(\S+)").group(1)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return ["--router", self.router, "--pub", self.pub]
+
+
+class Harness:
+    """Starts processes for one test and stops them all at its end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[Proc] = []
+        self.ctx = zmq.Context()
+
+    def broker(self, *extra: str, **kw: float) -> Broker:
+        broker = Broker(*extra, **kw)
+        self.procs.append(broker)
+        return broker
+
+    def client(self, broker: Broker, name: str, *extra: str) -> Proc:
+        """A console client (stdin is a pipe, so it prints plain lines); returns once it is connected."""
+        proc = Proc(["client.py", *broker.endpoints, "--name", name, *extra], name)
+        self.procs.append(proc)
+        proc.expect(rf"\[system\] connected to .* as {re.escape(name)}")
+        proc.expect(r"\[system\] you are in #")
+        return proc
+
+    def logger(self, broker: Broker, *extra: str) -> Proc:
+        proc = Proc(["logger.py", *broker.endpoints, *extra], "logger", stdin=False)
+        self.procs.append(proc)
+        proc.expect(r"chat-logger: following")
+        return proc
+
+    def raw(self, broker: Broker) -> RawPeer:
+        return RawPeer(self.ctx, broker)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        self.ctx.destroy(linger=0)
+
+
+class RawPeer:
+    """A bare DEALER + SUB, for sending exactly the bytes a test wants and reading the replies."""
+
+    def __init__(self, ctx: zmq.Context, broker: Broker) -> None:
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.connect(broker.router)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(broker.pub)
+
+    def send(self, *frames: bytes) -> None:
+        self.dealer.send_multipart(list(frames))
+
+    def request(self, envelope: dict) -> None:
+        import orjson
+
+        self.dealer.send(orjson.dumps(envelope))
+
+    def reply(self, timeout: float = WAIT) -> dict:
+        import orjson
+
+        if not self.dealer.poll(timeout * 1000):
+            raise AssertionError(f"no reply within {timeout}s")
+        return orjson.loads(self.dealer.recv())
+
+    def feed(self, predicate, timeout: float = WAIT) -> dict:  # noqa: ANN001
+        """The next feed event for which ``predicate(event)`` is true."""
+        import orjson
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sub.poll(left * 1000):
+                _topic, payload = self.sub.recv_multipart()
+                event = orjson.loads(payload)
+                if predicate(event):
+                    return event
+        raise AssertionError(f"no matching feed event within {timeout}s")
+
+    def wait_subscribed(self, timeout: float = WAIT) -> None:
+        """Block until the SUB's subscription is live (a heartbeat came through)."""
+        self.feed(lambda e: e["type"] == "heartbeat", timeout)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()

@@ -1,0 +1,212 @@
+"""The whole chat with real processes: a broker, console clients and a logger on real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, Harness, Proc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_three_clients_and_a_logger_chat(harness: Harness) -> None:
+    broker = harness.broker()
+    log_path = harness.tmp_path / "chat.jsonl"
+    logger = harness.logger(broker, "--out", str(log_path))
+    alice = harness.client(broker, "alice")
+    bob = harness.client(broker, "bob")
+    alice.expect(r"^\[join\] bob joined the chat$")
+    carol = harness.client(broker, "carol")
+    alice.expect(r"^\[join\] carol joined the chat$")
+    bob.expect(r"^\[join\] carol joined the chat$")
+
+    # Broadcast: everyone else sees it exactly as the original chat printed it.
+    alice.send("Hello everyone")
+    bob.expect(r"^alice: Hello everyone$")
+    carol.expect(r"^alice: Hello everyone$")
+
+    # Private: only bob sees it; the sender gets a confirmation line.
+    alice.send("/msg bob the password is swordfish")
+    bob.expect(r"^\[dm\] alice: the password is swordfish$")
+    alice.expect(r"^\[dm -> bob\] the password is swordfish$")
+
+    # Rooms: a room's lines carry its name; who is in it is answered.
+    bob.send("/join dev")
+    bob.expect(r"^\[system\] you are in #dev \(1 here: bob\)$")
+    carol.send("/join dev")
+    bob.expect(r"^#dev \[join\] carol joined the room$")
+    bob.send("standup in 5")
+    carol.expect(r"^#dev bob: standup in 5$")
+    carol.send("/me nods")
+    bob.expect(r"^#dev \* carol nods$")
+    carol.send("/who")
+    carol.expect(r"^\[who\] #dev: bob, carol \(2\)$")
+    carol.send("/rooms")
+    carol.expect(r"^\[rooms\] #general, #dev \(current\)$")
+
+    # /quit: the others see the original leave notice.
+    alice.send("/quit")
+    assert alice.wait() == 0
+    bob.expect(r"^\[leave\] alice left the chat$")
+    carol.expect(r"^\[leave\] alice left the chat$")
+
+    # Nobody sees their own lines echoed back, and alice's room lines never reach general-only alice.
+    assert "bob: standup in 5" not in "\n".join(bob.output())
+    assert not [line for line in alice.output() if "alice: Hello everyone" in line]
+    assert not [line for line in alice.output() if "#dev" in line]
+
+    # The logger wrote the public conversation in seq order per room, and nothing private.
+    carol.send("/quit")
+    logger_lines = _wait_for_log(log_path, lambda events: any(
+        e["type"] == "leave" and e["user"] == "carol" and e["room"] == "dev" for e in events))
+    texts = [e.get("text") for e in logger_lines if e["type"] == "msg"]
+    assert texts == ["Hello everyone", "standup in 5", "nods"]
+    assert "swordfish" not in log_path.read_text()
+    for room in ("general", "dev"):
+        seqs = [e["seq"] for e in logger_lines if e["room"] == room]
+        assert seqs == list(range(1, len(seqs) + 1)), (room, seqs)
+    assert logger.popen.poll() is None
+
+
+def _wait_for_log(path, done, timeout: float = 10.0) -> list[dict]:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if done(events):
+            return events
+        time.sleep(0.05)  # polling a file the logger appends to; the condition, not the sleep, synchronises
+    raise AssertionError(f"log never reached the expected state:\n{path.read_text() if path.exists() else ''}")
+
+
+def test_history_on_join_and_name_rules(harness: Harness) -> None:
+    broker = harness.broker()
+    alice = harness.client(broker, "alice")
+    alice.send("first words")
+    alice.send("second words")
+    raw = harness.raw(broker)
+    raw.request({"type": "history", "room": "general", "after": 0})
+    assert [e.get("text") for e in raw.reply()["events"] if e["type"] == "msg"] == ["first words", "second words"]
+
+    # bob joins later and is shown the recent conversation.
+    bob = harness.client(broker, "bob")
+    assert "alice: first words" in bob.lines and "alice: second words" in bob.lines
+
+    # The name is taken, also in another case; a piped client says so and exits non-zero.
+    for taken in ("alice", "ALICE"):
+        imposter = Proc(["client.py", *broker.endpoints, "--name", taken], "imposter")
+        harness.procs.append(imposter)
+        imposter.expect(r"\[error\] .* \(name_taken\)")
+        assert imposter.wait() == 2
+    bad = Proc(["client.py", *broker.endpoints, "--name", "no spaces"], "bad")
+    harness.procs.append(bad)
+    bad.expect(r"\(bad_name\)")
+    assert bad.wait() == 2
+
+
+def test_name_is_asked_for_when_not_given(harness: Harness) -> None:
+    broker = harness.broker()
+    proc = Proc(["client.py", *broker.endpoints], "asked")
+    harness.procs.append(proc)
+    proc.send("dave")
+    proc.expect(r"Enter a username: \[system\] connected to .* as dave")
+    proc.send("/exit")
+    assert proc.wait() == 0
+
+
+def test_end_of_input_leaves_cleanly_and_sends_what_was_typed(harness: Harness) -> None:
+    broker = harness.broker()
+    bob = harness.client(broker, "bob")
+    script = subprocess.run(
+        [sys.executable, "client.py", *broker.endpoints, "--name", "scripted"],
+        cwd=ROOT, input="one\ntwo\n", capture_output=True, text=True, timeout=20,
+    )
+    assert script.returncode == 0, script.stdout + script.stderr
+    bob.expect(r"^scripted: one$")
+    bob.expect(r"^scripted: two$")
+    bob.expect(r"^\[leave\] scripted left the chat$")
+
+
+def test_ctrl_c_leaves_cleanly(harness: Harness) -> None:
+    broker = harness.broker()
+    bob = harness.client(broker, "bob")
+    alice = harness.client(broker, "alice")
+    alice.kill(signal.SIGINT)
+    assert alice.wait() == 0
+    bob.expect(r"^\[leave\] alice left the chat$")
+
+
+def test_killed_client_times_out(harness: Harness) -> None:
+    broker = harness.broker(heartbeat=0.2, session_timeout=1.0)
+    bob = harness.client(broker, "bob")
+    alice = harness.client(broker, "alice")
+    alice.kill()  # SIGKILL: no bye is ever sent
+    bob.expect(r"^\[leave\] alice left the chat \(timed out\)$", timeout=5)
+    # The name is free again once the session has ended.
+    harness.client(broker, "alice")
+
+
+def test_impersonation_is_refused(harness: Harness) -> None:
+    broker = harness.broker()
+    bob = harness.client(broker, "bob")
+    raw = harness.raw(broker)
+    raw.request({"type": "hello", "user": "mallory"})
+    assert raw.reply()["type"] == "welcome"
+    raw.reply()  # joined general
+    bob.expect(r"^\[join\] mallory joined the chat$")
+    # Whatever "user" the envelope claims, the broker stamps the session's name.
+    raw.request({"type": "msg", "room": "general", "text": "I am bob", "id": "1", "user": "bob"})
+    assert raw.reply() == {"type": "ack", "id": "1", "room": "general", "seq": 3}
+    bob.expect(r"^mallory: I am bob$")
+    raw.request({"type": "dm", "to": "bob", "text": "psst", "id": "2", "user": "alice"})
+    assert raw.reply()["type"] == "ack"
+    bob.expect(r"^\[dm\] mallory: psst$")
+
+
+def test_hostile_text_cannot_rewrite_the_screen(harness: Harness) -> None:
+    broker = harness.broker()
+    bob = harness.client(broker, "bob")
+    raw = harness.raw(broker)
+    raw.request({"type": "hello", "user": "mallory"})
+    raw.reply()
+    hostile = "\x1b[2J\x1b[Hclear\rfake\nalice: hi\u202eevil\x07\x9b"
+    raw.request({"type": "msg", "room": "general", "text": hostile, "id": "1"})
+    line = bob.expect(r"^mallory: ").string
+    assert "\x1b" not in line and "\r" not in line and "\u202e" not in line and "\x07" not in line
+    assert line == r"mallory: \x1b[2J\x1b[Hclear\x0dfake\x0aalice: hi\u202eevil\x07\x9b"
+
+
+def test_ipc_endpoints_and_broker_shutdown(harness: Harness) -> None:
+    sock_dir = harness.tmp_path
+    broker = Proc(
+        ["broker.py", "--router", f"ipc://{sock_dir}/in", "--pub", f"ipc://{sock_dir}/feed",
+         "--heartbeat", "0.2", "--session-timeout", "1"],
+        "ipc-broker", stdin=False,
+    )
+    harness.procs.append(broker)
+    broker.expect(r"inbox \(ROUTER\): ipc://")
+    alice = Proc(["client.py", "--router", f"ipc://{sock_dir}/in", "--pub", f"ipc://{sock_dir}/feed",
+                  "--name", "alice"], "alice")
+    harness.procs.append(alice)
+    alice.expect(r"\[system\] you are in #general")
+    broker.kill(signal.SIGTERM)
+    assert broker.wait() == 0
+    broker.expect(r"chat broker stopped")
+    alice.expect(r"^\[system\] the broker is shutting down")
+
+
+def test_every_program_explains_its_options() -> None:
+    for program, options in {
+        "broker.py": ["--router", "--pub", "--host", "--heartbeat", "--session-timeout", "--rate-limit"],
+        "client.py": ["--router", "--pub", "--host", "--name", "--room"],
+        "logger.py": ["--router", "--pub", "--host", "--out", "--room"],
+    }.items():
+        result = subprocess.run([sys.executable, program, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0
+        for option in options:
+            assert option in result.stdout, (program, option)
