@@ -107,25 +107,66 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="The chat broker: clients send to its inbox (ROUTER) and read its feed (PUB).",
     )
     parser.add_argument("--host", default="*", help="interface to bind both sockets on (default: * = all)")
-    parser.add_argument("--router", metavar="ENDPOINT",
-                        help=f"inbox endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})")
-    parser.add_argument("--pub", metavar="ENDPOINT",
-                        help=f"feed endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})")
+    parser.add_argument(
+        "--router",
+        metavar="ENDPOINT",
+        help=f"inbox endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})",
+    )
+    parser.add_argument(
+        "--pub",
+        metavar="ENDPOINT",
+        help=f"feed endpoint, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})",
+    )
     defaults = ChatConfig()
-    parser.add_argument("--heartbeat", type=float, default=defaults.heartbeat, metavar="SECONDS",
-                        help="seconds between feed heartbeats; clients ping this often (default: %(default)s)")
-    parser.add_argument("--session-timeout", type=float, default=defaults.session_timeout, metavar="SECONDS",
-                        help="end a session silent this long, publishing its leave (default: %(default)s)")
-    parser.add_argument("--history", type=int, default=defaults.history_on_join, metavar="N",
-                        help="events of room history sent on join (default: %(default)s)")
-    parser.add_argument("--history-kept", type=int, default=defaults.history_kept, metavar="N",
-                        help="events kept per room for history requests (default: %(default)s)")
-    parser.add_argument("--rate-limit", type=float, default=defaults.rate_limit, metavar="MSGS_PER_S",
-                        help="requests per second per session, 0 = no limit (default: %(default)s)")
-    parser.add_argument("--rate-burst", type=float, default=defaults.rate_burst, metavar="N",
-                        help="requests a session may send at once before the rate applies (default: %(default)s)")
-    parser.add_argument("--max-rooms", type=int, default=defaults.max_rooms, metavar="N",
-                        help="rooms the broker creates in all (default: %(default)s)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=defaults.heartbeat,
+        metavar="SECONDS",
+        help="seconds between feed heartbeats; clients ping this often (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=defaults.session_timeout,
+        metavar="SECONDS",
+        help="end a session silent this long, publishing its leave (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=defaults.history_on_join,
+        metavar="N",
+        help="events of room history sent on join (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--history-kept",
+        type=int,
+        default=defaults.history_kept,
+        metavar="N",
+        help="events kept per room for history requests (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=defaults.rate_limit,
+        metavar="MSGS_PER_S",
+        help="requests per second per session, 0 = no limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=float,
+        default=defaults.rate_burst,
+        metavar="N",
+        help="requests a session may send at once before the rate applies (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-rooms",
+        type=int,
+        default=defaults.max_rooms,
+        metavar="N",
+        help="rooms the broker creates in all (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -134,8 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     router_ep, pub_ep = m.endpoints(args.host, args.router, args.pub)
     try:
         config = ChatConfig(
-            heartbeat=args.heartbeat, session_timeout=args.session_timeout, history_on_join=args.history,
-            history_kept=args.history_kept, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+            heartbeat=args.heartbeat,
+            session_timeout=args.session_timeout,
+            history_on_join=args.history,
+            history_kept=args.history_kept,
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
             max_rooms=args.max_rooms,
         )
     except ValueError as exc:
@@ -164,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         router.close()
         pub.close()  # LINGER lets the shutdown event and queued replies go out
         ctx.term()
-    print(f"chat broker stopped ({len(core.sessions)} sessions ended, {broker.dropped_replies} replies undeliverable)",
-          flush=True)
+    print(
+        f"chat broker stopped ({len(core.sessions)} sessions ended, {broker.dropped_replies} replies undeliverable)",
+        flush=True,
+    )
     return 0
 
 

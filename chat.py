@@ -143,7 +143,9 @@ class ChatCore:
         user: str = req["user"]
         key = user.casefold()
         if session is not None and session.user.casefold() != key:
-            raise ProtocolError(ErrorCode.SESSION_EXISTS, f"this connection is already {session.user!r}; send bye first")
+            raise ProtocolError(
+                ErrorCode.SESSION_EXISTS, f"this connection is already {session.user!r}; send bye first"
+            )
         holder = self.by_name.get(key)
         if holder is not None and holder.peer != peer:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
@@ -154,11 +156,22 @@ class ChatCore:
             self.sessions[peer] = session
             self.by_name[key] = session
         # A repeated hello (a client resuming after a reconnect) is answered again, harmlessly.
-        out.append(Reply(peer, m.encode({
-            "type": "welcome", "user": session.user, "rooms": rooms, "epoch": self.epoch,
-            "heartbeat": self.config.heartbeat, "session_timeout": self.config.session_timeout,
-            "protocol": m.PROTOCOL_VERSION,
-        })))
+        out.append(
+            Reply(
+                peer,
+                m.encode(
+                    {
+                        "type": "welcome",
+                        "user": session.user,
+                        "rooms": rooms,
+                        "epoch": self.epoch,
+                        "heartbeat": self.config.heartbeat,
+                        "session_timeout": self.config.session_timeout,
+                        "protocol": m.PROTOCOL_VERSION,
+                    }
+                ),
+            )
+        )
         for room in rooms:
             self._enter(session, room, now, out)
 
@@ -231,9 +244,20 @@ class ChatCore:
             room.members[session.user.casefold()] = session.user
             self._publish(room, {"type": "join", "room": room_name, "user": session.user}, now, out)
         recent = list(room.history)[-self.config.history_on_join :] if self.config.history_on_join else []
-        out.append(Reply(session.peer, m.encode({
-            "type": "joined", "room": room_name, "users": _users(room), "history": recent, "seq": room.seq,
-        })))
+        out.append(
+            Reply(
+                session.peer,
+                m.encode(
+                    {
+                        "type": "joined",
+                        "room": room_name,
+                        "users": _users(room),
+                        "history": recent,
+                        "seq": room.seq,
+                    }
+                ),
+            )
+        )
 
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
         room = self.rooms[room_name]

@@ -178,6 +178,7 @@ class ChatClient:
         self._ids = (f"{os.urandom(4).hex()}-{n}" for n in itertools.count(1))
         self._backlog: list[Event] = []
         self._fills: dict[str, float] = {}  # room -> when we asked history to fill a gap
+        self._catch_up: dict[str, float] = {}  # room -> when to check for events missed just after joining
         now = time.monotonic()
         self._last_heard = now
         self._last_ping = 0.0
@@ -232,7 +233,7 @@ class ChatClient:
                     raise ChatError(event["code"], event["detail"])
                 elif kind == "heartbeat" and self.observer:
                     welcome = event
-            if welcome is not None and set(self.wanted_rooms) <= set(self.rooms):
+            if welcome is not None and (self.observer or self.wanted_rooms.keys() <= self.rooms.keys()):
                 self._backlog = seen + self._backlog
                 return welcome
         self._backlog = seen
@@ -358,6 +359,9 @@ class ChatClient:
             self.wanted_rooms[room] = None
             events.append(env)
             self._deliver(room, *self.sequencer.expect(room, env["seq"]), events)
+            # Our SUB subscription and this join raced on two connections; if events were published before the
+            # subscription landed and none came after, no gap would show.  One catch-up fetch closes that hole.
+            self._catch_up[room] = time.monotonic() + self.heartbeat
         elif kind == "left":
             self._forget_room(env["room"])
             events.append(env)
@@ -425,6 +429,7 @@ class ChatClient:
         self.wanted_rooms.pop(room, None)
         self.sequencer.forget(room)
         self._fills.pop(room, None)
+        self._catch_up.pop(room, None)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, m.room_topic(room))
 
     def _saw_epoch(self, epoch: str | None, events: list[Event]) -> None:
@@ -435,6 +440,7 @@ class ChatClient:
         if restarted:  # a new broker run: its rooms start over and it knows no session of ours
             self.sequencer.reset()
             self._fills.clear()
+            self._catch_up.clear()
             if self.observer:
                 events.append({"type": "status", "state": "reconnected", "epoch": epoch})
             elif self.user is not None:
@@ -447,11 +453,16 @@ class ChatClient:
 
     # --- timers ---------------------------------------------------------------
 
+    def _hello_due(self) -> float | None:
+        """When to resend hello while we have no session: soon if IMMEDIATE refused it, slowly if unanswered."""
+        if self.user is not None or self.observer or not self._last_hello:
+            return None
+        return self._last_hello + (1.0 if self._hello_sent else 0.05)
+
     def _next_due(self) -> float:
         due = min(self._last_ping + self.heartbeat, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
-        if self.user is None and self._last_hello and not self.observer:
-            due = min(due, self._last_hello + (1.0 if self._hello_sent else 0.05))
-        return due
+        hello_due = self._hello_due()
+        return min(due, *self._catch_up.values(), hello_due if hello_due is not None else due)
 
     def _housekeeping(self, now: float, events: list[Event]) -> None:
         silent = now - self._last_heard > self.heartbeat * MISSED_HEARTBEATS
@@ -465,10 +476,13 @@ class ChatClient:
         if now - self._last_ping >= self.heartbeat:
             self._last_ping = now
             self._send({"type": "ping"})
-        if self.user is None and self._last_hello and not self.observer:
-            # Not connected yet (IMMEDIATE refused the send): retry soon; sent but unanswered: retry slowly.
-            if now - self._last_hello > (1.0 if self._hello_sent else 0.05):
-                self._hello()
+        hello_due = self._hello_due()
+        if hello_due is not None and now >= hello_due:
+            self._hello()
+        for room, due in list(self._catch_up.items()):
+            if now >= due:
+                del self._catch_up[room]
+                self._deliver(room, [], self.sequencer.last.get(room), events)
         for room, asked in list(self._fills.items()):
             if now - asked > 3.0:  # the history reply was lost: ask again
                 last = self.sequencer.last.get(room)
@@ -478,6 +492,10 @@ class ChatClient:
 
 
 # --- Console ------------------------------------------------------------------
+
+QUIT_COMMANDS = ("/quit", "/exit")
+#: Past messages shown when joining a room (the broker sends up to its --history events).
+HISTORY_SHOWN = 20
 
 HELP = """\
 Commands:
@@ -552,31 +570,30 @@ class Console:
 
     def __init__(self, client: ChatClient, out: Any = None) -> None:
         self.client = client
-        self.out = out or sys.stdout
+        self.out = out  # None: whatever sys.stdout is at print time (patch_stdout swaps it)
         self.current: str | None = next(iter(client.wanted_rooms), None)
         self.switch_on_join: set[str] = set()
 
     def show(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        print(line, file=self.out or sys.stdout, flush=True)
 
     def on_event(self, event: Event) -> None:
         me = self.client.user
         kind = event["type"]
         if kind in ("msg", "join", "leave") and event.get("user") == me:
             return  # what I typed is already on my screen; my own join/leave is said by [system]
-        if kind == "joined":
-            for past in event.get("history", [])[-20:]:
-                if past.get("type") == "msg":
-                    self.show(render(past, me) or "")
-            if event["room"] in self.switch_on_join:
-                self.switch_on_join.discard(event["room"])
-                self.current = event["room"]
+        if kind == "joined" and event["room"] in self.switch_on_join:
+            self.switch_on_join.discard(event["room"])
+            self.current = event["room"]
         if kind == "left" and self.current == event["room"]:
             rooms = list(self.client.rooms)
             self.current = m.DEFAULT_ROOM if m.DEFAULT_ROOM in rooms else next(iter(rooms), None)
         line = render(event, me)
         if line is not None:
             self.show(line)
+        if kind == "joined":  # the recent conversation, as it was shown live
+            for past in [e for e in event.get("history", []) if e.get("type") == "msg"][-HISTORY_SHOWN:]:
+                self.show(render(past, me) or "")
 
     def on_line(self, line: str) -> bool:
         """Act on one typed line; False means the user wants to leave."""
@@ -597,7 +614,7 @@ class Console:
         rest = rest.strip()
         command = command.lower()
         client = self.client
-        if command in ("/quit", "/exit"):
+        if command in QUIT_COMMANDS:
             return False
         if command == "/help":
             self.show(HELP)
@@ -722,9 +739,12 @@ class LineReader(threading.Thread):
             return
         while True:
             try:
-                yield self.session.prompt(self.prompt)
+                line = self.session.prompt(self.prompt)
             except (EOFError, KeyboardInterrupt):
                 return
+            yield line
+            if line.strip().lower() in QUIT_COMMANDS:
+                return  # don't draw another prompt under the goodbye
 
     def stop(self) -> None:
         """Make a running prompt return, so the terminal is restored before we exit."""
@@ -736,21 +756,36 @@ class LineReader(threading.Thread):
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     """--host/--router/--pub, shared by every program that connects to a broker."""
-    parser.add_argument("--host", default="localhost", help="broker host, for tcp at the default ports (default: localhost)")
-    parser.add_argument("--router", metavar="ENDPOINT",
-                        help=f"broker inbox, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})")
-    parser.add_argument("--pub", metavar="ENDPOINT",
-                        help=f"broker feed, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})")
+    parser.add_argument(
+        "--host", default="localhost", help="broker host, for tcp at the default ports (default: localhost)"
+    )
+    parser.add_argument(
+        "--router",
+        metavar="ENDPOINT",
+        help=f"broker inbox, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})",
+    )
+    parser.add_argument(
+        "--pub", metavar="ENDPOINT", help=f"broker feed, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
     add_endpoint_args(parser)
     parser.add_argument("--name", help="your user name (asked for if not given)")
-    parser.add_argument("--room", action="append", metavar="ROOM",
-                        help=f"room to join at start; repeat for more (default: {m.DEFAULT_ROOM})")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for the broker at start (default: %(default)s)")
+    parser.add_argument(
+        "--room",
+        action="append",
+        metavar="ROOM",
+        help=f"room to join at start; repeat for more (default: {m.DEFAULT_ROOM})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker at start (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ broker's ``history``, so the file holds each event once, in order per room.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -57,19 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chat-logger: {room!r} is not a valid room name", file=sys.stderr)
             return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    out = open(args.out, "ab") if args.out else sys.stdout.buffer
     client = ChatClient(None, router=router, pub=pub, rooms=rooms)
-    try:
-        client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker
-        where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
-        print(f"chat-logger: following {where} on {pub}", file=sys.stderr, flush=True)
-        follow(client, out, args.heartbeats)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.close(flush_timeout=0)
-        if args.out:
-            out.close()
+    with open(args.out, "ab") if args.out else contextlib.nullcontext(sys.stdout.buffer) as out:
+        try:
+            client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker
+            where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
+            print(f"chat-logger: following {where} on {pub}", file=sys.stderr, flush=True)
+            follow(client, out, args.heartbeats)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            client.close(flush_timeout=0)
     return 0
 
 

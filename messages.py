@@ -147,7 +147,9 @@ def check_room(field: str, value: Any) -> str:
     if type(value) is not str:
         raise _field_error(field, "a string", value)
     if not valid_room(value):
-        raise ProtocolError(ErrorCode.BAD_NAME, f"{field!r}: a room name is 1-32 of a-z 0-9 _ - (starting with a-z 0-9)")
+        raise ProtocolError(
+            ErrorCode.BAD_NAME, f"{field!r}: a room name is 1-32 of a-z 0-9 _ - (starting with a-z 0-9)"
+        )
     return value
 
 

@@ -76,12 +76,12 @@ class Proc:
                 match = regex.search(line)
                 if match:
                     return match
-            if not self._collect(deadline - time.monotonic()):
-                if time.monotonic() >= deadline or self.popen.poll() is not None:
-                    raise AssertionError(
-                        f"{self.name}: no line matching {pattern!r} within {timeout}s; output so far:\n"
-                        + "\n".join(self.lines)
-                    )
+            collected = self._collect(deadline - time.monotonic())
+            if not collected and (time.monotonic() >= deadline or self.popen.poll() is not None):
+                raise AssertionError(
+                    f"{self.name}: no line matching {pattern!r} within {timeout}s; output so far:\n"
+                    + "\n".join(self.lines)
+                )
 
     def output(self, settle: float = 0.0) -> list[str]:
         """All lines so far (optionally waiting ``settle`` s for stragglers: only to prove an absence)."""
@@ -123,8 +123,16 @@ class Broker(Proc):
     def __init__(self, *extra: str, heartbeat: float = 0.2, session_timeout: float = 1.0) -> None:
         super().__init__(
             [
-                "broker.py", "--router", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
-                "--heartbeat", str(heartbeat), "--session-timeout", str(session_timeout), *extra,
+                "broker.py",
+                "--router",
+                "tcp://127.0.0.1:0",
+                "--pub",
+                "tcp://127.0.0.1:0",
+                "--heartbeat",
+                str(heartbeat),
+                "--session-timeout",
+                str(session_timeout),
+                *extra,
             ],
             "broker",
             stdin=False,
@@ -198,7 +206,7 @@ class RawPeer:
             raise AssertionError(f"no reply within {timeout}s")
         return orjson.loads(self.dealer.recv())
 
-    def feed(self, predicate, timeout: float = WAIT) -> dict:  # noqa: ANN001
+    def feed(self, predicate, timeout: float = WAIT) -> dict:
         """The next feed event for which ``predicate(event)`` is true."""
         import orjson
 

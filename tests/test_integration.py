@@ -61,18 +61,21 @@ def test_three_clients_and_a_logger_chat(harness: Harness) -> None:
 
     # The logger wrote the public conversation in seq order per room, and nothing private.
     carol.send("/quit")
-    logger_lines = _wait_for_log(log_path, lambda events: any(
-        e["type"] == "leave" and e["user"] == "carol" and e["room"] == "dev" for e in events))
+    logger_lines = _wait_for_log(
+        log_path,
+        lambda events: any(e["type"] == "leave" and e["user"] == "carol" and e["room"] == "dev" for e in events),
+    )
     texts = [e.get("text") for e in logger_lines if e["type"] == "msg"]
     assert texts == ["Hello everyone", "standup in 5", "nods"]
     assert "swordfish" not in log_path.read_text()
+    assert not [line for line in carol.output() if "swordfish" in line]
     for room in ("general", "dev"):
         seqs = [e["seq"] for e in logger_lines if e["room"] == room]
         assert seqs == list(range(1, len(seqs) + 1)), (room, seqs)
     assert logger.popen.poll() is None
 
 
-def _wait_for_log(path, done, timeout: float = 10.0) -> list[dict]:  # noqa: ANN001
+def _wait_for_log(path, done, timeout: float = 10.0) -> list[dict]:
     import time
 
     deadline = time.monotonic() + timeout
@@ -87,15 +90,18 @@ def _wait_for_log(path, done, timeout: float = 10.0) -> list[dict]:  # noqa: ANN
 def test_history_on_join_and_name_rules(harness: Harness) -> None:
     broker = harness.broker()
     alice = harness.client(broker, "alice")
+    raw = harness.raw(broker)
+    raw.wait_subscribed()
     alice.send("first words")
     alice.send("second words")
-    raw = harness.raw(broker)
+    raw.feed(lambda e: e.get("text") == "second words")
     raw.request({"type": "history", "room": "general", "after": 0})
     assert [e.get("text") for e in raw.reply()["events"] if e["type"] == "msg"] == ["first words", "second words"]
 
     # bob joins later and is shown the recent conversation.
     bob = harness.client(broker, "bob")
-    assert "alice: first words" in bob.lines and "alice: second words" in bob.lines
+    bob.expect(r"^alice: first words$")
+    bob.expect(r"^alice: second words$")
 
     # The name is taken, also in another case; a piped client says so and exits non-zero.
     for taken in ("alice", "ALICE"):
@@ -124,7 +130,11 @@ def test_end_of_input_leaves_cleanly_and_sends_what_was_typed(harness: Harness) 
     bob = harness.client(broker, "bob")
     script = subprocess.run(
         [sys.executable, "client.py", *broker.endpoints, "--name", "scripted"],
-        cwd=ROOT, input="one\ntwo\n", capture_output=True, text=True, timeout=20,
+        cwd=ROOT,
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert script.returncode == 0, script.stdout + script.stderr
     bob.expect(r"^scripted: one$")
@@ -184,20 +194,54 @@ def test_hostile_text_cannot_rewrite_the_screen(harness: Harness) -> None:
 def test_ipc_endpoints_and_broker_shutdown(harness: Harness) -> None:
     sock_dir = harness.tmp_path
     broker = Proc(
-        ["broker.py", "--router", f"ipc://{sock_dir}/in", "--pub", f"ipc://{sock_dir}/feed",
-         "--heartbeat", "0.2", "--session-timeout", "1"],
-        "ipc-broker", stdin=False,
+        [
+            "broker.py",
+            "--router",
+            f"ipc://{sock_dir}/in",
+            "--pub",
+            f"ipc://{sock_dir}/feed",
+            "--heartbeat",
+            "0.2",
+            "--session-timeout",
+            "1",
+        ],
+        "ipc-broker",
+        stdin=False,
     )
     harness.procs.append(broker)
     broker.expect(r"inbox \(ROUTER\): ipc://")
-    alice = Proc(["client.py", "--router", f"ipc://{sock_dir}/in", "--pub", f"ipc://{sock_dir}/feed",
-                  "--name", "alice"], "alice")
+    alice = Proc(
+        ["client.py", "--router", f"ipc://{sock_dir}/in", "--pub", f"ipc://{sock_dir}/feed", "--name", "alice"], "alice"
+    )
     harness.procs.append(alice)
     alice.expect(r"\[system\] you are in #general")
     broker.kill(signal.SIGTERM)
     assert broker.wait() == 0
     broker.expect(r"chat broker stopped")
     alice.expect(r"^\[system\] the broker is shutting down")
+
+
+def test_logger_narrows_to_rooms_and_writes_stdout(harness: Harness) -> None:
+    broker = harness.broker()
+    dev_only = harness.logger(broker, "--room", "dev")
+    alice = harness.client(broker, "alice", "--room", "general", "--room", "dev")
+    alice.send("in general")
+    alice.send("/join dev")
+    alice.send("in dev")
+    line = dev_only.expect(r'"text":"in dev"').string
+    event = json.loads(line)
+    assert event["room"] == "dev" and event["user"] == "alice" and event["seq"] == 2
+    assert not [line for line in dev_only.output() if '"room":"general"' in line]
+
+
+def test_installed_commands_exist() -> None:
+    import shutil
+
+    for command in ("chat-broker", "chat", "chat-logger"):
+        path = shutil.which(command) or shutil.which(command, path=str(ROOT / ".venv" / "bin"))
+        assert path, f"{command} is not installed (pip install -e .)"
+        result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and "--router" in result.stdout
 
 
 def test_every_program_explains_its_options() -> None:
