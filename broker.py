@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import zmq
 
 import messages as m
 from chat import ChatConfig, ChatCore, Output, Publish
+from store import SYNC_LEVELS, open_store
 
 #: Most inbox messages handled per wake-up before timers get their turn, so a
 #: flood cannot starve heartbeats and session expiry.
 DRAIN_LIMIT = 10_000
+#: Outputs gathered before one commit and send: the group-commit size.  Small enough that a
+#: busy loop still publishes every few hundred microseconds, large enough to amortise the commit.
+COMMIT_BATCH = 512
 #: Per-subscriber feed queue.  At the mark PUB drops that subscriber's messages
 #: (never blocks, never slows the others); the subscriber sees a seq gap and
 #: fetches what it missed with ``history``.  ~1 MB at 100-byte events.
@@ -35,7 +42,15 @@ INBOX_HWM = 1_000
 LINGER_MS = 1_000
 
 
-def bind_sockets(ctx: zmq.Context, router_ep: str, pub_ep: str, heartbeat: float) -> tuple[zmq.Socket, zmq.Socket]:
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/zmq-chat/chat.db``, i.e. ``~/.local/share/zmq-chat/chat.db`` by default."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "zmq-chat" / "chat.db"
+
+
+def bind_sockets(
+    ctx: zmq.Context, router_ep: str, pub_ep: str, heartbeat: float, feed_hwm: int = FEED_HWM
+) -> tuple[zmq.Socket, zmq.Socket]:
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable/full peers raise, so we drop and count
     router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its session (same routing id)
@@ -43,7 +58,7 @@ def bind_sockets(ctx: zmq.Context, router_ep: str, pub_ep: str, heartbeat: float
     router.setsockopt(zmq.SNDHWM, INBOX_HWM)
     router.setsockopt(zmq.RCVHWM, INBOX_HWM)
     pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, FEED_HWM)
+    pub.setsockopt(zmq.SNDHWM, feed_hwm)
     for sock in (router, pub):
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.IPV6, 1)  # "*" then binds both IPv4 and IPv6
@@ -64,7 +79,12 @@ class Broker:
         self.core = core
         self.dropped_replies = 0
 
-    def dispatch(self, outputs: Iterable[Output]) -> None:
+    def flush(self, outputs: list[Output]) -> None:
+        """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable."""
+        self.core.commit()
+        self.dispatch(outputs)
+
+    def dispatch(self, outputs: list[Output]) -> None:
         for out in outputs:
             if type(out) is Publish:
                 self.pub.send_multipart(out)
@@ -78,23 +98,34 @@ class Broker:
         """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        router, core, clock = self.router, self.core, time.time
-        self.dispatch(core.tick(clock()))
+        core, clock = self.core, time.monotonic
+        self.flush(core.tick(clock()))
         while True:
             wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
             if poller.poll(wait_ms):
-                for _ in range(DRAIN_LIMIT):  # drain: one poll per burst, not per message
-                    try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.dispatch(core.handle(frames[0], frames[1:], clock()))
+                self.drain()
             now = clock()
             if now >= core.next_heartbeat:
-                self.dispatch(core.tick(now))
+                self.flush(core.tick(now))
+
+    def drain(self) -> None:
+        """Handle what is waiting, without blocking: one poll per burst, one commit per batch."""
+        router, core, clock = self.router, self.core, time.monotonic
+        pending: list[Output] = []
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            pending += core.handle(frames[0], frames[1:], clock())
+            if len(pending) >= COMMIT_BATCH:
+                self.flush(pending)
+                pending = []
+        self.flush(pending)
 
     def stop(self) -> None:
-        self.dispatch(self.core.shutdown(time.time()))
+        self.flush(self.core.shutdown(time.monotonic()))
+        self.core.store.close()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -161,6 +192,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="requests a session may send at once before the rate applies (default: %(default)s)",
     )
     parser.add_argument(
+        "--db",
+        default=str(default_db_path()),
+        metavar="PATH",
+        help="SQLite file for room history and seqs; ':memory:' keeps nothing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sync",
+        choices=SYNC_LEVELS,
+        default="normal",
+        help="normal: commits survive a broker crash; full: also a power loss, at a disk flush per batch "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--feed-hwm",
+        type=int,
+        default=FEED_HWM,
+        metavar="N",
+        help="feed messages queued per subscriber; past it that subscriber misses events and refetches them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-rooms",
         type=int,
         default=defaults.max_rooms,
@@ -186,18 +238,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
         return 2
+    try:
+        store = open_store(args.db, args.sync)
+    except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
+        print(f"chat-broker: cannot open the database {args.db}: {exc}", file=sys.stderr)
+        return 1
     ctx = zmq.Context()
     try:
-        router, pub = bind_sockets(ctx, router_ep, pub_ep, config.heartbeat)
+        router, pub = bind_sockets(ctx, router_ep, pub_ep, config.heartbeat, args.feed_hwm)
     except zmq.ZMQError as exc:
         print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
         ctx.destroy(linger=0)
+        store.close()
         return 1
-    core = ChatCore(config, now=time.time())
+    # Timers run on the monotonic clock (a wall-clock step can neither expire nor freeze sessions);
+    # event ts are that clock plus a fixed offset to Unix time taken now.
+    core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic())
     broker = Broker(router, pub, core)
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
+    where = f"{args.db} ({len(core.rooms)} rooms, sync={args.sync})" if store.persistent else "memory only"
+    print(f"  history:        {where}")
     print("Ctrl-C stops it.", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

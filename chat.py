@@ -10,12 +10,13 @@ sleeping, and any other front end (a web gateway, a test) can reuse the logic.
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import messages as m
 from messages import ErrorCode, ProtocolError
+from store import MemoryStore, SqliteStore
 
 
 class Reply(NamedTuple):
@@ -46,6 +47,7 @@ class ChatConfig:
     max_rooms: int = 10_000  # rooms the broker will create in all; bounds memory
     rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
+    dedupe_window: int = 100_000  # most recent (user, id) pairs remembered, so a resend is acked, not repeated
 
     def __post_init__(self) -> None:
         if self.heartbeat <= 0 or self.session_timeout <= self.heartbeat:
@@ -83,13 +85,26 @@ def new_epoch() -> str:
 class ChatCore:
     """All chat state of one broker.  Not thread-safe by design: one loop owns it."""
 
-    def __init__(self, config: ChatConfig | None = None, epoch: str | None = None, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: ChatConfig | None = None,
+        store: MemoryStore | SqliteStore | None = None,
+        epoch: str | None = None,
+        now: float = 0.0,
+        wall_offset: float = 0.0,
+    ) -> None:
+        """``now`` (here and in every call) is a monotonic clock; ``ts`` stamps are ``now + wall_offset``."""
         self.config = config or ChatConfig()
+        self.store = store or MemoryStore()
+        self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
         self.by_name: dict[str, Session] = {}  # by casefolded user name
         self.rooms: dict[str, Room] = {}
+        #: (casefolded user, id) -> the ack already sent for it; a resent message gets the same ack again.
+        self.acked: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.next_heartbeat = now
+        self._restore()
         self._handlers = {
             "hello": self._hello,
             "join": self._join,
@@ -100,7 +115,22 @@ class ChatCore:
             "history": self._history,
             "ping": self._ping,
             "bye": self._bye,
+            "rooms": self._rooms,
         }
+
+    def _restore(self) -> None:
+        """Pick up rooms, seqs and recent message ids where the last broker run left them."""
+        snap = self.store.load(self.config.history_kept, self.config.dedupe_window)
+        for name, seq in snap.seqs.items():
+            room = self._room(name)
+            room.seq = seq
+            room.history.extend(snap.recent.get(name, ()))
+        for user, msg_id, room_name, seq in snap.message_ids:
+            self._remember((user.casefold(), msg_id), {"type": "ack", "id": msg_id, "room": room_name, "seq": seq})
+
+    def commit(self) -> None:
+        """Make everything handled so far durable.  The broker calls this before sending what it was given."""
+        self.store.commit()
 
     # --- entry points ---------------------------------------------------------
 
@@ -128,14 +158,17 @@ class ChatCore:
         deadline = now - self.config.session_timeout
         for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
             self._end_session(session, "timeout", now, out)
-        if now >= self.next_heartbeat:
+        # The second test survives a clock that stepped back (the broker's is monotonic; a front end's may not be).
+        if now >= self.next_heartbeat or self.next_heartbeat - now > self.config.heartbeat:
             self.next_heartbeat = now + self.config.heartbeat
-            out.append(Publish(m.SYS_TOPIC, m.encode({"type": "heartbeat", "epoch": self.epoch, "ts": now})))
+            ts = now + self.wall_offset
+            out.append(Publish(m.SYS_TOPIC, m.encode({"type": "heartbeat", "epoch": self.epoch, "ts": ts})))
         return out
 
     def shutdown(self, now: float) -> list[Output]:
         """The broker is stopping: tell the feed, so clients know to wait for a new epoch."""
-        return [Publish(m.SYS_TOPIC, m.encode({"type": "shutdown", "epoch": self.epoch, "ts": now}))]
+        ts = now + self.wall_offset
+        return [Publish(m.SYS_TOPIC, m.encode({"type": "shutdown", "epoch": self.epoch, "ts": ts}))]
 
     # --- requests -------------------------------------------------------------
 
@@ -187,6 +220,8 @@ class ChatCore:
         out.append(Reply(peer, m.encode({"type": "left", "room": room})))
 
     def _msg(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        if self._resent(peer, session, req, out):
+            return
         room_name = req["room"]
         if room_name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", req["id"])
@@ -194,17 +229,36 @@ class ChatCore:
         if req.get("me"):
             event["me"] = True
         seq = self._publish(self.rooms[room_name], event, now, out)
-        out.append(Reply(peer, m.encode({"type": "ack", "id": req["id"], "room": room_name, "seq": seq})))
+        ack = self._remember(
+            (session.user.casefold(), req["id"]), {"type": "ack", "id": req["id"], "room": room_name, "seq": seq}
+        )
+        out.append(Reply(peer, ack))
 
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        if self._resent(peer, session, req, out):
+            return
         target = self.by_name.get(req["to"].casefold())
         if target is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
-        event = {"type": "dm", "user": session.user, "to": target.user, "text": req["text"], "id": req["id"], "ts": now}
+        event = {
+            "type": "dm",
+            "user": session.user,
+            "to": target.user,
+            "text": req["text"],
+            "id": req["id"],
+            "ts": now + self.wall_offset,
+        }
         if req.get("me"):
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
-        out.append(Reply(peer, m.encode({"type": "ack", "id": req["id"], "to": target.user})))
+        out.append(
+            Reply(
+                peer,
+                self._remember(
+                    (session.user.casefold(), req["id"]), {"type": "ack", "id": req["id"], "to": target.user}
+                ),
+            )
+        )
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         room = self.rooms.get(req["room"])
@@ -214,9 +268,18 @@ class ChatCore:
         room = self.rooms.get(req["room"])
         after = req.get("after", 0)
         limit = req.get("limit", m.DEFAULT_HISTORY_LIMIT)
-        events = [] if room is None else _after(room.history, after, limit)
+        if room is None:
+            events = []
+        elif not self.store.persistent or (room.history and after + 1 >= room.history[0]["seq"]):
+            events = _after(room.history, after, limit)  # the common case: a recent gap, from memory
+        else:
+            events = self.store.read(room.name, after, limit)  # older than memory keeps: from disk
         reply = {"type": "history", "room": req["room"], "events": events, "seq": room.seq if room else 0}
         out.append(Reply(peer, m.encode(reply)))
+
+    def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
+        out.append(Reply(peer, m.encode({"type": "rooms", "rooms": {name: r.seq for name, r in self.rooms.items()}})))
 
     def _ping(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         out.append(Reply(peer, m.encode({"type": "pong", "epoch": self.epoch, "session": session is not None})))
@@ -234,11 +297,14 @@ class ChatCore:
         if len(self.rooms) + sum(r not in self.rooms for r in new) > self.config.max_rooms:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "the broker has reached its room limit")
 
-    def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
-        room = self.rooms.get(room_name)
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
         if room is None:
-            room = Room(room_name, m.room_topic(room_name), deque(maxlen=self.config.history_kept))
-            self.rooms[room_name] = room
+            room = self.rooms[name] = Room(name, m.room_topic(name), deque(maxlen=self.config.history_kept))
+        return room
+
+    def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
+        room = self._room(room_name)
         if room_name not in session.rooms:
             session.rooms[room_name] = None
             room.members[session.user.casefold()] = session.user
@@ -275,16 +341,33 @@ class ChatCore:
         """Stamp ``event`` with the room's next seq and the time, keep it, and send it to the feed."""
         room.seq += 1
         event["seq"] = room.seq
-        event["ts"] = now
+        event["ts"] = now + self.wall_offset
         room.history.append(event)
-        out.append(Publish(room.topic, m.encode(event)))
+        payload = m.encode(event)
+        self.store.append(event, payload)
+        out.append(Publish(room.topic, payload))
         return room.seq
+
+    def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
+        """A message we already accepted (its ack was lost): ack it again, publish nothing."""
+        ack = self.acked.get((session.user.casefold(), req["id"]))
+        if ack is None:
+            return False
+        out.append(Reply(peer, ack))
+        return True
+
+    def _remember(self, key: tuple[str, str], ack: dict[str, Any]) -> bytes:
+        payload = self.acked[key] = m.encode(ack)
+        if len(self.acked) > self.config.dedupe_window:
+            self.acked.popitem(last=False)
+        return payload
 
     def _take_token(self, session: Session, now: float) -> bool:
         rate = self.config.rate_limit
         if not rate:
             return True
-        tokens = min(self.config.rate_burst, session.tokens + (now - session.tokens_at) * rate)
+        elapsed = max(0.0, now - session.tokens_at)  # a clock step back refills nothing, and takes nothing
+        tokens = min(self.config.rate_burst, session.tokens + elapsed * rate)
         session.tokens_at = now
         if tokens < 1:
             session.tokens = tokens

@@ -38,6 +38,10 @@ Event = dict[str, Any]
 MAX_HELD_PER_ROOM = 10_000
 #: Heartbeats that may go missing before the client says the connection is lost.
 MISSED_HEARTBEATS = 3
+#: Messages that may wait for their ack at once; ``say``/``dm`` refuse more (``queue_full``).
+MAX_UNACKED = 1000
+#: Feed events the SUB queues before libzmq drops them (a gap the sequencer then fills from history).
+SUB_HWM = 100_000
 
 
 class ChatError(Exception):
@@ -54,40 +58,48 @@ class FeedSequencer:
 
     Sans-I/O: events go in, events in order come out, plus "fetch history after
     N" when there is a hole (a PUB high-water-mark drop, a subscription that
-    arrived late, a reconnect).  ``accept_unknown`` makes the first event seen for
-    an unknown room its baseline (a logger that starts mid-stream); otherwise a
-    room's events are held until ``expect`` gives the baseline (a client's
-    ``joined`` reply).
+    arrived late, a reconnect).  A room's events are held until its baseline is
+    known: ``expect`` gives it (from a ``joined`` reply or a ``rooms``
+    snapshot), or ``unknown_baseline`` does for rooms nobody announced (0 for an
+    observer that has its snapshot: a room it has never heard of is new, so
+    everything from its first event is wanted).
     """
 
-    def __init__(self, accept_unknown: bool = False) -> None:
-        self.accept_unknown = accept_unknown
+    def __init__(self, unknown_baseline: int | None = None) -> None:
+        self.unknown_baseline = unknown_baseline
         self.last: dict[str, int] = {}
         self.held: dict[str, dict[int, Event]] = {}
         self.lost = 0  # events skipped because the broker no longer had them
 
-    def expect(self, room: str, seq: int) -> tuple[list[Event], int | None]:
-        """Everything up to ``seq`` is known; return what can now be delivered and any fetch needed."""
-        self.last[room] = seq
-        return self._settle(room)
+    def expect(self, room: str, head: int, reset_to: int | None = None) -> tuple[list[Event], int | None]:
+        """The broker says ``room``'s last seq is ``head``; returns what can be delivered and any fetch needed.
+
+        First sight: ``head`` is the baseline (everything up to it is known).  Known room and the broker is
+        ahead: fetch what we missed.  The broker is *behind* us: it lost its state, so start over from
+        ``reset_to`` (default ``head``).
+        """
+        last = self.last.get(room)
+        if last is None or head < last:
+            self.last[room] = head if last is None or reset_to is None else reset_to
+            if last is not None:
+                self.held.pop(room, None)
+        ready, fetch = self._settle(room)
+        if fetch is None and head > self.last[room]:
+            fetch = self.last[room]
+        return ready, fetch
 
     def forget(self, room: str) -> None:
         self.last.pop(room, None)
         self.held.pop(room, None)
 
-    def reset(self) -> None:
-        """The broker restarted without its state: seqs start over."""
-        self.last.clear()
-        self.held.clear()
-
     def push(self, event: Event) -> tuple[list[Event], int | None]:
         room, seq = event["room"], event["seq"]
         last = self.last.get(room)
         if last is None:
-            if not self.accept_unknown:
+            if self.unknown_baseline is None:
                 self._hold(room, event)
                 return [], None
-            self.last[room] = last = seq - 1
+            self.last[room] = last = self.unknown_baseline
         if seq <= last:
             return [], None  # already delivered
         if seq == last + 1 and room not in self.held:
@@ -105,10 +117,7 @@ class FeedSequencer:
         ready, fetch = self._settle(room)
         while fetch is not None and complete:
             # The broker no longer keeps what we missed: skip over the hole rather than wait forever.
-            held = self.held[room]
-            first = min(held)
-            self.lost += first - self.last[room] - 1
-            self.last[room] = first - 1
+            self._skip_to(room, min(self.held[room]))
             more, fetch = self._settle(room)
             ready += more
         return ready, fetch
@@ -116,10 +125,15 @@ class FeedSequencer:
     def _hold(self, room: str, event: Event) -> None:
         held = self.held.setdefault(room, {})
         held[event["seq"]] = event
-        if len(held) > MAX_HELD_PER_ROOM and room in self.last:
-            first = min(held)
-            self.lost += first - self.last[room] - 1
-            self.last[room] = first - 1
+        if len(held) > MAX_HELD_PER_ROOM:
+            if room in self.last:
+                self._skip_to(room, min(held))
+            else:
+                del held[min(held)]  # no baseline yet: the oldest can be fetched again once there is one
+
+    def _skip_to(self, room: str, first: int) -> None:
+        self.lost += max(0, first - self.last[room] - 1)
+        self.last[room] = max(self.last[room], first - 1)
 
     def _settle(self, room: str) -> tuple[list[Event], int | None]:
         held = self.held.get(room)
@@ -147,8 +161,13 @@ class ChatClient:
     are dicts as in ``docs/protocol.md``, plus the client's own
     ``{"type": "status", "state": ...}`` with state ``lost`` (no heartbeat),
     ``restored`` (the same broker is back), ``reconnected`` (a new broker run;
-    the session was re-established and unacknowledged messages resent) and
-    ``shutdown`` (the broker said it is stopping).
+    the session was re-established, rooms re-joined, what was missed fetched and
+    unacknowledged messages resent) and ``shutdown`` (the broker is stopping).
+
+    Guarantees: every message passed to ``say``/``dm`` is kept until its ``ack``
+    and resent (same id) after ``ack_timeout`` or a reconnect, so it is delivered
+    at least once and, the broker dropping repeats, shown on the feed exactly
+    once.  Feed events come out once each, in ``seq`` order per room.
     """
 
     def __init__(
@@ -160,7 +179,10 @@ class ChatClient:
         rooms: Iterable[str] | None = None,
         context: zmq.Context | None = None,
         ping_interval: float = 1.0,
+        ack_timeout: float = 3.0,
+        positions: dict[str, int] | None = None,
     ) -> None:
+        """``name=None`` makes an observer; it may start from ``positions`` (room -> last seq it has)."""
         self.name = name
         self.router_endpoint = router
         self.pub_endpoint = pub
@@ -172,9 +194,13 @@ class ChatClient:
         self.user: str | None = None  # set by welcome; None while there is no session
         self.epoch: str | None = None
         self.heartbeat = ping_interval
-        self.sequencer = FeedSequencer(accept_unknown=self.observer)
-        self.unacked: dict[str, Event] = {}  # id -> request, oldest first
+        self.ack_timeout = ack_timeout
+        self.sequencer = FeedSequencer()
+        self.sequencer.last.update(positions or {})
+        self.unacked: dict[str, Event] = {}  # id -> request, in the order they were (re)sent
         self.connected = True  # the link state last reported to the caller
+        self._sent_at: dict[str, float] = {}  # id -> when last sent, oldest first
+        self._joining: dict[str, str] = {}  # join request id -> room, until joined or refused
         self._ids = (f"{os.urandom(4).hex()}-{n}" for n in itertools.count(1))
         self._backlog: list[Event] = []
         self._fills: dict[str, float] = {}  # room -> when we asked history to fill a gap
@@ -184,7 +210,8 @@ class ChatClient:
         self._last_ping = 0.0
         self._last_hello = 0.0
         self._hello_sent = False
-        self._was_welcomed = False
+        self._synced = False  # a session has been welcomed / an observer has its rooms snapshot
+        self._resync = False  # an observer needs a new snapshot (the broker restarted)
 
         self.dealer = self.ctx.socket(zmq.DEALER)
         # Our own routing id: after a dropped TCP connection the broker recognises us (ROUTER_HANDOVER).
@@ -193,7 +220,7 @@ class ChatClient:
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)
         self.dealer.setsockopt(zmq.LINGER, 1000)
         self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         for sock in (self.dealer, self.sub):
             sock.setsockopt(zmq.IPV6, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -216,26 +243,24 @@ class ChatClient:
 
         Raises ``ChatError`` if the broker refuses (``name_taken``, ``bad_name``...)
         and ``TimeoutError`` if no broker answers.  Events seen meanwhile are kept
-        for the next ``poll``.  An observer only waits for the first heartbeat.
+        for the next ``poll``.  An observer waits for its ``rooms`` snapshot.
         """
         deadline = time.monotonic() + timeout
-        welcome: Event | None = None
+        first: Event | None = None
         seen: list[Event] = []
         self._hello()
         while time.monotonic() < deadline:
             for event in self.poll(0.05):
                 seen.append(event)
                 kind = event["type"]
-                if kind == "welcome":
-                    welcome = event
+                if kind in ("welcome", "rooms"):
+                    first = first or event
                 elif kind == "error" and self.user is None and not self.observer:
                     self._backlog = seen
                     raise ChatError(event["code"], event["detail"])
-                elif kind == "heartbeat" and self.observer:
-                    welcome = event
-            if welcome is not None and (self.observer or self.wanted_rooms.keys() <= self.rooms.keys()):
+            if first is not None and (self.observer or self.wanted_rooms.keys() <= self.rooms.keys()):
                 self._backlog = seen + self._backlog
-                return welcome
+                return first
         self._backlog = seen
         raise TimeoutError(f"no answer from a broker at {self.router_endpoint} / {self.pub_endpoint}")
 
@@ -272,9 +297,11 @@ class ChatClient:
         return self._request({"type": "dm", "to": to, "text": text}, me)
 
     def join(self, room: str) -> None:
-        self.wanted_rooms[room] = None
+        """Join ``room``; ``joined`` (or an ``error`` with ``room`` set) answers."""
+        join_id = next(self._ids)
+        self._joining[join_id] = room
         self.sub.setsockopt(zmq.SUBSCRIBE, m.room_topic(room))  # before the join, so its events reach us
-        self._send({"type": "join", "room": room})
+        self._send({"type": "join", "room": room, "id": join_id})
 
     def leave(self, room: str) -> None:
         self._send({"type": "leave", "room": room})
@@ -286,11 +313,15 @@ class ChatClient:
         self._send({"type": "history", "room": room, "after": after, "limit": limit})
 
     def _request(self, env: Event, me: bool) -> str:
+        if len(self.unacked) >= MAX_UNACKED:
+            raise ChatError("queue_full", f"{MAX_UNACKED} messages are waiting for the broker; try again later")
         env["id"] = msg_id = next(self._ids)
         if me:
             env["me"] = True
         self.unacked[msg_id] = env
-        self._send(env)
+        self._sent_at[msg_id] = time.monotonic()
+        if self.user is not None:  # without a session it waits for the next welcome
+            self._send(env)
         return msg_id
 
     def _send(self, env: Event) -> bool:
@@ -300,11 +331,16 @@ class ChatClient:
         except zmq.Again:  # no connection (IMMEDIATE) or queue full: housekeeping retries what matters
             return False
 
+    def _resend(self, msg_id: str, now: float) -> None:
+        del self._sent_at[msg_id]
+        self._sent_at[msg_id] = now  # to the back: _sent_at stays oldest first
+        self._send(self.unacked[msg_id])
+
     def _hello(self) -> None:
-        """Start (or restart) the session; an observer just pings, to learn the epoch."""
+        """Start (or restart) the session; an observer asks for the rooms snapshot instead."""
         self._last_hello = time.monotonic()
         if self.observer:
-            request = {"type": "ping"}
+            request = {"type": "rooms"}
         else:
             request = {"type": "hello", "user": self.name, "rooms": list(self.wanted_rooms)}
         self._hello_sent = self._send(request)
@@ -341,11 +377,8 @@ class ChatClient:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                env = m.decode(frames[-1])
-            except m.ProtocolError:
-                continue  # a broker never sends this; don't let a broken relay crash us
-            if type(env) is dict and type(env.get("type")) is str:
+            # Replies are single envelopes, feed frames may be batches; malformed input yields nothing.
+            for env in m.feed_events(frames[-1]):
                 self._last_heard = time.monotonic()
                 handler(env, events)
 
@@ -354,20 +387,15 @@ class ChatClient:
         if kind == "welcome":
             self._on_welcome(env, events)
         elif kind == "joined":
-            room = env["room"]
-            self.rooms[room] = None
-            self.wanted_rooms[room] = None
-            events.append(env)
-            self._deliver(room, *self.sequencer.expect(room, env["seq"]), events)
-            # Our SUB subscription and this join raced on two connections; if events were published before the
-            # subscription landed and none came after, no gap would show.  One catch-up fetch closes that hole.
-            self._catch_up[room] = time.monotonic() + self.heartbeat
+            self._on_joined(env, events)
         elif kind == "left":
             self._forget_room(env["room"])
             events.append(env)
         elif kind == "ack":
+            self._sent_at.pop(env.get("id"), None)
             env["request"] = self.unacked.pop(env.get("id"), None)
-            events.append(env)
+            if env["request"] is not None:  # an ack for a resend we already had acked is no news
+                events.append(env)
         elif kind == "error":
             self._on_error(env, events)
         elif kind == "history" and env.get("room") in self._fills:
@@ -375,6 +403,8 @@ class ChatClient:
             del self._fills[room]
             complete = len(env["events"]) < m.MAX_HISTORY_LIMIT
             self._deliver(room, *self.sequencer.fill(room, env["events"], complete), events)
+        elif kind == "rooms" and self.observer:
+            self._on_snapshot(env, events)
         elif kind == "pong":
             self._saw_epoch(env.get("epoch"), events)
             if not env.get("session") and self.user is not None:
@@ -383,22 +413,65 @@ class ChatClient:
             events.append(env)
 
     def _on_welcome(self, env: Event, events: list[Event]) -> None:
+        resumed = self.user is None and self._synced
         self.user = env["user"]
         self.heartbeat = float(env.get("heartbeat", self.heartbeat))
         self._saw_epoch(env.get("epoch"), events)
-        if self._was_welcomed:
+        self._synced = True
+        if resumed:
             events.append({"type": "status", "state": "reconnected", "epoch": self.epoch})
-            for request in self.unacked.values():
-                self._send(request)
-        self._was_welcomed = True
+            now = time.monotonic()
+            for msg_id in list(self._sent_at):
+                self._resend(msg_id, now)
+        events.append(env)
+
+    def _on_joined(self, env: Event, events: list[Event]) -> None:
+        room = env["room"]
+        self._joining = {i: r for i, r in self._joining.items() if r != room}
+        env["rejoin"] = room in self.sequencer.last  # after a reconnect: what we missed comes as events
+        self.rooms[room] = None
+        self.wanted_rooms[room] = None
+        events.append(env)
+        self._deliver(room, *self.sequencer.expect(room, env["seq"]), events)
+        # Our SUB subscription and this join raced on two connections; if events were published before the
+        # subscription landed and none came after, no gap would show.  One catch-up fetch closes that hole.
+        self._catch_up[room] = time.monotonic() + self.heartbeat
+
+    def _on_snapshot(self, env: Event, events: list[Event]) -> None:
+        """An observer's ``rooms`` snapshot: where each room stands, so nothing is missed or repeated."""
+        heads = env.get("rooms")
+        if type(heads) is not dict:
+            return
+        first = not self._synced
+        for room, head in heads.items():
+            if type(head) is not int or (self.wanted_rooms and room not in self.wanted_rooms):
+                continue
+            if not first and room not in self.sequencer.last:
+                self.sequencer.last[room] = 0  # a room we never saw: everything it has is news to us
+            self._deliver(room, *self.sequencer.expect(room, head, reset_to=0), events)
+        self.sequencer.unknown_baseline = 0  # rooms not in the snapshot are newer than it
+        for room in list(self.sequencer.held):
+            if room not in self.sequencer.last:
+                self._deliver(room, *self.sequencer.expect(room, 0), events)
+        self._synced = True
+        self._resync = False
         events.append(env)
 
     def _on_error(self, env: Event, events: list[Event]) -> None:
-        if env.get("code") == m.ErrorCode.NO_SESSION.value and self._was_welcomed:
-            self._lose_session()  # keep the message: it is resent after the new welcome
+        msg_id = env.get("id")
+        if env.get("code") == m.ErrorCode.NO_SESSION.value and self._synced:
+            if self.user is not None:
+                self._lose_session()  # keep the message: it is resent after the new welcome
             return
-        if env.get("id") in self.unacked:
-            env["request"] = self.unacked.pop(env["id"])
+        if env.get("code") == m.ErrorCode.RATE_LIMITED.value and msg_id in self.unacked:
+            env["retrying"] = True  # kept: resent after ack_timeout
+        elif msg_id in self.unacked:
+            self._sent_at.pop(msg_id, None)
+            env["request"] = self.unacked.pop(msg_id)
+        elif msg_id in self._joining:
+            env["room"] = room = self._joining.pop(msg_id)
+            if room not in self.wanted_rooms:
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, m.room_topic(room))
         events.append(env)
 
     def _on_feed(self, env: Event, events: list[Event]) -> None:
@@ -414,7 +487,7 @@ class ChatClient:
         room = env.get("room")
         if type(room) is not str or type(env.get("seq")) is not int:
             return
-        if not self.observer and room not in self.wanted_rooms:
+        if not self.observer and room not in self.wanted_rooms and room not in self._joining.values():
             return  # a late event for a room we left
         self._deliver(room, *self.sequencer.push(env), events)
 
@@ -437,30 +510,37 @@ class ChatClient:
             return
         restarted = self.epoch is not None
         self.epoch = epoch
-        if restarted:  # a new broker run: its rooms start over and it knows no session of ours
-            self.sequencer.reset()
-            self._fills.clear()
-            self._catch_up.clear()
-            if self.observer:
-                events.append({"type": "status", "state": "reconnected", "epoch": epoch})
-            elif self.user is not None:
-                self._lose_session()
+        if not restarted:
+            return
+        # A new broker run knows no session of ours.  Its rooms go on from where they were (or, with no
+        # database, start over): re-joining, or a new snapshot, tells which, and fetches what we missed.
+        self._fills.clear()
+        if self.observer:
+            events.append({"type": "status", "state": "reconnected", "epoch": epoch})
+            self._resync = True
+            self._hello()
+        elif self.user is not None:
+            self._lose_session()
 
     def _lose_session(self) -> None:
         self.user = None
         self.rooms.clear()
+        self._catch_up.clear()
         self._hello()
 
     # --- timers ---------------------------------------------------------------
 
     def _hello_due(self) -> float | None:
-        """When to resend hello while we have no session: soon if IMMEDIATE refused it, slowly if unanswered."""
-        if self.user is not None or self.observer or not self._last_hello:
+        """When to resend hello (or the snapshot request): soon if IMMEDIATE refused it, slowly if unanswered."""
+        waiting = (self._resync or not self._synced) if self.observer else self.user is None
+        if not waiting or not self._last_hello:
             return None
         return self._last_hello + (1.0 if self._hello_sent else 0.05)
 
     def _next_due(self) -> float:
         due = min(self._last_ping + self.heartbeat, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
+        if self._sent_at and self.user is not None:
+            due = min(due, next(iter(self._sent_at.values())) + self.ack_timeout)
         hello_due = self._hello_due()
         return min(due, *self._catch_up.values(), hello_due if hello_due is not None else due)
 
@@ -479,6 +559,11 @@ class ChatClient:
         hello_due = self._hello_due()
         if hello_due is not None and now >= hello_due:
             self._hello()
+        if self.user is not None:
+            for msg_id, sent in list(self._sent_at.items()):
+                if now - sent < self.ack_timeout:
+                    break  # oldest first: the rest are younger
+                self._resend(msg_id, now)
         for room, due in list(self._catch_up.items()):
             if now >= due:
                 del self._catch_up[room]
@@ -537,9 +622,11 @@ def render(event: Event, me: str | None) -> str | None:
     if kind == "dm":
         text = m.safe_text(event.get("text", ""))
         return f"[dm] * {user} {text}" if event.get("me") else f"[dm] {user}: {text}"
-    if kind == "ack" and event.get("request", {}).get("type") == "dm":
+    if kind == "ack" and (event.get("request") or {}).get("type") == "dm":
         req = event["request"]
         return f"[dm -> {event.get('to', req['to'])}] {m.safe_text(req['text'])}"
+    if kind == "error" and event.get("retrying"):
+        return "[system] sending too fast; your message will be sent in a moment"
     if kind == "error":
         return f"[error] {m.safe_text(str(event.get('detail', '')))} ({event.get('code')})"
     if kind == "who":
@@ -578,10 +665,14 @@ class Console:
         print(line, file=self.out or sys.stdout, flush=True)
 
     def on_event(self, event: Event) -> None:
-        me = self.client.user
+        me = self.client.user or self.client.name  # user is None while reconnecting; our events still are ours
         kind = event["type"]
         if kind in ("msg", "join", "leave") and event.get("user") == me:
             return  # what I typed is already on my screen; my own join/leave is said by [system]
+        if kind == "joined" and event.get("rejoin"):
+            return  # back after a reconnect: what was missed arrives as ordinary events
+        if kind == "error" and "room" in event:
+            self.switch_on_join.discard(event["room"])  # a join that was refused
         if kind == "joined" and event["room"] in self.switch_on_join:
             self.switch_on_join.discard(event["room"])
             self.current = event["room"]
@@ -597,6 +688,13 @@ class Console:
 
     def on_line(self, line: str) -> bool:
         """Act on one typed line; False means the user wants to leave."""
+        try:
+            return self._on_line(line)
+        except ChatError as exc:
+            self.show(f"[error] {exc.detail} ({exc.code})")
+            return True
+
+    def _on_line(self, line: str) -> bool:
         line = line.rstrip("\r\n")
         if not line.strip():
             return True
@@ -786,6 +884,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how long to wait for the broker at start (default: %(default)s)",
     )
+    parser.add_argument("--gui", action="store_true", help="chat in a window (gui.py) instead of at the console")
     return parser.parse_args(argv)
 
 
@@ -802,6 +901,10 @@ def _ask_name(interactive: bool) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gui:
+        import gui
+
+        return gui.main(argv)
     router, pub = m.endpoints(args.host, args.router, args.pub)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     rooms = [r.lstrip("#").lower() for r in args.room] if args.room else [m.DEFAULT_ROOM]

@@ -36,13 +36,11 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False) -> None
     """Write events until interrupted; each line is flushed as it is written."""
     for event in client.events():
         kind = event["type"]
-        if kind == "heartbeat" and not heartbeats:
-            continue
         if kind == "status":
             print(f"chat-logger: {event['state']}", file=sys.stderr, flush=True)
-            continue
-        out.write(m.encode(event) + b"\n")
-        out.flush()
+        elif "seq" in event or (kind == "heartbeat" and heartbeats):  # feed events, not replies
+            out.write(m.encode(event) + b"\n")
+            out.flush()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

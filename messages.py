@@ -34,6 +34,8 @@ MAX_TEXT_CHARS = 4000
 MAX_ID_CHARS = 64
 #: Rooms one session may be in at once (also the longest ``rooms`` in ``hello``).
 MAX_ROOMS_PER_SESSION = 32
+#: Most items a ``hello``'s ``rooms`` list may have at all, repeats included (bounds the work one frame costs).
+MAX_HELLO_ROOM_ITEMS = 256
 #: Largest ``limit`` a ``history`` request may ask for.
 MAX_HISTORY_LIMIT = 500
 #: Events returned by ``history`` when it gives no ``limit``.
@@ -104,6 +106,22 @@ def decode(data: bytes) -> Any:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid UTF-8 JSON: {exc}") from None
 
 
+def feed_events(payload: bytes) -> list[dict[str, Any]]:
+    """The events of one feed frame: one envelope, or a JSON array of them (a batch, in seq order).
+
+    Anything else (not JSON, not objects) yields no events: a subscriber never crashes on the feed.
+    """
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    if type(value) is dict:
+        return [value] if type(value.get("type")) is str else []
+    if type(value) is list:
+        return [event for event in value if type(event) is dict and type(event.get("type")) is str]
+    return []
+
+
 def room_topic(room: str) -> bytes:
     """The feed topic of a room.  The trailing slash stops ``room/gen/`` matching ``room/general/``."""
     return b"room/" + room.encode() + b"/"
@@ -111,9 +129,10 @@ def room_topic(room: str) -> bytes:
 
 def room_of_topic(topic: bytes) -> str | None:
     """Inverse of :func:`room_topic`; ``None`` for ``sys/`` and anything else."""
-    if topic.startswith(ROOM_TOPIC_PREFIX) and topic.endswith(b"/"):
-        return topic[len(ROOM_TOPIC_PREFIX) : -1].decode()
-    return None
+    if not (topic.startswith(ROOM_TOPIC_PREFIX) and topic.endswith(b"/")):
+        return None
+    room = topic[len(ROOM_TOPIC_PREFIX) : -1].decode("ascii", "replace")
+    return room if valid_room(room) else None
 
 
 # --- Field checks -------------------------------------------------------------
@@ -156,10 +175,12 @@ def check_room(field: str, value: Any) -> str:
 def check_rooms(field: str, value: Any) -> list[str]:
     if type(value) is not list:
         raise _field_error(field, "a list of room names", value)
-    if len(value) > MAX_ROOMS_PER_SESSION:
+    if len(value) > MAX_HELLO_ROOM_ITEMS:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} has more than {MAX_HELLO_ROOM_ITEMS} items")
+    rooms = list(dict.fromkeys(check_room(field, room) for room in value))  # drop repeats, keep order
+    if len(rooms) > MAX_ROOMS_PER_SESSION:
         raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {MAX_ROOMS_PER_SESSION} rooms per session")
-    rooms = [check_room(field, room) for room in value]
-    return list(dict.fromkeys(rooms))  # drop repeats, keep order
+    return rooms
 
 
 def check_text(field: str, value: Any) -> str:
@@ -212,10 +233,11 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "history": {"room": (check_room, True), "after": (check_seq, False), "limit": (check_limit, False)},
     "ping": {},
     "bye": {},
+    "rooms": {},
 }
 
 #: Requests that need no session (everything else answers ``no_session`` before ``hello``).
-SESSIONLESS = frozenset({"hello", "history", "ping", "bye"})
+SESSIONLESS = frozenset({"hello", "history", "ping", "bye", "rooms"})
 
 
 def parse_request(frames: list[bytes]) -> dict[str, Any]:
@@ -257,6 +279,9 @@ def parse_request(frames: list[bytes]) -> dict[str, Any]:
 
 # Bidi controls can make text read backwards on someone else's screen ("Trojan Source").
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Zero-width (non-)joiners are format characters too, but they are needed to write emoji
+# sequences (family, rainbow flag) and Persian or Indic text, and cannot move anything.
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def _escape_char(char: str) -> str:
@@ -276,7 +301,7 @@ def safe_text(text: str) -> str:
         return text
     out = []
     for char in text:
-        if char.isprintable() and char not in _BIDI:
+        if (char.isprintable() and char not in _BIDI) or char in _JOINERS:
             out.append(char)
         elif char == "\t":
             out.append("    ")

@@ -120,14 +120,24 @@ class Proc:
 class Broker(Proc):
     """A broker on ephemeral tcp ports of 127.0.0.1; ``router``/``pub`` are the endpoints it printed."""
 
-    def __init__(self, *extra: str, heartbeat: float = 0.2, session_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        *extra: str,
+        heartbeat: float = 0.2,
+        session_timeout: float = 1.0,
+        router: str = "tcp://127.0.0.1:0",
+        pub: str = "tcp://127.0.0.1:0",
+        db: str = ":memory:",
+    ) -> None:
         super().__init__(
             [
                 "broker.py",
                 "--router",
-                "tcp://127.0.0.1:0",
+                router,
                 "--pub",
-                "tcp://127.0.0.1:0",
+                pub,
+                "--db",
+                db,
                 "--heartbeat",
                 str(heartbeat),
                 "--session-timeout",
@@ -153,7 +163,7 @@ class Harness:
         self.procs: list[Proc] = []
         self.ctx = zmq.Context()
 
-    def broker(self, *extra: str, **kw: float) -> Broker:
+    def broker(self, *extra: str, **kw: float | str) -> Broker:
         broker = Broker(*extra, **kw)
         self.procs.append(broker)
         return broker

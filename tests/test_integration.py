@@ -204,6 +204,8 @@ def test_ipc_endpoints_and_broker_shutdown(harness: Harness) -> None:
             "0.2",
             "--session-timeout",
             "1",
+            "--db",
+            ":memory:",
         ],
         "ipc-broker",
         stdin=False,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -25,8 +27,18 @@ class Terminal:
         master, slave = pty.openpty()
         # No cursor-position requests: a real terminal answers them, this pty would leave each one to time out.
         env = dict(os.environ, TERM="xterm", COLUMNS="120", LINES="40", PROMPT_TOOLKIT_NO_CPR="1")
+        # A session of its own with the pty as controlling terminal, as in a real terminal: then Ctrl-C typed
+        # while the line editor is not reading (between two prompts) still raises SIGINT.
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(slave)
         self.master = master

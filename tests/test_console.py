@@ -1,0 +1,529 @@
+"""The console UI logic: render() lines, and Console with a stand-in client (no sockets)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from client import HELP, Console, render
+
+
+class FakeClient:
+    """Records what the console asks of a ChatClient; holds the state the console reads."""
+
+    def __init__(self, user: str = "me", rooms: tuple[str, ...] = ("general",)) -> None:
+        self.user = user
+        self.rooms: dict[str, None] = dict.fromkeys(rooms)
+        self.wanted_rooms: dict[str, None] = dict.fromkeys(rooms)
+        self.calls: list[tuple[Any, ...]] = []
+
+    def say(self, room: str, text: str, me: bool = False) -> str:
+        self.calls.append(("say", room, text, me))
+        return "id"
+
+    def dm(self, to: str, text: str, me: bool = False) -> str:
+        self.calls.append(("dm", to, text, me))
+        return "id"
+
+    def join(self, room: str) -> None:
+        self.wanted_rooms[room] = None
+        self.calls.append(("join", room))
+
+    def leave(self, room: str) -> None:
+        self.calls.append(("leave", room))
+
+    def who(self, room: str) -> None:
+        self.calls.append(("who", room))
+
+    # What ChatClient does on the broker's replies, for the console to see:
+
+    def joined(self, room: str, users: list[str] | None = None, history: list | None = None) -> dict:
+        self.rooms[room] = None
+        self.wanted_rooms[room] = None
+        return {"type": "joined", "room": room, "users": users or [self.user], "history": history or [], "seq": 1}
+
+    def left(self, room: str) -> dict:
+        self.rooms.pop(room, None)
+        self.wanted_rooms.pop(room, None)
+        return {"type": "left", "room": room}
+
+
+def console(user: str = "me", rooms: tuple[str, ...] = ("general",)) -> tuple[Console, FakeClient, io.StringIO]:
+    fake = FakeClient(user, rooms)
+    out = io.StringIO()
+    return Console(fake, out=out), fake, out  # type: ignore[arg-type]
+
+
+def lines(out: io.StringIO) -> list[str]:
+    return out.getvalue().splitlines()
+
+
+def msg(user: str = "alice", text: str = "hi", room: str = "general", **extra: Any) -> dict:
+    return {"type": "msg", "room": room, "user": user, "text": text, "id": "x", "seq": 1, "ts": 0.0, **extra}
+
+
+# --- render -------------------------------------------------------------------------------
+
+
+def test_render_msg_in_general() -> None:
+    assert render(msg(), "me") == "alice: hi"
+
+
+def test_render_msg_in_another_room() -> None:
+    assert render(msg(room="dev"), "me") == "#dev alice: hi"
+
+
+def test_render_me_action() -> None:
+    assert render(msg(text="waves", me=True), "me") == "* alice waves"
+
+
+def test_render_me_action_in_another_room() -> None:
+    assert render(msg(text="waves", room="dev", me=True), "me") == "#dev * alice waves"
+
+
+def test_render_join_in_general() -> None:
+    assert render({"type": "join", "room": "general", "user": "alice"}, "me") == "[join] alice joined the chat"
+
+
+def test_render_join_in_another_room() -> None:
+    assert render({"type": "join", "room": "dev", "user": "alice"}, "me") == "#dev [join] alice joined the room"
+
+
+def test_render_leave_in_general() -> None:
+    event = {"type": "leave", "room": "general", "user": "alice", "reason": "left"}
+    assert render(event, "me") == "[leave] alice left the chat"
+
+
+def test_render_quit_reads_like_leave() -> None:
+    event = {"type": "leave", "room": "general", "user": "alice", "reason": "quit"}
+    assert render(event, "me") == "[leave] alice left the chat"
+
+
+def test_render_leave_by_timeout() -> None:
+    event = {"type": "leave", "room": "general", "user": "alice", "reason": "timeout"}
+    assert render(event, "me") == "[leave] alice left the chat (timed out)"
+
+
+def test_render_leave_in_another_room() -> None:
+    event = {"type": "leave", "room": "dev", "user": "alice", "reason": "left"}
+    assert render(event, "me") == "#dev [leave] alice left the room"
+
+
+def test_render_dm() -> None:
+    event = {"type": "dm", "user": "bob", "to": "me", "text": "psst", "id": "d", "ts": 0.0}
+    assert render(event, "me") == "[dm] bob: psst"
+
+
+def test_render_dm_action() -> None:
+    event = {"type": "dm", "user": "bob", "to": "me", "text": "nods", "id": "d", "ts": 0.0, "me": True}
+    assert render(event, "me") == "[dm] * bob nods"
+
+
+def test_render_dm_ack_shows_what_was_sent() -> None:
+    event = {"type": "ack", "id": "d", "to": "Bob", "request": {"type": "dm", "to": "bob", "text": "psst", "id": "d"}}
+    assert render(event, "me") == "[dm -> Bob] psst"
+
+
+def test_render_msg_ack_shows_nothing() -> None:
+    event = {"type": "ack", "id": "m", "room": "general", "seq": 3, "request": {"type": "msg", "text": "hi"}}
+    assert render(event, "me") is None
+
+
+def test_render_ack_for_an_unknown_id_shows_nothing() -> None:
+    # ChatClient sets request=None when the ack's id is no longer in unacked (e.g. a duplicate ack).
+    event = {"type": "ack", "id": "gone", "room": "general", "seq": 3, "request": None}
+    assert render(event, "me") is None
+
+
+def test_render_error() -> None:
+    event = {"type": "error", "code": "rate_limited", "detail": "too many requests; slow down"}
+    assert render(event, "me") == "[error] too many requests; slow down (rate_limited)"
+
+
+def test_render_who() -> None:
+    assert render({"type": "who", "room": "general", "users": ["alice", "bob"]}, "me") == (
+        "[who] #general: alice, bob (2)"
+    )
+
+
+def test_render_who_of_an_empty_room() -> None:
+    assert render({"type": "who", "room": "dev", "users": []}, "me") == "[who] #dev: nobody (0)"
+
+
+def test_render_joined() -> None:
+    event = {"type": "joined", "room": "dev", "users": ["alice", "me"], "history": [], "seq": 4}
+    assert render(event, "me") == "[system] you are in #dev (2 here: alice, me)"
+
+
+def test_render_left() -> None:
+    assert render({"type": "left", "room": "dev"}, "me") == "[system] you left #dev"
+
+
+@pytest.mark.parametrize(
+    ("state", "line"),
+    [
+        ("lost", "[system] connection lost, reconnecting…"),
+        ("restored", "[system] connection restored"),
+        ("reconnected", "[system] reconnected"),
+        ("shutdown", "[system] the broker is shutting down; waiting for it to come back…"),
+    ],
+)
+def test_render_status(state: str, line: str) -> None:
+    assert render({"type": "status", "state": state}, "me") == line
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "status", "state": "weird"},
+        {"type": "heartbeat", "epoch": "e", "ts": 1.0},
+        {"type": "welcome", "user": "me"},
+        {"type": "pong"},
+        {"type": "history", "room": "general", "events": []},
+        {"type": "something-newer"},
+        {},
+    ],
+    ids=repr,
+)
+def test_render_ignores_other_events(event: dict) -> None:
+    assert render(event, "me") is None
+
+
+# --- hostile text -------------------------------------------------------------------------
+
+HOSTILE = "\x1b[2J\x1b[Hhi\nbob: fake\r\u202eevil\x9b31m"
+ESCAPED = "\\x1b[2J\\x1b[Hhi\\x0abob: fake\\x0d\\u202eevil\\x9b31m"
+
+
+def test_render_escapes_hostile_msg_text() -> None:
+    assert render(msg(text=HOSTILE), "me") == f"alice: {ESCAPED}"
+
+
+def test_render_escapes_hostile_me_text() -> None:
+    assert render(msg(text=HOSTILE, me=True), "me") == f"* alice {ESCAPED}"
+
+
+def test_render_escapes_hostile_dm_text() -> None:
+    assert render({"type": "dm", "user": "bob", "text": HOSTILE}, "me") == f"[dm] bob: {ESCAPED}"
+
+
+def test_render_escapes_the_own_dm_text_in_an_ack() -> None:
+    event = {"type": "ack", "to": "bob", "request": {"type": "dm", "to": "bob", "text": HOSTILE}}
+    assert render(event, "me") == f"[dm -> bob] {ESCAPED}"
+
+
+def test_render_escapes_hostile_error_detail() -> None:
+    assert render({"type": "error", "code": "x", "detail": HOSTILE}, "me") == f"[error] {ESCAPED} (x)"
+
+
+def test_rendered_hostile_line_is_one_printable_line() -> None:
+    line = render(msg(text=HOSTILE), "me")
+    assert line is not None
+    assert line.isprintable()
+
+
+# --- Console: typed lines -----------------------------------------------------------------
+
+
+def test_plain_text_goes_to_the_current_room() -> None:
+    con, fake, _ = console()
+    assert con.on_line("hello there\n") is True
+    assert fake.calls == [("say", "general", "hello there", False)]
+
+
+def test_current_room_starts_as_the_first_wanted_room() -> None:
+    con, fake, _ = console(rooms=("dev", "general"))
+    con.on_line("hi")
+    assert fake.calls == [("say", "dev", "hi", False)]
+
+
+def test_double_slash_sends_text_starting_with_a_slash() -> None:
+    con, fake, _ = console()
+    con.on_line("//x")
+    assert fake.calls == [("say", "general", "/x", False)]
+
+
+def test_double_slash_keeps_the_rest_verbatim() -> None:
+    con, fake, _ = console()
+    con.on_line("//quit now")
+    assert fake.calls == [("say", "general", "/quit now", False)]
+
+
+@pytest.mark.parametrize("line", ["", "   ", "\n", "\r\n", "\t"], ids=repr)
+def test_empty_line_is_ignored(line: str) -> None:
+    con, fake, out = console()
+    assert con.on_line(line) is True
+    assert fake.calls == []
+    assert out.getvalue() == ""
+
+
+def test_text_with_no_current_room_is_an_error() -> None:
+    con, fake, out = console(rooms=())
+    con.on_line("hello")
+    assert fake.calls == []
+    assert lines(out) == ["[error] you are in no room; /join one"]
+
+
+def test_msg_sends_a_dm() -> None:
+    con, fake, _ = console()
+    con.on_line("/msg bob hello there")
+    assert fake.calls == [("dm", "bob", "hello there", False)]
+
+
+@pytest.mark.parametrize("line", ["/msg", "/msg bob", "/msg bob   "], ids=repr)
+def test_msg_without_text_shows_usage(line: str) -> None:
+    con, fake, out = console()
+    con.on_line(line)
+    assert fake.calls == []
+    assert lines(out) == ["[error] usage: /msg NAME TEXT"]
+
+
+def test_me_says_an_action_in_the_current_room() -> None:
+    con, fake, _ = console()
+    con.on_line("/me waves")
+    assert fake.calls == [("say", "general", "waves", True)]
+
+
+def test_me_without_action_shows_usage() -> None:
+    con, fake, out = console()
+    con.on_line("/me")
+    assert fake.calls == []
+    assert lines(out) == ["[error] usage: /me ACTION"]
+
+
+def test_me_with_no_current_room_is_an_error() -> None:
+    con, fake, out = console(rooms=())
+    con.on_line("/me waves")
+    assert fake.calls == []
+    assert lines(out) == ["[error] you are in no room; /join one"]
+
+
+def test_join_asks_the_client_and_switches_on_joined() -> None:
+    con, fake, _ = console()
+    con.on_line("/join dev")
+    assert fake.calls == [("join", "dev")]
+    assert con.current == "general"  # not yet: the broker has not answered
+    con.on_event(fake.joined("dev"))
+    assert con.current == "dev"
+    con.on_line("hi")
+    assert fake.calls[-1] == ("say", "dev", "hi", False)
+
+
+def test_join_normalises_hash_and_case() -> None:
+    con, fake, _ = console()
+    con.on_line("/join #Dev")
+    assert fake.calls == [("join", "dev")]
+
+
+def test_joined_for_a_room_not_asked_for_does_not_switch() -> None:
+    con, fake, _ = console()
+    con.on_event(fake.joined("ops"))
+    assert con.current == "general"
+
+
+def test_join_of_a_room_already_in_switches_at_once() -> None:
+    con, fake, out = console(rooms=("general", "dev"))
+    con.on_line("/join dev")
+    assert fake.calls == []
+    assert con.current == "dev"
+    assert lines(out) == ["[system] now talking in #dev"]
+
+
+def test_join_without_room_shows_usage() -> None:
+    con, fake, out = console()
+    con.on_line("/join")
+    assert fake.calls == []
+    assert lines(out) == ["[error] usage: /join ROOM"]
+
+
+def test_leave_defaults_to_the_current_room() -> None:
+    con, fake, _ = console()
+    con.on_line("/leave")
+    assert fake.calls == [("leave", "general")]
+
+
+def test_leave_a_named_room() -> None:
+    con, fake, _ = console(rooms=("general", "dev"))
+    con.on_line("/leave #dev")
+    assert fake.calls == [("leave", "dev")]
+
+
+def test_leave_with_no_current_room_shows_usage() -> None:
+    con, fake, out = console(rooms=())
+    con.on_line("/leave")
+    assert fake.calls == []
+    assert lines(out) == ["[error] usage: /leave ROOM"]
+
+
+def test_left_current_room_falls_back_to_general() -> None:
+    con, fake, _ = console(rooms=("general", "dev"))
+    con.on_line("/join dev")
+    con.on_event(fake.left("dev"))
+    assert con.current == "general"
+
+
+def test_left_general_falls_back_to_another_room() -> None:
+    con, fake, _ = console(rooms=("general", "dev"))
+    con.on_event(fake.left("general"))
+    assert con.current == "dev"
+
+
+def test_left_last_room_leaves_no_current_room() -> None:
+    con, fake, out = console()
+    con.on_event(fake.left("general"))
+    assert con.current is None
+    assert lines(out) == ["[system] you left #general"]
+
+
+def test_left_another_room_keeps_the_current_one() -> None:
+    con, fake, _ = console(rooms=("general", "dev"))
+    con.on_event(fake.left("dev"))
+    assert con.current == "general"
+
+
+def test_who_defaults_to_the_current_room() -> None:
+    con, fake, _ = console()
+    con.on_line("/who")
+    assert fake.calls == [("who", "general")]
+
+
+def test_who_a_named_room() -> None:
+    con, fake, _ = console()
+    con.on_line("/who #Dev")
+    assert fake.calls == [("who", "dev")]
+
+
+def test_who_with_no_current_room_shows_usage() -> None:
+    con, fake, out = console(rooms=())
+    con.on_line("/who")
+    assert fake.calls == []
+    assert lines(out) == ["[error] usage: /who ROOM"]
+
+
+def test_rooms_lists_the_rooms_and_marks_the_current_one() -> None:
+    con, _, out = console(rooms=("general", "dev"))
+    con.on_line("/rooms")
+    assert lines(out) == ["[rooms] #general (current), #dev"]
+
+
+def test_rooms_when_in_none() -> None:
+    con, _, out = console(rooms=())
+    con.on_line("/rooms")
+    assert lines(out) == ["[rooms] none"]
+
+
+def test_help_shows_the_help() -> None:
+    con, fake, out = console()
+    assert con.on_line("/help") is True
+    assert out.getvalue() == HELP + "\n"
+    assert fake.calls == []
+
+
+def test_unknown_command_is_an_error() -> None:
+    con, fake, out = console()
+    assert con.on_line("/teleport home") is True
+    assert fake.calls == []
+    assert lines(out) == ["[error] unknown command /teleport; /help lists the commands"]
+
+
+def test_unknown_command_is_shown_escaped() -> None:
+    con, _, out = console()
+    con.on_line("/x\x1b[2J")
+    assert lines(out) == ["[error] unknown command /x\\x1b[2j; /help lists the commands"]
+
+
+@pytest.mark.parametrize("line", ["/quit", "/exit", "/QUIT", "/exit now", "/quit\n"])
+def test_quit_and_exit_return_false(line: str) -> None:
+    con, fake, _ = console()
+    assert con.on_line(line) is False
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("line", ["hello", "/help", "/who", "/rooms", "/nonsense", "//quit"])
+def test_other_lines_return_true(line: str) -> None:
+    con, _, _ = console()
+    assert con.on_line(line) is True
+
+
+def test_commands_are_case_insensitive() -> None:
+    con, fake, _ = console()
+    con.on_line("/MSG bob hi")
+    con.on_line("/Me waves")
+    assert fake.calls == [("dm", "bob", "hi", False), ("say", "general", "waves", True)]
+
+
+def test_prompt_shows_the_current_room_unless_general() -> None:
+    con, fake, _ = console()
+    assert con.prompt() == "> "
+    con.on_line("/join dev")
+    con.on_event(fake.joined("dev"))
+    assert con.prompt() == "#dev> "
+
+
+# --- Console: events ----------------------------------------------------------------------
+
+
+def test_on_event_shows_other_users_messages() -> None:
+    con, _, out = console()
+    con.on_event(msg("alice", "hi"))
+    assert lines(out) == ["alice: hi"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        msg("me", "my own words"),
+        msg("me", "waves", me=True),
+        {"type": "join", "room": "general", "user": "me", "seq": 1},
+        {"type": "leave", "room": "dev", "user": "me", "reason": "left", "seq": 2},
+    ],
+    ids=["msg", "me-action", "join", "leave"],
+)
+def test_on_event_does_not_print_the_users_own_events(event: dict) -> None:
+    con, _, out = console(user="me")
+    con.on_event(event)
+    assert out.getvalue() == ""
+
+
+def test_on_event_prints_other_users_join_and_leave() -> None:
+    con, _, out = console(user="me")
+    con.on_event({"type": "join", "room": "general", "user": "alice"})
+    con.on_event({"type": "leave", "room": "general", "user": "alice", "reason": "timeout"})
+    assert lines(out) == ["[join] alice joined the chat", "[leave] alice left the chat (timed out)"]
+
+
+def test_on_event_shows_the_users_own_dm_ack() -> None:
+    con, _, out = console(user="me")
+    con.on_event({"type": "ack", "to": "bob", "request": {"type": "dm", "to": "bob", "text": "psst"}})
+    assert lines(out) == ["[dm -> bob] psst"]
+
+
+def test_on_event_prints_nothing_for_unrendered_events() -> None:
+    con, _, out = console()
+    con.on_event({"type": "heartbeat", "epoch": "e", "ts": 0.0})
+    assert out.getvalue() == ""
+
+
+def test_joined_shows_the_system_line_and_the_recent_messages_in_order() -> None:
+    con, fake, out = console()
+    history = [
+        {"type": "join", "room": "dev", "user": "alice", "seq": 1},
+        msg("alice", "earlier", room="dev"),
+        msg("bob", "later", room="dev"),
+    ]
+    con.on_event(fake.joined("dev", users=["alice", "bob", "me"], history=history))
+    shown = lines(out)
+    assert sorted(shown) == sorted(
+        ["#dev alice: earlier", "#dev bob: later", "[system] you are in #dev (3 here: alice, bob, me)"]
+    )
+    assert shown.index("#dev alice: earlier") < shown.index("#dev bob: later")
+
+
+def test_joined_shows_at_most_twenty_past_messages_the_latest_ones() -> None:
+    con, fake, out = console()
+    history = [msg("alice", f"m{i}") for i in range(30)]
+    con.on_event(fake.joined("general", history=history))
+    past = [line for line in lines(out) if line.startswith("alice: ")]
+    assert past == [f"alice: m{i}" for i in range(10, 30)]

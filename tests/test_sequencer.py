@@ -1,0 +1,301 @@
+"""FeedSequencer: each room's feed events in seq order, exactly once, with gap fetches."""
+
+from __future__ import annotations
+
+import pytest
+
+import client
+from client import FeedSequencer
+
+
+def ev(seq: int, room: str = "general") -> dict:
+    return {"type": "msg", "room": room, "seq": seq, "text": f"m{seq}"}
+
+
+def seqs(events: list[dict]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+def started(last: int = 0, room: str = "general") -> FeedSequencer:
+    """A client-style sequencer whose ``joined`` said ``last``."""
+    seq = FeedSequencer()
+    assert seq.expect(room, last) == ([], None)
+    return seq
+
+
+# --- in order and duplicates ----------------------------------------------------------------
+
+
+def test_in_order_events_are_delivered_at_once() -> None:
+    s = started(0)
+    for n in range(1, 6):
+        assert s.push(ev(n)) == ([ev(n)], None)
+    assert s.last["general"] == 5
+
+
+def test_delivery_starts_after_the_expected_seq() -> None:
+    s = started(41)
+    assert s.push(ev(42)) == ([ev(42)], None)
+
+
+def test_duplicate_of_a_delivered_event_is_dropped() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(2))
+    assert s.push(ev(1)) == ([], None)
+    assert s.push(ev(2)) == ([], None)
+
+
+def test_events_at_or_before_the_baseline_are_dropped() -> None:
+    s = started(10)
+    assert s.push(ev(10)) == ([], None)
+    assert s.push(ev(3)) == ([], None)
+
+
+def test_rooms_are_independent() -> None:
+    s = started(0, "a")
+    s.expect("b", 5)
+    s.push(ev(3, "a"))  # a gap in a
+    assert s.push(ev(6, "b")) == ([ev(6, "b")], None)
+
+
+# --- gaps ---------------------------------------------------------------------------------
+
+
+def test_gap_holds_later_events_and_asks_to_fetch_after_the_last_seq() -> None:
+    s = started(0)
+    s.push(ev(1))
+    assert s.push(ev(3)) == ([], 1)
+    assert s.push(ev(4)) == ([], 1)
+
+
+def test_late_event_closes_the_gap_and_releases_the_held_ones_in_order() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(4))
+    s.push(ev(3))
+    assert s.push(ev(2)) == ([ev(2), ev(3), ev(4)], None)
+    assert s.held == {}
+
+
+def test_duplicate_of_a_held_event_is_delivered_once() -> None:
+    s = started(0)
+    s.push(ev(2))
+    s.push(ev(2))
+    ready, fetch = s.push(ev(1))
+    assert seqs(ready) == [1, 2]
+    assert fetch is None
+
+
+def test_fill_delivers_in_order() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(5))
+    s.push(ev(6))
+    assert s.fill("general", [ev(2), ev(3), ev(4)], complete=False) == ([ev(n) for n in range(2, 7)], None)
+    assert s.last["general"] == 6
+    assert s.lost == 0
+
+
+def test_fill_ignores_events_already_delivered() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(2))
+    s.push(ev(4))
+    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3), ev(4)], complete=True)
+    assert seqs(ready) == [3, 4]
+    assert fetch is None
+
+
+def test_fill_in_any_order() -> None:
+    s = started(0)
+    s.push(ev(5))
+    ready, _ = s.fill("general", [ev(3), ev(1), ev(4), ev(2)], complete=False)
+    assert seqs(ready) == [1, 2, 3, 4, 5]
+
+
+def test_incomplete_fill_that_leaves_a_hole_asks_again() -> None:
+    s = started(0)
+    s.push(ev(10))
+    ready, fetch = s.fill("general", [ev(1), ev(2)], complete=False)
+    assert seqs(ready) == [1, 2]
+    assert fetch == 2
+    assert s.lost == 0
+
+
+def test_complete_fill_that_cannot_close_the_hole_skips_it_and_counts_lost() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(5))
+    s.push(ev(6))
+    ready, fetch = s.fill("general", [], complete=True)
+    assert seqs(ready) == [5, 6]
+    assert fetch is None
+    assert s.lost == 3  # 2, 3 and 4
+
+
+def test_complete_fill_delivers_what_it_has_then_skips_the_rest_of_the_hole() -> None:
+    s = started(0)
+    s.push(ev(10))
+    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3)], complete=True)
+    assert seqs(ready) == [1, 2, 3, 10]
+    assert fetch is None
+    assert s.lost == 6
+
+
+def test_complete_fill_skips_several_holes() -> None:
+    s = started(0)
+    s.push(ev(3))
+    s.push(ev(6))
+    ready, fetch = s.fill("general", [], complete=True)
+    assert seqs(ready) == [3, 6]
+    assert fetch is None
+    assert s.lost == 4  # 1, 2, 4, 5
+
+
+def test_lost_accumulates_over_fills() -> None:
+    s = started(0)
+    s.push(ev(3))
+    s.fill("general", [], complete=True)
+    s.push(ev(7))
+    s.fill("general", [], complete=True)
+    assert s.lost == 2 + 3
+
+
+def test_fill_with_nothing_held_delivers_nothing() -> None:
+    s = started(4)
+    assert s.fill("general", [], complete=True) == ([], None)
+    assert s.lost == 0
+
+
+def test_fill_for_an_unknown_room_is_ignored() -> None:
+    s = FeedSequencer()
+    assert s.fill("general", [ev(1), ev(2)], complete=True) == ([], None)
+    assert "general" not in s.last
+
+
+def test_too_many_held_events_skip_the_hole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "MAX_HELD_PER_ROOM", 3)
+    s = started(0)
+    for n in (2, 3, 4):
+        assert s.push(ev(n)) == ([], 0)
+    assert s.push(ev(5)) == ([ev(2), ev(3), ev(4), ev(5)], None)
+    assert s.lost == 1
+
+
+# --- before the baseline is known ---------------------------------------------------------
+
+
+def test_events_before_expect_are_held() -> None:
+    s = FeedSequencer()
+    assert s.push(ev(5)) == ([], None)
+    assert s.push(ev(6)) == ([], None)
+    assert "general" not in s.last
+
+
+def test_expect_releases_held_events_in_order_and_drops_those_at_or_before_the_baseline() -> None:
+    s = FeedSequencer()
+    for n in (4, 2, 5, 3, 1):
+        s.push(ev(n))
+    assert s.expect("general", 2) == ([ev(3), ev(4), ev(5)], None)
+    assert s.held == {}
+    assert s.last["general"] == 5
+
+
+def test_expect_with_a_hole_after_the_baseline_asks_to_fetch() -> None:
+    s = FeedSequencer()
+    s.push(ev(7))
+    assert s.expect("general", 4) == ([], 4)
+
+
+def test_expect_covering_everything_held_delivers_nothing() -> None:
+    s = FeedSequencer()
+    s.push(ev(1))
+    s.push(ev(2))
+    assert s.expect("general", 2) == ([], None)
+    assert s.held == {}
+
+
+def test_unknown_baseline_zero_wants_a_new_room_from_its_first_event() -> None:
+    s = FeedSequencer(unknown_baseline=0)
+    assert s.push(ev(1)) == ([ev(1)], None)
+    assert s.push(ev(2)) == ([ev(2)], None)
+
+
+def test_unknown_baseline_zero_fetches_what_came_before_the_first_event_seen() -> None:
+    s = FeedSequencer(unknown_baseline=0)
+    assert s.push(ev(3)) == ([], 0)
+
+
+def test_unknown_baseline_is_per_room() -> None:
+    s = FeedSequencer(unknown_baseline=0)
+    s.push(ev(1, "a"))
+    assert s.push(ev(1, "b")) == ([ev(1, "b")], None)
+
+
+# --- forget and reset ---------------------------------------------------------------------
+
+
+def test_forget_drops_the_room_and_what_is_held_for_it() -> None:
+    s = started(0)
+    s.push(ev(3))
+    s.forget("general")
+    assert "general" not in s.last
+    assert "general" not in s.held
+
+
+def test_after_forget_events_wait_for_a_new_expect() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.forget("general")
+    assert s.push(ev(2)) == ([], None)
+    assert s.expect("general", 1) == ([ev(2)], None)
+
+
+def test_forget_leaves_other_rooms_alone() -> None:
+    s = started(0, "a")
+    s.expect("b", 0)
+    s.forget("a")
+    assert s.push(ev(1, "b")) == ([ev(1, "b")], None)
+
+
+def test_forget_of_an_unknown_room_is_harmless() -> None:
+    FeedSequencer().forget("nowhere")
+
+
+def test_expect_ahead_of_a_known_room_fetches_what_was_missed() -> None:
+    s = started(0)
+    s.push(ev(1))
+    assert s.expect("general", 5) == ([], 1)  # e.g. re-joined after a reconnect: 2..5 happened meanwhile
+    assert s.fill("general", [ev(n) for n in range(2, 6)], complete=True) == ([ev(n) for n in range(2, 6)], None)
+
+
+def test_expect_equal_to_what_we_have_asks_for_nothing() -> None:
+    s = started(0)
+    s.push(ev(1))
+    assert s.expect("general", 1) == ([], None)
+
+
+def test_expect_behind_us_means_the_broker_started_over() -> None:
+    s = started(0)
+    for n in range(1, 50):
+        s.push(ev(n))
+    s.push(ev(60))
+    assert s.expect("general", 2) == ([], None)  # a broker without a database restarted
+    assert s.last["general"] == 2 and "general" not in s.held
+    assert s.push(ev(3)) == ([ev(3)], None)
+
+
+def test_expect_behind_us_with_reset_to_refetches_from_there() -> None:
+    s = started(0)
+    s.push(ev(1))
+    s.push(ev(2))
+    assert s.expect("general", 1, reset_to=0) == ([], 0)  # an observer wants the new run from its start
+
+
+def test_events_held_before_expect_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "MAX_HELD_PER_ROOM", 3)
+    s = FeedSequencer()
+    for n in range(1, 11):
+        s.push(ev(n))
+    assert len(s.held["general"]) <= 3
