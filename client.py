@@ -70,6 +70,7 @@ class FeedSequencer:
         self.last: dict[str, int] = {}
         self.held: dict[str, dict[int, Event]] = {}
         self.lost = 0  # events skipped because the broker no longer had them
+        self.filled = 0  # events that came from history, not the feed (the feed dropped them, or was late)
 
     def expect(self, room: str, head: int, reset_to: int | None = None) -> tuple[list[Event], int | None]:
         """The broker says ``room``'s last seq is ``head``; returns what can be delivered and any fetch needed.
@@ -112,7 +113,10 @@ class FeedSequencer:
         """A ``history`` reply arrived.  ``complete``: the broker sent all it had after our last seq."""
         if room not in self.last:
             return [], None
-        for event in events:
+        held = self.held.get(room, {})
+        fresh = [e for e in events if e["seq"] > self.last[room] and e["seq"] not in held]
+        self.filled += len(fresh)
+        for event in fresh:
             self._hold(room, event)
         ready, fetch = self._settle(room)
         while fetch is not None and complete:

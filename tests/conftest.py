@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,13 @@ import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single expectation may take before the test fails
+
+
+def free_port() -> int:
+    """A tcp port nobody listens on now, for a broker that must come back on the same endpoints."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class Proc:

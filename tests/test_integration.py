@@ -80,7 +80,8 @@ def _wait_for_log(path, done, timeout: float = 10.0) -> list[dict]:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        complete = path.read_text().split("\n")[:-1] if path.exists() else []  # the logger may be mid-line
+        events = [json.loads(line) for line in complete]
         if done(events):
             return events
         time.sleep(0.05)  # polling a file the logger appends to; the condition, not the sleep, synchronises

@@ -1,0 +1,238 @@
+"""Soak test: many bots chat while bots and the broker are killed and restarted at random.
+
+At the end the logger's file is checked against every acknowledgement the bots
+received: each acknowledged message must be in the log exactly once, with the
+seq its ack gave, and each room's seqs must run without holes or repeats.
+
+    python benchmarks/soak.py --duration 300          # five minutes, the defaults otherwise
+    python benchmarks/soak.py --duration 10 --bots 3  # a quick run (the test suite does this)
+
+Exit status: 0 when nothing acknowledged was lost or repeated, 1 otherwise.
+(``soak.py bot ...`` is the bot process the soak starts; it is not meant to be run by hand.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client import ChatClient, ChatError  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the bot process ----------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_bot(args: argparse.Namespace) -> int:
+    """Chat at ``--rate`` messages/s in random rooms; record each send and each ack, flushed at once."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    rng = random.Random(args.name)
+    rooms = args.rooms.split(",")
+    record = open(args.record, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
+    bot = ChatClient(args.name, router=args.router, pub=args.pub, rooms=rooms, ack_timeout=1.0)
+
+    def note(events: list[dict]) -> None:
+        for event in events:
+            if event["type"] == "ack":
+                record.write(f"A {event['id']} {event['room']} {event['seq']}\n")
+
+    try:
+        while True:
+            try:
+                bot.connect(timeout=60)
+                break
+            except ChatError:
+                time.sleep(0.2)  # e.g. name_taken by a session of ours the broker has not timed out yet
+        interval = 1.0 / args.rate
+        next_send = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_send and len(bot.unacked) < 500:  # back-pressure while the broker is away
+                msg_id = bot.say(rng.choice(rooms), f"{args.name} says {rng.random():.6f}")
+                record.write(f"S {msg_id}\n")
+                next_send = max(next_send + interval, now - 1.0)
+            note(bot.poll(max(0.0, next_send - time.monotonic())))
+    except KeyboardInterrupt:
+        note(bot.close(flush_timeout=20.0))  # the acks that come in while it waits count too
+    return 0
+
+
+# --- the soak -----------------------------------------------------------------------------
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.work = workdir
+        self.rng = random.Random(args.seed)
+        self.router = f"tcp://127.0.0.1:{free_port()}"
+        self.pub = f"tcp://127.0.0.1:{free_port()}"
+        self.db = workdir / "chat.db"
+        self.log = workdir / "chat.jsonl"
+        self.rooms = [f"room{i}" for i in range(args.rooms)]
+        self.broker: subprocess.Popen | None = None
+        self.bots: dict[int, subprocess.Popen] = {}
+        self.generation = collections.Counter()
+        self.counts = collections.Counter()
+        self.logs: list = []
+
+    def spawn(self, argv: list[str], name: str) -> subprocess.Popen:
+        log = open(self.work / f"{name}.out", "ab")  # noqa: SIM115 (closed at the end)
+        self.logs.append(log)
+        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_broker(self) -> None:
+        argv = ["broker.py", "--router", self.router, "--pub", self.pub, "--db", str(self.db)]
+        argv += ["--rate-limit", "0", "--heartbeat", "0.5", "--session-timeout", "3"]
+        self.broker = self.spawn(argv, "broker")
+
+    def start_bot(self, slot: int) -> None:
+        self.generation[slot] += 1
+        name = f"bot{slot}-{self.generation[slot]}"
+        argv = [__file__, "bot", "--name", name, "--router", self.router, "--pub", self.pub]
+        argv += ["--rooms", ",".join(self.rooms), "--rate", str(self.args.rate), "--record", str(self.work / "acks")]
+        self.bots[slot] = self.spawn(argv, name)
+
+    def chaos(self) -> None:
+        """One random fault: most often a bot dies, sometimes the broker (kill -9, or a clean stop)."""
+        roll = self.rng.random()
+        if roll < 0.6:
+            slot = self.rng.randrange(len(self.bots))
+            self.bots[slot].kill()
+            self.bots[slot].wait()
+            self.counts["bot kill -9"] += 1
+            self.start_bot(slot)
+        else:
+            assert self.broker is not None
+            hard = roll < 0.85
+            self.broker.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+            self.broker.wait(10)
+            self.counts["broker kill -9" if hard else "broker SIGTERM"] += 1
+            time.sleep(self.rng.uniform(0.2, 1.5))  # the broker is down for a while: that is the fault
+            self.start_broker()
+
+    def run(self) -> int:
+        self.start_broker()
+        logger = self.spawn(["logger.py", "--router", self.router, "--pub", self.pub, "--out", str(self.log)], "logger")
+        for slot in range(self.args.bots):
+            self.start_bot(slot)
+        end = time.monotonic() + self.args.duration
+        while time.monotonic() < end:
+            time.sleep(min(self.rng.uniform(0.5, 2.0), max(0.0, end - time.monotonic())))  # pacing the faults
+            if time.monotonic() < end:
+                self.chaos()
+        for bot in self.bots.values():
+            bot.send_signal(signal.SIGTERM)  # a clean stop: each waits for its acks
+        for bot in self.bots.values():
+            bot.wait(60)
+        assert self.broker is not None
+        acked = self.acked()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not acked.keys() <= self.logged_ids():
+            time.sleep(0.2)  # the logger catches up by itself; we only wait for it
+        logger.send_signal(signal.SIGTERM)
+        logger.wait(10)
+        self.broker.send_signal(signal.SIGTERM)
+        self.broker.wait(10)
+        for log in self.logs:
+            log.close()
+        return self.report(acked)
+
+    def acked(self) -> dict[str, tuple[str, int]]:
+        acks: dict[str, tuple[str, int]] = {}
+        for line in (self.work / "acks").read_text().splitlines():
+            parts = line.split()
+            if parts[0] == "A" and len(parts) == 4:
+                acks[parts[1]] = (parts[2], int(parts[3]))
+            elif parts[0] == "S":
+                self.counts["sent"] += 1
+        return acks
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().split("\n")[:-1]] if self.log.exists() else []
+
+    def logged_ids(self) -> set[str]:
+        return {e["id"] for e in self.events() if e["type"] == "msg"}
+
+    def report(self, acked: dict[str, tuple[str, int]]) -> int:
+        events = self.events()
+        messages = collections.Counter(e["id"] for e in events if e["type"] == "msg")
+        where = {e["id"]: (e["room"], e["seq"]) for e in events if e["type"] == "msg"}
+        lost = [i for i in acked if i not in messages]
+        duplicated = sum(n - 1 for n in messages.values() if n > 1)
+        misplaced = [i for i, at in acked.items() if i in where and where[i] != at]
+        holes = repeats = 0
+        for room in {e["room"] for e in events}:
+            seqs = [e["seq"] for e in events if e["room"] == room]
+            repeats += len(seqs) - len(set(seqs))
+            holes += (max(seqs) - min(seqs) + 1) - len(set(seqs))
+            if seqs != sorted(seqs):
+                repeats += 1  # out of order counts as a fault too
+        rows = [
+            ("duration (s)", self.args.duration),
+            ("bots (at once)", self.args.bots),
+            ("bot incarnations", sum(self.generation.values())),
+            *sorted(self.counts.items()),
+            ("acked", len(acked)),
+            ("logged messages", sum(messages.values())),
+            ("logged events", len(events)),
+            ("lost (acked, not logged)", len(lost)),
+            ("duplicated", duplicated),
+            ("seq holes", holes),
+            ("seq repeats / disorder", repeats),
+            ("ack seq != logged seq", len(misplaced)),
+        ]
+        width = max(len(name) for name, _ in rows)
+        for name, value in rows:
+            print(f"{name:<{width}}  {value}")
+        failed = lost or duplicated or holes or repeats or misplaced
+        print("RESULT:", "FAIL" if failed else "PASS", f"(work files in {self.work})")
+        return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bot"]:
+        bot = argparse.ArgumentParser(prog="soak.py bot")
+        for option in ("--name", "--router", "--pub", "--rooms", "--record"):
+            bot.add_argument(option, required=True)
+        bot.add_argument("--rate", type=float, required=True)
+        return run_bot(bot.parse_args(argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of chaos (default: %(default)s)")
+    parser.add_argument("--bots", type=int, default=6, help="bots chatting at once (default: %(default)s)")
+    parser.add_argument("--rooms", type=int, default=3, help="rooms they chat in (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=40.0, help="messages per second per bot (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, help="where to keep the database, logs and acks (default: a temp dir)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chat-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return Soak(args, workdir).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Issue 3's guarantees under faults, with real processes: nothing acknowledged is lost or repeated."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, Harness, free_port
+
+import client
+from client import ChatClient
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def fixed_endpoints() -> dict[str, str]:
+    return {"router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{free_port()}"}
+
+
+def read_log(path: Path) -> list[dict]:
+    """The complete lines of a log the logger may be writing to right now."""
+    complete = path.read_text().split("\n")[:-1] if path.exists() else []
+    return [json.loads(line) for line in complete]
+
+
+def wait_for(condition, timeout: float = WAIT, what: str = "condition"):
+    """Poll a condition on files or processes that change by themselves; the condition synchronises."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def drain_acks(bot: ChatClient, timeout: float = 30.0) -> list[dict]:
+    """Run the bot until every message it sent is acknowledged; return the acks."""
+    acks = []
+    deadline = time.monotonic() + timeout
+    while bot.unacked and time.monotonic() < deadline:
+        acks += [e for e in bot.poll(0.05) if e["type"] == "ack"]
+    assert not bot.unacked, f"{len(bot.unacked)} messages never acknowledged"
+    return acks
+
+
+def say_many(bot: ChatClient, count: int, text: str) -> list[str]:
+    """Send ``count`` messages, letting acks in whenever the client's unacked queue is half full."""
+    ids = []
+    for i in range(count):
+        while len(bot.unacked) >= client.MAX_UNACKED // 2:
+            bot.poll(0.01)
+        ids.append(bot.say("general", f"{text} {i}"))
+    return ids
+
+
+def check_exactly_once(log: list[dict], user: str, ids: list[str]) -> None:
+    """Every id once, and every room's seqs contiguous (no holes, no repeats)."""
+    logged = [e["id"] for e in log if e["type"] == "msg" and e["user"] == user]
+    assert sorted(logged) == sorted(ids), f"missing {set(ids) - set(logged)}, extra {len(logged) - len(set(logged))}"
+    for room in {e["room"] for e in log}:
+        seqs = [e["seq"] for e in log if e["room"] == room]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"#{room} seqs have holes or repeats"
+
+
+def test_kill_9_and_restart_loses_nothing_acknowledged(harness: Harness) -> None:
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker("--rate-limit", "0", db=db, **ends)
+    log_path = harness.tmp_path / "chat.jsonl"
+    harness.logger(broker, "--out", str(log_path))
+    ids = []
+    with ChatClient("bot", ack_timeout=0.5, **ends) as bot:
+        bot.connect()
+        for i in range(400):
+            ids.append(bot.say("general", f"message {i}"))
+            bot.poll(0)
+            if i == 200:
+                broker.kill()  # SIGKILL, mid-stream: some messages handled, some committed, some not
+                assert broker.wait() == -signal.SIGKILL
+                broker = harness.broker("--rate-limit", "0", db=db, **ends)
+        acks = drain_acks(bot)
+        assert bot.sequencer.lost == 0
+    # Each message acked (an ack may be repeated for a resend: the same seq both times).
+    seq_of = {}
+    for ack in acks:
+        assert seq_of.setdefault(ack["id"], ack["seq"]) == ack["seq"]
+    assert set(seq_of) == set(ids)
+    # The logger, which saw the broker die and come back, has each exactly once, in order.
+    log = wait_for(
+        lambda: (lg := read_log(log_path)) and any(e["type"] == "leave" and e["user"] == "bot" for e in lg) and lg,
+        what="the logger to catch up, up to the bot's leave",
+    )
+    check_exactly_once(log, "bot", ids)
+    assert {e["seq"] for e in log if e["type"] == "msg"} == set(seq_of.values())
+    # And the restarted broker's history agrees: seq went on from where it was.
+    raw = harness.raw(broker)
+    raw.request({"type": "rooms"})
+    assert raw.reply()["rooms"]["general"] == max(e["seq"] for e in log if e["room"] == "general")
+
+
+def test_text_typed_while_the_broker_is_down_is_sent_when_it_is_back(harness: Harness) -> None:
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker(db=db, **ends)
+    alice = harness.client(broker, "alice")
+    bob = harness.client(broker, "bob")
+    alice.send("before the crash")
+    bob.expect(r"^alice: before the crash$")
+    broker.kill()
+    broker.wait()
+    alice.expect(r"^\[system\] connection lost, reconnecting…$")
+    bob.expect(r"^\[system\] connection lost, reconnecting…$")
+    alice.send("typed while the broker was down")
+    harness.broker(db=db, **ends)
+    alice.expect(r"^\[system\] reconnected$")
+    bob.expect(r"^\[system\] reconnected$")
+    bob.expect(r"^alice: typed while the broker was down$")
+    # Exactly once: nothing was printed twice, and the earlier line was not replayed.
+    assert bob.output(settle=0.5).count("alice: typed while the broker was down") == 1
+    assert bob.output().count("alice: before the crash") == 1
+
+
+def test_a_stopped_logger_still_writes_every_event_once_in_order(harness: Harness) -> None:
+    # A small feed high-water mark, so the PUB really drops what the stopped logger cannot take.
+    broker = harness.broker("--rate-limit", "0", "--feed-hwm", "50", db=str(harness.tmp_path / "chat.db"))
+    log_path = harness.tmp_path / "chat.jsonl"
+    logger = harness.logger(broker, "--out", str(log_path))
+    ends = {"router": broker.router, "pub": broker.pub}
+    with ChatClient("flood", **ends) as bot:
+        bot.connect()
+        logger.kill(signal.SIGSTOP)  # stuck: its socket buffers fill, then the PUB drops its messages
+        ids = say_many(bot, 20_000, "x" * 200 + " flood")
+        drain_acks(bot, timeout=60)
+        logger.kill(signal.SIGCONT)
+        log = wait_for(
+            lambda: (lg := read_log(log_path)) and sum(e["type"] == "msg" for e in lg) >= len(ids) and lg,
+            timeout=60,
+            what="the logger to catch up",
+        )
+    check_exactly_once(log, "flood", ids)
+    logger.kill(signal.SIGTERM)
+    assert logger.wait() == 0
+    filled = int(logger.expect(r"(\d+) events were fetched from history, 0 were lost").group(1))
+    assert filled > 0, "the PUB dropped nothing, so this test proved nothing"
+
+
+def test_a_restarted_logger_resumes_without_repeats_or_gaps(harness: Harness) -> None:
+    broker = harness.broker("--rate-limit", "0")
+    log_path = harness.tmp_path / "chat.jsonl"
+    logger = harness.logger(broker, "--out", str(log_path))
+    ends = {"router": broker.router, "pub": broker.pub}
+    with ChatClient("talker", **ends) as bot:
+        bot.connect()
+        first = [bot.say("general", f"first {i}") for i in range(50)]
+        drain_acks(bot)
+        wait_for(lambda: sum(e["type"] == "msg" for e in read_log(log_path)) == 50, what="the first 50")
+        logger.kill()
+        logger.wait()
+        with log_path.open("ab") as f:
+            f.write(b'{"type":"msg","room":"gen')  # a line torn by the kill
+        second = [bot.say("general", f"second {i}") for i in range(50)]
+        drain_acks(bot)
+        harness.logger(broker, "--out", str(log_path))
+        third = [bot.say("general", f"third {i}") for i in range(50)]
+        drain_acks(bot)
+        log = wait_for(
+            lambda: (lg := read_log(log_path)) and sum(e["type"] == "msg" for e in lg) >= 150 and lg,
+            what="the restarted logger to catch up",
+        )
+    check_exactly_once(log, "talker", first + second + third)
+
+
+def test_sigterm_commits_tells_the_feed_and_exits_promptly(harness: Harness) -> None:
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker(db=db, **ends)
+    alice = harness.client(broker, "alice")
+    raw = harness.raw(broker)
+    raw.wait_subscribed()
+    alice.send("remember me")
+    raw.feed(lambda e: e.get("text") == "remember me")
+    started = time.monotonic()
+    broker.kill(signal.SIGTERM)
+    assert broker.wait() == 0
+    assert time.monotonic() - started < 2.0
+    alice.expect(r"^\[system\] the broker is shutting down")
+    broker = harness.broker(db=db, **ends)
+    alice.expect(r"^\[system\] reconnected$")
+    bob = harness.client(broker, "bob")
+    bob.expect(r"^alice: remember me$")  # the history survived, shown to a newcomer

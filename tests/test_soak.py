@@ -1,0 +1,45 @@
+"""A short run of the soak script: bots and the broker killed at random, nothing acknowledged lost."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def test_short_soak_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/soak.py",
+            "--duration",
+            "8",
+            "--bots",
+            "3",
+            "--rate",
+            "30",
+            "--seed",
+            "3",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    report = result.stdout
+    assert result.returncode == 0, report + result.stderr
+    assert "RESULT: PASS" in report
+    counts = {name.strip(): value for name, value in re.findall(r"^(.+?)\s{2,}(\S+)$", report, re.MULTILINE)}
+    assert int(counts["acked"]) > 100
+    assert int(counts["lost (acked, not logged)"]) == 0 and int(counts["duplicated"]) == 0
+    assert int(counts["seq holes"]) == 0
+    faults = sum(int(counts.get(k, 0)) for k in ("bot kill -9", "broker kill -9", "broker SIGTERM"))
+    assert faults >= 3, "the run injected too few faults to prove anything"
