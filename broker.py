@@ -20,7 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
+import keys
 import messages as m
 from chat import ChatConfig, ChatCore, Output, Publish
 from store import SYNC_LEVELS, open_store
@@ -49,12 +52,19 @@ def default_db_path() -> Path:
 
 
 def bind_sockets(
-    ctx: zmq.Context, router_ep: str, pub_ep: str, heartbeat: float, feed_hwm: int = FEED_HWM
+    ctx: zmq.Context,
+    router_ep: str,
+    pub_ep: str,
+    heartbeat: float,
+    feed_hwm: int = FEED_HWM,
+    max_frame: int = m.MAX_FRAME_BYTES,
+    curve: tuple[bytes, bytes] | None = None,
 ) -> tuple[zmq.Socket, zmq.Socket]:
+    """The inbox and the feed, with every option chosen on purpose; ``curve`` is the broker's (public, secret)."""
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable/full peers raise, so we drop and count
     router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its session (same routing id)
-    router.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME_BYTES)  # oversized frames never reach Python
+    router.setsockopt(zmq.MAXMSGSIZE, max_frame)  # oversized frames never reach Python
     router.setsockopt(zmq.SNDHWM, INBOX_HWM)
     router.setsockopt(zmq.RCVHWM, INBOX_HWM)
     pub = ctx.socket(zmq.PUB)
@@ -65,6 +75,9 @@ def bind_sockets(
         # ZMTP heartbeats let libzmq free the pipes of peers that vanished without a FIN.
         sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat * 3000))
+        if curve is not None:  # both sockets: nothing crosses the wire in clear, the feed included
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = curve
     router.bind(router_ep)
     pub.bind(pub_ep)
     return router, pub
@@ -73,10 +86,11 @@ def bind_sockets(
 class Broker:
     """Owns the sockets and the core; ``run`` is the whole event loop."""
 
-    def __init__(self, router: zmq.Socket, pub: zmq.Socket, core: ChatCore) -> None:
+    def __init__(self, router: zmq.Socket, pub: zmq.Socket, core: ChatCore, secure: bool = False) -> None:
         self.router = router
         self.pub = pub
         self.core = core
+        self.secure = secure  # CURVE: read each request's authenticated key (User-Id) from its frame
         self.dropped_replies = 0
 
     def flush(self, outputs: list[Output]) -> None:
@@ -110,14 +124,20 @@ class Broker:
 
     def drain(self) -> None:
         """Handle what is waiting, without blocking: one poll per burst, one commit per batch."""
-        router, core, clock = self.router, self.core, time.monotonic
+        router, core, clock, secure = self.router, self.core, time.monotonic, self.secure
         pending: list[Output] = []
+        key = None
         for _ in range(DRAIN_LIMIT):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key
+                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = parts[-1].get("User-Id")
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            pending += core.handle(frames[0], frames[1:], clock())
+            pending += core.handle(frames[0], frames[1:], clock(), key)
             if len(pending) >= COMMIT_BATCH:
                 self.flush(pending)
                 pending = []
@@ -126,6 +146,25 @@ class Broker:
     def stop(self) -> None:
         self.flush(self.core.shutdown(time.monotonic()))
         self.core.store.close()
+
+
+def start_authenticator(ctx: zmq.Context, keydir: Path, allowed: dict[str, str | None] | None) -> ThreadAuthenticator:
+    """pyzmq's ZAP handler: with an allow-list only listed keys get past the handshake, else any key
+    (encryption without authentication).  It runs in its own thread on its own inproc socket."""
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    location = str(keydir / keys.ALLOWED) if allowed is not None else zmq.auth.CURVE_ALLOW_ANY
+    auth.configure_curve(domain="*", location=location)
+    return auth
+
+
+def security_mode(curve: bool, allowed: dict[str, str | None] | None) -> str:
+    if not curve:
+        return "plain: no encryption, no authentication (trusted networks only; see docs/security.md)"
+    if allowed is None:
+        return "CURVE, any client key (encrypted; no allow-list, so anyone with the broker's public key gets in)"
+    bound = sum(1 for name in allowed.values() if name)
+    return f"CURVE, {len(allowed)} allowed keys ({bound} bound to a name)"
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -213,6 +252,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--curve",
+        metavar="KEYDIR",
+        type=Path,
+        help="encrypt and authenticate with CurveZMQ, keys from KEYDIR (made by chat-keys; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--max-text",
+        type=int,
+        default=defaults.max_text,
+        metavar="N",
+        help="characters per message, at most %(default)s (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frame",
+        type=int,
+        default=m.MAX_FRAME_BYTES,
+        metavar="BYTES",
+        help="largest inbox frame; libzmq drops the connection of a peer that sends more (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-rooms-per-session",
+        type=int,
+        default=defaults.max_rooms_per_session,
+        metavar="N",
+        help="rooms one session may be in, at most %(default)s (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-history",
+        type=int,
+        default=defaults.max_history,
+        metavar="N",
+        help="events one history reply may carry, at most %(default)s (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-sessions-per-key",
+        type=int,
+        default=defaults.max_sessions_per_key,
+        metavar="N",
+        help="live sessions per CURVE client key, 0 = no limit (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-rooms",
         type=int,
         default=defaults.max_rooms,
@@ -234,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate_limit=args.rate_limit,
             rate_burst=args.rate_burst,
             max_rooms=args.max_rooms,
+            max_text=args.max_text,
+            max_rooms_per_session=args.max_rooms_per_session,
+            max_history=args.max_history,
+            max_sessions_per_key=args.max_sessions_per_key,
         )
     except ValueError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
@@ -244,22 +328,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chat-broker: cannot open the database {args.db}: {exc}", file=sys.stderr)
         return 1
     ctx = zmq.Context()
+    auth = None
     try:
-        router, pub = bind_sockets(ctx, router_ep, pub_ep, config.heartbeat, args.feed_hwm)
-    except zmq.ZMQError as exc:
-        print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
+        curve, allowed = None, None
+        if args.curve:
+            curve = keys.server_keys(args.curve)
+            allowed = keys.allowed_keys(args.curve)
+            auth = start_authenticator(ctx, args.curve, allowed)
+        router, pub = bind_sockets(ctx, router_ep, pub_ep, config.heartbeat, args.feed_hwm, args.max_frame, curve)
+    except (zmq.ZMQError, OSError, ValueError) as exc:
+        print(f"chat-broker: cannot start: {exc}", file=sys.stderr)
+        if auth is not None:
+            auth.stop()
         ctx.destroy(linger=0)
         store.close()
         return 1
     # Timers run on the monotonic clock (a wall-clock step can neither expire nor freeze sessions);
     # event ts are that clock plus a fixed offset to Unix time taken now.
-    core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic())
-    broker = Broker(router, pub, core)
+    core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic(), bindings=allowed)
+    broker = Broker(router, pub, core, secure=curve is not None)
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
     where = f"{args.db} ({len(core.rooms)} rooms, sync={args.sync})" if store.persistent else "memory only"
     print(f"  history:        {where}")
+    print(f"  security:       {security_mode(curve is not None, allowed)}")
     print("Ctrl-C stops it.", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -270,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.stop()
         router.close()
         pub.close()  # LINGER lets the shutdown event and queued replies go out
+        if auth is not None:
+            auth.stop()
         ctx.term()
     print(
         f"chat broker stopped ({len(core.sessions)} sessions ended, {broker.dropped_replies} replies undeliverable)",

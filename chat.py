@@ -10,7 +10,7 @@ sleeping, and any other front end (a web gateway, a test) can reuse the logic.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -48,6 +48,10 @@ class ChatConfig:
     rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
     dedupe_window: int = 100_000  # most recent (user, id) pairs remembered, so a resend is acked, not repeated
+    max_text: int = m.MAX_TEXT_CHARS  # characters per msg/dm text (at most the protocol's limit)
+    max_rooms_per_session: int = m.MAX_ROOMS_PER_SESSION  # rooms one session may be in at once
+    max_history: int = m.MAX_HISTORY_LIMIT  # events one history reply may carry (larger limits are cut to it)
+    max_sessions_per_key: int = 4  # live sessions per CURVE client key; 0 = no limit (plain mode has no keys)
 
     def __post_init__(self) -> None:
         if self.heartbeat <= 0 or self.session_timeout <= self.heartbeat:
@@ -56,6 +60,15 @@ class ChatConfig:
             raise ValueError("need 0 <= history_on_join <= history_kept")
         if self.rate_limit < 0 or (self.rate_limit and self.rate_burst < 1):
             raise ValueError("need rate_limit >= 0 and rate_burst >= 1")
+        for name, value, most in (
+            ("max_text", self.max_text, m.MAX_TEXT_CHARS),
+            ("max_rooms_per_session", self.max_rooms_per_session, m.MAX_ROOMS_PER_SESSION),
+            ("max_history", self.max_history, m.MAX_HISTORY_LIMIT),
+        ):
+            if not 1 <= value <= most:
+                raise ValueError(f"need 1 <= {name} <= {most}")
+        if self.max_sessions_per_key < 0:
+            raise ValueError("need max_sessions_per_key >= 0")
 
 
 @dataclass(eq=False, slots=True)
@@ -66,6 +79,7 @@ class Session:
     last_seen: float
     tokens: float
     tokens_at: float
+    key: str | None = None  # the CURVE public key (z85) it authenticated with; None in plain mode
 
 
 @dataclass(eq=False, slots=True)
@@ -92,8 +106,13 @@ class ChatCore:
         epoch: str | None = None,
         now: float = 0.0,
         wall_offset: float = 0.0,
+        bindings: dict[str, str | None] | None = None,
     ) -> None:
-        """``now`` (here and in every call) is a monotonic clock; ``ts`` stamps are ``now + wall_offset``."""
+        """``now`` (here and in every call) is a monotonic clock; ``ts`` stamps are ``now + wall_offset``.
+
+        ``bindings`` maps CURVE client keys to the one name each may use (None: any free name); a bound
+        name is then reserved for its key, even while nobody uses it.
+        """
         self.config = config or ChatConfig()
         self.store = store or MemoryStore()
         self.wall_offset = wall_offset
@@ -103,6 +122,9 @@ class ChatCore:
         self.rooms: dict[str, Room] = {}
         #: (casefolded user, id) -> the ack already sent for it; a resent message gets the same ack again.
         self.acked: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.bindings = {key: name for key, name in (bindings or {}).items() if name}
+        self.owners = {name.casefold(): key for key, name in self.bindings.items()}  # bound name -> its key
+        self.sessions_per_key: Counter[str] = Counter()
         self.next_heartbeat = now
         self._restore()
         self._handlers = {
@@ -134,8 +156,11 @@ class ChatCore:
 
     # --- entry points ---------------------------------------------------------
 
-    def handle(self, peer: bytes, frames: list[bytes], now: float) -> list[Output]:
-        """One inbox message from ``peer``; returns what to send.  Never raises on bad input."""
+    def handle(self, peer: bytes, frames: list[bytes], now: float, key: str | None = None) -> list[Output]:
+        """One inbox message from ``peer``; returns what to send.  Never raises on bad input.
+
+        ``key`` is the CURVE public key the peer authenticated with (the frame's User-Id), if any.
+        """
         out: list[Output] = []
         try:
             request = m.parse_request(frames)
@@ -147,7 +172,10 @@ class ChatCore:
                     raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests; slow down", request.get("id"))
             elif kind not in m.SESSIONLESS:
                 raise ProtocolError(ErrorCode.NO_SESSION, "say hello first", request.get("id"))
-            self._handlers[kind](peer, session, request, now, out)
+            if kind == "hello":
+                self._hello(peer, session, request, now, out, key)
+            else:
+                self._handlers[kind](peer, session, request, now, out)
         except ProtocolError as exc:
             out.append(Reply(peer, m.encode(exc.envelope())))
         return out
@@ -172,22 +200,30 @@ class ChatCore:
 
     # --- requests -------------------------------------------------------------
 
-    def _hello(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+    def _hello(
+        self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output], key: str | None
+    ) -> None:
         user: str = req["user"]
-        key = user.casefold()
-        if session is not None and session.user.casefold() != key:
+        folded = user.casefold()
+        if session is not None and session.user.casefold() != folded:
             raise ProtocolError(
                 ErrorCode.SESSION_EXISTS, f"this connection is already {session.user!r}; send bye first"
             )
-        holder = self.by_name.get(key)
+        self._check_binding(user, key)
+        holder = self.by_name.get(folded)
         if holder is not None and holder.peer != peer:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
         rooms = req.get("rooms", [m.DEFAULT_ROOM])
         self._check_room_capacity(session.rooms if session else {}, rooms)
         if session is None:
-            session = Session(peer, user, {}, now, self.config.rate_burst, now)
+            cap = self.config.max_sessions_per_key
+            if key is not None and cap and self.sessions_per_key[key] >= cap:
+                raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"at most {cap} sessions per key")
+            session = Session(peer, user, {}, now, self.config.rate_burst, now, key)
             self.sessions[peer] = session
-            self.by_name[key] = session
+            self.by_name[folded] = session
+            if key is not None:
+                self.sessions_per_key[key] += 1
         # A repeated hello (a client resuming after a reconnect) is answered again, harmlessly.
         out.append(
             Reply(
@@ -198,6 +234,7 @@ class ChatCore:
                         "user": session.user,
                         "rooms": rooms,
                         "epoch": self.epoch,
+                        "history_id": self.store.history_id,
                         "heartbeat": self.config.heartbeat,
                         "session_timeout": self.config.session_timeout,
                         "protocol": m.PROTOCOL_VERSION,
@@ -207,6 +244,15 @@ class ChatCore:
         )
         for room in rooms:
             self._enter(session, room, now, out)
+
+    def _check_binding(self, user: str, key: str | None) -> None:
+        """A key bound to a name may use only that name, and nobody else may use it, online or not."""
+        bound = self.bindings.get(key) if key is not None else None
+        if bound is not None and bound.casefold() != user.casefold():
+            raise ProtocolError(ErrorCode.NAME_RESERVED, f"your key may only be used as {bound!r}")
+        owner = self.owners.get(user.casefold())
+        if owner is not None and owner != key:
+            raise ProtocolError(ErrorCode.NAME_RESERVED, f"{user!r} belongs to another key")
 
     def _join(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         self._check_room_capacity(session.rooms, [req["room"]])
@@ -223,6 +269,7 @@ class ChatCore:
         if self._resent(peer, session, req, out):
             return
         room_name = req["room"]
+        self._check_text(req)
         if room_name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", req["id"])
         event = {"type": "msg", "room": room_name, "user": session.user, "text": req["text"], "id": req["id"]}
@@ -237,6 +284,7 @@ class ChatCore:
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         if self._resent(peer, session, req, out):
             return
+        self._check_text(req)
         target = self.by_name.get(req["to"].casefold())
         if target is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
@@ -267,7 +315,7 @@ class ChatCore:
     def _history(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         room = self.rooms.get(req["room"])
         after = req.get("after", 0)
-        limit = req.get("limit", m.DEFAULT_HISTORY_LIMIT)
+        limit = min(req.get("limit", m.DEFAULT_HISTORY_LIMIT), self.config.max_history)
         if room is None:
             events = []
         elif not self.store.persistent or (room.history and after + 1 >= room.history[0]["seq"]):
@@ -279,7 +327,8 @@ class ChatCore:
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
-        out.append(Reply(peer, m.encode({"type": "rooms", "rooms": {name: r.seq for name, r in self.rooms.items()}})))
+        rooms = {name: r.seq for name, r in self.rooms.items()}
+        out.append(Reply(peer, m.encode({"type": "rooms", "rooms": rooms, "history_id": self.store.history_id})))
 
     def _ping(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         out.append(Reply(peer, m.encode({"type": "pong", "epoch": self.epoch, "session": session is not None})))
@@ -290,10 +339,19 @@ class ChatCore:
 
     # --- rooms and sessions ---------------------------------------------------
 
+    def _check_text(self, req: dict) -> None:
+        if len(req["text"]) > self.config.max_text:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"text is {len(req['text'])} characters; the limit is {self.config.max_text}",
+                req["id"],
+            )
+
     def _check_room_capacity(self, current: dict[str, None], rooms: list[str]) -> None:
         new = [r for r in rooms if r not in current]
-        if len(current) + len(new) > m.MAX_ROOMS_PER_SESSION:
-            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {m.MAX_ROOMS_PER_SESSION} rooms per session")
+        cap = self.config.max_rooms_per_session
+        if len(current) + len(new) > cap:
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {cap} rooms per session")
         if len(self.rooms) + sum(r not in self.rooms for r in new) > self.config.max_rooms:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "the broker has reached its room limit")
 
@@ -336,6 +394,10 @@ class ChatCore:
             self._exit(session, room_name, reason, now, out)
         del self.sessions[session.peer]
         del self.by_name[session.user.casefold()]
+        if session.key is not None:
+            self.sessions_per_key[session.key] -= 1
+            if not self.sessions_per_key[session.key]:
+                del self.sessions_per_key[session.key]
 
     def _publish(self, room: Room, event: dict[str, Any], now: float, out: list[Output]) -> int:
         """Stamp ``event`` with the room's next seq and the time, keep it, and send it to the feed."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import zmq
 
+import keys
 import messages as m
 
 Event = dict[str, Any]
@@ -72,18 +73,16 @@ class FeedSequencer:
         self.lost = 0  # events skipped because the broker no longer had them
         self.filled = 0  # events that came from history, not the feed (the feed dropped them, or was late)
 
-    def expect(self, room: str, head: int, reset_to: int | None = None) -> tuple[list[Event], int | None]:
+    def expect(self, room: str, head: int) -> tuple[list[Event], int | None]:
         """The broker says ``room``'s last seq is ``head``; returns what can be delivered and any fetch needed.
 
         First sight: ``head`` is the baseline (everything up to it is known).  Known room and the broker is
-        ahead: fetch what we missed.  The broker is *behind* us: it lost its state, so start over from
-        ``reset_to`` (default ``head``).
+        ahead: fetch what we missed.  ``head`` behind what we have is only an answer older than events the
+        feed already brought (reply and feed travel apart): nothing to do.  When the broker's history
+        really started over, the caller sees a new ``history_id`` and calls ``reset`` first.
         """
-        last = self.last.get(room)
-        if last is None or head < last:
-            self.last[room] = head if last is None or reset_to is None else reset_to
-            if last is not None:
-                self.held.pop(room, None)
+        if room not in self.last:
+            self.last[room] = head
         ready, fetch = self._settle(room)
         if fetch is None and head > self.last[room]:
             fetch = self.last[room]
@@ -92,6 +91,11 @@ class FeedSequencer:
     def forget(self, room: str) -> None:
         self.last.pop(room, None)
         self.held.pop(room, None)
+
+    def reset(self) -> None:
+        """The broker's history started over (a new database, or none): every seq we hold is void."""
+        self.last.clear()
+        self.held.clear()
 
     def push(self, event: Event) -> tuple[list[Event], int | None]:
         room, seq = event["room"], event["seq"]
@@ -185,8 +189,12 @@ class ChatClient:
         ping_interval: float = 1.0,
         ack_timeout: float = 3.0,
         positions: dict[str, int] | None = None,
+        curve: keys.CurveKeys | None = None,
     ) -> None:
-        """``name=None`` makes an observer; it may start from ``positions`` (room -> last seq it has)."""
+        """``name=None`` makes an observer; it may start from ``positions`` (room -> last seq it has).
+
+        ``curve``: talk to a CURVE broker (both sockets encrypted and authenticated with these keys).
+        """
         self.name = name
         self.router_endpoint = router
         self.pub_endpoint = pub
@@ -197,6 +205,7 @@ class ChatClient:
         self.rooms: dict[str, None] = {}  # rooms the broker confirmed we are in
         self.user: str | None = None  # set by welcome; None while there is no session
         self.epoch: str | None = None
+        self.history_id: str | None = None  # which history our seqs belong to (see _saw_history)
         self.heartbeat = ping_interval
         self.ack_timeout = ack_timeout
         self.sequencer = FeedSequencer()
@@ -229,6 +238,10 @@ class ChatClient:
             sock.setsockopt(zmq.IPV6, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            if curve is not None:
+                sock.curve_serverkey = curve.server_public
+                sock.curve_publickey = curve.public
+                sock.curve_secretkey = curve.secret
         self.sub.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
         if self.observer and not wanted:
             self.sub.setsockopt(zmq.SUBSCRIBE, m.ROOM_TOPIC_PREFIX)
@@ -405,8 +418,10 @@ class ChatClient:
         elif kind == "history" and env.get("room") in self._fills:
             room = env["room"]
             del self._fills[room]
-            complete = len(env["events"]) < m.MAX_HISTORY_LIMIT
-            self._deliver(room, *self.sequencer.fill(room, env["events"], complete), events)
+            got = env["events"]
+            # Complete when it reaches the room's head: the broker may send fewer than asked (its --max-history).
+            complete = not got or got[-1]["seq"] >= env.get("seq", 0)
+            self._deliver(room, *self.sequencer.fill(room, got, complete), events)
         elif kind == "rooms" and self.observer:
             self._on_snapshot(env, events)
         elif kind == "pong":
@@ -418,6 +433,7 @@ class ChatClient:
 
     def _on_welcome(self, env: Event, events: list[Event]) -> None:
         resumed = self.user is None and self._synced
+        self._saw_history(env.get("history_id"))
         self.user = env["user"]
         self.heartbeat = float(env.get("heartbeat", self.heartbeat))
         self._saw_epoch(env.get("epoch"), events)
@@ -447,12 +463,14 @@ class ChatClient:
         if type(heads) is not dict:
             return
         first = not self._synced
+        if self._saw_history(env.get("history_id")) and not first:
+            self.sequencer.unknown_baseline = 0  # every room starts over: log each from its first event
         for room, head in heads.items():
             if type(head) is not int or (self.wanted_rooms and room not in self.wanted_rooms):
                 continue
             if not first and room not in self.sequencer.last:
                 self.sequencer.last[room] = 0  # a room we never saw: everything it has is news to us
-            self._deliver(room, *self.sequencer.expect(room, head, reset_to=0), events)
+            self._deliver(room, *self.sequencer.expect(room, head), events)
         self.sequencer.unknown_baseline = 0  # rooms not in the snapshot are newer than it
         for room in list(self.sequencer.held):
             if room not in self.sequencer.last:
@@ -525,6 +543,17 @@ class ChatClient:
             self._hello()
         elif self.user is not None:
             self._lose_session()
+
+    def _saw_history(self, history_id: str | None) -> bool:
+        """True (and our seqs forgotten) when the broker's history is not the one our seqs came from."""
+        changed = self.history_id is not None and history_id is not None and history_id != self.history_id
+        if changed:
+            self.sequencer.reset()
+            self._fills.clear()
+            self._catch_up.clear()
+        if history_id is not None:
+            self.history_id = history_id
+        return changed
 
     def _lose_session(self) -> None:
         self.user = None
@@ -869,6 +898,21 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pub", metavar="ENDPOINT", help=f"broker feed, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})"
     )
+    parser.add_argument(
+        "--server-key", metavar="FILE", help="the broker's public certificate (broker.key), for a CURVE broker"
+    )
+    parser.add_argument("--key", metavar="FILE", help="your secret certificate (NAME.key_secret), for a CURVE broker")
+
+
+def connection(args: argparse.Namespace) -> dict[str, Any]:
+    """``router``, ``pub`` and ``curve`` for ``ChatClient(**connection(args))``, from ``add_endpoint_args``."""
+    router, pub = m.endpoints(args.host, args.router, args.pub)
+    curve = None
+    if args.server_key or args.key:
+        if not (args.server_key and args.key):
+            raise ValueError("--server-key and --key go together")
+        curve = keys.client_keys(args.server_key, args.key)
+    return {"router": router, "pub": pub, "curve": curve}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -909,7 +953,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         import gui
 
         return gui.main(argv)
-    router, pub = m.endpoints(args.host, args.router, args.pub)
+    try:
+        conn = connection(args)
+    except (OSError, ValueError) as exc:
+        print(f"chat: {exc}", file=sys.stderr)
+        return 2
+    router = conn["router"]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     rooms = [r.lstrip("#").lower() for r in args.room] if args.room else [m.DEFAULT_ROOM]
     name = args.name
@@ -918,7 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = _ask_name(interactive)
             if not name:
                 return 1
-        client = ChatClient(name, router=router, pub=pub, rooms=rooms)
+        client = ChatClient(name, rooms=rooms, **conn)
         try:
             client.connect(timeout=args.timeout)
             break

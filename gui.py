@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 import messages as m
-from client import ChatClient, ChatError, Console, Event, add_endpoint_args, render
+from client import ChatClient, ChatError, Console, Event, add_endpoint_args, connection, render
 
 #: How often the Tk loop drains the queue from the network thread (ms).
 POLL_MS = 40
@@ -193,9 +193,8 @@ class Network(threading.Thread):
             self.inbox.close(linger=0)
 
     def _run(self) -> None:
-        router, pub = m.endpoints(self.args.host, self.args.router, self.args.pub)
         rooms = [r.lstrip("#").lower() for r in self.args.room] if self.args.room else [m.DEFAULT_ROOM]
-        client = ChatClient(self.user_name, router=router, pub=pub, rooms=rooms, context=self.ctx)
+        client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **connection(self.args))
         try:
             client.connect(timeout=self.args.timeout)
         except ChatError as exc:
@@ -206,7 +205,7 @@ class Network(threading.Thread):
             client.close(flush_timeout=0)
             self.post(("failed", str(exc), "timeout"))
             return
-        self.post(("connected", client.user, router))
+        self.post(("connected", client.user, client.router_endpoint))
         console = GuiConsole(client, self.post)
         client.poller.register(self.inbox, zmq.POLLIN)
         try:

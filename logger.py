@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import messages as m
-from client import ChatClient, add_endpoint_args
+from client import ChatClient, add_endpoint_args, connection
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -75,7 +75,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    router, pub = m.endpoints(args.host, args.router, args.pub)
+    try:
+        conn = connection(args)
+    except (OSError, ValueError) as exc:
+        print(f"chat-logger: {exc}", file=sys.stderr)
+        return 2
+    pub = conn["pub"]
     rooms = [r.lstrip("#").lower() for r in args.room] if args.room else None
     for room in rooms or []:
         if not m.valid_room(room):
@@ -83,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     positions = resume_positions(Path(args.out), rooms) if args.out else {}
-    client = ChatClient(None, router=router, pub=pub, rooms=rooms, positions=positions)
+    client = ChatClient(None, rooms=rooms, positions=positions, **conn)
     with open(args.out, "ab") if args.out else contextlib.nullcontext(sys.stdout.buffer) as out:
         try:
             client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker

@@ -67,7 +67,9 @@ class ErrorCode(str, Enum):
     NO_SESSION = "no_session"  # the request needs a session; say hello first
     NO_SUCH_USER = "no_such_user"  # dm to a name with no live session
     NOT_IN_ROOM = "not_in_room"  # msg or leave for a room the session is not in
-    TOO_MANY_ROOMS = "too_many_rooms"  # join beyond MAX_ROOMS_PER_SESSION or the broker's room cap
+    TOO_MANY_ROOMS = "too_many_rooms"  # join beyond the rooms-per-session limit or the broker's room cap
+    TOO_MANY_SESSIONS = "too_many_sessions"  # hello beyond the sessions-per-key limit (CURVE)
+    NAME_RESERVED = "name_reserved"  # the name is bound to another key, or this key is bound to another name
     TOO_LARGE = "too_large"  # text longer than MAX_TEXT_CHARS
     RATE_LIMITED = "rate_limited"  # the session's token bucket is empty; retry later
 

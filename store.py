@@ -14,6 +14,7 @@ fsyncs every commit for that, at the price of a disk flush per batch.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,10 @@ class MemoryStore:
     """Keeps nothing: every room starts at seq 0 and nothing survives the process (``--db :memory:``)."""
 
     persistent = False
+
+    def __init__(self) -> None:
+        #: Names this history; a new one (every run, here) tells clients that seqs started over.
+        self.history_id = os.urandom(8).hex()
 
     def load(self, recent_per_room: int, ids: int) -> Snapshot:
         return Snapshot()
@@ -81,8 +86,11 @@ class SqliteStore:
         version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (os.urandom(8).hex(),))
         elif int(version[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
+        #: Names this history for as long as the file lives; a new file means seqs started over.
+        self.history_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()[0]
         self._rows: list[tuple[str, int, str, str | None, bytes]] = []
 
     def load(self, recent_per_room: int, ids: int) -> Snapshot:

@@ -115,6 +115,14 @@ class Soak:
         argv += ["--rooms", ",".join(self.rooms), "--rate", str(self.args.rate), "--record", str(self.work / "acks")]
         self.bots[slot] = self.spawn(argv, name)
 
+    def wait_for_logger(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        out = self.work / "logger.out"
+        while b"chat-logger: following" not in (out.read_bytes() if out.exists() else b""):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the logger did not start")
+            time.sleep(0.05)  # watching a file another process writes; the condition synchronises
+
     def chaos(self) -> None:
         """One random fault: most often a bot dies, sometimes the broker (kill -9, or a clean stop)."""
         roll = self.rng.random()
@@ -136,6 +144,7 @@ class Soak:
     def run(self) -> int:
         self.start_broker()
         logger = self.spawn(["logger.py", "--router", self.router, "--pub", self.pub, "--out", str(self.log)], "logger")
+        self.wait_for_logger()  # it logs from its snapshot on: the bots start after it has one
         for slot in range(self.args.bots):
             self.start_bot(slot)
         end = time.monotonic() + self.args.duration

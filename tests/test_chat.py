@@ -59,8 +59,10 @@ def test_hello_replies_welcome_then_joined() -> None:
 
 
 def test_welcome_carries_session_parameters() -> None:
-    welcome = replies(hello(make(heartbeat=2.0, session_timeout=7.0), A, "alice"))[0]
+    core = make(heartbeat=2.0, session_timeout=7.0)
+    welcome = replies(hello(core, A, "alice"))[0]
     assert welcome == {
+        "history_id": core.store.history_id,
         "type": "welcome",
         "user": "alice",
         "rooms": ["general"],

@@ -72,17 +72,17 @@ def test_kill_9_and_restart_loses_nothing_acknowledged(harness: Harness) -> None
     broker = harness.broker("--rate-limit", "0", db=db, **ends)
     log_path = harness.tmp_path / "chat.jsonl"
     harness.logger(broker, "--out", str(log_path))
-    ids = []
+    ids, acks = [], []
     with ChatClient("bot", ack_timeout=0.5, **ends) as bot:
         bot.connect()
         for i in range(400):
             ids.append(bot.say("general", f"message {i}"))
-            bot.poll(0)
+            acks += [e for e in bot.poll(0) if e["type"] == "ack"]
             if i == 200:
                 broker.kill()  # SIGKILL, mid-stream: some messages handled, some committed, some not
                 assert broker.wait() == -signal.SIGKILL
                 broker = harness.broker("--rate-limit", "0", db=db, **ends)
-        acks = drain_acks(bot)
+        acks += drain_acks(bot)
         assert bot.sequencer.lost == 0
     # Each message acked (an ack may be repeated for a resend: the same seq both times).
     seq_of = {}

@@ -113,8 +113,15 @@ def test_rooms_snapshot_lists_every_room_and_its_seq() -> None:
     chat(core, ["a", "b"])
     send(core, {"type": "join", "room": "dev"})
     assert replies(send(core, {"type": "rooms"}, peer=b"observer")) == [
-        {"type": "rooms", "rooms": {"general": 3, "dev": 1}}
+        {"type": "rooms", "rooms": {"general": 3, "dev": 1}, "history_id": core.store.history_id}
     ]
+
+
+def test_history_id_stays_with_the_database_and_changes_without_one(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "chat.db").history_id
+    assert SqliteStore(tmp_path / "chat.db").history_id == first
+    assert SqliteStore(tmp_path / "other.db").history_id != first
+    assert MemoryStore().history_id != MemoryStore().history_id
 
 
 def test_open_store_memory_keeps_nothing() -> None:

@@ -1,0 +1,621 @@
+"""Load-generator processes for ``bench.py``: publishers, subscribers, stuck readers and idle clients.
+
+Each role runs as a process of its own, so the load is spread over processes the way real clients are.
+Every role talks to its coordinator the same way: it prints ``READY`` once connected, waits for one
+``GO {json}`` line on stdin (``start``, ``end`` and the measurement ``windows``, all in
+``time.monotonic_ns``, which is one system-wide clock on Linux), runs until ``end`` and prints
+``RESULT {json}`` with its counters as they stood at each window boundary.
+
+    python benchmarks/loadgen.py pub --kind broker --endpoint tcp://127.0.0.1:5555 --index 0
+    python benchmarks/loadgen.py sub --kind broker --endpoint tcp://127.0.0.1:5556 --count 5
+
+Kinds: ``broker`` (our broker: hello first, acks consumed), ``zmq`` (a bare ROUTER->PUB loop or
+zmq.proxy: no replies), ``tcp`` (the thread-per-client relay: newline-delimited lines), ``redis``
+and ``nats``.  Every message carries its send time and a per-publisher number in its text, so
+subscribers measure end-to-end latency and count what went missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import select
+import selectors
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import messages as m  # noqa: E402
+
+#: Every message's text starts with these fields; subscribers find them after this marker.
+TEXT_MARK = b'"text":"'
+#: Padding that brings an envelope to about 100 bytes, like a short chat line.
+PAD = b"lorem ipsum dolor sit amet"
+#: Most messages a broker publisher has in flight (sent, not acked): the reference client allows 1000.
+MAX_UNACKED = 1000
+#: Longest a role waits for its GO line before it gives up (the coordinator died or forgot it).
+GO_TIMEOUT = 120.0
+#: The room every publisher writes to and every subscriber follows.
+ROOM = "general"
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+def make_message(index: int, number: int, stamp: int, id_prefix: bytes) -> bytes:
+    """One ~100-byte msg envelope whose text is ``<send time ns> <publisher> <number> <padding>``."""
+    return b'{"type":"msg","room":"general","text":"%019d %02d %010d %s","id":"%s%d"}' % (
+        stamp,
+        index,
+        number,
+        PAD,
+        id_prefix,
+        number,
+    )
+
+
+def parse_text(text: str | bytes) -> tuple[int, int, int]:
+    """(send time ns, publisher index, message number) from the start of a message's text."""
+    return int(text[:19]), int(text[20:22]), int(text[23:33])
+
+
+def ready(**info: Any) -> dict[str, Any]:
+    """Say READY and wait for the coordinator's GO; returns its schedule."""
+    print("READY", json.dumps(info), flush=True)
+    readable, _, _ = select.select([sys.stdin], [], [], GO_TIMEOUT)
+    line = sys.stdin.readline() if readable else ""
+    if not line.startswith("GO "):
+        raise SystemExit("no GO from the coordinator")
+    return json.loads(line[3:])
+
+
+def finish(**result: Any) -> None:
+    print("RESULT", json.dumps(result), flush=True)
+
+
+class Marks:
+    """Counter snapshots at the window boundaries, taken the first time the loop sees each boundary pass."""
+
+    def __init__(self, schedule: dict[str, Any]) -> None:
+        self.bounds = sorted(t for window in schedule["windows"] for t in window)
+        self.windows = schedule["windows"]
+        self.snaps: dict[int, Any] = {}
+        self.next = 0
+
+    def check(self, now: int, snapshot: Callable[[], Any]) -> None:
+        while self.next < len(self.bounds) and now >= self.bounds[self.next]:
+            self.snaps[self.bounds[self.next]] = snapshot()
+            self.next += 1
+
+    def close(self, snapshot: Callable[[], Any]) -> list[list[Any]]:
+        """Per window, [counters at its start, counters at its end]."""
+        self.check(1 << 62, snapshot)
+        return [[self.snaps[a], self.snaps[b]] for a, b in self.windows]
+
+    def inside(self, t: int) -> bool:
+        return any(a <= t < b for a, b in self.windows)
+
+
+class Rate:
+    """Which message numbers are due: all of them at once (rate 0) or one every 1/rate seconds."""
+
+    def __init__(self, rate: float, start: int) -> None:
+        self.interval = int(1e9 / rate) if rate > 0 else 0
+        self.start = start
+
+    def due(self, sent: int, now: int, cap: int) -> int:
+        if not self.interval:
+            return cap
+        return max(0, min(cap, (now - self.start) // self.interval + 1 - sent))
+
+    def wait_ms(self, sent: int, now: int, cap_ms: int = 50) -> int:
+        if not self.interval:
+            return 0
+        return max(0, min(cap_ms, (self.start + sent * self.interval - now) // 1_000_000))
+
+
+# --- publishers -----------------------------------------------------------------------------
+
+
+def pub_zmq(args: argparse.Namespace) -> None:
+    """A DEALER that floods (or paces) msg envelopes; for the broker it says hello and consumes every ack."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.endpoint)
+    broker = args.kind == "broker"
+    name = f"bench-pub{args.index}-{os.getpid()}"
+    if broker:
+        sock.send(m.encode({"type": "hello", "user": name, "rooms": [ROOM]}))
+        if not sock.poll(10_000):
+            raise SystemExit("no welcome from the broker")
+        reply = m.decode(sock.recv())
+        if reply.get("type") != "welcome":
+            raise SystemExit(f"hello refused: {reply}")
+    schedule = ready()
+    marks = Marks(schedule)
+    rate = Rate(args.rate, max(now_ns(), schedule["start"]))
+    end = schedule["end"]
+    prefix = f"p{args.index}-".encode()
+    sent = acked = errors = 0
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN | zmq.POLLOUT)
+    pollin = zmq.Poller()
+    pollin.register(sock, zmq.POLLIN)
+
+    def snap() -> list[int]:
+        return [sent, acked, errors]
+
+    while True:
+        now = now_ns()
+        marks.check(now, snap)
+        if now >= end:
+            break
+        budget = rate.due(sent, now, 256)
+        if broker:
+            budget = min(budget, MAX_UNACKED - (sent - acked - errors))
+        blocked = False
+        for _ in range(budget):
+            try:
+                sock.send(make_message(args.index, sent, now_ns(), prefix), zmq.NOBLOCK)
+            except zmq.Again:
+                blocked = True
+                break
+            sent += 1
+        if broker:
+            for _ in range(4096):
+                try:
+                    reply = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if reply.startswith(b'{"type":"ack"'):
+                    acked += 1
+                elif reply.startswith(b'{"type":"error"'):
+                    errors += 1
+        if blocked:
+            poller.poll(5)  # the send queue is full: wait for room (or acks)
+        elif budget == 0:  # out of credit (acks will come), or paced and nothing is due yet
+            pollin.poll(max(1, rate.wait_ms(sent, now_ns())) if args.rate else 5)
+    finish(role="pub", kind=args.kind, windows=marks.close(snap), total=snap())
+    sock.close(0)
+    ctx.term()
+
+
+def pub_tcp(args: argparse.Namespace) -> None:
+    """A client of the thread relay: writes lines, and reads (and drops) what the relay sends it."""
+    host, port = args.endpoint.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _read_greeting(sock)
+    sock.setblocking(False)
+    schedule = ready()
+    marks = Marks(schedule)
+    rate = Rate(args.rate, max(now_ns(), schedule["start"]))
+    end = schedule["end"]
+    prefix = f"p{args.index}-".encode()
+    out = bytearray()
+    sent = 0
+
+    def snap() -> list[int]:
+        return [sent, 0, 0]
+
+    while True:
+        now = now_ns()
+        marks.check(now, snap)
+        if now >= end:
+            break
+        room = (65536 - len(out)) // 128
+        for _ in range(rate.due(sent, now, max(0, room))):
+            out += make_message(args.index, sent, now_ns(), prefix) + b"\n"
+            sent += 1
+        try:
+            while True:
+                if not sock.recv(1 << 18):
+                    raise SystemExit("the relay closed the connection")
+        except BlockingIOError:
+            pass
+        if out:
+            with contextlib.suppress(BlockingIOError):
+                out = out[sock.send(out) :]
+        wait = 0.005 if out else rate.wait_ms(sent, now_ns()) / 1000
+        select.select([sock], [sock] if out else [], [], wait)
+    finish(role="pub", kind="tcp", windows=marks.close(snap), total=snap())
+    sock.close()
+
+
+def pub_redis(args: argparse.Namespace) -> None:
+    """redis-py, PUBLISH pipelined 100 at a time (fewer when paced: what is due goes in one pipeline)."""
+    import redis
+
+    host, port = args.endpoint.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    client.ping()
+    schedule = ready()
+    marks = Marks(schedule)
+    rate = Rate(args.rate, max(now_ns(), schedule["start"]))
+    end = schedule["end"]
+    prefix = f"p{args.index}-".encode()
+    pipe = client.pipeline(transaction=False)
+    sent = 0
+
+    def snap() -> list[int]:
+        return [sent, 0, 0]
+
+    while True:
+        now = now_ns()
+        marks.check(now, snap)
+        if now >= end:
+            break
+        due = rate.due(sent, now, 100)
+        if not due:
+            time.sleep(max(rate.wait_ms(sent, now), 1) / 1000)
+            continue
+        for i in range(due):
+            pipe.publish(ROOM, make_message(args.index, sent + i, now_ns(), prefix))
+        pipe.execute()
+        sent += due
+    finish(role="pub", kind="redis", windows=marks.close(snap), total=snap())
+    client.close()
+
+
+def pub_nats(args: argparse.Namespace) -> None:
+    """nats-py: publish (buffered by the client, flushed by its flusher task), yielding every 100."""
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(f"nats://{args.endpoint}", connect_timeout=10, allow_reconnect=False)
+        schedule = await asyncio.get_running_loop().run_in_executor(None, ready)
+        marks = Marks(schedule)
+        rate = Rate(args.rate, max(now_ns(), schedule["start"]))
+        end = schedule["end"]
+        prefix = f"p{args.index}-".encode()
+        sent = 0
+
+        def snap() -> list[int]:
+            return [sent, 0, 0]
+
+        while True:
+            now = now_ns()
+            marks.check(now, snap)
+            if now >= end:
+                break
+            due = rate.due(sent, now, 100)
+            for _ in range(due):
+                await nc.publish(ROOM, make_message(args.index, sent, now_ns(), prefix))
+                sent += 1
+            await asyncio.sleep(rate.wait_ms(sent, now_ns()) / 1000 if args.rate else 0)
+        await nc.flush(timeout=10)
+        finish(role="pub", kind="nats", windows=marks.close(snap), total=snap())
+        await nc.close()
+
+    asyncio.run(main())
+
+
+# --- subscribers ------------------------------------------------------------------------------
+
+
+class Tally:
+    """What one subscriber process saw: messages per socket, latencies inside the windows, gaps per publisher."""
+
+    def __init__(self, count: int, latency: bool) -> None:
+        self.counts = [0] * count
+        self.latency = latency
+        self.samples = array.array("q")
+        self.first: dict[tuple[int, int], int] = {}  # (socket, publisher) -> first number seen
+        self.last: dict[tuple[int, int], int] = {}
+        self.seen: dict[tuple[int, int], int] = {}
+
+    def note(self, sock: int, stamp: int, pub: int, number: int, now: int, marks: Marks) -> None:
+        if marks.inside(now):
+            self.samples.append(now - stamp)
+        key = (sock, pub)
+        self.first.setdefault(key, number)
+        self.last[key] = max(self.last.get(key, number), number)
+        self.seen[key] = self.seen.get(key, 0) + 1
+
+    def raw(self, sock: int, data: bytes, now: int, marks: Marks) -> None:
+        """Complete envelopes in ``data`` (a frame, or whole lines of a stream): count them, time them if asked."""
+        if not self.latency:
+            self.counts[sock] += data.count(TEXT_MARK)
+            return
+        at = data.find(TEXT_MARK)
+        while at >= 0:
+            self.counts[sock] += 1
+            self.note(sock, *parse_text(data[at + 8 : at + 41]), now, marks)
+            at = data.find(TEXT_MARK, at + 41)
+
+    def lost(self) -> int:
+        """Messages missing between the first and last number each socket saw of each publisher."""
+        return sum(self.last[k] - self.first[k] + 1 - self.seen[k] for k in self.seen)
+
+    def result(self, args: argparse.Namespace, marks: Marks) -> None:
+        if args.samples:
+            with open(args.samples, "wb") as out:
+                self.samples.tofile(out)
+        finish(
+            role="sub",
+            kind=args.kind,
+            windows=marks.close(lambda: list(self.counts)),
+            total=list(self.counts),
+            lost=self.lost() if self.latency else None,
+            samples=len(self.samples),
+        )
+
+
+def sub_zmq(args: argparse.Namespace) -> None:
+    """``--count`` SUB sockets in one process; our broker's frames may be batches: every envelope counts."""
+    ctx = zmq.Context()
+    topic = args.topic.encode()
+    socks = []
+    for _ in range(args.count):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(args.endpoint)
+        socks.append(sock)
+    schedule = ready()
+    marks = Marks(schedule)
+    tally = Tally(args.count, args.latency)
+    decode = args.kind == "broker" and args.latency
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    index = {sock: i for i, sock in enumerate(socks)}
+    end = schedule["end"]
+    snap = lambda: list(tally.counts)  # noqa: E731
+    while True:
+        now = now_ns()
+        marks.check(now, snap)
+        if now >= end:
+            break
+        for sock, _ in poller.poll(20):
+            i = index[sock]
+            for _ in range(2000):
+                try:
+                    sock.recv(zmq.NOBLOCK)  # the topic (or, behind zmq.proxy, the publisher's identity)
+                except zmq.Again:
+                    break
+                payload = sock.recv()
+                if decode:  # what a real subscriber does: decode the frame, one envelope or a batch
+                    t = now_ns()
+                    for event in m.feed_events(payload):
+                        if event["type"] == "msg":
+                            tally.counts[i] += 1
+                            tally.note(i, *parse_text(event["text"]), t, marks)
+                else:
+                    tally.raw(i, payload, now_ns(), marks)
+    tally.result(args, marks)
+    for sock in socks:
+        sock.close(0)
+    ctx.term()
+
+
+def _read_greeting(sock: socket.socket) -> None:
+    """The thread relay greets each client with one line once it is in the broadcast list."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise SystemExit("the relay closed the connection")
+        data += chunk
+
+
+def _connect_stream(kind: str, endpoint: str) -> socket.socket:
+    """A subscribed stream socket: a thread-relay client, a Redis SUBSCRIBE or a NATS SUB (raw protocol)."""
+    host, port = endpoint.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    if kind == "tcp":
+        _read_greeting(sock)
+        return sock
+    if kind == "redis":
+        sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\ngeneral\r\n")
+        expect = b":1\r\n"
+    else:
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\nSUB general 1\r\nPING\r\n')
+        expect = b"PONG\r\n"
+    data = b""
+    while expect not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise SystemExit(f"{kind} closed the connection")
+        data += chunk
+    return sock
+
+
+def sub_stream(args: argparse.Namespace) -> None:
+    """Subscribers that read a byte stream (thread relay, Redis, NATS), with light parsers of our own.
+
+    A client library's per-message callback (redis-py, nats-py) costs more than the server we measure, so
+    these read big chunks and count envelopes by their text; whole lines (every protocol here ends a
+    message with a newline) are decoded when latency is measured.
+    """
+    socks = [_connect_stream(args.kind, args.endpoint) for _ in range(args.count)]
+    schedule = ready()
+    marks = Marks(schedule)
+    tally = Tally(args.count, args.latency)
+    selector = selectors.DefaultSelector()
+    carry = [b""] * args.count
+    for i, sock in enumerate(socks):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, i)
+    end = schedule["end"]
+    keep = len(TEXT_MARK) - 1
+    snap = lambda: list(tally.counts)  # noqa: E731
+    while True:
+        now = now_ns()
+        marks.check(now, snap)
+        if now >= end:
+            break
+        for key, _ in selector.select(0.02):
+            i = key.data
+            try:
+                data = key.fileobj.recv(1 << 18)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit(f"{args.kind} closed a subscriber's connection")
+            if args.kind == "nats" and b"PING\r\n" in data:
+                socks[i].sendall(b"PONG\r\n")
+            data = carry[i] + data
+            if args.latency:
+                cut = data.rfind(b"\n") + 1
+                tally.raw(i, data[:cut], now_ns(), marks)
+                carry[i] = data[cut:]
+            else:
+                tally.counts[i] += data.count(TEXT_MARK)
+                carry[i] = data[-keep:]
+    tally.result(args, marks)
+    for sock in socks:
+        sock.close()
+
+
+# --- a stuck subscriber, idle clients -----------------------------------------------------------
+
+
+def stuck(args: argparse.Namespace) -> None:
+    """Connects and subscribes like any reader, then never reads; exits when stdin closes or says STOP."""
+    ctx = zmq.Context()
+    if args.kind in ("broker", "zmq"):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, args.topic.encode())
+        sock.connect(args.endpoint)
+    else:
+        conn = _connect_stream(args.kind, args.endpoint)
+    print("READY {}", flush=True)
+    select.select([sys.stdin], [], [], args.max_seconds)
+    if args.kind in ("broker", "zmq"):
+        sock.close(0)
+    else:
+        conn.close()
+    ctx.term()
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def idle(args: argparse.Namespace) -> None:
+    """``--count`` chat sessions that said hello and then only ping once a heartbeat, as the protocol asks.
+
+    Sessions are opened ``--batch`` at a time (the broker's listen backlog is libzmq's default, 100).
+    Each joins one of the rooms ``idle-N`` of ``--per-room`` users, so a join reply stays small.
+    """
+    limit = raise_fd_limit()
+    if limit < 2 * args.count + 64:  # a TCP socket and a mailbox per ZeroMQ socket
+        raise SystemExit(f"the fd limit ({limit}) is too low for {args.count} clients")
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, args.count + 64)
+    socks: list[zmq.Socket] = []
+    welcomed: set[zmq.Socket] = set()
+    poller = zmq.Poller()
+    poller.register(sys.stdin.fileno(), zmq.POLLIN)
+    pongs = 0
+    heartbeat = args.heartbeat
+    next_ping: dict[zmq.Socket, float] = {}
+
+    def serve(timeout_ms: int) -> bool:
+        """Handle replies and due pings for a while; False when the coordinator said STOP (or left)."""
+        nonlocal pongs
+        stop = False
+        for sock, _ in poller.poll(timeout_ms):
+            if not isinstance(sock, zmq.Socket):
+                stop = True
+                continue
+            for _ in range(64):
+                try:
+                    reply = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if reply.startswith(b'{"type":"welcome"'):
+                    welcomed.add(sock)
+                elif reply.startswith(b'{"type":"pong"'):
+                    pongs += 1
+        now = time.monotonic()
+        for sock in welcomed:
+            if now >= next_ping[sock]:
+                sock.send(b'{"type":"ping"}', zmq.NOBLOCK)
+                next_ping[sock] = now + heartbeat
+        return not stop
+
+    deadline = time.monotonic() + args.max_seconds
+    for start in range(0, args.count, args.batch):
+        batch = []
+        for i in range(start, min(args.count, start + args.batch)):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))
+            sock.connect(args.endpoint)
+            user = f"idle{args.index}-{i}"
+            room = f"idle-{(args.index * args.count + i) // args.per_room}"
+            sock.send(m.encode({"type": "hello", "user": user, "rooms": [room]}))
+            next_ping[sock] = time.monotonic() + heartbeat
+            poller.register(sock, zmq.POLLIN)
+            socks.append(sock)
+            batch.append(sock)
+        while not welcomed.issuperset(batch) and time.monotonic() < deadline:
+            serve(10)
+    print("READY", json.dumps({"welcomed": len(welcomed), "sockets": len(socks)}), flush=True)
+    while time.monotonic() < deadline and serve(50):
+        pass
+    finish(role="idle", welcomed=len(welcomed), pongs=pongs)
+    for sock in socks:
+        sock.close(0)
+    ctx.term()
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+PUBLISHERS = {"broker": pub_zmq, "zmq": pub_zmq, "tcp": pub_tcp, "redis": pub_redis, "nats": pub_nats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    roles = parser.add_subparsers(dest="role", required=True)
+    for role in ("pub", "sub", "stuck", "idle"):
+        sub = roles.add_parser(role)
+        sub.add_argument("--endpoint", required=True, help="ZeroMQ endpoint, or HOST:PORT for tcp/redis/nats")
+        sub.add_argument("--kind", choices=sorted(PUBLISHERS), default="broker")
+        sub.add_argument("--index", type=int, default=0, help="this process's number among its peers")
+        sub.add_argument("--rate", type=float, default=0.0, help="messages/s to offer, 0 = as fast as accepted")
+        sub.add_argument("--count", type=int, default=1, help="subscriber sockets, or idle clients")
+        sub.add_argument("--topic", default="room/general/", help="SUB subscription (zmq.proxy needs '')")
+        sub.add_argument("--latency", action="store_true", help="decode every message and time it")
+        sub.add_argument("--samples", help="file to write the latency samples (int64 ns) to")
+        sub.add_argument("--batch", type=int, default=50, help="idle: sessions opened at a time")
+        sub.add_argument("--per-room", type=int, default=100, help="idle: users per room")
+        sub.add_argument("--heartbeat", type=float, default=1.0, help="idle: seconds between pings")
+        sub.add_argument("--max-seconds", type=float, default=300.0, help="stuck/idle: exit after this long")
+    args = parser.parse_args(argv)
+    if args.role == "pub":
+        PUBLISHERS[args.kind](args)
+    elif args.role == "sub":
+        (sub_zmq if args.kind in ("broker", "zmq") else sub_stream)(args)
+    elif args.role == "stuck":
+        stuck(args)
+    else:
+        idle(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
