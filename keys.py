@@ -47,7 +47,7 @@ def _write_public(path: Path, public: bytes, user: str | None) -> None:
     metadata = f'    user = "{user}"\n' if user else ""
     path.write_text(
         "#   ZeroMQ CURVE public certificate of a chat user\n"
-        f"metadata\n{metadata}curve\n    public-key = \"{public.decode('ascii')}\"\n",
+        f'metadata\n{metadata}curve\n    public-key = "{public.decode("ascii")}"\n',
         encoding="utf-8",
     )
 

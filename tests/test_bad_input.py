@@ -133,3 +133,69 @@ def test_req_style_framing_gets_an_error_not_a_hang(harness: Harness) -> None:
     req.send_multipart([b"", b'{"type": "ping"}'])
     assert req.poll(5000)
     assert orjson.loads(req.recv())["code"] == "bad_envelope"
+
+
+def hello_raw(harness: Harness, broker) -> object:
+    raw = harness.raw(broker)
+    raw.send(HELLO)
+    assert raw.reply()["type"] == "welcome"
+    assert raw.reply()["type"] == "joined"
+    return raw
+
+
+def test_max_text_option(harness: Harness) -> None:
+    broker = harness.broker("--max-text", "10")
+    raw = hello_raw(harness, broker)
+    raw.request({"type": "msg", "room": "general", "text": "x" * 10, "id": "fits"})
+    assert raw.reply()["type"] == "ack"
+    raw.request({"type": "msg", "room": "general", "text": "x" * 11, "id": "long"})
+    assert raw.reply() == {
+        "type": "error",
+        "code": "too_large",
+        "detail": "text is 11 characters; the limit is 10",
+        "id": "long",
+    }
+    raw.request({"type": "dm", "to": "tester", "text": "y" * 11, "id": "dm"})
+    assert raw.reply()["code"] == "too_large"
+
+
+def test_max_rooms_per_session_option(harness: Harness) -> None:
+    broker = harness.broker("--max-rooms-per-session", "2")
+    raw = hello_raw(harness, broker)
+    raw.request({"type": "join", "room": "second"})
+    assert raw.reply()["type"] == "joined"
+    raw.request({"type": "join", "room": "third"})
+    assert raw.reply()["code"] == "too_many_rooms"
+
+
+def test_max_history_option_cuts_replies(harness: Harness) -> None:
+    broker = harness.broker("--max-history", "3", "--rate-limit", "0")
+    raw = hello_raw(harness, broker)
+    for i in range(6):
+        raw.request({"type": "msg", "room": "general", "text": f"m{i}", "id": str(i)})
+        raw.reply()
+    raw.request({"type": "history", "room": "general", "after": 0, "limit": 500})
+    reply = raw.reply()
+    assert [e["seq"] for e in reply["events"]] == [1, 2, 3] and reply["seq"] == 7  # a client asks on from 3
+
+
+def test_max_frame_option(harness: Harness) -> None:
+    broker = harness.broker("--max-frame", "1000")
+    raw = hello_raw(harness, broker)
+    raw.request({"type": "msg", "room": "general", "text": "x" * 900, "id": "fits"})
+    assert raw.reply()["type"] == "ack"
+    raw.request({"type": "msg", "room": "general", "text": "x" * 1000, "id": "over"})  # > 1000 bytes as JSON
+    assert not raw.dealer.poll(500)  # libzmq dropped the connection: no reply is possible
+
+
+def test_bad_limit_options_are_refused() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for option, value in (("--max-text", "5000"), ("--max-history", "0"), ("--max-rooms-per-session", "99")):
+        result = subprocess.run(
+            [sys.executable, "broker.py", option, value, "--db", ":memory:"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert result.returncode == 2 and option.lstrip("-").replace("-", "_") in result.stderr

@@ -240,18 +240,20 @@ def test_logger_narrows_to_rooms_and_writes_stdout(harness: Harness) -> None:
 def test_installed_commands_exist() -> None:
     import shutil
 
-    for command in ("chat-broker", "chat", "chat-logger"):
+    for command in ("chat-broker", "chat", "chat-logger", "chat-gui", "chat-web", "chat-keys"):
         path = shutil.which(command) or shutil.which(command, path=str(ROOT / ".venv" / "bin"))
         assert path, f"{command} is not installed (pip install -e .)"
         result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0 and "--router" in result.stdout
+        assert result.returncode == 0 and ("--router" in result.stdout or command == "chat-keys")
 
 
 def test_every_program_explains_its_options() -> None:
     for program, options in {
         "broker.py": ["--router", "--pub", "--host", "--heartbeat", "--session-timeout", "--rate-limit"],
         "client.py": ["--router", "--pub", "--host", "--name", "--room"],
-        "logger.py": ["--router", "--pub", "--host", "--out", "--room"],
+        "logger.py": ["--router", "--pub", "--host", "--out", "--room", "--server-key", "--key"],
+        "web.py": ["--router", "--pub", "--host", "--listen", "--port", "--allowed-origin"],
+        "gui.py": ["--router", "--pub", "--host", "--name"],
     }.items():
         result = subprocess.run([sys.executable, program, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0
