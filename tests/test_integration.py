@@ -192,6 +192,21 @@ def test_hostile_text_cannot_rewrite_the_screen(harness: Harness) -> None:
     assert line == r"mallory: \x1b[2J\x1b[Hclear\x0dfake\x0aalice: hi\u202eevil\x07\x9b"
 
 
+def test_a_very_long_hostile_line_is_shown_whole_and_harmless(harness: Harness) -> None:
+    broker = harness.broker()
+    bob = harness.client(broker, "bob")
+    raw = harness.raw(broker)
+    raw.request({"type": "hello", "user": "mallory"})
+    raw.reply()
+    text = ("\x1b]0;pwned\x07\u2066" + "A" * 100) * 35  # 3990 characters of title-setting escapes and isolates
+    raw.request({"type": "msg", "room": "general", "text": text, "id": "1"})
+    line = bob.expect(r"^mallory: ").string
+    assert "\x1b" not in line and "\x07" not in line and "\u2066" not in line
+    assert line.count("A" * 100) == 35  # nothing was cut
+    bob.send("/who")  # and the console still works
+    bob.expect(r"^\[who\] #general: bob, mallory \(2\)$")
+
+
 def test_ipc_endpoints_and_broker_shutdown(harness: Harness) -> None:
     sock_dir = harness.tmp_path
     broker = Proc(
