@@ -99,14 +99,33 @@ class Broker:
         self.dispatch(outputs)
 
     def dispatch(self, outputs: list[Output]) -> None:
+        """Feed first, one frame per topic, then the replies.
+
+        Everything one batch produced for a room goes out as one feed frame (a JSON array, in seq
+        order) when there is more than one event: one send, and one write per subscriber, instead of
+        one per event.  A lone event goes out alone and at once, so batching never adds delay.  The
+        feed goes before the replies, so a sender's ack never overtakes its own event.
+        """
+        batches: dict[bytes, list[bytes]] = {}
+        replies = []
         for out in outputs:
             if type(out) is Publish:
-                self.pub.send_multipart(out)
+                batch = batches.get(out.topic)
+                if batch is None:
+                    batches[out.topic] = [out.payload]
+                else:
+                    batch.append(out.payload)
             else:
-                try:
-                    self.router.send_multipart(out, zmq.NOBLOCK)
-                except zmq.ZMQError:  # peer gone (EHOSTUNREACH) or its queue full (EAGAIN)
-                    self.dropped_replies += 1
+                replies.append(out)
+        send_feed = self.pub.send_multipart
+        for topic, payloads in batches.items():
+            send_feed([topic, payloads[0] if len(payloads) == 1 else b"[" + b",".join(payloads) + b"]"])
+        send = self.router.send_multipart
+        for reply in replies:
+            try:
+                send(reply, zmq.NOBLOCK)
+            except zmq.ZMQError:  # peer gone (EHOSTUNREACH) or its queue full (EAGAIN)
+                self.dropped_replies += 1
 
     def run(self) -> None:
         """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""

@@ -75,6 +75,7 @@ class ChatConfig:
 class Session:
     peer: bytes
     user: str
+    folded: str  # user.casefold(): the key of by_name, of the dedupe window and of name bindings
     rooms: dict[str, None]  # insertion-ordered set
     last_seen: float
     tokens: float
@@ -141,14 +142,20 @@ class ChatCore:
         }
 
     def _restore(self) -> None:
-        """Pick up rooms, seqs and recent message ids where the last broker run left them."""
-        snap = self.store.load(self.config.history_kept, self.config.dedupe_window)
+        """Pick up rooms, seqs and recent message ids where the last broker run left them.
+
+        Resends after a restart are recognised among each room's recent events (``history_kept``):
+        a client resends within seconds, long before a room moves that far on.
+        """
+        snap = self.store.load(self.config.history_kept)
         for name, seq in snap.seqs.items():
             room = self._room(name)
             room.seq = seq
             room.history.extend(snap.recent.get(name, ()))
-        for user, msg_id, room_name, seq in snap.message_ids:
-            self._remember((user.casefold(), msg_id), {"type": "ack", "id": msg_id, "room": room_name, "seq": seq})
+            for event in room.history:
+                if event.get("type") == "msg":
+                    ack = {"type": "ack", "id": event["id"], "room": name, "seq": event["seq"]}
+                    self._remember((event["user"].casefold(), event["id"]), ack)
 
     def commit(self) -> None:
         """Make everything handled so far durable.  The broker calls this before sending what it was given."""
@@ -205,7 +212,7 @@ class ChatCore:
     ) -> None:
         user: str = req["user"]
         folded = user.casefold()
-        if session is not None and session.user.casefold() != folded:
+        if session is not None and session.folded != folded:
             raise ProtocolError(
                 ErrorCode.SESSION_EXISTS, f"this connection is already {session.user!r}; send bye first"
             )
@@ -219,7 +226,7 @@ class ChatCore:
             cap = self.config.max_sessions_per_key
             if key is not None and cap and self.sessions_per_key[key] >= cap:
                 raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"at most {cap} sessions per key")
-            session = Session(peer, user, {}, now, self.config.rate_burst, now, key)
+            session = Session(peer, user, folded, {}, now, self.config.rate_burst, now, key)
             self.sessions[peer] = session
             self.by_name[folded] = session
             if key is not None:
@@ -266,20 +273,25 @@ class ChatCore:
         out.append(Reply(peer, m.encode({"type": "left", "room": room})))
 
     def _msg(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
-        if self._resent(peer, session, req, out):
+        # The hot path: every line here runs once per chat message.
+        msg_id = req["id"]
+        dedupe_key = (session.folded, msg_id)
+        ack = self.acked.get(dedupe_key)
+        if ack is not None:  # a resend of a message we accepted (its ack was lost): ack again, publish nothing
+            out.append(Reply(peer, ack))
             return
         room_name = req["room"]
-        self._check_text(req)
+        if len(req["text"]) > self.config.max_text:
+            self._check_text(req)
         if room_name not in session.rooms:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", req["id"])
-        event = {"type": "msg", "room": room_name, "user": session.user, "text": req["text"], "id": req["id"]}
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", msg_id)
+        event = {"type": "msg", "room": room_name, "user": session.user, "text": req["text"], "id": msg_id}
         if req.get("me"):
             event["me"] = True
         seq = self._publish(self.rooms[room_name], event, now, out)
-        ack = self._remember(
-            (session.user.casefold(), req["id"]), {"type": "ack", "id": req["id"], "room": room_name, "seq": seq}
+        out.append(
+            Reply(peer, self._remember(dedupe_key, {"type": "ack", "id": msg_id, "room": room_name, "seq": seq}))
         )
-        out.append(Reply(peer, ack))
 
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         if self._resent(peer, session, req, out):
@@ -301,10 +313,7 @@ class ChatCore:
         out.append(Reply(target.peer, m.encode(event)))
         out.append(
             Reply(
-                peer,
-                self._remember(
-                    (session.user.casefold(), req["id"]), {"type": "ack", "id": req["id"], "to": target.user}
-                ),
+                peer, self._remember((session.folded, req["id"]), {"type": "ack", "id": req["id"], "to": target.user})
             )
         )
 
@@ -365,7 +374,7 @@ class ChatCore:
         room = self._room(room_name)
         if room_name not in session.rooms:
             session.rooms[room_name] = None
-            room.members[session.user.casefold()] = session.user
+            room.members[session.folded] = session.user
             self._publish(room, {"type": "join", "room": room_name, "user": session.user}, now, out)
         recent = list(room.history)[-self.config.history_on_join :] if self.config.history_on_join else []
         out.append(
@@ -386,14 +395,14 @@ class ChatCore:
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
         room = self.rooms[room_name]
         del session.rooms[room_name]
-        del room.members[session.user.casefold()]
+        del room.members[session.folded]
         self._publish(room, {"type": "leave", "room": room_name, "user": session.user, "reason": reason}, now, out)
 
     def _end_session(self, session: Session, reason: str, now: float, out: list[Output]) -> None:
         for room_name in list(session.rooms):
             self._exit(session, room_name, reason, now, out)
         del self.sessions[session.peer]
-        del self.by_name[session.user.casefold()]
+        del self.by_name[session.folded]
         if session.key is not None:
             self.sessions_per_key[session.key] -= 1
             if not self.sessions_per_key[session.key]:
@@ -412,7 +421,7 @@ class ChatCore:
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
         """A message we already accepted (its ack was lost): ack it again, publish nothing."""
-        ack = self.acked.get((session.user.casefold(), req["id"]))
+        ack = self.acked.get((session.folded, req["id"]))
         if ack is None:
             return False
         out.append(Reply(peer, ack))

@@ -22,18 +22,16 @@ from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNC_LEVELS = ("normal", "full")
 
 
 @dataclass
 class Snapshot:
-    """What a broker starts from: each room's last seq, its recent events, and recent message ids."""
+    """What a broker starts from: each room's last seq and its recent events (oldest first)."""
 
     seqs: dict[str, int] = field(default_factory=dict)
     recent: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    #: (user, id, room, seq) of the most recent messages, oldest first, so resends can be recognised.
-    message_ids: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -45,7 +43,7 @@ class MemoryStore:
         #: Names this history; a new one (every run, here) tells clients that seqs started over.
         self.history_id = os.urandom(8).hex()
 
-    def load(self, recent_per_room: int, ids: int) -> Snapshot:
+    def load(self, recent_per_room: int) -> Snapshot:
         return Snapshot()
 
     def append(self, event: dict[str, Any], payload: bytes) -> None:
@@ -77,10 +75,10 @@ class SqliteStore:
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            -- One B-tree keyed by (room, seq): the only order anything is read in.
             CREATE TABLE IF NOT EXISTS events (
-                room TEXT NOT NULL, seq INTEGER NOT NULL, user TEXT NOT NULL, msg_id TEXT,
-                payload BLOB NOT NULL, UNIQUE (room, seq)
-            );
+                room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (room, seq)
+            ) WITHOUT ROWID;
             """
         )
         version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -91,9 +89,9 @@ class SqliteStore:
             raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
         #: Names this history for as long as the file lives; a new file means seqs started over.
         self.history_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()[0]
-        self._rows: list[tuple[str, int, str, str | None, bytes]] = []
+        self._rows: list[tuple[str, int, bytes]] = []
 
-    def load(self, recent_per_room: int, ids: int) -> Snapshot:
+    def load(self, recent_per_room: int) -> Snapshot:
         snap = Snapshot()
         for room, seq in self.db.execute("SELECT room, MAX(seq) FROM events GROUP BY room"):
             snap.seqs[room] = seq
@@ -101,14 +99,10 @@ class SqliteStore:
                 "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq", (room, seq - recent_per_room)
             )
             snap.recent[room] = [orjson.loads(payload) for (payload,) in rows]
-        rows = self.db.execute(
-            "SELECT user, msg_id, room, seq FROM events WHERE msg_id IS NOT NULL ORDER BY rowid DESC LIMIT ?", (ids,)
-        ).fetchall()
-        snap.message_ids = rows[::-1]
         return snap
 
     def append(self, event: dict[str, Any], payload: bytes) -> None:
-        self._rows.append((event["room"], event["seq"], event["user"], event.get("id"), payload))
+        self._rows.append((event["room"], event["seq"], payload))
 
     def read(self, room: str, after: int, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -123,7 +117,7 @@ class SqliteStore:
         rows, self._rows = self._rows, []
         self.db.execute("BEGIN")
         try:
-            self.db.executemany("INSERT INTO events (room, seq, user, msg_id, payload) VALUES (?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO events (room, seq, payload) VALUES (?, ?, ?)", rows)
         except BaseException:
             self.db.execute("ROLLBACK")
             raise

@@ -18,8 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import zmq
+
+from messages import feed_events
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single expectation may take before the test fails
@@ -213,28 +216,22 @@ class RawPeer:
         self.dealer.send_multipart(list(frames))
 
     def request(self, envelope: dict) -> None:
-        import orjson
-
         self.dealer.send(orjson.dumps(envelope))
 
     def reply(self, timeout: float = WAIT) -> dict:
-        import orjson
-
         if not self.dealer.poll(timeout * 1000):
             raise AssertionError(f"no reply within {timeout}s")
         return orjson.loads(self.dealer.recv())
 
     def feed(self, predicate, timeout: float = WAIT) -> dict:
         """The next feed event for which ``predicate(event)`` is true."""
-        import orjson
-
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             if self.sub.poll(left * 1000):
                 _topic, payload = self.sub.recv_multipart()
-                event = orjson.loads(payload)
-                if predicate(event):
-                    return event
+                for event in feed_events(payload):  # one event, or a batch of them
+                    if predicate(event):
+                        return event
         raise AssertionError(f"no matching feed event within {timeout}s")
 
     def wait_subscribed(self, timeout: float = WAIT) -> None:

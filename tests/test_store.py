@@ -103,9 +103,9 @@ def test_nothing_is_on_disk_before_commit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "chat.db")
     core = ChatCore(store=store)
     core.handle(A, [orjson.dumps({"type": "hello", "user": "alice"})], 1.0)
-    assert SqliteStore(tmp_path / "chat.db").load(10, 10).seqs == {}
+    assert SqliteStore(tmp_path / "chat.db").load(10).seqs == {}
     core.commit()
-    assert SqliteStore(tmp_path / "chat.db").load(10, 10).seqs == {"general": 1}
+    assert SqliteStore(tmp_path / "chat.db").load(10).seqs == {"general": 1}
 
 
 def test_rooms_snapshot_lists_every_room_and_its_seq() -> None:
