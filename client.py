@@ -763,7 +763,7 @@ class Console:
             else:
                 client.say(self.current, rest, me=True)
         elif command == "/join":
-            room = rest.lstrip("#").lower()
+            room = room_name(rest)
             if not room:
                 self.show("[error] usage: /join ROOM")
             elif room in client.rooms:
@@ -773,13 +773,13 @@ class Console:
                 self.switch_on_join.add(room)
                 client.join(room)
         elif command == "/leave":
-            room = rest.lstrip("#").lower() or self.current
+            room = room_name(rest) or self.current
             if room is None:
                 self.show("[error] usage: /leave ROOM")
             else:
                 client.leave(room)
         elif command == "/who":
-            room = rest.lstrip("#").lower() or self.current
+            room = room_name(rest) or self.current
             if room is None:
                 self.show("[error] usage: /who ROOM")
             else:
@@ -915,13 +915,18 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     return {"router": router, "pub": pub, "curve": curve}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
-    add_endpoint_args(parser)
-    parser.add_argument("--name", help="your user name (asked for if not given)")
+def room_name(text: str) -> str:
+    """What people type for a room (``#Dev``) as its name (``dev``)."""
+    return text.strip().lstrip("#").lower()
+
+
+def add_session_args(parser: argparse.ArgumentParser, name_help: str) -> None:
+    """--name, --room, --timeout: shared by the front ends that chat (console and window)."""
+    parser.add_argument("--name", help=name_help)
     parser.add_argument(
         "--room",
         action="append",
+        type=room_name,
         metavar="ROOM",
         help=f"room to join at start; repeat for more (default: {m.DEFAULT_ROOM})",
     )
@@ -932,6 +937,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how long to wait for the broker at start (default: %(default)s)",
     )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
+    add_endpoint_args(parser)
+    add_session_args(parser, "your user name (asked for if not given)")
     parser.add_argument("--gui", action="store_true", help="chat in a window (gui.py) instead of at the console")
     return parser.parse_args(argv)
 
@@ -960,7 +971,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     router = conn["router"]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    rooms = [r.lstrip("#").lower() for r in args.room] if args.room else [m.DEFAULT_ROOM]
+    rooms = args.room or [m.DEFAULT_ROOM]
     name = args.name
     while True:
         if name is None:

@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 import messages as m
-from client import ChatClient, ChatError, Console, Event, add_endpoint_args, connection, render
+from client import ChatClient, ChatError, Console, Event, add_endpoint_args, add_session_args, connection, render
 
 #: How often the Tk loop drains the queue from the network thread (ms).
 POLL_MS = 40
@@ -193,7 +193,7 @@ class Network(threading.Thread):
             self.inbox.close(linger=0)
 
     def _run(self) -> None:
-        rooms = [r.lstrip("#").lower() for r in self.args.room] if self.args.room else [m.DEFAULT_ROOM]
+        rooms = self.args.room or [m.DEFAULT_ROOM]
         client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **connection(self.args))
         try:
             client.connect(timeout=self.args.timeout)
@@ -544,20 +544,7 @@ class ChatWindow:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chat-gui", description="Chat through a chat broker, in a window.")
     add_endpoint_args(parser)
-    parser.add_argument("--name", help="your user name (asked for in the window if not given)")
-    parser.add_argument(
-        "--room",
-        action="append",
-        metavar="ROOM",
-        help=f"room to join at start; repeat for more (default: {m.DEFAULT_ROOM})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the broker (default: %(default)s)",
-    )
+    add_session_args(parser, "your user name (asked for in the window if not given)")
     parser.add_argument("--gui", action="store_true", help=argparse.SUPPRESS)  # `client.py --gui` passes its argv on
     return parser.parse_args(argv)
 

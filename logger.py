@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import messages as m
-from client import ChatClient, add_endpoint_args, connection
+from client import ChatClient, add_endpoint_args, connection, room_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,7 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_endpoint_args(parser)
     parser.add_argument("--out", metavar="FILE", help="file to append to (default: standard output)")
-    parser.add_argument("--room", action="append", metavar="ROOM", help="log only ROOM; repeat for more (default: all)")
+    parser.add_argument(
+        "--room", action="append", type=room_name, metavar="ROOM", help="log only ROOM; repeat for more (default: all)"
+    )
     parser.add_argument("--heartbeats", action="store_true", help="also log the broker's sys/ heartbeats")
     return parser.parse_args(argv)
 
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chat-logger: {exc}", file=sys.stderr)
         return 2
     pub = conn["pub"]
-    rooms = [r.lstrip("#").lower() for r in args.room] if args.room else None
+    rooms = args.room
     for room in rooms or []:
         if not m.valid_room(room):
             print(f"chat-logger: {room!r} is not a valid room name", file=sys.stderr)

@@ -94,6 +94,13 @@ class Proc:
                     + "\n".join(self.lines)
                 )
 
+    def expect_all(self, lines: set[str], timeout: float = WAIT) -> None:
+        """Wait until every one of ``lines`` has been printed, in any order (for events no order is promised for)."""
+        deadline = time.monotonic() + timeout
+        while not lines <= set(self.lines):
+            if not self._collect(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                raise AssertionError(f"{self.name}: never printed {lines - set(self.lines)}:\n" + "\n".join(self.lines))
+
     def output(self, settle: float = 0.0) -> list[str]:
         """All lines so far (optionally waiting ``settle`` s for stragglers: only to prove an absence)."""
         deadline = time.monotonic() + settle
@@ -134,8 +141,8 @@ class Broker(Proc):
     def __init__(
         self,
         *extra: str,
-        heartbeat: float = 0.2,
-        session_timeout: float = 1.0,
+        heartbeat: float = 0.3,
+        session_timeout: float = 2.0,
         router: str = "tcp://127.0.0.1:0",
         pub: str = "tcp://127.0.0.1:0",
         db: str = ":memory:",

@@ -41,6 +41,7 @@ def test_clients_and_a_logger_behind_a_relay_see_everything(harness: Harness) ->
     far.send("hello from behind the relay")
     near.expect(r"^far: hello from behind the relay$")
     near.send("/join dev")  # a room nobody behind the relay is in: its subscription goes up on demand
+    near.expect(r"^\[system\] you are in #dev \(1 here: near\)$")
     far.send("/join dev")
     near.expect(r"^#dev \[join\] far joined the room$")
     near.send("in dev")
