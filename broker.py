@@ -10,6 +10,7 @@ decides is decided by ``chat.ChatCore``; this file only moves bytes and time.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import signal
@@ -383,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # event ts are that clock plus a fixed offset to Unix time taken now.
     core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic(), bindings=allowed)
     broker = Broker(router, pub, core, secure=curve is not None)
+    gc.freeze()  # what start-up made (modules, the restored rooms) is never walked by the GC again
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")

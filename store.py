@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 SCHEMA_VERSION = 2
 SYNC_LEVELS = ("normal", "full")
 
@@ -31,7 +29,7 @@ class Snapshot:
     """What a broker starts from: each room's last seq and its recent events (oldest first)."""
 
     seqs: dict[str, int] = field(default_factory=dict)
-    recent: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    recent: dict[str, list[bytes]] = field(default_factory=dict)  # encoded events, as published
 
 
 class MemoryStore:
@@ -49,7 +47,7 @@ class MemoryStore:
     def append(self, event: dict[str, Any], payload: bytes) -> None:
         pass
 
-    def read(self, room: str, after: int, limit: int) -> list[dict[str, Any]]:
+    def read(self, room: str, after: int, limit: int) -> list[bytes]:
         return []
 
     def commit(self) -> None:
@@ -98,17 +96,18 @@ class SqliteStore:
             rows = self.db.execute(
                 "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq", (room, seq - recent_per_room)
             )
-            snap.recent[room] = [orjson.loads(payload) for (payload,) in rows]
+            snap.recent[room] = [payload for (payload,) in rows]
         return snap
 
     def append(self, event: dict[str, Any], payload: bytes) -> None:
         self._rows.append((event["room"], event["seq"], payload))
 
-    def read(self, room: str, after: int, limit: int) -> list[dict[str, Any]]:
+    def read(self, room: str, after: int, limit: int) -> list[bytes]:
+        """Encoded events of ``room`` with ``seq > after``, oldest first."""
         rows = self.db.execute(
             "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
-        return [orjson.loads(payload) for (payload,) in rows]
+        return [payload for (payload,) in rows]
 
     def commit(self) -> None:
         """One transaction for everything appended since the last commit."""

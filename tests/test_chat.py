@@ -277,7 +277,7 @@ def test_dm_is_never_published() -> None:
     hello(core, B, "bob")
     out = send(core, A, {"type": "dm", "to": "bob", "text": "psst", "id": "d1", "me": True})
     assert not any(isinstance(o, Publish) for o in out)
-    assert all(event["type"] != "dm" for room in core.rooms.values() for event in room.history)
+    assert all(event["type"] != "dm" for room in core.rooms.values() for event in map(orjson.loads, room.history))
 
 
 def test_dm_target_name_is_case_insensitive_and_normalised() -> None:

@@ -315,7 +315,7 @@ class ChatMachine(RuleBasedStateMachine):
         for room in self.core.rooms.values():
             assert len(room.history) <= self.core.config.history_kept
             if room.history:
-                assert room.history[-1]["seq"] == room.seq
+                assert orjson.loads(room.history[-1])["seq"] == room.seq
                 assert self.seq[room.topic] == room.seq
 
 

@@ -41,7 +41,7 @@ def test_a_restarted_core_goes_on_from_the_stored_seq_and_history(tmp_path: Path
 
     again = ChatCore(store=SqliteStore(path))
     assert again.rooms["general"].seq == 3
-    assert [e.get("text") for e in again.rooms["general"].history] == [None, "one", "two"]
+    assert [e.get("text") for e in map(orjson.loads, again.rooms["general"].history)] == [None, "one", "two"]
     acks = chat(again, ["three"], user="bob")
     assert acks[0]["seq"] == 5  # bob's join is 4
 
