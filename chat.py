@@ -419,7 +419,7 @@ class ChatCore:
         room.seq += 1
         event["seq"] = room.seq
         event["ts"] = now + self.wall_offset
-        payload = m.encode(event)
+        payload = m.encode_kept(event)  # kept in history: an exact-size copy
         room.history.append(payload)
         self.store.append(event, payload)
         out.append(Publish(room.topic, payload))
@@ -434,7 +434,7 @@ class ChatCore:
         return True
 
     def _remember(self, key: tuple[str, str], ack: dict[str, Any]) -> bytes:
-        payload = self.acked[key] = m.encode(ack)
+        payload = self.acked[key] = m.encode_kept(ack)
         if len(self.acked) > self.config.dedupe_window:
             self.acked.popitem(last=False)
         return payload

@@ -28,6 +28,7 @@ import select
 import selectors
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,22 +89,26 @@ def finish(**result: Any) -> None:
 
 
 class Marks:
-    """Counter snapshots at the window boundaries, taken the first time the loop sees each boundary pass."""
+    """Counter snapshots at the window boundaries, taken by a thread that wakes at each one.
 
-    def __init__(self, schedule: dict[str, Any]) -> None:
-        self.bounds = sorted(t for window in schedule["windows"] for t in window)
+    A thread, not the load loop, because the loop may sit in a blocking call (a full pipeline, a
+    client library's flush) just when a boundary passes.
+    """
+
+    def __init__(self, schedule: dict[str, Any], snapshot: Callable[[], Any]) -> None:
         self.windows = schedule["windows"]
         self.snaps: dict[int, Any] = {}
-        self.next = 0
+        self.thread = threading.Thread(target=self._run, args=(snapshot,), daemon=True)
+        self.thread.start()
 
-    def check(self, now: int, snapshot: Callable[[], Any]) -> None:
-        while self.next < len(self.bounds) and now >= self.bounds[self.next]:
-            self.snaps[self.bounds[self.next]] = snapshot()
-            self.next += 1
+    def _run(self, snapshot: Callable[[], Any]) -> None:
+        for bound in sorted(t for window in self.windows for t in window):
+            time.sleep(max(0.0, (bound - now_ns()) / 1e9))
+            self.snaps[bound] = snapshot()
 
-    def close(self, snapshot: Callable[[], Any]) -> list[list[Any]]:
+    def close(self) -> list[list[Any]]:
         """Per window, [counters at its start, counters at its end]."""
-        self.check(1 << 62, snapshot)
+        self.thread.join(timeout=max(0.0, (self.windows[-1][1] - now_ns()) / 1e9) + 5)
         return [[self.snaps[a], self.snaps[b]] for a, b in self.windows]
 
     def inside(self, t: int) -> bool:
@@ -148,7 +153,6 @@ def pub_zmq(args: argparse.Namespace) -> None:
         if reply.get("type") != "welcome":
             raise SystemExit(f"hello refused: {reply}")
     schedule = ready()
-    marks = Marks(schedule)
     rate = Rate(args.rate, max(now_ns(), schedule["start"]))
     end = schedule["end"]
     prefix = f"p{args.index}-".encode()
@@ -161,9 +165,9 @@ def pub_zmq(args: argparse.Namespace) -> None:
     def snap() -> list[int]:
         return [sent, acked, errors]
 
+    marks = Marks(schedule, snap)
     while True:
         now = now_ns()
-        marks.check(now, snap)
         if now >= end:
             break
         budget = rate.due(sent, now, 256)
@@ -191,7 +195,7 @@ def pub_zmq(args: argparse.Namespace) -> None:
             poller.poll(5)  # the send queue is full: wait for room (or acks)
         elif budget == 0:  # out of credit (acks will come), or paced and nothing is due yet
             pollin.poll(max(1, rate.wait_ms(sent, now_ns())) if args.rate else 5)
-    finish(role="pub", kind=args.kind, windows=marks.close(snap), total=snap())
+    finish(role="pub", kind=args.kind, windows=marks.close(), total=snap())
     sock.close(0)
     ctx.term()
 
@@ -204,7 +208,6 @@ def pub_tcp(args: argparse.Namespace) -> None:
     _read_greeting(sock)
     sock.setblocking(False)
     schedule = ready()
-    marks = Marks(schedule)
     rate = Rate(args.rate, max(now_ns(), schedule["start"]))
     end = schedule["end"]
     prefix = f"p{args.index}-".encode()
@@ -214,9 +217,9 @@ def pub_tcp(args: argparse.Namespace) -> None:
     def snap() -> list[int]:
         return [sent, 0, 0]
 
+    marks = Marks(schedule, snap)
     while True:
         now = now_ns()
-        marks.check(now, snap)
         if now >= end:
             break
         room = (65536 - len(out)) // 128
@@ -232,9 +235,11 @@ def pub_tcp(args: argparse.Namespace) -> None:
         if out:
             with contextlib.suppress(BlockingIOError):
                 out = out[sock.send(out) :]
-        wait = 0.005 if out else rate.wait_ms(sent, now_ns()) / 1000
-        select.select([sock], [sock] if out else [], [], wait)
-    finish(role="pub", kind="tcp", windows=marks.close(snap), total=snap())
+        if out:  # wait for room in the socket (and drain what the relay sends us)
+            select.select([sock], [sock], [], 0.005)
+        elif args.rate:  # paced: sleep until the next message is due, a millisecond at least
+            select.select([sock], [], [], max(1, rate.wait_ms(sent, now_ns())) / 1000)
+    finish(role="pub", kind="tcp", windows=marks.close(), total=snap())
     sock.close()
 
 
@@ -246,7 +251,6 @@ def pub_redis(args: argparse.Namespace) -> None:
     client = redis.Redis(host=host, port=int(port), socket_timeout=10)
     client.ping()
     schedule = ready()
-    marks = Marks(schedule)
     rate = Rate(args.rate, max(now_ns(), schedule["start"]))
     end = schedule["end"]
     prefix = f"p{args.index}-".encode()
@@ -256,9 +260,9 @@ def pub_redis(args: argparse.Namespace) -> None:
     def snap() -> list[int]:
         return [sent, 0, 0]
 
+    marks = Marks(schedule, snap)
     while True:
         now = now_ns()
-        marks.check(now, snap)
         if now >= end:
             break
         due = rate.due(sent, now, 100)
@@ -269,7 +273,7 @@ def pub_redis(args: argparse.Namespace) -> None:
             pipe.publish(ROOM, make_message(args.index, sent + i, now_ns(), prefix))
         pipe.execute()
         sent += due
-    finish(role="pub", kind="redis", windows=marks.close(snap), total=snap())
+    finish(role="pub", kind="redis", windows=marks.close(), total=snap())
     client.close()
 
 
@@ -280,7 +284,6 @@ def pub_nats(args: argparse.Namespace) -> None:
     async def main() -> None:
         nc = await nats.connect(f"nats://{args.endpoint}", connect_timeout=10, allow_reconnect=False)
         schedule = await asyncio.get_running_loop().run_in_executor(None, ready)
-        marks = Marks(schedule)
         rate = Rate(args.rate, max(now_ns(), schedule["start"]))
         end = schedule["end"]
         prefix = f"p{args.index}-".encode()
@@ -289,18 +292,18 @@ def pub_nats(args: argparse.Namespace) -> None:
         def snap() -> list[int]:
             return [sent, 0, 0]
 
+        marks = Marks(schedule, snap)
         while True:
             now = now_ns()
-            marks.check(now, snap)
             if now >= end:
                 break
             due = rate.due(sent, now, 100)
             for _ in range(due):
                 await nc.publish(ROOM, make_message(args.index, sent, now_ns(), prefix))
                 sent += 1
-            await asyncio.sleep(rate.wait_ms(sent, now_ns()) / 1000 if args.rate else 0)
+            await asyncio.sleep(max(1, rate.wait_ms(sent, now_ns())) / 1000 if args.rate else 0)
         await nc.flush(timeout=10)
-        finish(role="pub", kind="nats", windows=marks.close(snap), total=snap())
+        finish(role="pub", kind="nats", windows=marks.close(), total=snap())
         await nc.close()
 
     asyncio.run(main())
@@ -312,15 +315,21 @@ def pub_nats(args: argparse.Namespace) -> None:
 class Tally:
     """What one subscriber process saw: messages per socket, latencies inside the windows, gaps per publisher."""
 
-    def __init__(self, count: int, latency: bool) -> None:
+    def __init__(self, count: int, latency: bool, start: int) -> None:
         self.counts = [0] * count
         self.latency = latency
+        self.start = start  # messages stamped before this are a previous run's leftovers: not ours
+        self.stale = 0
         self.samples = array.array("q")
         self.first: dict[tuple[int, int], int] = {}  # (socket, publisher) -> first number seen
         self.last: dict[tuple[int, int], int] = {}
         self.seen: dict[tuple[int, int], int] = {}
 
     def note(self, sock: int, stamp: int, pub: int, number: int, now: int, marks: Marks) -> None:
+        if stamp < self.start:
+            self.stale += 1
+            return
+        self.counts[sock] += 1
         if marks.inside(now):
             self.samples.append(now - stamp)
         key = (sock, pub)
@@ -335,7 +344,6 @@ class Tally:
             return
         at = data.find(TEXT_MARK)
         while at >= 0:
-            self.counts[sock] += 1
             self.note(sock, *parse_text(data[at + 8 : at + 41]), now, marks)
             at = data.find(TEXT_MARK, at + 41)
 
@@ -350,10 +358,11 @@ class Tally:
         finish(
             role="sub",
             kind=args.kind,
-            windows=marks.close(lambda: list(self.counts)),
+            windows=marks.close(),
             total=list(self.counts),
             lost=self.lost() if self.latency else None,
             samples=len(self.samples),
+            stale=self.stale,
         )
 
 
@@ -369,18 +378,16 @@ def sub_zmq(args: argparse.Namespace) -> None:
         sock.connect(args.endpoint)
         socks.append(sock)
     schedule = ready()
-    marks = Marks(schedule)
-    tally = Tally(args.count, args.latency)
+    tally = Tally(args.count, args.latency, schedule["start"])
     decode = args.kind == "broker" and args.latency
     poller = zmq.Poller()
     for sock in socks:
         poller.register(sock, zmq.POLLIN)
     index = {sock: i for i, sock in enumerate(socks)}
     end = schedule["end"]
-    snap = lambda: list(tally.counts)  # noqa: E731
+    marks = Marks(schedule, lambda: list(tally.counts))
     while True:
         now = now_ns()
-        marks.check(now, snap)
         if now >= end:
             break
         for sock, _ in poller.poll(20):
@@ -395,7 +402,6 @@ def sub_zmq(args: argparse.Namespace) -> None:
                     t = now_ns()
                     for event in m.feed_events(payload):
                         if event["type"] == "msg":
-                            tally.counts[i] += 1
                             tally.note(i, *parse_text(event["text"]), t, marks)
                 else:
                     tally.raw(i, payload, now_ns(), marks)
@@ -447,8 +453,7 @@ def sub_stream(args: argparse.Namespace) -> None:
     """
     socks = [_connect_stream(args.kind, args.endpoint) for _ in range(args.count)]
     schedule = ready()
-    marks = Marks(schedule)
-    tally = Tally(args.count, args.latency)
+    tally = Tally(args.count, args.latency, schedule["start"])
     selector = selectors.DefaultSelector()
     carry = [b""] * args.count
     for i, sock in enumerate(socks):
@@ -456,10 +461,9 @@ def sub_stream(args: argparse.Namespace) -> None:
         selector.register(sock, selectors.EVENT_READ, i)
     end = schedule["end"]
     keep = len(TEXT_MARK) - 1
-    snap = lambda: list(tally.counts)  # noqa: E731
+    marks = Marks(schedule, lambda: list(tally.counts))
     while True:
         now = now_ns()
-        marks.check(now, snap)
         if now >= end:
             break
         for key, _ in selector.select(0.02):
@@ -530,12 +534,12 @@ def idle(args: argparse.Namespace) -> None:
     poller = zmq.Poller()
     poller.register(sys.stdin.fileno(), zmq.POLLIN)
     pongs = 0
-    heartbeat = args.heartbeat
+    heartbeat = beat = args.heartbeat  # until a welcome says how often the broker wants a ping
     next_ping: dict[zmq.Socket, float] = {}
 
     def serve(timeout_ms: int) -> bool:
         """Handle replies and due pings for a while; False when the coordinator said STOP (or left)."""
-        nonlocal pongs
+        nonlocal pongs, beat
         stop = False
         for sock, _ in poller.poll(timeout_ms):
             if not isinstance(sock, zmq.Socket):
@@ -548,17 +552,22 @@ def idle(args: argparse.Namespace) -> None:
                     break
                 if reply.startswith(b'{"type":"welcome"'):
                     welcomed.add(sock)
+                    beat = m.decode(reply).get("heartbeat", beat)
+                    next_ping[sock] = time.monotonic() + beat
                 elif reply.startswith(b'{"type":"pong"'):
                     pongs += 1
         now = time.monotonic()
         for sock in welcomed:
             if now >= next_ping[sock]:
                 sock.send(b'{"type":"ping"}', zmq.NOBLOCK)
-                next_ping[sock] = now + heartbeat
+                next_ping[sock] = now + beat
         return not stop
 
     deadline = time.monotonic() + args.max_seconds
+    connect_deadline = time.monotonic() + args.connect_seconds
     for start in range(0, args.count, args.batch):
+        if time.monotonic() >= connect_deadline:
+            break
         batch = []
         for i in range(start, min(args.count, start + args.batch)):
             sock = ctx.socket(zmq.DEALER)
@@ -572,9 +581,11 @@ def idle(args: argparse.Namespace) -> None:
             poller.register(sock, zmq.POLLIN)
             socks.append(sock)
             batch.append(sock)
-        while not welcomed.issuperset(batch) and time.monotonic() < deadline:
+        while not welcomed.issuperset(batch) and time.monotonic() < connect_deadline:
             serve(10)
-    print("READY", json.dumps({"welcomed": len(welcomed), "sockets": len(socks)}), flush=True)
+    print(
+        "READY", json.dumps({"welcomed": len(welcomed), "sockets": len(socks)}), flush=True
+    )  # all, or at the deadline
     while time.monotonic() < deadline and serve(50):
         pass
     finish(role="idle", welcomed=len(welcomed), pongs=pongs)
@@ -605,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--per-room", type=int, default=100, help="idle: users per room")
         sub.add_argument("--heartbeat", type=float, default=1.0, help="idle: seconds between pings")
         sub.add_argument("--max-seconds", type=float, default=300.0, help="stuck/idle: exit after this long")
+        sub.add_argument("--connect-seconds", type=float, default=60.0, help="idle: time to open the sessions")
     args = parser.parse_args(argv)
     if args.role == "pub":
         PUBLISHERS[args.kind](args)

@@ -179,6 +179,7 @@ class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.procs: list[Proc] = []
+        self.peers: list[RawPeer] = []
         self.ctx = zmq.Context()
 
     def broker(self, *extra: str, **kw: float | str) -> Broker:
@@ -201,11 +202,16 @@ class Harness:
         return proc
 
     def raw(self, broker: Broker) -> RawPeer:
-        return RawPeer(self.ctx, broker)
+        peer = RawPeer(self.ctx, broker)
+        self.peers.append(peer)  # kept, so its sockets are closed at the end and not left to the GC
+        return peer
 
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
+        for peer in self.peers:
+            peer.dealer.close(linger=0)
+            peer.sub.close(linger=0)
         self.ctx.destroy(linger=0)
 
 

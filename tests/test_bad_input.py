@@ -133,6 +133,7 @@ def test_req_style_framing_gets_an_error_not_a_hang(harness: Harness) -> None:
     req.send_multipart([b"", b'{"type": "ping"}'])
     assert req.poll(5000)
     assert orjson.loads(req.recv())["code"] == "bad_envelope"
+    req.close(linger=0)
 
 
 def hello_raw(harness: Harness, broker) -> object:

@@ -76,15 +76,15 @@ def test_clients_without_the_right_keys_get_nothing(harness: Harness, keydir: Pa
     alice = harness.client(broker, "alice", *key_args(keydir, "alice"))
     ends = {"router": broker.router, "pub": broker.pub}
     # No keys at all: the handshake never completes, so no answer, no feed.
-    with pytest.raises(TimeoutError):
-        ChatClient("mallory", **ends).connect(timeout=1.5)
+    with ChatClient("mallory", **ends) as doomed, pytest.raises(TimeoutError):
+        doomed.connect(timeout=1.5)
     # A well-formed key that is not on the allow-list: refused at the handshake.
     stranger = keydir.parent / "stranger"
     keys.init(stranger)
     keys.add_user(stranger, "mallory")
     unlisted = keys.client_keys(keydir / "broker.key", stranger / "users" / "mallory.key_secret")
-    with pytest.raises(TimeoutError):
-        ChatClient("mallory", curve=unlisted, **ends).connect(timeout=1.5)
+    with ChatClient("mallory", curve=unlisted, **ends) as doomed, pytest.raises(TimeoutError):
+        doomed.connect(timeout=1.5)
     # A plain SUB on the CURVE feed receives nothing while a keyed subscriber receives the chat.
     ctx = harness.ctx
     plain = ctx.socket(zmq.SUB)
@@ -97,28 +97,32 @@ def test_clients_without_the_right_keys_get_nothing(harness: Harness, keydir: Pa
         while not any(e.get("text") == "for keyed ears only" for e in watcher.poll(0.1)):
             assert time.monotonic() < deadline, "the keyed subscriber should have received it"
     assert not plain.poll(200), "a plain SUB received something from a CURVE feed"
+    plain.close(linger=0)
 
 
 def test_a_bound_key_keeps_its_name_and_only_its_name(harness: Harness, keydir: Path) -> None:
     broker = curve_broker(harness, keydir)
     ends = {"router": broker.router, "pub": broker.pub}
     # alice's key cannot say hello as bob ...
-    with pytest.raises(ChatError) as refused:
-        ChatClient("bob", curve=user_key(keydir, "alice"), **ends).connect(timeout=WAIT)
+    with ChatClient("bob", curve=user_key(keydir, "alice"), **ends) as doomed, pytest.raises(ChatError) as refused:
+        doomed.connect(timeout=WAIT)
     assert refused.value.code == "name_reserved"
     # ... and bob cannot take alice's name, although alice is not even online.
-    with pytest.raises(ChatError) as refused:
-        ChatClient("alice", curve=user_key(keydir, "bob"), **ends).connect(timeout=WAIT)
+    with ChatClient("alice", curve=user_key(keydir, "bob"), **ends) as doomed, pytest.raises(ChatError) as refused:
+        doomed.connect(timeout=WAIT)
     assert refused.value.code == "name_reserved"
     # Nor in another case.
-    with pytest.raises(ChatError) as refused:
-        ChatClient("ALICE", curve=user_key(keydir, "bob"), **ends).connect(timeout=WAIT)
+    with ChatClient("ALICE", curve=user_key(keydir, "bob"), **ends) as doomed, pytest.raises(ChatError) as refused:
+        doomed.connect(timeout=WAIT)
     assert refused.value.code == "name_reserved"
     # An unbound key may use any name that is not bound to someone else.
     with ChatClient("helper-bot", curve=user_key(keydir, "logger-key"), **ends) as bot:
         assert bot.connect(timeout=WAIT)["user"] == "helper-bot"
-        with pytest.raises(ChatError) as refused:
-            ChatClient("bob", curve=user_key(keydir, "logger-key"), **ends).connect(timeout=WAIT)
+        with (
+            ChatClient("bob", curve=user_key(keydir, "logger-key"), **ends) as doomed,
+            pytest.raises(ChatError) as refused,
+        ):
+            doomed.connect(timeout=WAIT)
         assert refused.value.code == "name_reserved"
 
 
@@ -129,8 +133,8 @@ def test_sessions_per_key_are_limited(harness: Harness, keydir: Path) -> None:
     with ChatClient("one", curve=key, **ends) as one, ChatClient("two", curve=key, **ends) as two:
         one.connect(timeout=WAIT)
         two.connect(timeout=WAIT)
-        with pytest.raises(ChatError) as refused:
-            ChatClient("three", curve=key, **ends).connect(timeout=WAIT)
+        with ChatClient("three", curve=key, **ends) as doomed, pytest.raises(ChatError) as refused:
+            doomed.connect(timeout=WAIT)
         assert refused.value.code == "too_many_sessions"
 
 
@@ -143,7 +147,13 @@ class TcpTap:
         self.port = self.listener.getsockname()[1]
         self.seen = bytearray()
         self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
 
     def _serve(self) -> None:
         sel = selectors.DefaultSelector()
@@ -161,12 +171,14 @@ class TcpTap:
                     continue
                 data = sock.recv(65536)
                 if not data:
-                    for end in (sock, peers[sock]):
+                    for end in (sock, peers.pop(sock)):
                         sel.unregister(end)
                         end.close()
                     continue
                 self.seen += data
                 peers[sock].sendall(data)
+        for sock in peers:
+            sock.close()
 
 
 def test_nothing_crosses_the_wire_in_clear(harness: Harness, keydir: Path) -> None:
@@ -193,4 +205,4 @@ def test_nothing_crosses_the_wire_in_clear(harness: Harness, keydir: Path) -> No
             assert clear not in wire, f"{clear!r} crossed the wire in clear"
     finally:
         for tap in taps:
-            tap.stop.set()
+            tap.close()
