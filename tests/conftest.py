@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,6 +27,50 @@ from messages import feed_events
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single expectation may take before the test fails
+
+
+class StubClient:
+    """Stands in for a ChatClient where only UI logic is under test (console, window): no sockets.
+
+    Records the requests the UI makes and holds the state the UI reads.
+    """
+
+    def __init__(self, user: str = "me", rooms: tuple[str, ...] = ("general",), joined: bool = True) -> None:
+        self.name = user
+        self.user: str | None = user
+        self.rooms: dict[str, None] = dict.fromkeys(rooms) if joined else {}
+        self.wanted_rooms: dict[str, None] = dict.fromkeys(rooms)
+        self.calls: list[tuple[Any, ...]] = []
+
+    def say(self, room: str, text: str, me: bool = False) -> str:
+        self.calls.append(("say", room, text, me))
+        return "id"
+
+    def dm(self, to: str, text: str, me: bool = False) -> str:
+        self.calls.append(("dm", to, text, me))
+        return "id"
+
+    def join(self, room: str) -> None:
+        self.wanted_rooms[room] = None
+        self.calls.append(("join", room))
+
+    def leave(self, room: str) -> None:
+        self.calls.append(("leave", room))
+
+    def who(self, room: str) -> None:
+        self.calls.append(("who", room))
+
+    # What ChatClient does on the broker's replies, for the UI to see:
+
+    def joined(self, room: str, users: list[str] | None = None, history: list | None = None) -> dict:
+        self.rooms[room] = None
+        self.wanted_rooms[room] = None
+        return {"type": "joined", "room": room, "users": users or [self.user], "history": history or [], "seq": 1}
+
+    def left(self, room: str) -> dict:
+        self.rooms.pop(room, None)
+        self.wanted_rooms.pop(room, None)
+        return {"type": "left", "room": room}
 
 
 def free_port() -> int:

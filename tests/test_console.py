@@ -6,48 +6,11 @@ import io
 from typing import Any
 
 import pytest
+from conftest import StubClient
 
 from client import HELP, Console, render
 
-
-class FakeClient:
-    """Records what the console asks of a ChatClient; holds the state the console reads."""
-
-    def __init__(self, user: str = "me", rooms: tuple[str, ...] = ("general",)) -> None:
-        self.user = user
-        self.rooms: dict[str, None] = dict.fromkeys(rooms)
-        self.wanted_rooms: dict[str, None] = dict.fromkeys(rooms)
-        self.calls: list[tuple[Any, ...]] = []
-
-    def say(self, room: str, text: str, me: bool = False) -> str:
-        self.calls.append(("say", room, text, me))
-        return "id"
-
-    def dm(self, to: str, text: str, me: bool = False) -> str:
-        self.calls.append(("dm", to, text, me))
-        return "id"
-
-    def join(self, room: str) -> None:
-        self.wanted_rooms[room] = None
-        self.calls.append(("join", room))
-
-    def leave(self, room: str) -> None:
-        self.calls.append(("leave", room))
-
-    def who(self, room: str) -> None:
-        self.calls.append(("who", room))
-
-    # What ChatClient does on the broker's replies, for the console to see:
-
-    def joined(self, room: str, users: list[str] | None = None, history: list | None = None) -> dict:
-        self.rooms[room] = None
-        self.wanted_rooms[room] = None
-        return {"type": "joined", "room": room, "users": users or [self.user], "history": history or [], "seq": 1}
-
-    def left(self, room: str) -> dict:
-        self.rooms.pop(room, None)
-        self.wanted_rooms.pop(room, None)
-        return {"type": "left", "room": room}
+FakeClient = StubClient  # the shared stand-in (conftest)
 
 
 def console(user: str = "me", rooms: tuple[str, ...] = ("general",)) -> tuple[Console, FakeClient, io.StringIO]:

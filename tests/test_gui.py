@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, WAIT, Harness, Proc
+from conftest import ROOT, WAIT, Harness, Proc, StubClient
 
 import client
 import gui
@@ -87,27 +87,11 @@ def test_line_tag(line: str, tag: str) -> None:
 # --- GuiConsole: the console's commands, output to the window's queue --------------------------------
 
 
-class FakeClient:
-    """What GuiConsole reads and asks of a ChatClient, without sockets."""
+class FakeClient(StubClient):
+    """What GuiConsole reads and asks of a ChatClient: connected, in no room yet."""
 
     def __init__(self) -> None:
-        self.name = "me"
-        self.user: str | None = "me"
-        self.rooms: dict[str, None] = {}
-        self.wanted_rooms: dict[str, None] = {"general": None}
-        self.calls: list[tuple[Any, ...]] = []
-
-    def say(self, room: str, text: str, me: bool = False) -> str:
-        self.calls.append(("say", room, text, me))
-        return "id"
-
-    def dm(self, to: str, text: str, me: bool = False) -> str:
-        self.calls.append(("dm", to, text, me))
-        return "id"
-
-    def join(self, room: str) -> None:
-        self.wanted_rooms[room] = None
-        self.calls.append(("join", room))
+        super().__init__(joined=False)
 
 
 def gui_console() -> tuple[gui.GuiConsole, FakeClient, list[tuple[Any, ...]]]:
