@@ -529,6 +529,12 @@
     remember(event);
     const mine = event.user === (S.user || S.name); // user is null while reconnecting; our events still are ours
     if (event.type === "msg") {
+      if (mine && S.unacked.has(event.id)) {
+        // As good as the ack, which follows the same commit and can be lost with the broker's connection:
+        // a resend to a broker that kept nothing would publish it twice.
+        S.unacked.delete(event.id);
+        S.sentAt.delete(event.id);
+      }
       const pending = S.pending.get(event.id);
       if (pending && mine) {
         pending.remove();

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 from conftest import WAIT, Harness, free_port
 
 import client
@@ -192,3 +193,59 @@ def test_sigterm_commits_tells_the_feed_and_exits_promptly(harness: Harness) -> 
     alice.expect(r"^\[system\] reconnected$")
     bob = harness.client(broker, "bob")
     bob.expect(r"^alice: remember me$")  # the history survived, shown to a newcomer
+
+
+def test_own_event_on_the_feed_stands_in_for_a_lost_ack() -> None:
+    """libzmq drops replies not yet read when the broker's connection breaks; the feed event still
+    proves the commit, so the client must not resend (a broker with no database would publish it twice).
+
+    The broker here is a script on real sockets that publishes the message and never acks it.
+    """
+    ctx = zmq.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    router_port, pub_port = router.bind_to_random_port("tcp://127.0.0.1"), pub.bind_to_random_port("tcp://127.0.0.1")
+    bot = ChatClient(
+        "alice",
+        router=f"tcp://127.0.0.1:{router_port}",
+        pub=f"tcp://127.0.0.1:{pub_port}",
+        context=ctx,
+        ack_timeout=0.2,
+        ping_interval=5.0,
+    )
+    try:
+        bot._hello()
+        hello: dict = {}
+        deadline = time.monotonic() + WAIT
+        while not hello and time.monotonic() < deadline:  # the client says hello again until one gets through
+            bot.poll(0.05)
+            if router.poll(0):
+                peer, frame = router.recv_multipart()
+                hello = json.loads(frame)
+        assert hello["type"] == "hello"
+        welcome = {"type": "welcome", "user": "alice", "rooms": ["general"], "epoch": "e1", "heartbeat": 5.0}
+        joined = {"type": "joined", "room": "general", "users": ["alice"], "history": [], "seq": 0}
+        for reply in (welcome, joined):
+            router.send_multipart([peer, json.dumps(reply).encode()])
+        deadline = time.monotonic() + WAIT
+        while bot.user is None and time.monotonic() < deadline:
+            bot.poll(0.05)
+        msg_id = bot.say("general", "hi")
+        event = {"type": "msg", "room": "general", "user": "alice", "text": "hi", "id": msg_id, "seq": 1, "ts": 1.0}
+        acks: list[dict] = []
+        deadline = time.monotonic() + WAIT
+        while not acks and time.monotonic() < deadline:  # until the SUB's subscription has landed
+            pub.send_multipart([b"room/general/", json.dumps(event).encode()])
+            acks = [e for e in bot.poll(0.05) if e["type"] == "ack"]
+        assert acks == [{"type": "ack", "id": msg_id, "room": "general", "seq": 1, "request": acks[0]["request"]}]
+        assert not bot.unacked
+        # Well past the ack timeout, the broker has seen the msg once and no resend.
+        seen = []
+        deadline = time.monotonic() + 5 * bot.ack_timeout
+        while time.monotonic() < deadline:
+            bot.poll(0.05)
+            while router.poll(0):
+                seen.append(json.loads(router.recv_multipart()[1])["type"])
+        assert seen.count("msg") == 1, seen
+    finally:
+        bot.close(flush_timeout=0)
+        ctx.destroy(linger=0)
