@@ -39,21 +39,14 @@ DRAIN_LIMIT = 10_000
 COMMIT_BATCH = 512
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
 #: frames (never blocks, never slows the others); the subscriber sees a seq gap and
-#: fetches what it missed with ``history``.  With frames of at most MAX_BATCH_BYTES,
+#: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES,
 #: a stuck subscriber holds at most ~16 MiB of the broker's memory.
 FEED_HWM = 1_000
-#: Largest batch frame: a busy room's events go out as JSON arrays of at most this
-#: many bytes (a lone event, whatever its size, goes out alone).
-MAX_BATCH_BYTES = 16 * 1024
 #: Per-client reply queue.  At the mark, replies to that client are dropped
 #: (ROUTER_MANDATORY turns that into an error we count instead of a block).
 INBOX_HWM = 1_000
 #: Seconds the broker waits at exit to flush what it already queued.
 LINGER_MS = 1_000
-
-
-def _batch(payloads: list[bytes]) -> bytes:
-    return payloads[0] if len(payloads) == 1 else b"[" + b",".join(payloads) + b"]"
 
 
 def default_db_path() -> Path:
@@ -133,16 +126,8 @@ class Broker:
                 replies.append(out)
         send_feed = self.pub.send_multipart
         for topic, payloads in batches.items():
-            if len(payloads) == 1:
-                send_feed([topic, payloads[0]])
-                continue
-            start, size = 0, 0
-            for i, payload in enumerate(payloads):
-                if size + len(payload) > MAX_BATCH_BYTES and i > start:
-                    send_feed([topic, _batch(payloads[start:i])])
-                    start, size = i, 0
-                size += len(payload) + 1
-            send_feed([topic, _batch(payloads[start:])])
+            for frame in m.batch_frames(payloads):
+                send_feed([topic, frame])
         send = self.router.send_multipart
         for reply in replies:
             try:

@@ -37,6 +37,8 @@ class Publish(NamedTuple):
 
 
 Output = Reply | Publish
+#: What an ack said, kept to say it again: (room, seq) for a msg, (recipient,) for a dm.
+Acked = tuple[str, int] | tuple[str]
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ class ChatCore:
         self.sessions: dict[bytes, Session] = {}  # by routing id
         self.by_name: dict[str, Session] = {}  # by casefolded user name
         self.rooms: dict[str, Room] = {}
-        #: (casefolded user, id) -> the ack already sent for it; a resent message gets the same ack again.
-        self.acked: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        #: (casefolded user, id) -> what its ack said: (room, seq) for a msg, (recipient,) for a dm.  A
+        #: resent message gets the same ack again.  Tuples of atoms: the cyclic GC soon stops walking them.
+        self.acked: OrderedDict[tuple[str, str], Acked] = OrderedDict()
         self.bindings = {key: name for key, name in (bindings or {}).items() if name}
         self.owners = {name.casefold(): key for key, name in self.bindings.items()}  # bound name -> its key
         self.sessions_per_key: Counter[str] = Counter()
@@ -160,8 +163,7 @@ class ChatCore:
             room.history.extend(snap.recent.get(name, ()))
             for event in map(orjson.loads, room.history):
                 if event.get("type") == "msg":
-                    ack = {"type": "ack", "id": event["id"], "room": name, "seq": event["seq"]}
-                    self._remember((event["user"].casefold(), event["id"]), ack)
+                    self._remember(event["user"].casefold(), event["id"], (name, event["seq"]))
 
     def commit(self) -> None:
         """Make everything handled so far durable.  The broker calls this before sending what it was given."""
@@ -170,18 +172,44 @@ class ChatCore:
     # --- entry points ---------------------------------------------------------
 
     def handle(self, peer: bytes, frames: list[bytes], now: float, key: str | None = None) -> list[Output]:
-        """One inbox message from ``peer``; returns what to send.  Never raises on bad input.
+        """One inbox message from ``peer``: a request, or a batch of them; returns what to send.
+        Never raises on bad input.
 
         ``key`` is the CURVE public key the peer authenticated with (the frame's User-Id), if any.
         """
         out: list[Output] = []
         try:
-            request = m.parse_request(frames)
+            value = m.decode_frame(frames)
+            if type(value) is list:
+                self._handle_batch(peer, m.check_batch(value), now, key, out)
+            else:
+                self._handle_one(peer, value, now, key, out)
+        except ProtocolError as exc:
+            out.append(Reply(peer, m.encode(exc.envelope())))
+        return out
+
+    def _handle_batch(self, peer: bytes, envelopes: list[Any], now: float, key: str | None, out: list[Output]) -> None:
+        """Each request as if it had come alone; the peer's own replies then go back as batch frames,
+        in order, so a batch costs one send each way instead of one per request."""
+        done: list[Output] = []
+        for env in envelopes:
+            self._handle_one(peer, env, now, key, done)
+        mine = []
+        for output in done:
+            if type(output) is Reply and output.peer == peer:
+                mine.append(output.payload)
+            else:
+                out.append(output)
+        out.extend(Reply(peer, frame) for frame in m.batch_frames(mine))
+
+    def _handle_one(self, peer: bytes, env: Any, now: float, key: str | None, out: list[Output]) -> None:
+        try:
+            request = m.parse_envelope(env)
             kind = request["type"]
             session = self.sessions.get(peer)
             if session is not None:
                 session.last_seen = now
-                if kind not in ("ping", "bye") and not self._take_token(session, now):
+                if self.config.rate_limit and kind not in ("ping", "bye") and not self._take_token(session, now):
                     raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests; slow down", request.get("id"))
             elif kind not in m.SESSIONLESS:
                 raise ProtocolError(ErrorCode.NO_SESSION, "say hello first", request.get("id"))
@@ -191,7 +219,6 @@ class ChatCore:
                 self._handlers[kind](peer, session, request, now, out)
         except ProtocolError as exc:
             out.append(Reply(peer, m.encode(exc.envelope())))
-        return out
 
     def tick(self, now: float) -> list[Output]:
         """Time passed: end silent sessions, publish the heartbeat when it is due."""
@@ -280,13 +307,9 @@ class ChatCore:
 
     def _msg(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         # The hot path: every line here runs once per chat message.
-        msg_id = req["id"]
-        dedupe_key = (session.folded, msg_id)
-        ack = self.acked.get(dedupe_key)
-        if ack is not None:  # a resend of a message we accepted (its ack was lost): ack again, publish nothing
-            out.append(Reply(peer, ack))
+        if self._resent(peer, session, req, out):
             return
-        room_name = req["room"]
+        msg_id, room_name = req["id"], req["room"]
         if len(req["text"]) > self.config.max_text:
             self._check_text(req)
         if room_name not in session.rooms:
@@ -294,10 +317,9 @@ class ChatCore:
         event = {"type": "msg", "room": room_name, "user": session.user, "text": req["text"], "id": msg_id}
         if req.get("me"):
             event["me"] = True
-        seq = self._publish(self.rooms[room_name], event, now, out)
-        out.append(
-            Reply(peer, self._remember(dedupe_key, {"type": "ack", "id": msg_id, "room": room_name, "seq": seq}))
-        )
+        said = (room_name, self._publish(self.rooms[room_name], event, now, out))
+        self._remember(session.folded, msg_id, said)
+        out.append(Reply(peer, _ack(msg_id, said)))
 
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         if self._resent(peer, session, req, out):
@@ -317,11 +339,9 @@ class ChatCore:
         if req.get("me"):
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
-        out.append(
-            Reply(
-                peer, self._remember((session.folded, req["id"]), {"type": "ack", "id": req["id"], "to": target.user})
-            )
-        )
+        said = (target.user,)
+        self._remember(session.folded, req["id"], said)
+        out.append(Reply(peer, _ack(req["id"], said)))
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         room = self.rooms.get(req["room"])
@@ -427,17 +447,17 @@ class ChatCore:
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
         """A message we already accepted (its ack was lost): ack it again, publish nothing."""
-        ack = self.acked.get((session.folded, req["id"]))
-        if ack is None:
+        said = self.acked.get((session.folded, req["id"]))
+        if said is None:
             return False
-        out.append(Reply(peer, ack))
+        out.append(Reply(peer, _ack(req["id"], said)))
         return True
 
-    def _remember(self, key: tuple[str, str], ack: dict[str, Any]) -> bytes:
-        payload = self.acked[key] = m.encode_kept(ack)
-        if len(self.acked) > self.config.dedupe_window:
-            self.acked.popitem(last=False)
-        return payload
+    def _remember(self, folded_user: str, msg_id: str, said: Acked) -> None:
+        acked = self.acked
+        acked[(folded_user, msg_id)] = said
+        if len(acked) > self.config.dedupe_window:
+            acked.popitem(last=False)
 
     def _take_token(self, session: Session, now: float) -> bool:
         rate = self.config.rate_limit
@@ -451,6 +471,12 @@ class ChatCore:
             return False
         session.tokens = tokens - 1
         return True
+
+
+def _ack(msg_id: str, said: Acked) -> bytes:
+    if len(said) == 2:
+        return m.encode({"type": "ack", "id": msg_id, "room": said[0], "seq": said[1]})
+    return m.encode({"type": "ack", "id": msg_id, "to": said[0]})
 
 
 def _users(room: Room | None) -> list[str]:

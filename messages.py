@@ -40,6 +40,12 @@ MAX_HELLO_ROOM_ITEMS = 256
 MAX_HISTORY_LIMIT = 500
 #: Events returned by ``history`` when it gives no ``limit``.
 DEFAULT_HISTORY_LIMIT = 100
+#: Most requests one inbox frame may carry as a batch (a JSON array of envelopes).  Bounds the work
+#: (and the replies) one frame can cause, like MAX_FRAME_BYTES bounds its size.
+MAX_BATCH_REQUESTS = 256
+#: Largest batch frame the broker sends (a room's events on the feed, or the replies to a batch): a
+#: JSON array of at most this many bytes.  A lone envelope goes alone, whatever its size.
+MAX_BATCH_BYTES = 16 * 1024
 #: User names: 1-32 characters, ASCII letters, digits, ``_ . -``, not starting
 #: with ``. -``.  Unique among live sessions, compared case-insensitively, so
 #: ``Alice`` cannot pose as ``alice``.
@@ -115,6 +121,28 @@ def decode(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid UTF-8 JSON: {exc}") from None
+
+
+def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """Encoded envelopes -> frames, in order: several as JSON arrays of at most ``limit`` bytes.
+
+    An envelope that would be alone in its array goes out as itself, so one envelope is never an array.
+    """
+    if len(payloads) == 1:
+        return payloads
+    frames: list[bytes] = []
+    start = size = 0
+    for i, payload in enumerate(payloads):
+        if size + len(payload) > limit and i > start:
+            frames.append(_array(payloads[start:i]))
+            start, size = i, 0
+        size += len(payload) + 1
+    frames.append(_array(payloads[start:]))
+    return frames
+
+
+def _array(payloads: list[bytes]) -> bytes:
+    return payloads[0] if len(payloads) == 1 else b"[" + b",".join(payloads) + b"]"
 
 
 def feed_events(payload: bytes) -> list[dict[str, Any]]:
@@ -276,15 +304,33 @@ def _fast_msg(env: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "msg", "room": room, "text": text, "id": msg_id}
 
 
+def decode_frame(frames: list[bytes]) -> Any:
+    """One inbox message (the frames after the routing id) -> its JSON value: an envelope or a batch."""
+    if len(frames) != 1:
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, f"a request is exactly one frame, got {len(frames)}")
+    return decode(frames[0])
+
+
+def check_batch(envelopes: list[Any]) -> list[Any]:
+    """A batch's envelopes (each still to be checked by ``parse_envelope``), if it is not empty or too long."""
+    if not 0 < len(envelopes) <= MAX_BATCH_REQUESTS:
+        raise ProtocolError(
+            ErrorCode.BAD_ENVELOPE, f"a batch holds 1-{MAX_BATCH_REQUESTS} envelopes, got {len(envelopes)}"
+        )
+    return envelopes
+
+
 def parse_request(frames: list[bytes]) -> dict[str, Any]:
-    """Validate one inbox message (the frames after the routing id).
+    """Validate one inbox message holding one envelope (see ``parse_envelope``)."""
+    return parse_envelope(decode_frame(frames))
+
+
+def parse_envelope(env: Any) -> dict[str, Any]:
+    """Validate one decoded request envelope.
 
     Returns a new dict holding ``type`` and only the known, checked fields.
     Raises ``ProtocolError`` with the code a client should see.
     """
-    if len(frames) != 1:
-        raise ProtocolError(ErrorCode.BAD_ENVELOPE, f"a request is exactly one frame, got {len(frames)}")
-    env = decode(frames[0])
     if type(env) is not dict:
         raise ProtocolError(ErrorCode.BAD_ENVELOPE, "the envelope must be a JSON object")
     fast = _fast_msg(env)

@@ -281,6 +281,12 @@ class RawPeer:
             raise AssertionError(f"no reply within {timeout}s")
         return orjson.loads(self.dealer.recv())
 
+    def replies(self, timeout: float = WAIT) -> list[dict]:
+        """The envelopes of the next reply frame: one, or the batch that answers a batch."""
+        if not self.dealer.poll(timeout * 1000):
+            raise AssertionError(f"no reply within {timeout}s")
+        return feed_events(self.dealer.recv())
+
     def feed(self, predicate, timeout: float = WAIT) -> dict:
         """The next feed event for which ``predicate(event)`` is true."""
         deadline = time.monotonic() + timeout

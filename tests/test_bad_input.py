@@ -18,7 +18,8 @@ BAD_BEFORE_HELLO = [
     ([b"not json"], "bad_json"),
     ([b"\xff\xfe{}"], "bad_json"),  # invalid UTF-8
     ([b'{"type": "msg", "text": "\xed\xa0\x80"}'], "bad_json"),  # a lone surrogate, as UTF-8
-    ([b"[1, 2, 3]"], "bad_envelope"),
+    ([b"[]"], "bad_envelope"),  # an empty batch
+    ([b"[" + b"{}," * m.MAX_BATCH_REQUESTS + b"{}]"], "bad_envelope"),  # a batch one too long
     ([b'"just a string"'], "bad_envelope"),
     ([b"{}"], "bad_envelope"),
     ([b'{"type": 7}'], "bad_envelope"),

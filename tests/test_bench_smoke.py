@@ -18,7 +18,9 @@ ROWS = (
     "our broker (--db FILE, SQLite)",
     "bare Python loop ROUTER->PUB, no parsing",
     "zmq.proxy ROUTER->PUB in C (the limit)",
-    "thread-per-client TCP relay (original design)",
+    "our broker, publishers batch (<= 100 msgs per frame)",
+    "thread-per-client TCP relay, recv(1024) (original design)",
+    "thread-per-client TCP relay, 64 KiB reads",
 )
 
 

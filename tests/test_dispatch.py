@@ -10,8 +10,9 @@ import pytest
 import zmq
 
 import messages as m
-from broker import MAX_BATCH_BYTES, Broker
+from broker import Broker
 from chat import ChatConfig, ChatCore, Publish, Reply
+from messages import MAX_BATCH_BYTES
 
 
 @pytest.fixture
