@@ -310,6 +310,18 @@ class ChatClient:
         """Send ``text`` to ``room``; returns the message id that its ``ack`` (or ``error``) will carry."""
         return self._request({"type": "msg", "room": room, "text": text}, me)
 
+    def say_many(self, room: str, texts: Iterable[str], me: bool = False) -> list[str]:
+        """Send several messages to ``room`` in as few frames as the protocol allows (batches of up to
+        256); returns their ids, in order.  For programs that send a lot: one frame each way per batch
+        instead of one per message (see "Batches of requests" in docs/protocol.md)."""
+        envs = [{"type": "msg", "room": room, "text": text} for text in texts]
+        if len(self.unacked) + len(envs) > MAX_UNACKED:
+            raise ChatError("queue_full", f"{MAX_UNACKED} messages may wait for the broker; try again later")
+        ids = [self._request(env, me, send=False) for env in envs]
+        if self.user is not None:
+            self._send_many(envs)
+        return ids
+
     def dm(self, to: str, text: str, me: bool = False) -> str:
         """Send a private message; it never goes on the feed."""
         return self._request({"type": "dm", "to": to, "text": text}, me)
@@ -330,7 +342,7 @@ class ChatClient:
     def history(self, room: str, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
         self._send({"type": "history", "room": room, "after": after, "limit": limit})
 
-    def _request(self, env: Event, me: bool) -> str:
+    def _request(self, env: Event, me: bool, send: bool = True) -> str:
         if len(self.unacked) >= MAX_UNACKED:
             raise ChatError("queue_full", f"{MAX_UNACKED} messages are waiting for the broker; try again later")
         env["id"] = msg_id = next(self._ids)
@@ -338,7 +350,7 @@ class ChatClient:
             env["me"] = True
         self.unacked[msg_id] = env
         self._sent_at[msg_id] = time.monotonic()
-        if self.user is not None:  # without a session it waits for the next welcome
+        if send and self.user is not None:  # without a session it waits for the next welcome
             self._send(env)
         return msg_id
 
@@ -349,10 +361,21 @@ class ChatClient:
         except zmq.Again:  # no connection (IMMEDIATE) or queue full: housekeeping retries what matters
             return False
 
-    def _resend(self, msg_id: str, now: float) -> None:
-        del self._sent_at[msg_id]
-        self._sent_at[msg_id] = now  # to the back: _sent_at stays oldest first
-        self._send(self.unacked[msg_id])
+    def _send_many(self, envs: list[Event]) -> None:
+        """Requests in batch frames: at most MAX_BATCH_REQUESTS each, within the frame limit."""
+        payloads = [m.encode(env) for env in envs]
+        for frame in m.batch_frames(payloads, m.MAX_FRAME_BYTES, m.MAX_BATCH_REQUESTS):
+            try:
+                self.dealer.send(frame, zmq.NOBLOCK)
+            except zmq.Again:  # as _send: what is not acked is resent later
+                return
+
+    def _resend(self, msg_ids: list[str], now: float) -> None:
+        """Send these unacknowledged messages again (in batches: after an outage there may be many)."""
+        for msg_id in msg_ids:
+            del self._sent_at[msg_id]
+            self._sent_at[msg_id] = now  # to the back: _sent_at stays oldest first
+        self._send_many([self.unacked[msg_id] for msg_id in msg_ids])
 
     def _hello(self) -> None:
         """Start (or restart) the session; an observer asks for the rooms snapshot instead."""
@@ -438,9 +461,7 @@ class ChatClient:
         self._synced = True
         if resumed:
             events.append({"type": "status", "state": "reconnected", "epoch": self.epoch})
-            now = time.monotonic()
-            for msg_id in list(self._sent_at):
-                self._resend(msg_id, now)
+            self._resend(list(self._sent_at), time.monotonic())
         events.append(env)
 
     def _on_joined(self, env: Event, events: list[Event]) -> None:
@@ -606,10 +627,9 @@ class ChatClient:
         if hello_due is not None and now >= hello_due:
             self._hello()
         if self.user is not None:
-            for msg_id, sent in list(self._sent_at.items()):
-                if now - sent < self.ack_timeout:
-                    break  # oldest first: the rest are younger
-                self._resend(msg_id, now)
+            due = list(itertools.takewhile(lambda item: now - item[1] >= self.ack_timeout, self._sent_at.items()))
+            if due:  # oldest first: the rest are younger
+                self._resend([msg_id for msg_id, _ in due], now)
         for room, due in list(self._catch_up.items()):
             if now >= due:
                 del self._catch_up[room]

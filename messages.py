@@ -123,8 +123,9 @@ def decode(data: bytes) -> Any:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid UTF-8 JSON: {exc}") from None
 
 
-def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES) -> list[bytes]:
-    """Encoded envelopes -> frames, in order: several as JSON arrays of at most ``limit`` bytes.
+def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES, max_count: int = 0) -> list[bytes]:
+    """Encoded envelopes -> frames, in order: several as JSON arrays of at most ``limit`` bytes (and
+    ``max_count`` envelopes, if given).
 
     An envelope that would be alone in its array goes out as itself, so one envelope is never an array.
     """
@@ -133,7 +134,7 @@ def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES) -> list[by
     frames: list[bytes] = []
     start = size = 0
     for i, payload in enumerate(payloads):
-        if size + len(payload) > limit and i > start:
+        if i > start and (size + len(payload) + 2 > limit or i - start == max_count):
             frames.append(_array(payloads[start:i]))
             start, size = i, 0
         size += len(payload) + 1

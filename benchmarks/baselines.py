@@ -34,10 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import messages as m  # noqa: E402
+from broker import DRAIN_LIMIT, FEED_HWM, INBOX_HWM  # noqa: E402  (the broker's own settings: like for like)
 
-FEED_HWM = 10_000  # broker.FEED_HWM
-INBOX_HWM = 1_000  # broker.INBOX_HWM
-DRAIN_LIMIT = 10_000  # broker.DRAIN_LIMIT
 TOPIC = b"room/general/"
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from conftest import WAIT, Harness
 
 import messages as m
+from client import ChatClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,3 +85,22 @@ def test_a_batch_counts_against_the_rate_limit_request_by_request(harness: Harne
     raw.send(orjson.dumps([msg(n) for n in range(6)]))
     codes = [r.get("code", r["type"]) for r in raw.replies()]
     assert codes == ["ack"] * 3 + ["rate_limited"] * 3
+
+
+def test_say_many_sends_batches_and_every_message_is_acked_once_in_order(harness: Harness) -> None:
+    broker = harness.broker("--rate-limit", "0")
+    raw = harness.raw(broker)
+    raw.wait_subscribed()
+    with ChatClient("bot", router=broker.router, pub=broker.pub, context=harness.ctx) as bot:
+        bot.connect()
+        ids = bot.say_many("general", [f"line {n}" for n in range(600)])  # three batch frames
+        acks = []
+        deadline = time.monotonic() + WAIT
+        while bot.unacked and time.monotonic() < deadline:
+            acks += [e for e in bot.poll(0.05) if e["type"] == "ack"]
+        assert [a["id"] for a in acks] == ids
+    events: list[dict] = []
+    while len(events) < 600 and raw.sub.poll(WAIT * 1000):
+        events += [e for e in m.feed_events(raw.sub.recv_multipart()[1]) if e["type"] == "msg"]
+    assert [e["text"] for e in events] == [f"line {n}" for n in range(600)]
+    assert [e["seq"] for e in events] == [a["seq"] for a in acks]

@@ -489,3 +489,19 @@ def test_safe_text_keeps_printable_text_around_escapes() -> None:
 @pytest.mark.parametrize("topic", [b"room/", b"room/a/b/", b"room/\xff/"], ids=repr)
 def test_room_of_topic_is_none_for_malformed_room_topics(topic: bytes) -> None:
     assert m.room_of_topic(topic) is None
+
+
+def test_batch_frames_keep_order_and_bounds() -> None:
+    payloads = [orjson.dumps({"type": "msg", "n": i, "text": "x" * (i % 7)}) for i in range(50)]
+    frames = m.batch_frames(payloads, limit=200, max_count=4)
+    assert [e["n"] for f in frames for e in m.feed_events(f)] == list(range(50))
+    assert all(len(f) <= 200 and len(m.feed_events(f)) <= 4 for f in frames)
+    assert m.batch_frames(payloads[:1]) == payloads[:1]  # one envelope is never an array
+    big = b'{"type":"msg","text":"' + b"y" * 300 + b'"}'
+    assert m.batch_frames([big, payloads[0]], limit=200) == [big, payloads[0]]  # too big to share: alone
+
+
+def test_batch_frames_fill_exactly_up_to_the_limit() -> None:
+    payloads = [b'{"type":"a"}'] * 10  # 12 bytes each: 2 in an array = 1 + 12 + 1 + 12 + 1 = 27 bytes
+    assert [len(f) for f in m.batch_frames(payloads, limit=27)] == [27] * 5
+    assert [len(f) for f in m.batch_frames(payloads, limit=26)] == [12] * 10
