@@ -460,9 +460,8 @@ class ChatCore:
             acked.popitem(last=False)
 
     def _take_token(self, session: Session, now: float) -> bool:
+        """The session's token bucket (only called with a rate limit set)."""
         rate = self.config.rate_limit
-        if not rate:
-            return True
         elapsed = max(0.0, now - session.tokens_at)  # a clock step back refills nothing, and takes nothing
         tokens = min(self.config.rate_burst, session.tokens + elapsed * rate)
         session.tokens_at = now

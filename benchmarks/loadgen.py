@@ -175,9 +175,10 @@ def pub_zmq(args: argparse.Namespace) -> None:
         if broker:
             budget = min(budget, MAX_UNACKED - (sent - acked - errors))
         blocked = False
-        while budget > 0:
+        left = budget
+        while left > 0:
             # What is due goes out now: in one frame (a batch, as protocol.md allows) when several are.
-            count = min(per_frame, budget)
+            count = min(per_frame, left)
             stamp = now_ns()
             if count == 1:
                 frame = make_message(args.index, sent, stamp, prefix)
@@ -189,7 +190,7 @@ def pub_zmq(args: argparse.Namespace) -> None:
                 blocked = True
                 break
             sent += count
-            budget -= count
+            left -= count
         if broker:
             for _ in range(4096):
                 try:
