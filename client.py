@@ -190,9 +190,12 @@ class ChatClient:
         ping_interval: float = 1.0,
         ack_timeout: float = 3.0,
         positions: dict[str, int] | None = None,
+        history_id: str | None = None,
         curve: keys.CurveKeys | None = None,
     ) -> None:
-        """``name=None`` makes an observer; it may start from ``positions`` (room -> last seq it has).
+        """``name=None`` makes an observer; it may start from ``positions`` (room -> last seq it has) of
+        the broker history ``history_id``: if the broker's history is another one, they are void and
+        every room is taken from its first event.
 
         ``curve``: talk to a CURVE broker (both sockets encrypted and authenticated with these keys).
         """
@@ -206,7 +209,7 @@ class ChatClient:
         self.rooms: dict[str, None] = {}  # rooms the broker confirmed we are in
         self.user: str | None = None  # set by welcome; None while there is no session
         self.epoch: str | None = None
-        self.history_id: str | None = None  # which history our seqs belong to (see _saw_history)
+        self.history_id = history_id  # which history our seqs belong to (see _saw_history)
         self.heartbeat = ping_interval
         self.ack_timeout = ack_timeout
         self.sequencer = FeedSequencer()
@@ -482,12 +485,13 @@ class ChatClient:
         if type(heads) is not dict:
             return
         first = not self._synced
-        if self._saw_history(env.get("history_id")) and not first:
+        started_over = self._saw_history(env.get("history_id"))  # so did the positions we started from
+        if started_over:
             self.sequencer.unknown_baseline = 0  # every room starts over: log each from its first event
         for room, head in heads.items():
             if type(head) is not int or (self.wanted_rooms and room not in self.wanted_rooms):
                 continue
-            if not first and room not in self.sequencer.last:
+            if (started_over or not first) and room not in self.sequencer.last:
                 self.sequencer.last[room] = 0  # a room we never saw: everything it has is news to us
             self._deliver(room, *self.sequencer.expect(room, head), events)
         self.sequencer.unknown_baseline = 0  # rooms not in the snapshot are newer than it

@@ -4,7 +4,11 @@ It is a read-only ``ChatClient`` (no session, no name): it subscribes to the
 feed, takes the broker's ``rooms`` snapshot, puts each room's events in ``seq``
 order and fills any gap from the broker's ``history`` (after a slow spell, a
 broker restart, or its own restart: it resumes from what its file holds), so
-the file holds each event once, in order per room.
+the file holds each event once, in order per room.  Beside ``--out FILE`` it
+keeps ``FILE.history``, the broker history the file's seqs belong to: if the
+broker's history started over while the logger was stopped (a new database, or
+none), it logs every room again from its first event instead of skipping seqs
+it had seen in the old one.
 
     python logger.py --host broker.example --out chat.jsonl
     python logger.py --room general --room dev          # to stdout
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,10 +65,36 @@ def resume_positions(path: Path, rooms: list[str] | None = None) -> dict[str, in
     return positions
 
 
-def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False) -> None:
-    """Write events until interrupted; each line is flushed as it is written."""
+def history_path(out: Path) -> Path:
+    return out.with_name(out.name + ".history")
+
+
+def saved_history(out: Path) -> str | None:
+    """The broker history id the log's seqs belong to, if the logger saved one."""
+    with contextlib.suppress(OSError):
+        return history_path(out).read_text().strip() or None
+    return None
+
+
+def save_history(out: Path, history_id: str) -> None:
+    """Atomically: a logger killed mid-write leaves the old id or the new one, never half of one."""
+    tmp = out.with_name(out.name + ".history.tmp")
+    tmp.write_text(history_id + "\n")
+    os.replace(tmp, history_path(out))
+
+
+def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: Path | None = None) -> None:
+    """Write events until interrupted; each line is flushed as it is written.
+
+    With ``path`` (the log file), the history the events belong to is saved before the first event of
+    a history is written, so a restarted logger knows whether its positions still hold.
+    """
+    saved = saved_history(path) if path else None
     for event in client.events():
         kind = event["type"]
+        if path and client.history_id is not None and client.history_id != saved:
+            save_history(path, client.history_id)
+            saved = client.history_id
         if kind == "status":
             print(f"chat-logger: {event['state']}", file=sys.stderr, flush=True)
         elif "seq" in event or (kind == "heartbeat" and heartbeats):  # feed events, not replies
@@ -89,15 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chat-logger: {room!r} is not a valid room name", file=sys.stderr)
             return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    positions = resume_positions(Path(args.out), rooms) if args.out else {}
-    client = ChatClient(None, rooms=rooms, positions=positions, **conn)
+    path = Path(args.out) if args.out else None
+    positions = resume_positions(path, rooms) if path else {}
+    history_id = saved_history(path) if path and positions else None
+    client = ChatClient(None, rooms=rooms, positions=positions, history_id=history_id, **conn)
     with open(args.out, "ab") if args.out else contextlib.nullcontext(sys.stdout.buffer) as out:
         try:
             client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker
             where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
             resumed = f", resuming {len(positions)} rooms from {args.out}" if positions else ""
             print(f"chat-logger: following {where} on {pub}{resumed}", file=sys.stderr, flush=True)
-            follow(client, out, args.heartbeats)
+            follow(client, out, args.heartbeats, path)
         except KeyboardInterrupt:
             pass
         finally:

@@ -175,6 +175,40 @@ def test_a_restarted_logger_resumes_without_repeats_or_gaps(harness: Harness) ->
     check_exactly_once(log, "talker", first + second + third)
 
 
+def test_a_logger_restarted_after_the_history_started_over_logs_the_new_one(harness: Harness) -> None:
+    """With no database a restarted broker starts every room at seq 1 again.  A logger that was stopped
+    meanwhile must not take the new events for ones it has (same seqs): it logs the new history too."""
+    ends = fixed_endpoints()
+    broker = harness.broker("--rate-limit", "0", **ends)
+    log_path = harness.tmp_path / "chat.jsonl"
+    logger = harness.logger(broker, "--out", str(log_path))
+    with ChatClient("talker", **ends) as bot:
+        bot.connect()
+        for i in range(20):
+            bot.say("general", f"old {i}")
+        drain_acks(bot)
+        wait_for(lambda: sum(e["type"] == "msg" for e in read_log(log_path)) == 20, what="the old 20")
+        logger.kill(signal.SIGTERM)
+        assert logger.wait() == 0
+        broker.kill()
+        broker.wait()
+        broker = harness.broker("--rate-limit", "0", **ends)  # the same endpoints, an empty history
+        wait_for(
+            lambda: bot.poll(0.05) is not None and bot.user is not None and "general" in bot.rooms,
+            what="the bot to be back in #general",
+        )
+        for i in range(5):
+            bot.say("general", f"new {i}")  # seqs the old history had too
+        drain_acks(bot)
+        harness.logger(broker, "--out", str(log_path))
+        log = wait_for(
+            lambda: (lg := read_log(log_path)) and sum(e["type"] == "msg" for e in lg) >= 25 and lg,
+            what="the restarted logger to log the new history",
+        )
+    logged = [e["text"] for e in log if e["type"] == "msg"]
+    assert logged == [f"old {i}" for i in range(20)] + [f"new {i}" for i in range(5)]
+
+
 def test_sigterm_commits_tells_the_feed_and_exits_promptly(harness: Harness) -> None:
     ends = fixed_endpoints()
     db = str(harness.tmp_path / "chat.db")
