@@ -80,6 +80,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def default_sigint() -> None:
+    """In a child: SIGINT as a terminal would deliver it.  A shell that starts the test run in the
+    background (``cmd &`` without job control) leaves SIGINT ignored, and children inherit that, so the
+    Ctrl-C tests would test the launcher instead of the client."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A child process whose stdout lines are collected by a thread and awaited with deadlines."""
 
@@ -97,6 +104,7 @@ class Proc:
             text=True,
             encoding="utf-8",
             errors="replace",
+            preexec_fn=default_sigint,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, WAIT, Harness
+from conftest import ROOT, WAIT, Harness, default_sigint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +38,7 @@ class Terminal:
             env=env,
             close_fds=True,
             start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            preexec_fn=lambda: (default_sigint(), fcntl.ioctl(0, termios.TIOCSCTTY, 0)),
         )
         os.close(slave)
         self.master = master
