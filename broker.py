@@ -328,7 +328,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=defaults.max_rooms,
         metavar="N",
-        help="rooms the broker creates in all (default: %(default)s)",
+        help="rooms held in memory at once; rooms nobody is in are put to rest to make room (default: %(default)s)",
     )
     return parser.parse_args(argv)
 

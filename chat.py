@@ -49,7 +49,7 @@ class ChatConfig:
     session_timeout: float = 5.0  # a session silent this long is ended with reason "timeout"
     history_on_join: int = 50  # events of history in a "joined" reply
     history_kept: int = 1000  # events kept per room for "history" requests
-    max_rooms: int = 10_000  # rooms the broker will create in all; bounds memory
+    max_rooms: int = 10_000  # rooms held in memory at once (rooms nobody is in are put to rest); bounds memory
     rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
     dedupe_window: int = 100_000  # most recent (user, id) pairs remembered, so a resend is acked, not repeated
@@ -128,7 +128,10 @@ class ChatCore:
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
         self.by_name: dict[str, Session] = {}  # by casefolded user name
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room] = {}  # rooms in memory, the least recently joined first
+        #: Rooms put to rest to make room for others (nobody was in them): their last seq, so a seq is
+        #: never given twice.  Their events stay in the store; a join brings the room back.
+        self.resting: dict[str, int] = {}
         #: (casefolded user, id) -> what its ack said: (room, seq) for a msg, (recipient,) for a dm.  A
         #: resent message gets the same ack again.  Tuples of atoms: the cyclic GC soon stops walking them.
         self.acked: OrderedDict[tuple[str, str], Acked] = OrderedDict()
@@ -158,10 +161,14 @@ class ChatCore:
         """
         snap = self.store.load(self.config.history_kept)
         for name, seq in snap.seqs.items():
-            room = self._room(name)
-            room.seq = seq
-            room.history.extend(snap.recent.get(name, ()))
-            for event in map(orjson.loads, room.history):
+            recent = snap.recent.get(name, ())
+            if len(self.rooms) < self.config.max_rooms:
+                room = self._room(name)
+                room.seq = seq
+                room.history.extend(recent)
+            else:  # more rooms than memory is for: the rest wait on disk until someone joins them
+                self.resting[name] = seq
+            for event in map(orjson.loads, recent):
                 if event.get("type") == "msg":
                     self._remember(event["user"].casefold(), event["id"], (name, event["seq"]))
 
@@ -348,21 +355,21 @@ class ChatCore:
         out.append(Reply(peer, m.encode({"type": "who", "room": req["room"], "users": _users(room)})))
 
     def _history(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
-        room = self.rooms.get(req["room"])
+        name = req["room"]
+        room = self.rooms.get(name)
         after = req.get("after", 0)
         limit = min(req.get("limit", m.DEFAULT_HISTORY_LIMIT), self.config.max_history)
-        if room is None:
-            events = []
-        elif not self.store.persistent or after + 1 >= _first_kept(room):
+        if room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
             events = _after(room, after, limit)  # the common case: a recent gap, from memory
-        else:
-            events = list(map(orjson.Fragment, self.store.read(room.name, after, limit)))  # older: from disk
-        reply = {"type": "history", "room": req["room"], "events": events, "seq": room.seq if room else 0}
+        else:  # older, or a room at rest: from disk (nothing, with no database)
+            events = list(map(orjson.Fragment, self.store.read(name, after, limit)))
+        seq = room.seq if room is not None else self.resting.get(name, 0)
+        reply = {"type": "history", "room": name, "events": events, "seq": seq}
         out.append(Reply(peer, m.encode(reply)))
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
-        rooms = {name: r.seq for name, r in self.rooms.items()}
+        rooms = {**self.resting, **{name: r.seq for name, r in self.rooms.items()}}
         out.append(Reply(peer, m.encode({"type": "rooms", "rooms": rooms, "history_id": self.store.history_id})))
 
     def _ping(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
@@ -387,17 +394,39 @@ class ChatCore:
         cap = self.config.max_rooms_per_session
         if len(current) + len(new) > cap:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {cap} rooms per session")
-        if len(self.rooms) + sum(r not in self.rooms for r in new) > self.config.max_rooms:
+        wanted = len(self.rooms) + sum(r not in self.rooms for r in new) - self.config.max_rooms
+        if wanted > 0 and not self._put_to_rest(wanted, keep=set(rooms)):
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "the broker has reached its room limit")
+
+    def _put_to_rest(self, count: int, keep: set[str]) -> bool:
+        """Free memory for ``count`` rooms by putting rooms nobody is in (and not in ``keep``) to rest,
+        least recently joined first.  False (and nothing changed) if there are not that many."""
+        idle = (r for r in self.rooms.values() if not r.members and r.name not in keep)
+        idle = list(itertools.islice(idle, count))
+        if len(idle) < count:
+            return False
+        self.store.commit()  # so a room that comes back finds all its events on disk
+        for room in idle:
+            del self.rooms[room.name]
+            self.resting[room.name] = room.seq
+        return True
 
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, m.room_topic(name), deque(maxlen=self.config.history_kept))
+            seq = self.resting.pop(name, None)
+            if seq is not None:  # back from rest: its seq goes on, its recent events come back from disk
+                room.seq = seq
+                kept = self.config.history_kept
+                recent = self.store.read(name, seq - kept, kept)
+                if recent and orjson.loads(recent[-1]).get("seq") == seq:  # contiguous up to seq, as kept
+                    room.history.extend(recent)
         return room
 
     def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
         room = self._room(room_name)
+        self.rooms[room_name] = self.rooms.pop(room_name)  # most recently joined last: put to rest last
         if room_name not in session.rooms:
             session.rooms[room_name] = None
             room.members[session.folded] = session.user

@@ -11,6 +11,7 @@ from chat import ChatConfig, ChatCore, Publish, Reply
 from store import MemoryStore, SqliteStore, open_store
 
 A = b"peer-a"
+B = b"peer-b"
 
 
 def send(core: ChatCore, env: dict, peer: bytes = A, now: float = 1.0) -> list:
@@ -138,3 +139,65 @@ def test_a_database_of_another_schema_is_refused(tmp_path: Path) -> None:
 def test_sync_level_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SqliteStore(tmp_path / "chat.db", sync="sometimes")
+
+
+# --- rooms at rest: --max-rooms bounds the rooms in memory, not the rooms a broker may ever have ---
+
+
+def join(core: ChatCore, room: str, peer: bytes = A) -> dict:
+    return next(
+        r for r in replies(send(core, {"type": "join", "room": room}, peer)) if r["type"] in ("joined", "error")
+    )
+
+
+def leave(core: ChatCore, room: str, peer: bytes = A) -> None:
+    send(core, {"type": "leave", "room": room}, peer)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_room_nobody_is_in_is_put_to_rest_and_comes_back_with_its_seq(tmp_path: Path, persistent: bool) -> None:
+    store = SqliteStore(tmp_path / "c.db") if persistent else MemoryStore()
+    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0), store=store)
+    send(core, {"type": "hello", "user": "alice", "rooms": ["old"]})
+    send(core, {"type": "msg", "room": "old", "text": "remember", "id": "r"})
+    leave(core, "old")
+    for n in range(5):  # many more rooms than memory is for, one after another
+        assert join(core, f"room{n}")["type"] == "joined"
+        leave(core, f"room{n}")
+    assert len(core.rooms) <= 2 and "old" in core.resting
+    snapshot = replies(send(core, {"type": "rooms"}))[0]["rooms"]
+    assert snapshot["old"] == 3  # join, msg, leave: at rest, still in the snapshot
+    history = replies(send(core, {"type": "history", "room": "old", "after": 0}))[0]
+    assert history["seq"] == 3
+    assert [e.get("text") for e in history["events"] if e["type"] == "msg"] == (["remember"] if persistent else [])
+    back = join(core, "old")
+    assert back["seq"] == 4  # the seq goes on: never given twice
+    kept = [e.get("text") for e in back["history"] if e["type"] == "msg"]
+    assert kept == (["remember"] if persistent else [])  # with a database its history came back from disk
+    assert "old" not in core.resting
+
+
+def test_rooms_with_people_in_them_are_never_put_to_rest() -> None:
+    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0))
+    send(core, {"type": "hello", "user": "alice", "rooms": ["one", "two"]})
+    assert join(core, "three")["code"] == "too_many_rooms"
+    leave(core, "one")
+    assert join(core, "three")["type"] == "joined"
+    assert set(core.rooms) == {"two", "three"} and core.resting == {"one": 2}
+
+
+def test_a_restart_with_more_rooms_than_memory_keeps_them_all_at_rest(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    core = ChatCore(ChatConfig(max_rooms=100, rate_limit=0), store=SqliteStore(path))
+    send(core, {"type": "hello", "user": "alice", "rooms": [f"r{n}" for n in range(10)]})
+    for n in range(10):
+        send(core, {"type": "msg", "room": f"r{n}", "text": f"in r{n}", "id": f"m{n}"})
+    core.commit()
+    core.store.close()
+    again = ChatCore(ChatConfig(max_rooms=3, rate_limit=0), store=SqliteStore(path))
+    assert len(again.rooms) == 3 and len(again.resting) == 7
+    assert replies(send(again, {"type": "rooms"}))[0]["rooms"] == {f"r{n}": 2 for n in range(10)}
+    # A resend after the restart is still recognised, in a room at rest too.
+    send(again, {"type": "hello", "user": "alice", "rooms": ["r9"]}, B)
+    ack = replies(send(again, {"type": "msg", "room": "r9", "text": "in r9", "id": "m9"}, B))
+    assert ack == [{"type": "ack", "id": "m9", "room": "r9", "seq": 2}]
