@@ -142,7 +142,7 @@ def test_repeated_hello_from_same_peer_is_harmless() -> None:
     assert [r["type"] for r in replies(out, A)] == ["welcome", "joined"]
     assert publishes(out) == []  # already in the room: no second join
     assert list(core.sessions) == [A]
-    assert core.rooms["general"].members == {"alice": "alice"}
+    assert core.rooms["general"].users == ["alice"]
 
 
 def test_repeated_hello_in_other_case_keeps_the_original_name() -> None:
@@ -354,7 +354,7 @@ def test_leave_replies_left_and_publishes_leave_reason_left() -> None:
     ]
     assert replies(out, A) == [{"type": "left", "room": "general"}]
     assert core.sessions[A].rooms == {}
-    assert core.rooms["general"].members == {}
+    assert core.rooms["general"].users == []
 
 
 def test_leave_a_room_not_in_is_not_in_room() -> None:
@@ -384,7 +384,7 @@ def test_tick_after_session_timeout_ends_the_session_reason_timeout() -> None:
     assert [e["reason"] for e in publishes(out, GENERAL)] == ["timeout"]
     assert publishes(out, GENERAL)[0]["user"] == "alice"
     assert A not in core.sessions
-    assert core.rooms["general"].members == {}
+    assert core.rooms["general"].users == []
 
 
 def test_tick_at_exactly_the_timeout_keeps_the_session() -> None:

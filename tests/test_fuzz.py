@@ -301,9 +301,11 @@ class ChatMachine(RuleBasedStateMachine):
         for peer, session in self.core.sessions.items():
             assert session.peer == peer
             for room in session.rooms:
-                assert self.core.rooms[room].members.get(session.user.casefold()) == session.user
+                assert session.user in self.core.rooms[room].users
         for name, room in self.core.rooms.items():
-            for key in room.members:
+            assert room.users == sorted(room.users, key=str.casefold)  # kept in display order
+            assert room.folded == [user.casefold() for user in room.users]
+            for key in room.folded:
                 holder = self.core.by_name.get(key)
                 assert holder is not None
                 assert name in holder.rooms
