@@ -169,14 +169,21 @@ class TcpTap:
                     sel.register(inside, selectors.EVENT_READ)
                     sel.register(outside, selectors.EVENT_READ)
                     continue
-                data = sock.recv(65536)
-                if not data:
-                    for end in (sock, peers.pop(sock)):
-                        sel.unregister(end)
-                        end.close()
+                if sock not in peers:  # its pair ended earlier in this same round
                     continue
-                self.seen += data
-                peers[sock].sendall(data)
+                try:
+                    data = sock.recv(65536)
+                    if data:
+                        self.seen += data
+                        peers[sock].sendall(data)
+                        continue
+                except OSError:  # reset by one side: the pair is over, as with a clean close
+                    pass
+                other = peers.pop(sock)
+                del peers[other]
+                for end in (sock, other):
+                    sel.unregister(end)
+                    end.close()
         for sock in peers:
             sock.close()
 
