@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=FEED_HWM,
         metavar="N",
-        help="messages queued per subscriber (default: %(default)s)",
+        help="frames (a message or a batch) queued per subscriber (default: %(default)s)",
     )
     return parser.parse_args(argv)
 
