@@ -19,6 +19,7 @@ broker restart, resending unacknowledged messages, filling feed gaps from
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import math
 import os
@@ -351,6 +352,7 @@ class ChatClient:
         env["id"] = msg_id = next(self._ids)
         if me:
             env["me"] = True
+        m.encode(env)  # text that is not valid Unicode (a lone surrogate) raises here, never queued to fail again
         self.unacked[msg_id] = env
         self._sent_at[msg_id] = time.monotonic()
         if send and self.user is not None:  # without a session it waits for the next welcome
@@ -896,13 +898,15 @@ class LineReader(threading.Thread):
         out.connect(self.address)
         try:
             for line in self._lines():
-                out.send_string(line)
+                out.send_string(valid_unicode(line))
         finally:
             out.send_string(self.EOF)
             out.close(linger=1000)
 
     def _lines(self) -> Iterator[str]:
         if not self.interactive:
+            if isinstance(sys.stdin, io.TextIOWrapper):
+                sys.stdin.reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 end no session
             yield from sys.stdin
             return
         while True:
@@ -950,6 +954,16 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--server-key and --key go together")
         curve = keys.client_keys(args.server_key, args.key)
     return {"router": router, "pub": pub, "curve": curve}
+
+
+def valid_unicode(line: str) -> str:
+    """A line read from a terminal or a pipe, with what is not valid Unicode (bytes that were not UTF-8,
+    kept as surrogate escapes) shown as U+FFFD, so it can be sent instead of ending the console."""
+    try:
+        raw = line.encode("utf-8", "surrogateescape")  # the bytes as they came
+    except UnicodeEncodeError:  # a surrogate that is no escape
+        raw = line.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 def room_name(text: str) -> str:

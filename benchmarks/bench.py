@@ -353,7 +353,7 @@ def systems() -> tuple[list[System], list[str]]:
         System("bare", "bare Python loop ROUTER->PUB, no parsing", "zmq", "room/general/", start_baseline("bare")),
         System(
             "parse",
-            "same loop + parse/validate/stamp/ack (orjson)",
+            "same loop + parse/validate/stamp/ack (msgspec)",
             "broker",
             "room/general/",
             start_baseline("parse"),

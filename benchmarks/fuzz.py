@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
+import msgspec
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +63,8 @@ def _request(rng: random.Random) -> dict:
 
 def _encode(value: object) -> bytes:
     try:
-        return orjson.dumps(value)
-    except TypeError:  # a NaN or a lone surrogate: send something close instead
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError):  # a lone surrogate, say: send something close instead
         return repr(value).encode("utf-8", "surrogatepass")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 import zmq
 
@@ -282,12 +282,12 @@ class RawPeer:
         self.dealer.send_multipart(list(frames))
 
     def request(self, envelope: dict) -> None:
-        self.dealer.send(orjson.dumps(envelope))
+        self.dealer.send(msgspec.json.encode(envelope))
 
     def reply(self, timeout: float = WAIT) -> dict:
         if not self.dealer.poll(timeout * 1000):
             raise AssertionError(f"no reply within {timeout}s")
-        return orjson.loads(self.dealer.recv())
+        return msgspec.json.decode(self.dealer.recv())
 
     def replies(self, timeout: float = WAIT) -> list[dict]:
         """The envelopes of the next reply frame: one, or the batch that answers a batch."""

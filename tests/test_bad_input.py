@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 import pytest
 import zmq
 from conftest import Harness
@@ -11,7 +11,7 @@ import messages as m
 
 pytestmark = pytest.mark.timeout(60)
 
-HELLO = orjson.dumps({"type": "hello", "user": "tester"})
+HELLO = msgspec.json.encode({"type": "hello", "user": "tester"})
 
 # (frames sent before hello?, frames, expected error code)
 BAD_BEFORE_HELLO = [
@@ -133,7 +133,7 @@ def test_req_style_framing_gets_an_error_not_a_hang(harness: Harness) -> None:
     req.connect(broker.router)
     req.send_multipart([b"", b'{"type": "ping"}'])
     assert req.poll(5000)
-    assert orjson.loads(req.recv())["code"] == "bad_envelope"
+    assert msgspec.json.decode(req.recv())["code"] == "bad_envelope"
     req.close(linger=0)
 
 

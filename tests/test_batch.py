@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import orjson
+import msgspec
 import pytest
 from conftest import WAIT, Harness
 
@@ -32,7 +32,7 @@ def test_a_batch_is_handled_in_order_and_answered_as_one_frame(harness: Harness)
         msg(4),
         {"type": "ping"},
     ]
-    raw.send(orjson.dumps(batch))
+    raw.send(msgspec.json.encode(batch))
     replies = raw.replies()
     assert [r["type"] for r in replies] == ["welcome", "joined", "ack", "ack", "error", "error", "ack", "pong"]
     assert [r.get("code") for r in replies if r["type"] == "error"] == ["bad_envelope", "not_in_room"]
@@ -43,7 +43,7 @@ def test_a_batch_is_handled_in_order_and_answered_as_one_frame(harness: Harness)
         alice.expect(rf"^bot: batched {n}$")
 
     # The same batch again (its acks were lost, say): the same acks, nothing published twice.
-    raw.send(orjson.dumps([msg(1), msg(2), msg(4)]))
+    raw.send(msgspec.json.encode([msg(1), msg(2), msg(4)]))
     assert [r["seq"] for r in raw.replies()] == seqs
     raw.request(msg(5))
     assert raw.reply()["type"] == "ack"  # a lone request still gets a lone reply
@@ -59,7 +59,7 @@ def test_replies_to_a_big_batch_come_in_bounded_frames_and_lose_nothing(harness:
     raw.wait_subscribed()
     text = "y" * 200
     batch = [msg(n, text=text) for n in range(m.MAX_BATCH_REQUESTS)]
-    raw.send(orjson.dumps(batch))
+    raw.send(msgspec.json.encode(batch))
     acks: list[dict] = []
     frames = 0
     while len(acks) < len(batch):
@@ -82,7 +82,7 @@ def test_a_batch_counts_against_the_rate_limit_request_by_request(harness: Harne
     raw = harness.raw(broker)
     raw.request({"type": "hello", "user": "bot"})  # takes no token: there is no session yet
     assert [raw.reply()["type"], raw.reply()["type"]] == ["welcome", "joined"]
-    raw.send(orjson.dumps([msg(n) for n in range(6)]))
+    raw.send(msgspec.json.encode([msg(n) for n in range(6)]))
     codes = [r.get("code", r["type"]) for r in raw.replies()]
     assert codes == ["ack"] * 3 + ["rate_limited"] * 3
 

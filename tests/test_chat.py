@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
 import messages as m
@@ -19,19 +19,21 @@ def make(now: float = 0.0, **config: Any) -> ChatCore:
 
 
 def send(core: ChatCore, peer: bytes, env: dict, now: float = 0.0) -> list[Reply | Publish]:
-    return core.handle(peer, [orjson.dumps(env)], now)
+    return core.handle(peer, [msgspec.json.encode(env)], now)
 
 
 def replies(out: list, peer: bytes | None = None) -> list[dict]:
-    return [orjson.loads(o.payload) for o in out if isinstance(o, Reply) and (peer is None or o.peer == peer)]
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Reply) and (peer is None or o.peer == peer)]
 
 
 def publishes(out: list, topic: bytes | None = None) -> list[dict]:
-    return [orjson.loads(o.payload) for o in out if isinstance(o, Publish) and (topic is None or o.topic == topic)]
+    return [
+        msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish) and (topic is None or o.topic == topic)
+    ]
 
 
 def types(out: list) -> list[str]:
-    return [orjson.loads(o.payload)["type"] for o in out]
+    return [msgspec.json.decode(o.payload)["type"] for o in out]
 
 
 def hello(core: ChatCore, peer: bytes, user: str, now: float = 0.0, **extra: Any) -> list[Reply | Publish]:
@@ -45,7 +47,7 @@ def say(core: ChatCore, peer: bytes, text: str = "hi", room: str = "general", no
 def only_error(out: list) -> dict:
     assert len(out) == 1
     assert isinstance(out[0], Reply)
-    reply = orjson.loads(out[0].payload)
+    reply = msgspec.json.decode(out[0].payload)
     assert reply["type"] == "error"
     return reply
 
@@ -77,7 +79,13 @@ def test_hello_publishes_join_on_the_general_topic() -> None:
     out = hello(make(), A, "alice", now=3.5)
     pubs = [o for o in out if isinstance(o, Publish)]
     assert [p.topic for p in pubs] == [GENERAL]
-    assert orjson.loads(pubs[0].payload) == {"type": "join", "room": "general", "user": "alice", "seq": 1, "ts": 3.5}
+    assert msgspec.json.decode(pubs[0].payload) == {
+        "type": "join",
+        "room": "general",
+        "user": "alice",
+        "seq": 1,
+        "ts": 3.5,
+    }
 
 
 def test_joined_lists_users_and_seq() -> None:
@@ -196,7 +204,7 @@ def test_msg_is_published_on_the_room_topic() -> None:
     out = say(core, A, "hello", now=2.0)
     pubs = [o for o in out if isinstance(o, Publish)]
     assert [p.topic for p in pubs] == [GENERAL]
-    assert orjson.loads(pubs[0].payload) == {
+    assert msgspec.json.decode(pubs[0].payload) == {
         "type": "msg",
         "room": "general",
         "user": "alice",
@@ -277,7 +285,9 @@ def test_dm_is_never_published() -> None:
     hello(core, B, "bob")
     out = send(core, A, {"type": "dm", "to": "bob", "text": "psst", "id": "d1", "me": True})
     assert not any(isinstance(o, Publish) for o in out)
-    assert all(event["type"] != "dm" for room in core.rooms.values() for event in map(orjson.loads, room.history))
+    assert all(
+        event["type"] != "dm" for room in core.rooms.values() for event in map(msgspec.json.decode, room.history)
+    )
 
 
 def test_dm_target_name_is_case_insensitive_and_normalised() -> None:
@@ -367,7 +377,10 @@ def test_bye_publishes_leave_reason_quit_in_every_room() -> None:
     core = make()
     hello(core, A, "alice", rooms=["general", "dev"])
     out = send(core, A, {"type": "bye"})
-    assert [(o.topic, orjson.loads(o.payload)["reason"]) for o in out] == [(GENERAL, "quit"), (b"room/dev/", "quit")]
+    assert [(o.topic, msgspec.json.decode(o.payload)["reason"]) for o in out] == [
+        (GENERAL, "quit"),
+        (b"room/dev/", "quit"),
+    ]
     assert A not in core.sessions
     assert "alice" not in core.by_name
 
@@ -429,7 +442,7 @@ def test_ping_replies_pong_with_session_flag() -> None:
 
 
 def heartbeats(out: list) -> list[dict]:
-    return [orjson.loads(o.payload) for o in out if isinstance(o, Publish) and o.topic == m.SYS_TOPIC]
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish) and o.topic == m.SYS_TOPIC]
 
 
 def test_first_tick_publishes_a_heartbeat_on_sys() -> None:

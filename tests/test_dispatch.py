@@ -5,7 +5,7 @@ Real ZeroMQ sockets (inproc) around a real ``Broker``; no mocks.
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 import pytest
 import zmq
 
@@ -42,14 +42,16 @@ def frames_on(sock: zmq.Socket) -> list[list[bytes]]:
 
 
 def event(room: str, seq: int, size: int = 10) -> Publish:
-    return Publish(m.room_topic(room), orjson.dumps({"type": "msg", "room": room, "seq": seq, "text": "x" * size}))
+    return Publish(
+        m.room_topic(room), msgspec.json.encode({"type": "msg", "room": room, "seq": seq, "text": "x" * size})
+    )
 
 
 def test_a_lone_event_goes_out_alone(wired) -> None:
     broker, sub, _ = wired
     broker.dispatch([event("general", 1)])
     [[topic, payload]] = frames_on(sub)
-    assert topic == b"room/general/" and orjson.loads(payload)["seq"] == 1
+    assert topic == b"room/general/" and msgspec.json.decode(payload)["seq"] == 1
 
 
 def test_a_rooms_events_of_one_batch_go_out_as_one_frame_in_order(wired) -> None:

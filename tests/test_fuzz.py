@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import orjson
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -67,7 +67,7 @@ def check_parse(frames: list[bytes]) -> None:
         env = exc.envelope()
         assert env["type"] == "error"
         assert "id" not in env or (type(env["id"]) is str and 1 <= len(env["id"]) <= m.MAX_ID_CHARS)
-        orjson.dumps(env)
+        msgspec.json.encode(env)
         return
     assert type(request) is dict
     assert request["type"] in m.REQUESTS
@@ -78,7 +78,7 @@ def check_outputs(out: Any, core: ChatCore) -> None:
     assert type(out) is list
     for item in out:
         assert isinstance(item, (Reply, Publish))
-        payload = orjson.loads(item.payload)
+        payload = msgspec.json.decode(item.payload)
         assert b"\n" not in item.payload
         if isinstance(item, Publish):
             assert type(payload) is dict  # the core publishes events one by one; the broker batches them
@@ -105,13 +105,13 @@ def test_parse_request_on_any_frames_returns_a_dict_or_raises_protocol_error(fra
 @FUZZ
 @given(json_values)
 def test_parse_request_on_any_json_value_returns_a_dict_or_raises_protocol_error(value: Any) -> None:
-    check_parse([orjson.dumps(value)])
+    check_parse([msgspec.json.encode(value)])
 
 
 @FUZZ
 @given(request_like())
 def test_parse_request_on_request_like_dicts_returns_a_dict_or_raises_protocol_error(env: dict) -> None:
-    check_parse([orjson.dumps(env)])
+    check_parse([msgspec.json.encode(env)])
 
 
 @FUZZ
@@ -119,10 +119,10 @@ def test_parse_request_on_request_like_dicts_returns_a_dict_or_raises_protocol_e
 def test_parse_request_accepts_exactly_what_it_returns(env: dict) -> None:
     """Whatever passes validation passes it again unchanged: the checks are idempotent."""
     try:
-        request = m.parse_request([orjson.dumps(env)])
+        request = m.parse_request([msgspec.json.encode(env)])
     except m.ProtocolError:
         return
-    assert m.parse_request([orjson.dumps(request)]) == request
+    assert m.parse_request([msgspec.json.encode(request)]) == request
 
 
 # --- ChatCore.handle ----------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_handle_never_raises_on_any_frames(peer: bytes, frames: list[bytes]) -> 
 @given(st.sampled_from([b"A", b"B", b"C"]), json_values)
 def test_handle_never_raises_on_any_json_value(peer: bytes, value: Any) -> None:
     core = core_with_a_session()
-    check_outputs(core.handle(peer, [orjson.dumps(value)], 1.0), core)
+    check_outputs(core.handle(peer, [msgspec.json.encode(value)], 1.0), core)
 
 
 @settings(FUZZ, max_examples=150)
@@ -154,7 +154,7 @@ def test_handle_never_raises_on_any_json_value(peer: bytes, value: Any) -> None:
 def test_handle_never_raises_on_request_like_dicts(requests: list[tuple[bytes, dict]]) -> None:
     core = core_with_a_session()
     for now, (peer, env) in enumerate(requests, start=1):
-        check_outputs(core.handle(peer, [orjson.dumps(env)], float(now)), core)
+        check_outputs(core.handle(peer, [msgspec.json.encode(env)], float(now)), core)
         check_outputs(core.tick(float(now)), core)
 
 
@@ -191,7 +191,7 @@ class ChatMachine(RuleBasedStateMachine):
         self.send(PEERS[1], {"type": "hello", "user": "bob"})
 
     def send(self, peer: bytes, env: dict) -> list:
-        out = self.core.handle(peer, [orjson.dumps(env)], self.now)
+        out = self.core.handle(peer, [msgspec.json.encode(env)], self.now)
         self.check(out)
         return out
 
@@ -199,11 +199,11 @@ class ChatMachine(RuleBasedStateMachine):
         check_outputs(out, self.core)
         for item in out:
             if isinstance(item, Publish) and item.topic != m.SYS_TOPIC:
-                event = orjson.loads(item.payload)
+                event = msgspec.json.decode(item.payload)
                 assert event["seq"] == self.seq.get(item.topic, 0) + 1, (item.topic, event)
                 self.seq[item.topic] = event["seq"]
             elif isinstance(item, Reply):
-                reply = orjson.loads(item.payload)
+                reply = msgspec.json.decode(item.payload)
                 got = [e["seq"] for e in reply.get("events", reply.get("history", []))]
                 assert all(b == a + 1 for a, b in itertools.pairwise(got)), got  # history is contiguous
                 if reply["type"] in ("history", "joined") and reply["room"] in self.core.rooms:
@@ -237,7 +237,7 @@ class ChatMachine(RuleBasedStateMachine):
         msg_id = self.next_id()
         out = self.send(peer, {"type": "msg", "room": room, "text": "hi", "id": msg_id, "me": me, "user": user})
         session = self.core.sessions.get(peer)
-        for event in [orjson.loads(o.payload) for o in out if isinstance(o, Publish)]:
+        for event in [msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish)]:
             assert session is not None
             assert event["user"] == session.user  # never the envelope's "user"
             assert event["id"] == msg_id
@@ -259,7 +259,7 @@ class ChatMachine(RuleBasedStateMachine):
     )
     def history(self, peer: bytes, room: str, after: int, limit: int) -> None:
         out = self.send(peer, {"type": "history", "room": room, "after": after, "limit": limit})
-        reply = orjson.loads(out[0].payload)
+        reply = msgspec.json.decode(out[0].payload)
         if reply["type"] == "error":  # a session's history request spends a token
             assert reply["code"] == "rate_limited"
             return
@@ -318,7 +318,7 @@ class ChatMachine(RuleBasedStateMachine):
         for room in self.core.rooms.values():
             assert len(room.history) <= self.core.config.history_kept
             if room.history:
-                assert orjson.loads(room.history[-1])["seq"] == room.seq
+                assert msgspec.json.decode(room.history[-1])["seq"] == room.seq
                 assert self.seq[room.topic] == room.seq
 
 

@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import ROOT, Harness, Proc
 
+from client import ChatClient
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -274,3 +276,26 @@ def test_every_program_explains_its_options() -> None:
         assert result.returncode == 0
         for option in options:
             assert option in result.stdout, (program, option)
+
+
+def test_a_piped_line_that_is_not_utf8_is_sent_with_replacement_characters(harness: Harness) -> None:
+    broker = harness.broker()
+    alice = harness.client(broker, "alice")
+    bob = harness.client(broker, "bob")
+    assert alice.popen.stdin is not None
+    alice.popen.stdin.buffer.write(b"bad \xff\xfe bytes\n")  # was: the input thread died, the session ended
+    alice.popen.stdin.buffer.flush()
+    bob.expect("^alice: bad \ufffd\ufffd bytes$")
+    alice.send("still here")
+    bob.expect(r"^alice: still here$")
+
+
+def test_the_library_refuses_text_that_is_not_unicode_before_queueing_it(harness: Harness) -> None:
+    broker = harness.broker()
+    with ChatClient("bot", router=broker.router, pub=broker.pub, context=harness.ctx) as bot:
+        bot.connect()
+        with pytest.raises(ValueError):
+            bot.say("general", "half a pair \ud800")
+        assert not bot.unacked  # nothing left behind to fail again on every resend
+        bot.say("general", "fine")
+        assert len(bot.unacked) == 1

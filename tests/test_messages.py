@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
 import messages as m
@@ -12,7 +12,7 @@ from messages import ErrorCode, ProtocolError
 
 
 def frame(env: Any) -> list[bytes]:
-    return [orjson.dumps(env)]
+    return [msgspec.json.encode(env)]
 
 
 def error_of(frames: list[bytes]) -> ProtocolError:
@@ -343,7 +343,7 @@ def test_error_envelope_does_not_echo_an_invalid_id(bad_id: Any) -> None:
 
 def test_error_codes_are_their_wire_strings() -> None:
     assert str(ErrorCode.TOO_LARGE) == "too_large"
-    assert orjson.loads(m.encode(ProtocolError(ErrorCode.BAD_NAME, "d").envelope()))["code"] == "bad_name"
+    assert msgspec.json.decode(m.encode(ProtocolError(ErrorCode.BAD_NAME, "d").envelope()))["code"] == "bad_name"
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_error_codes_are_their_wire_strings() -> None:
 def test_encode_is_one_line_of_utf8() -> None:
     data = m.encode({"type": "msg", "text": "line1\nline2 😀"})
     assert b"\n" not in data
-    assert orjson.loads(data)["text"] == "line1\nline2 😀"
+    assert msgspec.json.decode(data)["text"] == "line1\nline2 😀"
 
 
 def test_decode_returns_the_value() -> None:
@@ -492,7 +492,7 @@ def test_room_of_topic_is_none_for_malformed_room_topics(topic: bytes) -> None:
 
 
 def test_batch_frames_keep_order_and_bounds() -> None:
-    payloads = [orjson.dumps({"type": "msg", "n": i, "text": "x" * (i % 7)}) for i in range(50)]
+    payloads = [msgspec.json.encode({"type": "msg", "n": i, "text": "x" * (i % 7)}) for i in range(50)]
     frames = m.batch_frames(payloads, limit=200, max_count=4)
     assert [e["n"] for f in frames for e in m.feed_events(f)] == list(range(50))
     assert all(len(f) <= 200 and len(m.feed_events(f)) <= 4 for f in frames)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
+import msgspec
 import pytest
 
 from chat import ChatConfig, ChatCore, Publish, Reply
@@ -15,17 +15,17 @@ B = b"peer-b"
 
 
 def send(core: ChatCore, env: dict, peer: bytes = A, now: float = 1.0) -> list:
-    out = core.handle(peer, [orjson.dumps(env)], now)
+    out = core.handle(peer, [msgspec.json.encode(env)], now)
     core.commit()
     return out
 
 
 def replies(out: list) -> list[dict]:
-    return [orjson.loads(o.payload) for o in out if isinstance(o, Reply)]
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Reply)]
 
 
 def published(out: list) -> list[dict]:
-    return [orjson.loads(o.payload) for o in out if isinstance(o, Publish)]
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish)]
 
 
 def chat(core: ChatCore, texts: list[str], user: str = "alice") -> list[dict]:
@@ -42,7 +42,7 @@ def test_a_restarted_core_goes_on_from_the_stored_seq_and_history(tmp_path: Path
 
     again = ChatCore(store=SqliteStore(path))
     assert again.rooms["general"].seq == 3
-    assert [e.get("text") for e in map(orjson.loads, again.rooms["general"].history)] == [None, "one", "two"]
+    assert [e.get("text") for e in map(msgspec.json.decode, again.rooms["general"].history)] == [None, "one", "two"]
     acks = chat(again, ["three"], user="bob")
     assert acks[0]["seq"] == 5  # bob's join is 4
 
@@ -103,7 +103,7 @@ def test_history_older_than_memory_comes_from_disk(tmp_path: Path) -> None:
 def test_nothing_is_on_disk_before_commit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "chat.db")
     core = ChatCore(store=store)
-    core.handle(A, [orjson.dumps({"type": "hello", "user": "alice"})], 1.0)
+    core.handle(A, [msgspec.json.encode({"type": "hello", "user": "alice"})], 1.0)
     assert SqliteStore(tmp_path / "chat.db").load(10).seqs == {}
     core.commit()
     assert SqliteStore(tmp_path / "chat.db").load(10).seqs == {"general": 1}

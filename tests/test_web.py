@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
+import msgspec
 import pytest
 from conftest import ROOT, Harness, Proc
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -273,7 +273,7 @@ async def _next(
             raise AssertionError(f"no {'/'.join(types)} within {WAIT_MS / 1000}s") from None
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise AssertionError(f"expected a text frame, got {msg.type!r} {msg.data!r}")
-        value = orjson.loads(msg.data)
+        value = msgspec.json.decode(msg.data)
         for env in value if isinstance(value, list) else [value]:
             if seen is not None:
                 seen.append(env)
@@ -314,7 +314,7 @@ async def _bad_input(url: str, carol: Proc) -> None:
         seq = (await _next(bad, "ack"))["seq"]
         # The gateway subscribes when the broker confirms the join, so the first event may race past the
         # subscription; a page then fetches it by seq (its catch-up history), as this does.
-        await bad.send_str(orjson.dumps({"type": "history", "room": "side", "after": seq - 1}).decode())
+        await bad.send_str(msgspec.json.encode({"type": "history", "room": "side", "after": seq - 1}).decode())
         reply = await _next(bad, "history")
         assert [e["text"] for e in reply["events"] if e["type"] == "msg"] == ["only for side"]
         await bad.send_str('{"type": "msg", "room": "side", "text": "side, live", "id": "side2"}')
@@ -327,13 +327,13 @@ async def _bad_input(url: str, carol: Proc) -> None:
         assert not [env for env in seen if env.get("room") == "side"], seen
 
         big = {"type": "msg", "room": "general", "text": "x" * (m.MAX_FRAME_BYTES + 1), "id": "big"}
-        await bad.send_str(orjson.dumps(big).decode())
+        await bad.send_str(msgspec.json.encode(big).decode())
         error = await _next(bad, "error")
         assert (error["code"], error["id"]) == ("too_large", "big")
         # A flood is the broker's to limit, per session: mallory is slowed, dave is not.
         for i in range(80):
             await bad.send_str(
-                orjson.dumps({"type": "msg", "room": "general", "text": f"spam {i}", "id": f"s{i}"}).decode()
+                msgspec.json.encode({"type": "msg", "room": "general", "text": f"spam {i}", "id": f"s{i}"}).decode()
             )
         codes = [(await _next(bad, "ack", "error")).get("code", "ack") for _ in range(80)]
         assert "rate_limited" in codes and "ack" in codes, codes
