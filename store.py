@@ -18,7 +18,6 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SCHEMA_VERSION = 2
 SYNC_LEVELS = ("normal", "full")
@@ -44,7 +43,7 @@ class MemoryStore:
     def load(self, recent_per_room: int) -> Snapshot:
         return Snapshot()
 
-    def append(self, event: dict[str, Any], payload: bytes) -> None:
+    def append(self, room: str, seq: int, payload: bytes) -> None:
         pass
 
     def read(self, room: str, after: int, limit: int) -> list[bytes]:
@@ -99,8 +98,8 @@ class SqliteStore:
             snap.recent[room] = [payload for (payload,) in rows]
         return snap
 
-    def append(self, event: dict[str, Any], payload: bytes) -> None:
-        self._rows.append((event["room"], event["seq"], payload))
+    def append(self, room: str, seq: int, payload: bytes) -> None:
+        self._rows.append((room, seq, payload))
 
     def read(self, room: str, after: int, limit: int) -> list[bytes]:
         """Encoded events of ``room`` with ``seq > after``, oldest first."""

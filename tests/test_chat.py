@@ -279,6 +279,26 @@ def test_dm_goes_to_the_target_peer_and_acks_the_sender() -> None:
     assert replies(out, A) == [{"type": "ack", "id": "d1", "to": "bob"}]
 
 
+def test_a_resent_dm_gets_the_same_ack_and_is_not_delivered_again() -> None:
+    core = make()
+    hello(core, A, "alice")
+    hello(core, B, "bob")
+    dm = {"type": "dm", "to": "bob", "text": "psst", "id": "d1"}
+    first = send(core, A, dm)
+    again = send(core, A, dm)
+    assert replies(again, A) == replies(first, A) == [{"type": "ack", "id": "d1", "to": "bob"}]
+    assert replies(again, B) == []
+
+
+def test_a_resent_me_msg_gets_the_same_ack_and_is_not_published_again() -> None:
+    core = make()
+    hello(core, A, "alice")
+    first = say(core, A, "waves", me=True)
+    again = say(core, A, "waves", me=True)
+    assert replies(again, A) == replies(first, A) == [{"type": "ack", "id": "id-waves", "room": "general", "seq": 2}]
+    assert publishes(again) == []
+
+
 def test_dm_is_never_published() -> None:
     core = make()
     hello(core, A, "alice")

@@ -505,3 +505,42 @@ def test_batch_frames_fill_exactly_up_to_the_limit() -> None:
     payloads = [b'{"type":"a"}'] * 10  # 12 bytes each: 2 in an array = 1 + 12 + 1 + 12 + 1 = 27 bytes
     assert [len(f) for f in m.batch_frames(payloads, limit=27)] == [27] * 5
     assert [len(f) for f in m.batch_frames(payloads, limit=26)] == [12] * 10
+
+
+# --- the Structs the broker encodes once per message ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("struct", "same_dict"),
+    [
+        (
+            m.MsgEvent(room="general", user="alice", text="hi", id="1", seq=7, ts=1.5),
+            {"type": "msg", "room": "general", "user": "alice", "text": "hi", "id": "1", "seq": 7, "ts": 1.5},
+        ),
+        (
+            m.MsgEvent(room="general", user="alice", text="waves", id="2", me=True, seq=8, ts=2.5),
+            {
+                "type": "msg",
+                "room": "general",
+                "user": "alice",
+                "text": "waves",
+                "id": "2",
+                "me": True,
+                "seq": 8,
+                "ts": 2.5,
+            },
+        ),
+        (
+            m.JoinEvent(room="r", user="bob", seq=1, ts=0.0),
+            {"type": "join", "room": "r", "user": "bob", "seq": 1, "ts": 0.0},
+        ),
+        (
+            m.LeaveEvent(room="r", user="bob", reason="timeout", seq=2, ts=3.0),
+            {"type": "leave", "room": "r", "user": "bob", "reason": "timeout", "seq": 2, "ts": 3.0},
+        ),
+        (m.Ack(id="1", room="general", seq=7), {"type": "ack", "id": "1", "room": "general", "seq": 7}),
+        (m.Ack(id="d1", to="bob"), {"type": "ack", "id": "d1", "to": "bob"}),
+    ],
+)
+def test_an_event_struct_encodes_to_the_bytes_of_the_dict_it_stands_for(struct: Any, same_dict: dict) -> None:
+    assert m.encode(struct) == m.encode(same_dict)  # same keys, same order; an unset field is left out
