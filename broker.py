@@ -39,9 +39,9 @@ DRAIN_LIMIT = 10_000
 COMMIT_BATCH = 512
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
 #: frames (never blocks, never slows the others); the subscriber sees a seq gap and
-#: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES,
-#: a stuck subscriber holds at most ~16 MiB of the broker's memory.
-FEED_HWM = 1_000
+#: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES
+#: (32 KiB), a stuck subscriber holds at most ~16 MiB of the broker's memory.
+FEED_HWM = 500
 #: Per-client reply queue.  At the mark, replies to that client are dropped
 #: (ROUTER_MANDATORY turns that into an error we count instead of a block).
 INBOX_HWM = 1_000

@@ -42,7 +42,7 @@ MAX_HELD_PER_ROOM = 10_000
 MISSED_HEARTBEATS = 3
 #: Messages that may wait for their ack at once; ``say``/``dm`` refuse more (``queue_full``).
 MAX_UNACKED = 1000
-#: Feed frames (events, or batches of at most 16 KiB) the SUB queues before libzmq drops them: a
+#: Feed frames (events, or batches of at most 32 KiB) the SUB queues before libzmq drops them: a
 #: client that falls behind loses feed frames, not memory, and the sequencer fills the gap from history.
 SUB_HWM = 1_000
 

@@ -44,8 +44,10 @@ DEFAULT_HISTORY_LIMIT = 100
 #: (and the replies) one frame can cause, like MAX_FRAME_BYTES bounds its size.
 MAX_BATCH_REQUESTS = 256
 #: Largest batch frame the broker sends (a room's events on the feed, or the replies to a batch): a
-#: JSON array of at most this many bytes.  A lone envelope goes alone, whatever its size.
-MAX_BATCH_BYTES = 16 * 1024
+#: JSON array of at most this many bytes.  A lone envelope goes alone, whatever its size.  Measured
+#: with 10 subscribers, 32 KiB frames cost the broker 7% less CPU per message than 16 KiB (fewer
+#: frames to route and write, and fewer for every subscriber to read); 64 KiB saved nothing more.
+MAX_BATCH_BYTES = 32 * 1024
 #: User names: 1-32 characters, ASCII letters, digits, ``_ . -``, not starting
 #: with ``. -``.  Unique among live sessions, compared case-insensitively, so
 #: ``Alice`` cannot pose as ``alice``.

@@ -66,7 +66,7 @@ def test_replies_to_a_big_batch_come_in_bounded_frames_and_lose_nothing(harness:
         acks += raw.replies()
         frames += 1
     assert [a["id"] for a in acks] == [f"b-{n}" for n in range(m.MAX_BATCH_REQUESTS)]
-    assert frames == 1  # 256 acks fit in one 16 KiB frame
+    assert frames == 1  # 256 acks fit in one 32 KiB frame
     # The feed carries the 256 events (~60 KiB) in several bounded frames, in seq order.
     events, sizes = [], []
     while len(events) < len(batch) and raw.sub.poll(WAIT * 1000):

@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import messages as m
 from messages import ErrorCode, ProtocolError
@@ -505,6 +507,28 @@ def test_batch_frames_fill_exactly_up_to_the_limit() -> None:
     payloads = [b'{"type":"a"}'] * 10  # 12 bytes each: 2 in an array = 1 + 12 + 1 + 12 + 1 = 27 bytes
     assert [len(f) for f in m.batch_frames(payloads, limit=27)] == [27] * 5
     assert [len(f) for f in m.batch_frames(payloads, limit=26)] == [12] * 10
+
+
+def _greedy_frames(payloads: list[bytes], limit: int, max_count: int) -> list[bytes]:
+    """batch_frames written plainly: fill each frame as far as the limits let, in order."""
+    frames: list[list[bytes]] = [[]]
+    for payload in payloads:
+        current = frames[-1]
+        size = sum(map(len, current)) + len(current) + 1  # the array: brackets and commas
+        if current and (size + 1 + len(payload) > limit or len(current) == max_count):
+            frames.append(current := [])
+        current.append(payload)
+    return [f[0] if len(f) == 1 else b"[" + b",".join(f) + b"]" for f in frames]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=60), min_size=1, max_size=60),
+    st.integers(min_value=2, max_value=400),
+    st.integers(min_value=0, max_value=8),
+)
+def test_batch_frames_are_the_greedy_split(payloads: list[bytes], limit: int, max_count: int) -> None:
+    assert m.batch_frames(payloads, limit, max_count) == _greedy_frames(payloads, limit, max_count)
 
 
 # --- the Structs the broker encodes once per message ------------------------------------
