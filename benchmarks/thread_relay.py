@@ -30,12 +30,15 @@ class Relay:
         self.read_size = read_size
         self.clients: list[socket.socket] = []
         self.lock = threading.Lock()
+        # A turnstile in front of the lock, so a newcomer gets in under load: CPython's lock is not
+        # fair, and busy senders took it back from the accepting thread for tens of seconds.
+        self.turnstile = threading.Lock()
 
     def serve(self, listener: socket.socket) -> None:
         while True:
             conn, _ = listener.accept()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.lock:  # a client is greeted once it is in the list, so it knows it gets everything after
+            with self.turnstile, self.lock:  # greeted once in the list: it gets everything after the greeting
                 self.clients.append(conn)
                 conn.sendall(GREETING)
             threading.Thread(target=self.client, args=(conn,), daemon=True).start()
@@ -57,6 +60,8 @@ class Relay:
             conn.close()
 
     def broadcast(self, sender: socket.socket, lines: bytes) -> None:
+        with self.turnstile:
+            pass  # held by a newcomer waiting for the lock: wait behind it
         with self.lock:
             for other in self.clients:
                 if other is not sender:
