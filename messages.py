@@ -106,7 +106,8 @@ class ProtocolError(Exception):
 encode = msgspec.json.Encoder().encode
 """Envelope -> bytes.  Compact UTF-8 with no newlines, so one envelope is always one line (the
 logger relies on that).  The bytes are at most about 1.5 times their length in memory (1.3 on
-average for chat events), so they can be kept as they are (room history)."""
+average for chat events), so they can be kept as they are (room history, and the acks the dedupe
+window gives a resend)."""
 
 _decode_any = msgspec.json.Decoder().decode
 #: Every way decoding bytes can fail: malformed JSON, numbers out of range, invalid UTF-8, and
