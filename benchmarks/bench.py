@@ -79,7 +79,7 @@ class Config:
     pubs: int = 2  # publisher processes (each one client session)
     latency_rate: float = 10_000.0  # msgs/s offered in the latency scenario
     stuck_fill: float = 2.0  # seconds a stuck subscriber gets to fill its queues before the second window
-    stuck_warmup: float = 3.0  # load before the first stuck window: the broker's dedupe window (100k ids) fills
+    stuck_warmup: float = 3.0  # load before the first stuck window: the broker's history and allocator settle
     levels: tuple[str, ...] = ("main", "1", "many")  # which of sub_levels the throughput scenario runs
     idle_clients: int = 10_000
     idle_procs: int = 4

@@ -28,9 +28,9 @@ def published(out: list) -> list[dict]:
     return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish)]
 
 
-def chat(core: ChatCore, texts: list[str], user: str = "alice") -> list[dict]:
-    send(core, {"type": "hello", "user": user})
-    return [replies(send(core, {"type": "msg", "room": "general", "text": t, "id": t}))[0] for t in texts]
+def chat(core: ChatCore, texts: list[str], user: str = "alice", peer: bytes = A) -> list[dict]:
+    send(core, {"type": "hello", "user": user}, peer)
+    return [replies(send(core, {"type": "msg", "room": "general", "text": t, "id": t}, peer))[0] for t in texts]
 
 
 def test_a_restarted_core_goes_on_from_the_stored_seq_and_history(tmp_path: Path) -> None:
@@ -71,6 +71,17 @@ def test_dedupe_survives_a_restart(tmp_path: Path) -> None:
     assert published(out) == []
 
 
+def test_after_a_restart_each_window_holds_the_users_latest_ids_across_rooms(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    core = ChatCore(ChatConfig(dedupe_per_user=2), store=SqliteStore(path))
+    send(core, {"type": "hello", "user": "alice", "rooms": ["general", "dev"]})
+    for now, (room, msg_id) in enumerate([("dev", "d1"), ("general", "g1"), ("dev", "d2"), ("general", "g2")]):
+        send(core, {"type": "msg", "room": room, "text": "x", "id": msg_id}, now=2.0 + now)
+    core.store.close()
+    again = ChatCore(ChatConfig(dedupe_per_user=2), store=SqliteStore(path))
+    assert list(again.said.windows["alice"]) == ["d2", "g2"]  # by time, not room by room
+
+
 def test_dedupe_is_per_user_and_case_insensitive() -> None:
     core = ChatCore()
     chat(core, ["same-id"])
@@ -85,10 +96,42 @@ def test_dedupe_is_per_user_and_case_insensitive() -> None:
     assert len(published(out)) == 1  # another user may use the same id
 
 
-def test_the_dedupe_window_is_bounded() -> None:
-    core = ChatCore(ChatConfig(dedupe_window=3, rate_limit=0))
-    chat(core, [f"m{i}" for i in range(10)])
-    assert len(core.acked) == 3
+def test_each_user_keeps_their_last_ids_however_much_others_say() -> None:
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_window=20, rate_limit=0))
+    acks = chat(core, ["a1", "a2", "a3", "a4"])
+    chat(core, [f"b{i}" for i in range(15)], user="bob", peer=B)  # bob's flood does not push alice's ids out
+    send(core, {"type": "hello", "user": "alice"})
+    for text, ack in zip(["a2", "a3", "a4"], acks[1:], strict=True):
+        out = send(core, {"type": "msg", "room": "general", "text": text, "id": text})
+        assert replies(out) == [ack] and published(out) == []
+    out = send(core, {"type": "msg", "room": "general", "text": "a1", "id": "a1"})
+    assert published(out)[0]["id"] == "a1"  # older than alice's last 3: treated as new, as documented
+
+
+def test_past_the_total_the_least_recently_active_users_are_forgotten_first() -> None:
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_window=8, rate_limit=0))
+    chat(core, ["a1", "a2"])
+    chat(core, ["b1", "b2"], user="bob", peer=B)
+    chat(core, ["c1", "c2", "c3"], user="carol", peer=b"peer-c")  # 3 windows + 7 ids > 8: alice goes
+    assert list(core.said.windows) == ["bob", "carol"]
+    assert core.said.size == 2 + 5 <= 8
+    out = send(core, {"type": "msg", "room": "general", "text": "a2", "id": "a2"})
+    assert published(out)[0]["id"] == "a2"
+
+
+@pytest.mark.parametrize("per_user, total", [(0, 10), (11, 10)])
+def test_the_dedupe_bounds_are_checked(per_user: int, total: int) -> None:
+    with pytest.raises(ValueError, match="dedupe_per_user"):
+        ChatConfig(dedupe_per_user=per_user, dedupe_window=total)
+
+
+def test_a_user_may_always_have_more_in_flight_than_the_broker_forgets() -> None:
+    """The guarantee of docs/protocol.md: a client's unacked messages are all still in its window."""
+    import client
+
+    assert ChatConfig().dedupe_per_user >= client.MAX_UNACKED
+    js = (Path(__file__).resolve().parent.parent / "static" / "chat.js").read_text()
+    assert f"const MAX_UNACKED = {client.MAX_UNACKED};" in js
 
 
 def test_history_older_than_memory_comes_from_disk(tmp_path: Path) -> None:
