@@ -161,10 +161,10 @@ class SaidWindows:
             self.grew(len(window) - before)
 
     def grew(self, count: int) -> None:
-        """``count`` more ids are remembered: forget the least recently active users while over ``total``.
-        The most recent user's window is never the one to go (it holds at most ``per_user <= total``)."""
+        """``count`` more ids are remembered: forget the least recently active users while over ``total``,
+        but never the most recent one (the window being written to)."""
         self.size += count
-        while self.size > self.total:
+        while self.size > self.total and len(self.windows) > 1:
             _, window = self.windows.popitem(last=False)
             self.size -= len(window) + 1
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chat import ChatConfig, ChatCore, Publish, Reply
+from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
 from store import MemoryStore, SqliteStore, open_store
 
 A = b"peer-a"
@@ -117,6 +117,15 @@ def test_past_the_total_the_least_recently_active_users_are_forgotten_first() ->
     assert core.said.size == 2 + 5 <= 8
     out = send(core, {"type": "msg", "room": "general", "text": "a2", "id": "a2"})
     assert published(out)[0]["id"] == "a2"
+
+
+def test_a_window_as_large_as_the_total_is_kept_while_its_user_writes() -> None:
+    said = SaidWindows(per_user=3, total=3)
+    for i in range(5):
+        said.remember("alice", f"a{i}", b"ack")
+    assert list(said.windows["alice"]) == ["a2", "a3", "a4"]
+    said.remember("bob", "b0", b"ack")  # alice, the least recent, goes to keep the total
+    assert list(said.windows) == ["bob"] and said.get("alice", "a4") is None and said.get("bob", "b0") == b"ack"
 
 
 @pytest.mark.parametrize("per_user, total", [(0, 10), (11, 10)])
