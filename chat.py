@@ -56,7 +56,7 @@ class ChatConfig:
     # A resend is acked again, not repeated, while its id is remembered: each user's last ids, and a
     # bound on them all together (the least recently active users are forgotten first).
     dedupe_per_user: int = 1024  # more than a client may keep unacknowledged (client.MAX_UNACKED: 1000)
-    dedupe_window: int = 100_000
+    dedupe_total: int = 100_000
     max_text: int = m.MAX_TEXT_CHARS  # characters per msg/dm text (at most the protocol's limit)
     max_rooms_per_session: int = m.MAX_ROOMS_PER_SESSION  # rooms one session may be in at once
     max_history: int = m.MAX_HISTORY_LIMIT  # events one history reply may carry (larger limits are cut to it)
@@ -78,8 +78,8 @@ class ChatConfig:
                 raise ValueError(f"need 1 <= {name} <= {most}")
         if self.max_sessions_per_key < 0:
             raise ValueError("need max_sessions_per_key >= 0")
-        if not 1 <= self.dedupe_per_user <= self.dedupe_window:
-            raise ValueError("need 1 <= dedupe_per_user <= dedupe_window")
+        if not 1 <= self.dedupe_per_user <= self.dedupe_total:
+            raise ValueError("need 1 <= dedupe_per_user <= dedupe_total")
 
 
 @dataclass(eq=False, slots=True)
@@ -202,7 +202,7 @@ class ChatCore:
         #: never given twice.  Their events stay in the store; a join brings the room back.
         self.resting: dict[str, int] = {}
         #: Each user's recent message ids and their acks.  Neither is walked by the cyclic GC.
-        self.said = SaidWindows(self.config.dedupe_per_user, self.config.dedupe_window)
+        self.said = SaidWindows(self.config.dedupe_per_user, self.config.dedupe_total)
         self.bindings = {key: name for key, name in (bindings or {}).items() if name}
         self.owners = {name.casefold(): key for key, name in self.bindings.items()}  # bound name -> its key
         self.sessions_per_key: Counter[str] = Counter()

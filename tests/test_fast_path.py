@@ -54,7 +54,7 @@ class RecordingStore(MemoryStore):
 
 
 def core(rate_limit: float) -> ChatCore:
-    config = ChatConfig(rate_limit=rate_limit, rate_burst=5, max_text=30, dedupe_per_user=3, dedupe_window=6)
+    config = ChatConfig(rate_limit=rate_limit, rate_burst=5, max_text=30, dedupe_per_user=3, dedupe_total=6)
     store = RecordingStore()
     store.history_id = "h"  # the same in both cores
     c = ChatCore(config, store, epoch="e", now=0.0)

@@ -97,7 +97,7 @@ def test_dedupe_is_per_user_and_case_insensitive() -> None:
 
 
 def test_each_user_keeps_their_last_ids_however_much_others_say() -> None:
-    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_window=20, rate_limit=0))
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=20, rate_limit=0))
     acks = chat(core, ["a1", "a2", "a3", "a4"])
     chat(core, [f"b{i}" for i in range(15)], user="bob", peer=B)  # bob's flood does not push alice's ids out
     send(core, {"type": "hello", "user": "alice"})
@@ -109,7 +109,7 @@ def test_each_user_keeps_their_last_ids_however_much_others_say() -> None:
 
 
 def test_past_the_total_the_least_recently_active_users_are_forgotten_first() -> None:
-    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_window=8, rate_limit=0))
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=8, rate_limit=0))
     chat(core, ["a1", "a2"])
     chat(core, ["b1", "b2"], user="bob", peer=B)
     chat(core, ["c1", "c2", "c3"], user="carol", peer=b"peer-c")  # 3 windows + 7 ids > 8: alice goes
@@ -131,7 +131,7 @@ def test_a_window_as_large_as_the_total_is_kept_while_its_user_writes() -> None:
 @pytest.mark.parametrize("per_user, total", [(0, 10), (11, 10)])
 def test_the_dedupe_bounds_are_checked(per_user: int, total: int) -> None:
     with pytest.raises(ValueError, match="dedupe_per_user"):
-        ChatConfig(dedupe_per_user=per_user, dedupe_window=total)
+        ChatConfig(dedupe_per_user=per_user, dedupe_total=total)
 
 
 def test_a_user_may_always_have_more_in_flight_than_the_broker_forgets() -> None:
