@@ -10,6 +10,7 @@ sleeping, and any other front end (a web gateway, a test) can reuse the logic.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import os
 from collections import Counter, OrderedDict, deque
@@ -78,8 +79,8 @@ class ChatConfig:
                 raise ValueError(f"need 1 <= {name} <= {most}")
         if self.max_sessions_per_key < 0:
             raise ValueError("need max_sessions_per_key >= 0")
-        if not 1 <= self.dedupe_per_user <= self.dedupe_total:
-            raise ValueError("need 1 <= dedupe_per_user <= dedupe_total")
+        if not 1 <= self.dedupe_per_user < self.dedupe_total:
+            raise ValueError("need 1 <= dedupe_per_user < dedupe_total")
 
 
 @dataclass(eq=False, slots=True)
@@ -121,12 +122,13 @@ class Room:
 class SaidWindows:
     """What each user said lately: id -> the ack it got, so a resend gets that ack again and is not repeated.
 
-    One window per user (casefolded name) with that user's last ``per_user`` ids: more than a client
-    may keep unacknowledged, so a resend is recognised however busy everyone else is.  ``total``
-    bounds all windows together (a window itself counts as one); past it, the windows of the least
-    recently active users go first.  Per user, rather than one window of everybody's last 100,000,
-    also keeps the broker fast: a sender's recent ids stay in the CPU cache, where the shared window
-    cost a cache miss on every lookup and eviction (a fifth of the broker thread, measured under load).
+    One window per user (casefolded name), made when the first of their messages is accepted, with
+    their last ``per_user`` ids: more than a client sends between a message and its resend, so other
+    users' traffic cannot push a sender's recent ids out, only the ``total`` bound on all windows
+    together (a window itself counts as one).  Past it, the windows written to least recently go
+    first.  Per user, rather than one window of everybody's last 100,000, also keeps the broker
+    fast: a sender's recent ids stay in the CPU cache, where the shared window cost a cache miss on
+    every lookup and eviction (a fifth of the broker thread, measured under load).
     """
 
     __slots__ = ("per_user", "size", "total", "windows")
@@ -161,10 +163,10 @@ class SaidWindows:
             self.grew(len(window) - before)
 
     def grew(self, count: int) -> None:
-        """``count`` more ids are remembered: forget the least recently active users while over ``total``,
-        but never the most recent one (the window being written to)."""
+        """``count`` more ids are remembered: forget the least recently written windows while over ``total``.
+        The most recent one (being written to) never goes: it counts at most ``per_user + 1 <= total``."""
         self.size += count
-        while self.size > self.total and len(self.windows) > 1:
+        while self.size > self.total:
             _, window = self.windows.popitem(last=False)
             self.size -= len(window) + 1
 
@@ -228,7 +230,10 @@ class ChatCore:
         a client resends within seconds, long before a room moves that far on.
         """
         snap = self.store.load(self.config.history_kept)
-        said: list[tuple[float, str, str, str, int]] = []
+        # The newest message ids of all rooms, at most as many as the windows hold (a heap, so memory
+        # stays bounded however many rooms there are), replayed oldest first: as they were said.
+        newest: list[tuple[float, int, str, str, str]] = []
+        most = self.config.dedupe_total
         for name, seq in snap.seqs.items():
             recent = snap.recent.get(name, ())
             if len(self.rooms) < self.config.max_rooms:
@@ -239,9 +244,9 @@ class ChatCore:
                 self.resting[name] = seq
             for event in map(m.decode, recent):
                 if event.get("type") == "msg":
-                    said.append((event["ts"], event["user"].casefold(), event["id"], name, event["seq"]))
-        said.sort(key=lambda entry: entry[0])  # oldest first, across rooms: each window keeps a user's latest
-        for _, folded, msg_id, room_name, seq in said:
+                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"])
+                    (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, said)
+        for _, seq, room_name, folded, msg_id in sorted(newest):
             self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)))
 
     def commit(self) -> None:
@@ -305,11 +310,13 @@ class ChatCore:
         check is the last here, and a failed take changes nothing).  The acks go to ``mine``.
         """
         session.last_seen = now
-        said, rooms, user, room_of = self.said.window(session.folded), session.rooms, session.user, self.rooms
+        # The sender's window is looked up, not made or moved: only what is accepted is written to it, so
+        # requests that write nothing (a ping, a join, a refused msg) cannot push other users' ids out.
+        said, rooms, user, room_of = self.said.windows.get(session.folded), session.rooms, session.user, self.rooms
         max_text, per_user, rate = self.config.max_text, self.config.dedupe_per_user, self.config.rate_limit
         encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
         ts, persistent = now + self.wall_offset, self.store.persistent
-        end, grown = len(envelopes), 0
+        end, grown, first = len(envelopes), 0, True
         try:
             while at < end:
                 req = envelopes[at]
@@ -319,7 +326,7 @@ class ChatCore:
                 if (
                     room_name not in rooms
                     or len(req.text) > max_text
-                    or msg_id in said
+                    or (said is not None and msg_id in said)
                     or (rate and not self._take_token(session, now))
                 ):
                     break
@@ -332,6 +339,8 @@ class ChatCore:
                 if persistent:
                     self.store.append(room_name, seq, payload)
                 out.append(new_tuple(Publish, (room.topic, payload)))
+                if first:
+                    said, first = self.said.window(session.folded), False  # made, or moved to most recent
                 said[msg_id] = reply = encode(ack(id=msg_id, room=room_name, seq=seq))
                 mine.append(reply)
                 if len(said) > per_user:
