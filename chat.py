@@ -55,7 +55,7 @@ class ChatConfig:
     rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
     # A resend is acked again, not repeated, while its id is remembered: each user's last ids, and a
-    # bound on them all together (the least recently active users are forgotten first).
+    # bound on them all together (past it, the users with the least recently accepted messages go first).
     dedupe_per_user: int = 1024  # more than a client may keep unacknowledged (client.MAX_UNACKED: 1000)
     dedupe_total: int = 100_000
     max_text: int = m.MAX_TEXT_CHARS  # characters per msg/dm text (at most the protocol's limit)
