@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import math
 import os
-import signal
 import sqlite3
 import sys
 import time
@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 import keys
 import messages as m
+import transport
 from chat import ChatConfig, ChatCore, Output, Publish
-from store import SYNC_LEVELS, open_store
+from store import SYNC_LEVELS, StoreInUse, open_store
+
+log = logging.getLogger("chat-broker")
 
 # Plain ints: pyzmq's enum flags cost a conversion on every call of the hot loop.
 NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
@@ -45,8 +46,6 @@ FEED_HWM = 500
 #: Per-client reply queue.  At the mark, replies to that client are dropped
 #: (ROUTER_MANDATORY turns that into an error we count instead of a block).
 INBOX_HWM = 1_000
-#: Seconds the broker waits at exit to flush what it already queued.
-LINGER_MS = 1_000
 
 
 def default_db_path() -> Path:
@@ -66,25 +65,19 @@ def bind_sockets(
     """The inbox and the feed, with every option chosen on purpose; ``curve`` is the broker's (public, secret)."""
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable/full peers raise, so we drop and count
-    router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its session (same routing id)
+    # A reconnecting client keeps its session (same routing id).  Not under CURVE: there a connection
+    # with another key could take a live session's routing id, and with it the session's replies and dms;
+    # without handover libzmq leaves such a connection unread until the first one is gone.
+    router.setsockopt(zmq.ROUTER_HANDOVER, 0 if curve is not None else 1)
     router.setsockopt(zmq.MAXMSGSIZE, max_frame)  # oversized frames never reach Python
     router.setsockopt(zmq.SNDHWM, INBOX_HWM)
     router.setsockopt(zmq.RCVHWM, INBOX_HWM)
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, feed_hwm)
     for sock in (router, pub):
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.IPV6, 1)  # "*" then binds both IPv4 and IPv6
-        # TCP keepalive (in the kernel) frees the pipes of peers that vanished without a FIN, within
-        # about a minute.  Not ZMTP heartbeats: libzmq cancels a timer per heartbeat in O(connections),
-        # which made 10,000 idle clients cost most of a core.  Chat liveness is the protocol's own ping.
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+        transport.tune_bound(sock)
         if curve is not None:  # both sockets: nothing crosses the wire in clear, the feed included
-            sock.curve_server = True
-            sock.curve_publickey, sock.curve_secretkey = curve
+            transport.curve_server(sock, curve)
     router.bind(router_ep)
     pub.bind(pub_ep)
     return router, pub
@@ -99,11 +92,35 @@ class Broker:
         self.core = core
         self.secure = secure  # CURVE: read each request's authenticated key (User-Id) from its frame
         self.dropped_replies = 0
+        #: What a failed commit would have announced: sent when the storage works again, never before.
+        self.held: list[Output] = []
 
     def flush(self, outputs: list[Output]) -> None:
-        """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable."""
-        self.core.commit()
+        """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
+
+        If the commit fails (a full or read-only disk), its outputs are held and the core refuses
+        writes (``unavailable``) until ``retry_storage`` succeeds; reads go on meanwhile.  While it is
+        unavailable nothing new needs storing, so what comes out is sent at once."""
+        if self.core.unavailable is None:
+            try:
+                self.core.commit()
+            except sqlite3.Error as exc:
+                self.held += outputs
+                self.core.unavailable = f"storage error: {exc}"
+                log.error("cannot store (%s): acks held, writes refused with 'unavailable' until it works again", exc)
+                return
         self.dispatch(outputs)
+
+    def retry_storage(self) -> None:
+        """Try the failed commit again; on success send what it held and accept writes again."""
+        try:
+            self.core.store.commit()
+        except sqlite3.Error:
+            return
+        held, self.held = self.held, []
+        self.core.unavailable = None
+        log.warning("storage works again: %d held events and replies sent, writes accepted", len(held))
+        self.dispatch(held)
 
     def dispatch(self, outputs: list[Output]) -> None:
         """Feed first, one frame per topic, then the replies.
@@ -147,59 +164,48 @@ class Broker:
                 self.drain()
             now = clock()
             if now >= core.next_heartbeat:
+                if core.unavailable is not None:
+                    self.retry_storage()
                 self.flush(core.tick(now))
 
     def drain(self) -> None:
         """Handle what is waiting, without blocking: one poll per burst, one commit per batch."""
         router, core, clock, secure = self.router, self.core, time.monotonic, self.secure
-        recv, more = router.recv, router.getsockopt
+        recv, more, known = router.recv, router.getsockopt, core.peers
         pending: list[Output] = []
-        key = None
+        key = address = None
         for _ in range(DRAIN_LIMIT):
             try:
-                if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key
+                if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key (its source)
                     parts = router.recv_multipart(NOBLOCK, copy=False)
                     key = parts[-1].get("User-Id")
                     peer, frames = parts[0].bytes, [part.bytes for part in parts[1:]]
                 else:  # recv_multipart, unrolled: a routing id and (almost always) one frame
                     peer = recv(NOBLOCK)
-                    frames = [recv()]
+                    if peer in known:
+                        frames, address = [recv()], None
+                    else:  # a new connection: its source is the address its frames came from
+                        frame = recv(copy=False)
+                        frames, address = [frame.bytes], transport.peer_address(frame)
                     while more(RCVMORE):
                         frames.append(recv())
             except zmq.Again:
                 break
-            pending += core.handle(peer, frames, clock(), key)
+            pending += core.handle(peer, frames, clock(), key, address)
             if len(pending) >= COMMIT_BATCH:
                 self.flush(pending)
                 pending = []
         self.flush(pending)
 
     def stop(self) -> None:
+        if self.core.unavailable is not None:
+            self.retry_storage()
         self.flush(self.core.shutdown(time.monotonic()))
-        self.core.store.close()
-
-
-def start_authenticator(ctx: zmq.Context, keydir: Path, allowed: dict[str, str | None] | None) -> ThreadAuthenticator:
-    """pyzmq's ZAP handler: with an allow-list only listed keys get past the handshake, else any key
-    (encryption without authentication).  It runs in its own thread on its own inproc socket."""
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
-    location = str(keydir / keys.ALLOWED) if allowed is not None else zmq.auth.CURVE_ALLOW_ANY
-    auth.configure_curve(domain="*", location=location)
-    return auth
-
-
-def security_mode(curve: bool, allowed: dict[str, str | None] | None) -> str:
-    if not curve:
-        return "plain: no encryption, no authentication (trusted networks only; see docs/security.md)"
-    if allowed is None:
-        return "CURVE, any client key (encrypted; no allow-list, so anyone with the broker's public key gets in)"
-    bound = sum(1 for name in allowed.values() if name)
-    return f"CURVE, {len(allowed)} allowed keys ({bound} bound to a name)"
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+        unstored = self.core.store.pending
+        try:
+            self.core.store.close()
+        except sqlite3.Error as exc:
+            log.error("stopping with %d events that could not be stored (%s); none of them was acked", unstored, exc)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -330,7 +336,68 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="rooms held in memory at once; rooms nobody is in are put to rest to make room (default: %(default)s)",
     )
+    parser.add_argument(
+        "--trusted-source",
+        action="append",
+        default=[],
+        metavar="ADDRESS_OR_KEY",
+        help="an IP address or CURVE public key (z85) of a gateway that multiplexes many people, such as chat-web: "
+        "each of its connections counts as a source of its own (repeatable)",
+    )
+    for flag, kind, metavar, text in SOURCE_AND_MEMORY_FLAGS:
+        field = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=kind, default=getattr(defaults, field), metavar=metavar, help=text)
     return parser.parse_args(argv)
+
+
+#: The limits per source and on memory: each flag is the ChatConfig field of the same name.
+SOURCE_AND_MEMORY_FLAGS = (
+    (
+        "--source-rate",
+        float,
+        "REQS_PER_S",
+        "requests per second from one source (CURVE key, else IP address), 0 = no limit (default: %(default)s)",
+    ),
+    ("--source-burst", float, "N", "requests one source may send at once (default: %(default)s)"),
+    ("--max-sessions-per-source", int, "N", "live sessions from one source, 0 = no limit (default: %(default)s)"),
+    (
+        "--max-rooms-per-source",
+        int,
+        "N",
+        "room memberships of one source's sessions together, 0 = no limit (default: %(default)s)",
+    ),
+    (
+        "--history-bytes-per-room",
+        int,
+        "BYTES",
+        "bytes of events kept in memory per room; older ones are read from the database (default: %(default)s)",
+    ),
+    (
+        "--history-bytes-total",
+        int,
+        "BYTES",
+        "bytes of events kept in memory for all rooms together (default: %(default)s)",
+    ),
+    (
+        "--max-reply-bytes",
+        int,
+        "BYTES",
+        "bytes of events in one history reply; a cut reply says more: true (default: %(default)s)",
+    ),
+    (
+        "--dedupe-total",
+        int,
+        "N",
+        "message ids remembered for resends, all users together; at the bound new messages get 'unavailable' "
+        "(default: %(default)s)",
+    ),
+    (
+        "--dedupe-age",
+        float,
+        "SECONDS",
+        "an id is remembered at least this long, whatever other users send (default: %(default)s)",
+    ),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,15 +416,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_rooms_per_session=args.max_rooms_per_session,
             max_history=args.max_history,
             max_sessions_per_key=args.max_sessions_per_key,
+            trusted_sources=frozenset(args.trusted_source),
+            **{
+                flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                for flag, *_ in SOURCE_AND_MEMORY_FLAGS
+            },
         )
     except ValueError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="chat-broker: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         store = open_store(args.db, args.sync)
-    except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
-        print(f"chat-broker: cannot open the database {args.db}: {exc}", file=sys.stderr)
+    except StoreInUse as exc:
+        print(f"chat-broker: the database {args.db} is in use: {exc}", file=sys.stderr)
         return 1
+    except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
+        print(f"chat-broker: cannot open the database {args.db} for writing: {exc}", file=sys.stderr)
+        return 1
+    open_files = transport.raise_open_files_limit()
     ctx = zmq.Context()
     auth = None
     try:
@@ -365,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.curve:
             curve = keys.server_keys(args.curve)
             allowed = keys.allowed_keys(args.curve)
-            auth = start_authenticator(ctx, args.curve, allowed)
+            auth = transport.start_authenticator(ctx, args.curve, allowed)
         router, pub = bind_sockets(ctx, router_ep, pub_ep, args.feed_hwm, args.max_frame, curve)
     except (zmq.ZMQError, OSError, ValueError) as exc:
         print(f"chat-broker: cannot start: {exc}", file=sys.stderr)
@@ -384,9 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
     where = f"{args.db} ({len(core.rooms)} rooms, sync={args.sync})" if store.persistent else "memory only"
     print(f"  history:        {where}")
-    print(f"  security:       {security_mode(curve is not None, allowed)}")
+    print(f"  security:       {transport.security_mode(curve is not None, allowed)}")
+    print(f"  capacity:       about {max(0, open_files - 64):,} connections (open files limit {open_files:,})")
     print("Ctrl-C stops it.", flush=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    transport.stop_on_sigterm()
     try:
         broker.run()
     except KeyboardInterrupt:

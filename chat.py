@@ -12,7 +12,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import logging
 import os
+import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,15 @@ class Publish(NamedTuple):
 
 Output = Reply | Publish
 _new_tuple = tuple.__new__  # builds a NamedTuple at half the cost of calling it: once per event, it shows
+log = logging.getLogger("chat")
+
+#: What one kept event costs beyond its bytes: the bytes object's header and its slot in the deque.
+EVENT_OVERHEAD = 48
+#: A reply costs one more token per this many bytes: the broker's work and the memory a reply can hold
+#: (in the peer's queue) grow with its size, so a source's rate limit bounds the bytes it can pull too.
+REPLY_TOKEN_BYTES = 16 * 1024
+#: Requests that write: refused with ``unavailable`` while the broker cannot store.
+WRITES = frozenset({"hello", "join", "leave", "msg", "dm", "bye"})
 
 
 @dataclass(frozen=True)
@@ -52,12 +63,27 @@ class ChatConfig:
     history_on_join: int = 50  # events of history in a "joined" reply
     history_kept: int = 1000  # events kept per room for "history" requests
     max_rooms: int = 10_000  # rooms held in memory at once (rooms nobody is in are put to rest); bounds memory
-    rate_limit: float = 20.0  # requests per second per session (token bucket); 0 turns it off
+    rate_limit: float = 20.0  # requests per second per connection (routing id; token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
-    # A resend is acked again, not repeated, while its id is remembered: each user's last ids, and a
-    # bound on them all together (past it, the users with the least recently accepted messages go first).
+    # The same again for everything from one source (the CURVE key, else the peer's address): new
+    # connections and new sessions share it, so reconnecting resets nothing.
+    source_rate: float = 200.0
+    source_burst: float = 400.0
+    max_sessions_per_source: int = 256  # 0 = no limit
+    max_rooms_per_source: int = 1024  # room memberships of all the source's sessions: a tenth of max_rooms
+    # Addresses or CURVE keys of gateways that multiplex many people (the web gateway): each of their
+    # connections is a source of its own, and the gateway limits its own peers per address.
+    trusted_sources: frozenset[str] = frozenset()
+    # In-memory history, in bytes (kept events beyond it are read back from the database).
+    history_bytes_per_room: int = 1 << 20
+    history_bytes_total: int = 256 << 20
+    max_reply_bytes: int = m.MAX_REPLY_BYTES  # events' bytes in one history reply (or joined's history)
+    # A resend is acked again, not repeated, while its id is remembered: each user's last ids, kept at
+    # least ``dedupe_age`` seconds whatever others do; ``dedupe_total`` bounds them all together, and at
+    # the bound new messages are refused (``unavailable``) rather than younger ids forgotten.
     dedupe_per_user: int = 1024  # more than a client may keep unacknowledged (client.MAX_UNACKED: 1000)
-    dedupe_total: int = 100_000
+    dedupe_total: int = 500_000
+    dedupe_age: float = 600.0
     max_text: int = m.MAX_TEXT_CHARS  # characters per msg/dm text (at most the protocol's limit)
     max_rooms_per_session: int = m.MAX_ROOMS_PER_SESSION  # rooms one session may be in at once
     max_history: int = m.MAX_HISTORY_LIMIT  # events one history reply may carry (larger limits are cut to it)
@@ -70,6 +96,16 @@ class ChatConfig:
             raise ValueError("need 0 <= history_on_join <= history_kept")
         if self.rate_limit < 0 or (self.rate_limit and self.rate_burst < 1):
             raise ValueError("need rate_limit >= 0 and rate_burst >= 1")
+        if self.source_rate < 0 or (self.source_rate and self.source_burst < 1):
+            raise ValueError("need source_rate >= 0 and source_burst >= 1")
+        if self.max_sessions_per_source < 0 or self.max_rooms_per_source < 0:
+            raise ValueError("need max_sessions_per_source >= 0 and max_rooms_per_source >= 0")
+        if not m.MAX_REPLY_BYTES <= self.history_bytes_per_room <= self.history_bytes_total:
+            raise ValueError(f"need {m.MAX_REPLY_BYTES} <= history_bytes_per_room <= history_bytes_total")
+        if not 1024 <= self.max_reply_bytes <= 16 * m.MAX_REPLY_BYTES:
+            raise ValueError(f"need 1024 <= max_reply_bytes <= {16 * m.MAX_REPLY_BYTES}")
+        if self.dedupe_age < 0:
+            raise ValueError("need dedupe_age >= 0")
         for name, value, most in (
             ("max_text", self.max_text, m.MAX_TEXT_CHARS),
             ("max_rooms_per_session", self.max_rooms_per_session, m.MAX_ROOMS_PER_SESSION),
@@ -84,14 +120,40 @@ class ChatConfig:
 
 
 @dataclass(eq=False, slots=True)
+class Bucket:
+    """A token bucket; refilled lazily from ``at`` whenever it is used."""
+
+    tokens: float
+    at: float
+
+
+@dataclass(eq=False, slots=True)
+class Source:
+    """Everything from one CURVE key, or (plain mode) one peer address: what no reconnect resets."""
+
+    name: str
+    bucket: Bucket
+    peers: int = 0  # connections (routing ids) of it that the core knows
+    sessions: int = 0
+    rooms: int = 0  # room memberships of its sessions
+
+
+@dataclass(eq=False, slots=True)
+class Peer:
+    """One connection (ROUTER routing id) seen lately, with or without a session."""
+
+    bucket: Bucket
+    source: Source
+
+
+@dataclass(eq=False, slots=True)
 class Session:
     peer: bytes
     user: str
     folded: str  # user.casefold(): the key of by_name, of the dedupe windows and of name bindings
     rooms: dict[str, None]  # insertion-ordered set
     last_seen: float
-    tokens: float
-    tokens_at: float
+    conn: Peer  # its connection's rate limit and source
     key: str | None = None  # the CURVE public key (z85) it authenticated with; None in plain mode
 
 
@@ -103,6 +165,7 @@ class Room:
     # never walks them (so its pauses do not grow with history), they take a third of the memory, and
     # replies embed them as they are (msgspec.Raw) instead of encoding them again.
     history: deque[bytes]
+    bytes: int = 0  # what ``history`` holds, counted as len(payload) + EVENT_OVERHEAD per event
     # Who is in the room, in display order (case-insensitive), kept sorted as people come and go:
     # ``joined`` and ``who`` list everyone, and sorting a room of 10,000 on every join cost 2 ms.
     users: list[str] = field(default_factory=list)
@@ -119,56 +182,89 @@ class Room:
         del self.folded[at], self.users[at]
 
 
+class Window(OrderedDict):
+    """One user's recent ids -> (ack, fingerprint of the request), least recently said first."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at  # when it was last written to
+
+
+def fingerprint(target: str, text: str, me: bool) -> int:
+    """What a resend must match to get the old ack: where it went (a room, or ``@name`` for a dm), its
+    text and ``me``.  An id reused for anything else is ``id_reused``."""
+    return hash((target, text, me))
+
+
 class SaidWindows:
     """What each user said lately: id -> the ack it got, so a resend gets that ack again and is not repeated.
 
     One window per user (casefolded name), made when the first of their messages is accepted, with
-    their last ``per_user`` ids: more than a client sends between a message and its resend, so other
-    users' traffic cannot push a sender's recent ids out, only the ``total`` bound on all windows
-    together (a window itself counts as one).  Past it, the windows written to least recently go
-    first.  Per user, rather than one window of everybody's last 100,000, also keeps the broker
-    fast: a sender's recent ids stay in the CPU cache, where the shared window cost a cache miss on
-    every lookup and eviction (a fifth of the broker thread, measured under load).
+    their last ``per_user`` ids: more than a client sends between a message and its resend.  The
+    ``total`` bound counts every id and every window.  Past it, windows not written to for ``age``
+    seconds go, least recently written first; a younger one never does, whatever other users send:
+    then ``full`` says so and new messages are refused until one ages out.  So what others do can
+    never make a recent resend publish twice; memory is bounded by ``total``, and the rate limits
+    bound how fast anyone can fill it.  Per user, rather than one window of everybody's ids, also
+    keeps the broker fast: a sender's recent ids stay in the CPU cache.
     """
 
-    __slots__ = ("per_user", "size", "total", "windows")
+    __slots__ = ("age", "per_user", "size", "total", "windows")
 
-    def __init__(self, per_user: int, total: int) -> None:
+    def __init__(self, per_user: int, total: int, age: float = 600.0) -> None:
         self.per_user = per_user
         self.total = total
+        self.age = age
         self.size = 0  # ids remembered plus windows, all users together
-        self.windows: OrderedDict[str, OrderedDict[str, bytes]] = OrderedDict()  # least recently written first
+        self.windows: OrderedDict[str, Window] = OrderedDict()  # least recently written first
 
-    def window(self, folded: str) -> OrderedDict[str, bytes]:
+    def window(self, folded: str, now: float) -> Window:
         """``folded``'s window, now the most recently used.  Whoever adds to it says so with ``grew``."""
         window = self.windows.get(folded)
         if window is None:
-            window = self.windows[folded] = OrderedDict()
-            self.grew(1)
+            window = self.windows[folded] = Window(now)
+            self.size += 1
         else:
             self.windows.move_to_end(folded)
+            window.at = now
         return window
 
-    def get(self, folded: str, msg_id: str) -> bytes | None:
+    def get(self, folded: str, msg_id: str) -> tuple[bytes, int] | None:
         window = self.windows.get(folded)
         return None if window is None else window.get(msg_id)
 
-    def remember(self, folded: str, msg_id: str, ack: bytes) -> None:
-        window = self.window(folded)
+    def full(self, now: float) -> bool:
+        """At the bound with nothing old enough to forget: a new id must wait."""
+        return self.size >= self.total and not self._forget_old(now, self.total - 1)
+
+    def remember(self, folded: str, msg_id: str, ack: bytes, fp: int, now: float) -> None:
+        window = self.window(folded, now)
         before = len(window)
-        window[msg_id] = ack
+        window[msg_id] = (ack, fp)
         if len(window) > self.per_user:
             window.popitem(last=False)
         else:
-            self.grew(len(window) - before)
+            self.grew(len(window) - before, now)
 
-    def grew(self, count: int) -> None:
-        """``count`` more ids are remembered: forget the least recently written windows while over ``total``.
-        The most recent one (being written to) never goes: it counts at most ``per_user + 1 <= total``."""
+    def grew(self, count: int, now: float) -> None:
+        """``count`` more ids are remembered: forget old windows while over ``total`` (callers check
+        ``full`` first, so a young window is never what has to go)."""
         self.size += count
-        while self.size > self.total:
-            _, window = self.windows.popitem(last=False)
-            self.size -= len(window) + 1
+        if self.size > self.total:
+            self._forget_old(now, self.total)
+
+    def _forget_old(self, now: float, target: int) -> bool:
+        """Forget windows idle for ``age`` seconds, least recently written first, until at most ``target``."""
+        windows = self.windows
+        while self.size > target and windows:
+            first = next(iter(windows.values()))
+            if now - first.at < self.age:
+                return False
+            windows.popitem(last=False)
+            self.size -= len(first) + 1
+        return self.size <= target
 
 
 def new_epoch() -> str:
@@ -204,12 +300,18 @@ class ChatCore:
         #: never given twice.  Their events stay in the store; a join brings the room back.
         self.resting: dict[str, int] = {}
         #: Each user's recent message ids and their acks.  Neither is walked by the cyclic GC.
-        self.said = SaidWindows(self.config.dedupe_per_user, self.config.dedupe_total)
+        self.said = SaidWindows(self.config.dedupe_per_user, self.config.dedupe_total, self.config.dedupe_age)
+        self.peers: dict[bytes, Peer] = {}  # connections seen lately (forgotten once idle with a full bucket)
+        self.sources: dict[str, Source] = {}
+        self.history_bytes = 0  # what every room's history holds together (Room.bytes)
+        #: Why the broker cannot store now (set and cleared by the broker); writes get ``unavailable``.
+        self.unavailable: str | None = None
+        self.internal_errors: Counter[str] = Counter()  # crashes the barrier caught, by where they happened
         self.bindings = {key: name for key, name in (bindings or {}).items() if name}
         self.owners = {name.casefold(): key for key, name in self.bindings.items()}  # bound name -> its key
         self.sessions_per_key: Counter[str] = Counter()
         self.next_heartbeat = now
-        self._restore()
+        self._restore(now)
         self._handlers = {
             "hello": self._hello,
             "join": self._join,
@@ -223,7 +325,7 @@ class ChatCore:
             "rooms": self._rooms,
         }
 
-    def _restore(self) -> None:
+    def _restore(self, now: float) -> None:
         """Pick up rooms, seqs and recent message ids where the last broker run left them.
 
         Resends after a restart are recognised among each room's recent events (``history_kept``):
@@ -239,57 +341,100 @@ class ChatCore:
             if len(self.rooms) < self.config.max_rooms:
                 room = self._room(name)
                 room.seq = seq
-                room.history.extend(recent)
+                self._keep(room, recent)
             else:  # more rooms than memory is for: the rest wait on disk until someone joins them
                 self.resting[name] = seq
             for event in map(m.decode, recent):
                 if event.get("type") == "msg":
-                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"])
+                    fp = fingerprint(name, event["text"], bool(event.get("me")))
+                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"], fp)
                     (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, said)
-        for _, seq, room_name, folded, msg_id in sorted(newest):
-            self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)))
+        for _, seq, room_name, folded, msg_id, fp in sorted(newest):
+            self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), fp, now)
 
     def commit(self) -> None:
-        """Make everything handled so far durable.  The broker calls this before sending what it was given."""
+        """Make everything handled so far durable.  The broker calls this before sending what it was given.
+
+        Then, with the events on disk, in-memory history over its total bound gives up its oldest events
+        (``history`` reads them back from the database)."""
         self.store.commit()
+        if self.history_bytes > self.config.history_bytes_total:
+            self._trim_all(self.config.history_bytes_total * 9 // 10)
 
     # --- entry points ---------------------------------------------------------
 
-    def handle(self, peer: bytes, frames: list[bytes], now: float, key: str | None = None) -> list[Output]:
+    def handle(
+        self, peer: bytes, frames: list[bytes], now: float, key: str | None = None, address: str | None = None
+    ) -> list[Output]:
         """One inbox message from ``peer``: a request, or a batch of them; returns what to send.
-        Never raises on bad input.
+        Never raises: bad input gets its error, and an unforeseen exception costs only the request
+        it happened in (``internal``).
 
-        ``key`` is the CURVE public key the peer authenticated with (the frame's User-Id), if any.
+        ``key`` is the CURVE public key the peer authenticated with (the frame's User-Id), if any;
+        ``address`` the peer's IP address (the frame's Peer-Address), needed only for a peer not yet in
+        ``peers``.  The key, else the address, is the request's *source* for the per-source limits.
         """
         out: list[Output] = []
         try:
+            conn = self.peers.get(peer) or self._new_peer(peer, key, address, now)
             value = m.decode_frame(frames)
             if type(value) is list:
-                self._handle_batch(peer, m.check_batch(value), now, key, out)
+                self._handle_batch(peer, conn, m.check_batch(value), now, key, out)
                 return out
             mine: list[bytes] = []
             session = self.sessions.get(peer)
-            if session is not None and self._plain_msgs(session, (value,), 0, now, mine, out):
+            if session is not None and session.key == key and self._plain_msgs(session, (value,), 0, now, mine, out):
                 out.append(Reply(peer, mine[0]))
             else:
-                self._handle_one(peer, value, now, key, out)
+                self._handle_one(peer, conn, value, now, key, out)
         except ProtocolError as exc:
+            self._spend(conn, now)  # what fails to parse costs a token too
             out.append(Reply(peer, m.encode(exc.envelope())))
+        except Exception as exc:  # the crash barrier: this frame is lost, the broker serves on
+            out.append(self._internal(peer, "frame", exc))
         return out
 
-    def _handle_batch(self, peer: bytes, envelopes: list[Any], now: float, key: str | None, out: list[Output]) -> None:
+    def _internal(self, peer: bytes, kind: str, exc: Exception, msg_id: str | None = None) -> Reply:
+        """An unforeseen exception while handling a ``kind`` request: log its traceback the first time
+        it happens there, count it, and answer ``internal``."""
+        where = f"{kind}: {type(exc).__name__} at {_origin(exc)}"
+        self.internal_errors[where] += 1
+        if self.internal_errors[where] == 1:
+            log.error(
+                "internal error handling a %r request (further ones are counted, not logged):\n%s",
+                kind,
+                "".join(traceback.format_exception(exc)),
+            )
+        error = ProtocolError(ErrorCode.INTERNAL, f"the broker failed on this {kind} request; it was not done", msg_id)
+        return Reply(peer, m.encode(error.envelope()))
+
+    def _new_peer(self, peer: bytes, key: str | None, address: str | None, now: float) -> Peer:
+        """A connection seen for the first time, counted against its source (made if new)."""
+        origin = key if key is not None else address
+        trusted = origin is None or origin in self.config.trusted_sources
+        name = f"peer:{peer.hex()}" if trusted else f"key:{key}" if key is not None else f"addr:{address}"
+        source = self.sources.get(name)
+        if source is None:
+            source = self.sources[name] = Source(name, Bucket(self.config.source_burst, now))
+        source.peers += 1
+        conn = self.peers[peer] = Peer(Bucket(self.config.rate_burst, now), source)
+        return conn
+
+    def _handle_batch(
+        self, peer: bytes, conn: Peer, envelopes: list[Any], now: float, key: str | None, out: list[Output]
+    ) -> None:
         """Each request as if it had come alone; the peer's own replies then go back as batch frames,
         in order, so a batch costs one send each way instead of one per request."""
         mine: list[bytes] = []
         session = self.sessions.get(peer)
         at, end = 0, len(envelopes)
         while at < end:
-            if session is not None:
+            if session is not None and session.key == key:
                 at = self._plain_msgs(session, envelopes, at, now, mine, out)
                 if at == end:
                     break
             done: list[Output] = []
-            self._handle_one(peer, envelopes[at], now, key, done)
+            self._handle_one(peer, conn, envelopes[at], now, key, done)
             for output in done:
                 if type(output) is Reply and output.peer == peer:
                     mine.append(output.payload)
@@ -312,36 +457,49 @@ class ChatCore:
         session.last_seen = now
         # The sender's window is looked up, not made or moved: only what is accepted is written to it, so
         # requests that write nothing (a ping, a join, a refused msg) cannot push other users' ids out.
-        said, rooms, user, room_of = self.said.windows.get(session.folded), session.rooms, session.user, self.rooms
-        max_text, per_user, rate = self.config.max_text, self.config.dedupe_per_user, self.config.rate_limit
+        windows = self.said
+        said, rooms, user, room_of = windows.windows.get(session.folded), session.rooms, session.user, self.rooms
+        max_text, per_user, said_total = self.config.max_text, self.config.dedupe_per_user, windows.total
+        limited, conn = self.config.rate_limit or self.config.source_rate, session.conn
+        kept, room_cap = self.config.history_kept, self.config.history_bytes_per_room
         encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
         ts, persistent = now + self.wall_offset, self.store.persistent
-        end, grown, first = len(envelopes), 0, True
+        end, grown, added, first = len(envelopes), 0, 0, True
         try:
             while at < end:
                 req = envelopes[at]
-                if type(req) is not plain:
+                if type(req) is not plain or self.unavailable:
                     break
-                room_name, msg_id = req.room, req.id
+                room_name, msg_id, text = req.room, req.id, req.text
                 if (
                     room_name not in rooms
-                    or len(req.text) > max_text
+                    or len(text) > max_text
                     or (said is not None and msg_id in said)
-                    or (rate and not self._take_token(session, now))
+                    or (windows.size >= said_total and windows.full(now))
+                    or (limited and not self._spend(conn, now))
                 ):
                     break
                 # _publish and SaidWindows.remember, inlined: a call per message costs 5-10% of the
                 # broker's throughput.  tests/test_fast_path.py holds this loop to the general path.
                 room = room_of[room_name]
                 seq = room.seq = room.seq + 1
-                payload = encode(event(room=room_name, user=user, text=req.text, id=msg_id, seq=seq, ts=ts))
-                room.history.append(payload)
+                payload = encode(event(room=room_name, user=user, text=text, id=msg_id, seq=seq, ts=ts))
+                history = room.history
+                history.append(payload)
+                size = len(payload) + EVENT_OVERHEAD
+                room.bytes += size
+                added += size
+                if room.bytes > room_cap or len(history) > kept:
+                    added -= self._trim_room(room)
                 if persistent:
                     self.store.append(room_name, seq, payload)
                 out.append(new_tuple(Publish, (room.topic, payload)))
                 if first:
-                    said, first = self.said.window(session.folded), False  # made, or moved to most recent
-                said[msg_id] = reply = encode(ack(id=msg_id, room=room_name, seq=seq))
+                    said, first = windows.window(session.folded, now), False  # made, or moved to most recent
+                said[msg_id] = (
+                    reply := encode(ack(id=msg_id, room=room_name, seq=seq)),
+                    hash((room_name, text, False)),
+                )
                 mine.append(reply)
                 if len(said) > per_user:
                     said.popitem(last=False)
@@ -349,34 +507,56 @@ class ChatCore:
                     grown += 1
                 at += 1
         finally:
+            self.history_bytes += added
             if grown:
-                self.said.grew(grown)
+                windows.grew(grown, now)
         return at
 
-    def _handle_one(self, peer: bytes, env: Any, now: float, key: str | None, out: list[Output]) -> None:
+    def _handle_one(self, peer: bytes, conn: Peer, env: Any, now: float, key: str | None, out: list[Output]) -> None:
+        """One request, whatever it is: every one costs a token of its connection and of its source, and
+        a large reply more (``REPLY_TOKEN_BYTES``).  Errors become ``error`` replies; an unforeseen
+        exception becomes ``internal`` (what it had done by then stands, what it had to send is sent)."""
+        kind, msg_id, mark = "request", None, len(out)
         try:
+            limited = not self._spend(conn, now)
             request = m.parse_envelope(env)
-            kind = request["type"]
+            kind, msg_id = request["type"], request.get("id") or m.request_id(env)
             session = self.sessions.get(peer)
             if session is not None:
+                if session.key != key:  # CURVE: another key's connection took this routing id over
+                    raise ProtocolError(ErrorCode.SESSION_EXISTS, "this connection's session belongs to another key")
                 session.last_seen = now
-                if self.config.rate_limit and kind not in ("ping", "bye") and not self._take_token(session, now):
-                    raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests; slow down", request.get("id"))
-            elif kind not in m.SESSIONLESS:
-                raise ProtocolError(ErrorCode.NO_SESSION, "say hello first", request.get("id"))
+            if limited and kind != "bye":  # a bye only frees what the session held
+                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many requests; slow down", msg_id)
+            if session is None and kind not in m.SESSIONLESS:
+                raise ProtocolError(ErrorCode.NO_SESSION, "say hello first", msg_id)
+            if self.unavailable is not None and kind in WRITES:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"the broker cannot store now ({self.unavailable})", msg_id)
             if kind == "hello":
                 self._hello(peer, session, request, now, out, key)
             else:
                 self._handlers[kind](peer, session, request, now, out)
         except ProtocolError as exc:
             out.append(Reply(peer, m.encode(exc.envelope())))
+        except Exception as exc:  # the crash barrier
+            out.append(self._internal(peer, kind, exc, msg_id))
+        sent = sum(len(o.payload) for o in out[mark:] if type(o) is Reply and o.peer == peer)
+        if sent >= REPLY_TOKEN_BYTES:
+            self._spend(conn, now, sent // REPLY_TOKEN_BYTES, debt=True)
 
     def tick(self, now: float) -> list[Output]:
-        """Time passed: end silent sessions, publish the heartbeat when it is due."""
+        """Time passed: end silent sessions, forget idle connections, publish the heartbeat when it is due.
+
+        While the broker cannot store, sessions are not timed out: their leave events could not be kept."""
         out: list[Output] = []
         deadline = now - self.config.session_timeout
-        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
-            self._end_session(session, "timeout", now, out)
+        if self.unavailable is None:
+            for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
+                try:
+                    self._end_session(session, "timeout", now, out)
+                except Exception as exc:  # the crash barrier: one session's end, not the loop
+                    self._internal(session.peer, "timeout", exc)
+        self._forget_idle_peers(now)
         # The second test survives a clock that stepped back (the broker's is monotonic; a front end's may not be).
         if now >= self.next_heartbeat or self.next_heartbeat - now > self.config.heartbeat:
             self.next_heartbeat = now + self.config.heartbeat
@@ -390,6 +570,23 @@ class ChatCore:
         return [Publish(m.SYS_TOPIC, m.encode({"type": "shutdown", "epoch": self.epoch, "ts": ts}))]
 
     # --- requests -------------------------------------------------------------
+
+    def _forget_idle_peers(self, now: float) -> None:
+        """Connections without a session whose bucket has refilled carry nothing worth keeping; a source
+        with no connections left goes once its own bucket is full too.  Bounds both tables by the rates."""
+        cfg = self.config
+        sessions = self.sessions
+        idle = [
+            peer
+            for peer, conn in self.peers.items()
+            if peer not in sessions
+            and (not cfg.rate_limit or _refilled(conn.bucket, now, cfg.rate_limit, cfg.rate_burst))
+        ]
+        for peer in idle:
+            self.peers.pop(peer).source.peers -= 1
+        for name in [n for n, s in self.sources.items() if not s.peers and not s.sessions]:
+            if not cfg.source_rate or _refilled(self.sources[name].bucket, now, cfg.source_rate, cfg.source_burst):
+                del self.sources[name]
 
     def _hello(
         self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output], key: str | None
@@ -405,14 +602,19 @@ class ChatCore:
         if holder is not None and holder.peer != peer:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
         rooms = req.get("rooms", [m.DEFAULT_ROOM])
-        self._check_room_capacity(session.rooms if session else {}, rooms)
+        conn = self.peers[peer]
+        self._check_room_capacity(session.rooms if session else {}, rooms, conn.source)
         if session is None:
             cap = self.config.max_sessions_per_key
             if key is not None and cap and self.sessions_per_key[key] >= cap:
                 raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"at most {cap} sessions per key")
-            session = Session(peer, user, folded, {}, now, self.config.rate_burst, now, key)
+            cap = self.config.max_sessions_per_source
+            if cap and conn.source.sessions >= cap:
+                raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, f"at most {cap} sessions from one address or key")
+            session = Session(peer, user, folded, {}, now, conn, key)
             self.sessions[peer] = session
             self.by_name[folded] = session
+            conn.source.sessions += 1
             if key is not None:
                 self.sessions_per_key[key] += 1
         # A repeated hello (a client resuming after a reconnect) is answered again, harmlessly.
@@ -446,7 +648,7 @@ class ChatCore:
             raise ProtocolError(ErrorCode.NAME_RESERVED, f"{user!r} belongs to another key")
 
     def _join(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
-        self._check_room_capacity(session.rooms, [req["room"]])
+        self._check_room_capacity(session.rooms, [req["room"]], session.conn.source)
         self._enter(session, req["room"], now, out)
 
     def _leave(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -465,12 +667,13 @@ class ChatCore:
             self._check_text(req)
         if room_name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {room_name!r} before writing to it", msg_id)
+        self._check_said_room(now, msg_id)
         event = m.MsgEvent(room=room_name, user=session.user, text=req["text"], id=msg_id)
         if req.get("me"):
             event.me = True
         seq = self._publish(self.rooms[room_name], event, now, out)
         ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
-        self.said.remember(session.folded, msg_id, ack)
+        self.said.remember(session.folded, msg_id, ack, _fingerprint_of(req), now)
         out.append(Reply(peer, ack))
 
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -480,6 +683,7 @@ class ChatCore:
         target = self.by_name.get(req["to"].casefold())
         if target is None:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
+        self._check_said_room(now, req["id"])
         event = {
             "type": "dm",
             "user": session.user,
@@ -492,7 +696,7 @@ class ChatCore:
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
         ack = m.encode(m.Ack(id=req["id"], to=target.user))
-        self.said.remember(session.folded, req["id"], ack)
+        self.said.remember(session.folded, req["id"], ack, _fingerprint_of(req), now)
         out.append(Reply(peer, ack))
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -504,12 +708,17 @@ class ChatCore:
         room = self.rooms.get(name)
         after = req.get("after", 0)
         limit = min(req.get("limit", m.DEFAULT_HISTORY_LIMIT), self.config.max_history)
-        if room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
-            events = _after(room, after, limit)  # the common case: a recent gap, from memory
-        else:  # older, or a room at rest: from disk (nothing, with no database)
-            events = list(map(msgspec.Raw, self.store.read(name, after, limit)))
         seq = room.seq if room is not None else self.resting.get(name, 0)
-        reply = {"type": "history", "room": name, "events": events, "seq": seq}
+        if after >= seq:
+            payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
+        elif room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
+            payloads = _after(room, after, limit)  # the common case: a recent gap, from memory
+        else:  # older, or a room at rest: from disk (nothing, with no database)
+            payloads = self.store.read(name, after, limit)
+        events = _fit(payloads, self.config.max_reply_bytes)
+        reply: dict[str, Any] = {"type": "history", "room": name, "events": list(map(msgspec.Raw, events)), "seq": seq}
+        if len(events) < len(payloads):
+            reply["more"] = True  # cut to fit: ask again after the last event
         out.append(Reply(peer, m.encode(reply)))
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
@@ -534,11 +743,20 @@ class ChatCore:
                 req["id"],
             )
 
-    def _check_room_capacity(self, current: dict[str, None], rooms: list[str]) -> None:
+    def _check_said_room(self, now: float, msg_id: str) -> None:
+        if self.said.size >= self.said.total and self.said.full(now):
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker remembers as many recent message ids as it may; retry later", msg_id
+            )
+
+    def _check_room_capacity(self, current: dict[str, None], rooms: list[str], source: Source) -> None:
         new = [r for r in rooms if r not in current]
         cap = self.config.max_rooms_per_session
         if len(current) + len(new) > cap:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {cap} rooms per session")
+        cap = self.config.max_rooms_per_source
+        if cap and new and source.rooms + len(new) > cap:
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"at most {cap} room memberships from one address or key")
         wanted = len(self.rooms) + sum(r not in self.rooms for r in new) - self.config.max_rooms
         if wanted > 0 and not self._put_to_rest(wanted, keep=set(rooms)):
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "the broker has reached its room limit")
@@ -554,19 +772,47 @@ class ChatCore:
         for room in idle:
             del self.rooms[room.name]
             self.resting[room.name] = room.seq
+            self.history_bytes -= room.bytes
         return True
+
+    def _keep(self, room: Room, payloads: list[bytes]) -> None:
+        """Add already-published events to a room's in-memory history (a restart, a room back from rest)."""
+        room.history.extend(payloads)
+        size = sum(map(len, payloads)) + EVENT_OVERHEAD * len(payloads)
+        room.bytes += size
+        self.history_bytes += size - self._trim_room(room)
+
+    def _trim_room(self, room: Room) -> int:
+        """Drop a room's oldest kept events beyond its count and byte bounds; returns the bytes freed."""
+        history, kept, cap = room.history, self.config.history_kept, self.config.history_bytes_per_room
+        freed = 0
+        while len(history) > kept or (room.bytes - freed > cap and len(history) > 1):
+            freed += len(history.popleft()) + EVENT_OVERHEAD
+        room.bytes -= freed
+        return freed
+
+    def _trim_all(self, target: int) -> None:
+        """In-memory history over its total: the least recently joined rooms give up their oldest events."""
+        for room in self.rooms.values():
+            history = room.history
+            while history and self.history_bytes > target:
+                size = len(history.popleft()) + EVENT_OVERHEAD
+                room.bytes -= size
+                self.history_bytes -= size
+            if self.history_bytes <= target:
+                return
 
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(name, m.room_topic(name), deque(maxlen=self.config.history_kept))
+            room = self.rooms[name] = Room(name, m.room_topic(name), deque())
             seq = self.resting.pop(name, None)
             if seq is not None:  # back from rest: its seq goes on, its recent events come back from disk
                 room.seq = seq
                 kept = self.config.history_kept
                 recent = self.store.read(name, seq - kept, kept)
                 if recent and m.decode(recent[-1]).get("seq") == seq:  # contiguous up to seq, as kept
-                    room.history.extend(recent)
+                    self._keep(room, recent)
         return room
 
     def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
@@ -574,9 +820,11 @@ class ChatCore:
         self.rooms[room_name] = self.rooms.pop(room_name)  # most recently joined last: put to rest last
         if room_name not in session.rooms:
             session.rooms[room_name] = None
+            session.conn.source.rooms += 1
             room.add(session.user, session.folded)
             self._publish(room, m.JoinEvent(room=room_name, user=session.user), now, out)
-        recent = _after(room, room.seq - self.config.history_on_join, self.config.history_on_join)
+        shown = self.config.history_on_join
+        recent = _fit(_after(room, room.seq - shown, shown), self.config.max_reply_bytes, newest=True)
         out.append(
             Reply(
                 session.peer,
@@ -585,7 +833,7 @@ class ChatCore:
                         "type": "joined",
                         "room": room_name,
                         "users": _users(room),
-                        "history": recent,
+                        "history": list(map(msgspec.Raw, recent)),
                         "seq": room.seq,
                     }
                 ),
@@ -595,6 +843,7 @@ class ChatCore:
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
         room = self.rooms[room_name]
         del session.rooms[room_name]
+        session.conn.source.rooms -= 1
         room.remove(session.folded)
         self._publish(room, m.LeaveEvent(room=room_name, user=session.user, reason=reason), now, out)
 
@@ -603,6 +852,7 @@ class ChatCore:
             self._exit(session, room_name, reason, now, out)
         del self.sessions[session.peer]
         del self.by_name[session.folded]
+        session.conn.source.sessions -= 1
         if session.key is not None:
             self.sessions_per_key[session.key] -= 1
             if not self.sessions_per_key[session.key]:
@@ -615,30 +865,64 @@ class ChatCore:
         event.ts = now + self.wall_offset
         payload = m.encode(event)
         room.history.append(payload)
+        size = len(payload) + EVENT_OVERHEAD
+        room.bytes += size
+        self.history_bytes += size - self._trim_room(room)
         if self.store.persistent:  # a call per event that does nothing shows in the broker's throughput
             self.store.append(room.name, seq, payload)
         out.append(_new_tuple(Publish, (room.topic, payload)))  # Publish(...) without its Python-level __new__
         return seq
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
-        """A message we already accepted (its ack was lost): ack it again, publish nothing."""
-        ack = self.said.get(session.folded, req["id"])
-        if ack is None:
+        """A message we already accepted (its ack was lost): ack it again, publish nothing.  The same id
+        for anything else is refused: the old ack would tell the client a message it never sent went out."""
+        said = self.said.get(session.folded, req["id"])
+        if said is None:
             return False
+        ack, fp = said
+        if fp != _fingerprint_of(req):
+            raise ProtocolError(
+                ErrorCode.ID_REUSED, "you used this id lately for another message; use a new id", req["id"]
+            )
         out.append(Reply(peer, ack))
         return True
 
-    def _take_token(self, session: Session, now: float) -> bool:
-        """The session's token bucket (only called with a rate limit set)."""
-        rate = self.config.rate_limit
-        elapsed = max(0.0, now - session.tokens_at)  # a clock step back refills nothing, and takes nothing
-        tokens = min(self.config.rate_burst, session.tokens + elapsed * rate)
-        session.tokens_at = now
-        if tokens < 1:
-            session.tokens = tokens
+    def _spend(self, conn: Peer, now: float, cost: float = 1.0, debt: bool = False) -> bool:
+        """Take ``cost`` tokens from the connection's bucket and its source's; False (and nothing taken)
+        if either has less than one.  ``debt`` takes them anyway (a reply's size, known only after it)."""
+        cfg = self.config
+        peer_ok = not cfg.rate_limit or _refill(conn.bucket, now, cfg.rate_limit, cfg.rate_burst) >= 1
+        source_ok = not cfg.source_rate or _refill(conn.source.bucket, now, cfg.source_rate, cfg.source_burst) >= 1
+        if not (peer_ok and source_ok) and not debt:
             return False
-        session.tokens = tokens - 1
+        if cfg.rate_limit:
+            conn.bucket.tokens = max(-cfg.rate_burst, conn.bucket.tokens - cost)
+        if cfg.source_rate:
+            conn.source.bucket.tokens = max(-cfg.source_burst, conn.source.bucket.tokens - cost)
         return True
+
+
+def _refill(bucket: Bucket, now: float, rate: float, burst: float) -> float:
+    """Bring a bucket up to ``now``; a clock step back refills nothing, and takes nothing."""
+    if now > bucket.at:
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+    return bucket.tokens
+
+
+def _refilled(bucket: Bucket, now: float, rate: float, burst: float) -> bool:
+    return bucket.tokens + max(0.0, now - bucket.at) * rate >= burst
+
+
+def _fingerprint_of(req: dict) -> int:
+    target = req["room"] if req["type"] == "msg" else "@" + req["to"].casefold()
+    return fingerprint(target, req["text"], bool(req.get("me")))
+
+
+def _origin(exc: BaseException) -> str:
+    """Where an exception was raised: file and line of its innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else "?"
 
 
 def _users(room: Room | None) -> list[str]:
@@ -650,7 +934,24 @@ def _first_kept(room: Room) -> int:
     return room.seq - len(room.history) + 1
 
 
-def _after(room: Room, after: int, limit: int) -> list[msgspec.Raw]:
-    """The first ``limit`` kept events with ``seq > after``, ready to embed in a reply."""
+def _after(room: Room, after: int, limit: int) -> list[bytes]:
+    """The first ``limit`` kept events with ``seq > after``."""
     start = max(0, after + 1 - _first_kept(room))
-    return [msgspec.Raw(p) for p in itertools.islice(room.history, start, start + limit)]
+    if start >= len(room.history):
+        return []
+    return list(itertools.islice(room.history, start, start + limit))
+
+
+def _fit(payloads: list[bytes], budget: int, newest: bool = False) -> list[bytes]:
+    """As many of ``payloads`` as fit in ``budget`` bytes (the oldest first, or with ``newest`` the
+    newest), and always at least one, so a reply makes progress whatever one event's size."""
+    if sum(map(len, payloads)) <= budget:
+        return payloads
+    order = reversed(payloads) if newest else iter(payloads)
+    fitted, used = [], 0
+    for payload in order:
+        used += len(payload) + 1
+        if fitted and used > budget:
+            break
+        fitted.append(payload)
+    return fitted[::-1] if newest else fitted

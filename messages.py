@@ -40,6 +40,12 @@ MAX_HELLO_ROOM_ITEMS = 256
 MAX_HISTORY_LIMIT = 500
 #: Events returned by ``history`` when it gives no ``limit``.
 DEFAULT_HISTORY_LIMIT = 100
+#: Largest ``seq``/``after`` a request may name: SQLite's INTEGER is signed 64-bit.
+MAX_SEQ = 2**63 - 1
+#: Most bytes of events one reply (``history``, or ``joined``'s history) carries.  A cut ``history``
+#: says ``more: true`` and the client asks again from its last event; ``joined`` keeps the newest.
+#: One event always goes, whatever its size, so a reply makes progress.
+MAX_REPLY_BYTES = 64 * 1024
 #: Most requests one inbox frame may carry as a batch (a JSON array of envelopes).  Bounds the work
 #: (and the replies) one frame can cause, like MAX_FRAME_BYTES bounds its size.
 MAX_BATCH_REQUESTS = 256
@@ -79,7 +85,10 @@ class ErrorCode(str, Enum):
     TOO_MANY_SESSIONS = "too_many_sessions"  # hello beyond the sessions-per-key limit (CURVE)
     NAME_RESERVED = "name_reserved"  # the name is bound to another key, or this key is bound to another name
     TOO_LARGE = "too_large"  # text longer than MAX_TEXT_CHARS
-    RATE_LIMITED = "rate_limited"  # the session's token bucket is empty; retry later
+    RATE_LIMITED = "rate_limited"  # the connection's or the source's token bucket is empty; retry later
+    ID_REUSED = "id_reused"  # the id was used lately by this user for a different request; pick a new id
+    UNAVAILABLE = "unavailable"  # the broker cannot store anything now (disk full or read-only, or at a memory bound)
+    INTERNAL = "internal"  # an unforeseen error while handling this request; it was not done, the broker serves on
 
     def __str__(self) -> str:
         return self.value
@@ -297,8 +306,8 @@ def check_bool(field: str, value: Any) -> bool:
 
 
 def check_seq(field: str, value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be an integer >= 0")
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be an integer from 0 to {MAX_SEQ}")
     return value
 
 
@@ -370,6 +379,12 @@ def parse_request(frames: list[bytes]) -> dict[str, Any]:
     return parse_envelope(decode_frame(frames))
 
 
+def request_id(env: Any) -> str | None:
+    """The ``id`` an ``error`` about this envelope echoes: only one we could have accepted."""
+    msg_id = env.get("id") if type(env) is dict else None
+    return msg_id if type(msg_id) is str and 0 < len(msg_id) <= MAX_ID_CHARS else None
+
+
 def parse_envelope(env: Any) -> dict[str, Any]:
     """Validate one decoded request envelope.
 
@@ -382,9 +397,7 @@ def parse_envelope(env: Any) -> dict[str, Any]:
         env = {"type": "msg", "room": env.room, "text": env.text, "id": env.id}  # for the precise error
     if type(env) is not dict:
         raise ProtocolError(ErrorCode.BAD_ENVELOPE, "the envelope must be a JSON object")
-    msg_id = env.get("id")
-    if type(msg_id) is not str or not 0 < len(msg_id) <= MAX_ID_CHARS:
-        msg_id = None  # only echo ids we could have accepted
+    msg_id = request_id(env)
     kind = env.get("type")
     if type(kind) is not str:
         raise ProtocolError(ErrorCode.BAD_ENVELOPE, "the envelope needs a string 'type'", msg_id)

@@ -14,6 +14,7 @@ fsyncs every commit for that, at the price of a disk flush per batch.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class MemoryStore:
     def read(self, room: str, after: int, limit: int) -> list[bytes]:
         return []
 
+    pending = 0
+
     def commit(self) -> None:
         pass
 
@@ -56,8 +59,16 @@ class MemoryStore:
         pass
 
 
+class StoreInUse(RuntimeError):
+    """Another process (another broker) has the database."""
+
+
 class SqliteStore:
-    """Room events in one SQLite table; rows are buffered and written in one transaction per ``commit``."""
+    """Room events in one SQLite table; rows are buffered and written in one transaction per ``commit``.
+
+    One broker per file: two would hand out the same seqs.  ``PATH.lock`` holds an exclusive lock
+    (``lockf``, released by the kernel however the holder dies) and the holder's pid, for the message.
+    """
 
     persistent = True
 
@@ -66,6 +77,16 @@ class SqliteStore:
             raise ValueError(f"sync must be one of {SYNC_LEVELS}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite's own in-memory database (tests use it) has no file to share, so nothing to lock.
+        self._lock = _lock(self.path.with_name(self.path.name + ".lock")) if str(path) != ":memory:" else -1
+        try:
+            self._open(sync)
+        except BaseException:
+            if self._lock >= 0:
+                os.close(self._lock)
+            raise
+
+    def _open(self, sync: str) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None)  # we issue BEGIN/COMMIT ourselves
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={sync.upper()}")
@@ -86,6 +107,8 @@ class SqliteStore:
             raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
         #: Names this history for as long as the file lives; a new file means seqs started over.
         self.history_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()[0]
+        self.db.execute("BEGIN IMMEDIATE")  # can we write at all (a read-only file, folder or disk)?  Say so now.
+        self.db.execute("ROLLBACK")
         self._rows: list[tuple[str, int, bytes]] = []
 
     def load(self, recent_per_room: int) -> Snapshot:
@@ -108,22 +131,49 @@ class SqliteStore:
         )
         return [payload for (payload,) in rows]
 
+    @property
+    def pending(self) -> int:
+        """Events appended but not yet committed."""
+        return len(self._rows)
+
     def commit(self) -> None:
-        """One transaction for everything appended since the last commit."""
+        """One transaction for everything appended since the last commit.  If it fails (a full or
+        read-only disk: ``sqlite3.Error``), nothing is lost: the rows stay pending for the next try."""
         if not self._rows:
             return
-        rows, self._rows = self._rows, []
         self.db.execute("BEGIN")
         try:
-            self.db.executemany("INSERT INTO events (room, seq, payload) VALUES (?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO events (room, seq, payload) VALUES (?, ?, ?)", self._rows)
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        self._rows = []
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        try:
+            self.commit()
+        finally:
+            self.db.close()
+            if self._lock >= 0:
+                os.close(self._lock)
+
+
+def _lock(path: Path) -> int:
+    """Take ``path``'s exclusive lock and write our pid in it, or raise ``StoreInUse`` naming the holder."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreInUse(
+            f"another broker (pid {holder}) is using it; stop that one first, or give another --db"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def open_store(path: str, sync: str = "normal") -> MemoryStore | SqliteStore:

@@ -290,7 +290,9 @@ def start_broker(work: Path, db: str = ":memory:") -> Server:
     argv = [PY, "broker.py", "--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--db", db, *BROKER_ARGS]
     for attempt in range(3):  # the broker is being worked on: a start that fails is retried a little later
         try:
-            return _zmq_server([*argv, "--rate-limit", "0"], "broker")
+            # The load comes from one address: no per-connection or per-source limit may be what is measured.
+            unlimited = ["--rate-limit", "0", "--source-rate", "0", "--max-sessions-per-source", "0"]
+            return _zmq_server([*argv, *unlimited, "--max-rooms-per-source", "0"], "broker")
         except BenchError as exc:
             if attempt == 2:
                 raise BenchError(f"the broker does not start: {exc}") from None

@@ -105,7 +105,7 @@ class Soak:
 
     def start_broker(self) -> None:
         argv = ["broker.py", "--router", self.router, "--pub", self.pub, "--db", str(self.db)]
-        argv += ["--rate-limit", "0", "--heartbeat", "0.5", "--session-timeout", "3"]
+        argv += ["--rate-limit", "0", "--source-rate", "0", "--heartbeat", "0.5", "--session-timeout", "3"]
         self.broker = self.spawn(argv, "broker")
 
     def start_bot(self, slot: int) -> None:

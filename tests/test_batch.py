@@ -52,7 +52,7 @@ def test_a_batch_is_handled_in_order_and_answered_as_one_frame(harness: Harness)
 
 
 def test_replies_to_a_big_batch_come_in_bounded_frames_and_lose_nothing(harness: Harness) -> None:
-    broker = harness.broker("--rate-limit", "0")
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0")
     raw = harness.raw(broker)
     raw.request({"type": "hello", "user": "bot"})
     assert [raw.reply()["type"], raw.reply()["type"]] == ["welcome", "joined"]
@@ -78,9 +78,9 @@ def test_replies_to_a_big_batch_come_in_bounded_frames_and_lose_nothing(harness:
 
 
 def test_a_batch_counts_against_the_rate_limit_request_by_request(harness: Harness) -> None:
-    broker = harness.broker("--rate-limit", "1", "--rate-burst", "3")
+    broker = harness.broker("--rate-limit", "1", "--rate-burst", "4")
     raw = harness.raw(broker)
-    raw.request({"type": "hello", "user": "bot"})  # takes no token: there is no session yet
+    raw.request({"type": "hello", "user": "bot"})  # takes one of the four tokens
     assert [raw.reply()["type"], raw.reply()["type"]] == ["welcome", "joined"]
     raw.send(msgspec.json.encode([msg(n) for n in range(6)]))
     codes = [r.get("code", r["type"]) for r in raw.replies()]
@@ -88,7 +88,7 @@ def test_a_batch_counts_against_the_rate_limit_request_by_request(harness: Harne
 
 
 def test_say_many_sends_batches_and_every_message_is_acked_once_in_order(harness: Harness) -> None:
-    broker = harness.broker("--rate-limit", "0")
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0")
     raw = harness.raw(broker)
     raw.wait_subscribed()
     with ChatClient("bot", router=broker.router, pub=broker.pub, context=harness.ctx) as bot:

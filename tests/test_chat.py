@@ -591,13 +591,13 @@ def test_joined_history_of_a_new_room_is_only_the_own_join() -> None:
 
 def test_rate_limit_allows_a_burst_then_refuses() -> None:
     core = make(rate_limit=2.0, rate_burst=5.0)
-    hello(core, A, "alice")  # a new session's hello costs nothing
-    results = [types(say(core, A, f"m{i}"))[-1] for i in range(6)]
-    assert results == ["ack"] * 5 + ["error"]
+    hello(core, A, "alice")  # every request costs a token, the hello too
+    results = [types(say(core, A, f"m{i}"))[-1] for i in range(5)]
+    assert results == ["ack"] * 4 + ["error"]
 
 
 def test_rate_limited_error_code_and_id() -> None:
-    core = make(rate_limit=2.0, rate_burst=1.0)
+    core = make(rate_limit=2.0, rate_burst=2.0)
     hello(core, A, "alice")
     say(core, A, "first")
     error = only_error(say(core, A, "second"))
@@ -606,7 +606,7 @@ def test_rate_limited_error_code_and_id() -> None:
 
 
 def test_rate_limited_msg_is_not_published() -> None:
-    core = make(rate_limit=2.0, rate_burst=1.0)
+    core = make(rate_limit=2.0, rate_burst=2.0)
     hello(core, A, "alice")
     say(core, A, "first")
     assert publishes(say(core, A, "second")) == []
@@ -616,7 +616,7 @@ def test_rate_limited_msg_is_not_published() -> None:
 def test_rate_limit_refills_as_time_passes() -> None:
     core = make(rate_limit=2.0, rate_burst=5.0)
     hello(core, A, "alice")
-    for i in range(5):
+    for i in range(4):
         say(core, A, f"m{i}")
     assert only_error(say(core, A, "x", now=0.1))["code"] == "rate_limited"
     assert types(say(core, A, "y", now=0.6))[-1] == "ack"  # 0.6 s * 2/s = 1.2 tokens
@@ -630,35 +630,85 @@ def test_rate_limit_refill_is_capped_at_the_burst() -> None:
     assert results == ["ack", "ack", "ack", "error"]
 
 
-def test_rate_limit_is_per_session() -> None:
-    core = make(rate_limit=1.0, rate_burst=1.0)
+def test_rate_limit_is_per_connection() -> None:
+    core = make(rate_limit=1.0, rate_burst=2.0)
     hello(core, A, "alice")
     hello(core, B, "bob")
     say(core, A, "a1")
     assert types(say(core, B, "b1"))[-1] == "ack"
 
 
+def test_bye_and_hello_again_do_not_refill_the_bucket() -> None:
+    core = make(rate_limit=1.0, rate_burst=3.0)
+    hello(core, A, "alice")
+    say(core, A, "a1")
+    send(core, A, {"type": "bye"})
+    hello(core, A, "alice")  # the third token
+    assert only_error(say(core, A, "a2"))["code"] == "rate_limited"
+
+
+def test_a_source_is_limited_across_its_connections() -> None:
+    core = make(rate_limit=0.0, source_rate=1.0, source_burst=4.0)
+    codes = []
+    for i in range(6):  # a new connection each time, all from one address
+        out = core.handle(b"conn-%d-xxxxxxxx" % i, [m.encode({"type": "ping"})], 0.0, address="10.0.0.7")
+        codes.append(m.decode(out[0].payload).get("code", "pong"))
+    assert codes == ["pong"] * 4 + ["rate_limited"] * 2
+    other = core.handle(b"conn-other-xxxxx", [m.encode({"type": "ping"})], 0.0, address="10.0.0.8")
+    assert m.decode(other[0].payload)["type"] == "pong"
+
+
+def test_sessions_per_source_are_capped() -> None:
+    core = make(rate_limit=0.0, source_rate=0.0, max_sessions_per_source=2)
+    codes = []
+    for i in range(3):
+        out = core.handle(
+            b"conn-%d-xxxxxxxx" % i, [m.encode({"type": "hello", "user": f"u{i}"})], 0.0, address="10.0.0.7"
+        )
+        codes.append(m.decode(out[0].payload).get("code", "welcome"))
+    assert codes == ["welcome", "welcome", "too_many_sessions"]
+
+
+def test_room_memberships_per_source_are_capped() -> None:
+    core = make(rate_limit=0.0, source_rate=0.0, max_rooms_per_source=3)
+
+    def ask(peer: bytes, env: dict) -> dict:
+        return replies(core.handle(peer, [m.encode(env)], 0.0, address="10.0.0.7"))[0]
+
+    assert ask(b"conn-a-xxxxxxxx", {"type": "hello", "user": "a", "rooms": ["r1", "r2"]})["type"] == "welcome"
+    assert ask(b"conn-b-xxxxxxxx", {"type": "hello", "user": "b", "rooms": ["r1"]})["type"] == "welcome"
+    assert ask(b"conn-b-xxxxxxxx", {"type": "join", "room": "r3"})["code"] == "too_many_rooms"
+    ask(b"conn-a-xxxxxxxx", {"type": "leave", "room": "r2"})
+    assert ask(b"conn-b-xxxxxxxx", {"type": "join", "room": "r3"})["type"] == "joined"
+
+
 def test_rate_limit_zero_disables_it() -> None:
-    core = make(rate_limit=0.0, rate_burst=0.0)
+    core = make(rate_limit=0.0, rate_burst=0.0, source_rate=0.0)
     hello(core, A, "alice")
     assert all(types(say(core, A, f"m{i}"))[-1] == "ack" for i in range(500))
 
 
-def test_ping_is_never_rate_limited() -> None:
-    core = make(rate_limit=1.0, rate_burst=1.0)
+def test_pings_cost_tokens_too() -> None:
+    core = make(rate_limit=1.0, rate_burst=3.0)
     hello(core, A, "alice")
-    say(core, A, "spend")
-    for _ in range(50):
-        assert replies(send(core, A, {"type": "ping"}))[0]["type"] == "pong"
-    assert only_error(say(core, A, "more"))["code"] == "rate_limited"
+    assert [replies(send(core, A, {"type": "ping"}))[0]["type"] for _ in range(3)] == ["pong", "pong", "error"]
 
 
-def test_pings_do_not_spend_tokens() -> None:
+def test_sessionless_requests_cost_tokens_too() -> None:
     core = make(rate_limit=1.0, rate_burst=2.0)
+    codes = [replies(send(core, A, {"type": "rooms"}))[0]["type"] for _ in range(3)]
+    assert codes == ["rooms", "rooms", "error"]
+
+
+def test_a_large_reply_costs_more_tokens() -> None:
+    core = make(rate_limit=1.0, rate_burst=40.0, source_rate=0.0)
     hello(core, A, "alice")
-    for _ in range(10):
-        send(core, A, {"type": "ping"})
-    assert [types(say(core, A, f"m{i}"))[-1] for i in range(3)] == ["ack", "ack", "error"]
+    for i in range(30):
+        send(core, A, {"type": "msg", "room": "general", "text": "x" * 3000, "id": f"m{i}"}, now=100.0 + i)
+    tokens = core.peers[A].bucket.tokens
+    out = send(core, A, {"type": "history", "room": "general"}, now=130.0)
+    size = len(out[0].payload)  # cut at the reply budget: ~64 KiB, so 1 + 3 tokens (after a refill of 1)
+    assert size > 3 * 16 * 1024 and core.peers[A].bucket.tokens <= tokens + 1 - 1 - size // (16 * 1024)
 
 
 def test_bye_is_never_rate_limited() -> None:

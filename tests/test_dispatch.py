@@ -29,7 +29,7 @@ def wired():
     dealer.connect("inproc://inbox")
     dealer.send(b"hi")  # so the ROUTER knows the peer
     router.recv_multipart()
-    broker = Broker(router, pub, ChatCore(ChatConfig(rate_limit=0)))
+    broker = Broker(router, pub, ChatCore(ChatConfig(rate_limit=0, source_rate=0)))
     yield broker, sub, dealer
     ctx.destroy(linger=0)
 

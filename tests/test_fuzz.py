@@ -129,7 +129,7 @@ def test_parse_request_accepts_exactly_what_it_returns(env: dict) -> None:
 
 
 def core_with_a_session() -> ChatCore:
-    core = ChatCore(ChatConfig(rate_limit=0.0), epoch="e")
+    core = ChatCore(ChatConfig(rate_limit=0.0, source_rate=0.0), epoch="e")
     core.handle(b"A", [b'{"type": "hello", "user": "alice", "rooms": ["general", "dev"]}'], 0.0)
     core.handle(b"B", [b'{"type": "hello", "user": "bob"}'], 0.0)
     return core

@@ -70,7 +70,7 @@ def check_exactly_once(log: list[dict], user: str, ids: list[str]) -> None:
 def test_kill_9_and_restart_loses_nothing_acknowledged(harness: Harness) -> None:
     ends = fixed_endpoints()
     db = str(harness.tmp_path / "chat.db")
-    broker = harness.broker("--rate-limit", "0", db=db, **ends)
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=db, **ends)
     log_path = harness.tmp_path / "chat.jsonl"
     harness.logger(broker, "--out", str(log_path))
     ids, acks = [], []
@@ -82,7 +82,7 @@ def test_kill_9_and_restart_loses_nothing_acknowledged(harness: Harness) -> None
             if i == 200:
                 broker.kill()  # SIGKILL, mid-stream: some messages handled, some committed, some not
                 assert broker.wait() == -signal.SIGKILL
-                broker = harness.broker("--rate-limit", "0", db=db, **ends)
+                broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=db, **ends)
         acks += drain_acks(bot)
         assert bot.sequencer.lost == 0
     # Each message acked (an ack may be repeated for a resend: the same seq both times).
@@ -127,7 +127,9 @@ def test_text_typed_while_the_broker_is_down_is_sent_when_it_is_back(harness: Ha
 
 def test_a_stopped_logger_still_writes_every_event_once_in_order(harness: Harness) -> None:
     # A small feed high-water mark, so the PUB really drops what the stopped logger cannot take.
-    broker = harness.broker("--rate-limit", "0", "--feed-hwm", "50", db=str(harness.tmp_path / "chat.db"))
+    broker = harness.broker(
+        "--rate-limit", "0", "--source-rate", "0", "--feed-hwm", "50", db=str(harness.tmp_path / "chat.db")
+    )
     log_path = harness.tmp_path / "chat.jsonl"
     logger = harness.logger(broker, "--out", str(log_path))
     ends = {"router": broker.router, "pub": broker.pub}
@@ -150,7 +152,7 @@ def test_a_stopped_logger_still_writes_every_event_once_in_order(harness: Harnes
 
 
 def test_a_restarted_logger_resumes_without_repeats_or_gaps(harness: Harness) -> None:
-    broker = harness.broker("--rate-limit", "0")
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0")
     log_path = harness.tmp_path / "chat.jsonl"
     logger = harness.logger(broker, "--out", str(log_path))
     ends = {"router": broker.router, "pub": broker.pub}
@@ -179,7 +181,7 @@ def test_a_logger_restarted_after_the_history_started_over_logs_the_new_one(harn
     """With no database a restarted broker starts every room at seq 1 again.  A logger that was stopped
     meanwhile must not take the new events for ones it has (same seqs): it logs the new history too."""
     ends = fixed_endpoints()
-    broker = harness.broker("--rate-limit", "0", **ends)
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0", **ends)
     log_path = harness.tmp_path / "chat.jsonl"
     logger = harness.logger(broker, "--out", str(log_path))
     with ChatClient("talker", **ends) as bot:
@@ -192,7 +194,9 @@ def test_a_logger_restarted_after_the_history_started_over_logs_the_new_one(harn
         assert logger.wait() == 0
         broker.kill()
         broker.wait()
-        broker = harness.broker("--rate-limit", "0", **ends)  # the same endpoints, an empty history
+        broker = harness.broker(
+            "--rate-limit", "0", "--source-rate", "0", **ends
+        )  # the same endpoints, an empty history
         wait_for(
             lambda: bot.poll(0.05) is not None and bot.user is not None and "general" in bot.rooms,
             what="the bot to be back in #general",

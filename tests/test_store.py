@@ -97,7 +97,7 @@ def test_dedupe_is_per_user_and_case_insensitive() -> None:
 
 
 def test_each_user_keeps_their_last_ids_however_much_others_say() -> None:
-    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=20, rate_limit=0))
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=20, rate_limit=0, source_rate=0))
     acks = chat(core, ["a1", "a2", "a3", "a4"])
     chat(core, [f"b{i}" for i in range(15)], user="bob", peer=B)  # bob's flood does not push alice's ids out
     send(core, {"type": "hello", "user": "alice"})
@@ -109,7 +109,7 @@ def test_each_user_keeps_their_last_ids_however_much_others_say() -> None:
 
 
 def test_requests_that_write_nothing_leave_the_windows_alone() -> None:
-    core = ChatCore(ChatConfig(dedupe_per_user=2, dedupe_total=4, rate_limit=0))
+    core = ChatCore(ChatConfig(dedupe_per_user=2, dedupe_total=4, rate_limit=0, source_rate=0))
     ack = chat(core, ["m1"])[0]
     for i in range(20):  # idle clients, and writes that are refused, from 20 other users
         peer = b"p%d" % i
@@ -123,7 +123,7 @@ def test_requests_that_write_nothing_leave_the_windows_alone() -> None:
 
 
 def test_past_the_total_the_least_recently_active_users_are_forgotten_first() -> None:
-    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=8, rate_limit=0))
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=8, dedupe_age=0, rate_limit=0, source_rate=0))
     chat(core, ["a1", "a2"])
     chat(core, ["b1", "b2"], user="bob", peer=B)
     chat(core, ["c1", "c2", "c3"], user="carol", peer=b"peer-c")  # 3 windows + 7 ids > 8: alice goes
@@ -134,12 +134,34 @@ def test_past_the_total_the_least_recently_active_users_are_forgotten_first() ->
 
 
 def test_the_window_being_written_to_is_kept_and_the_least_recently_written_goes() -> None:
-    said = SaidWindows(per_user=3, total=4)
+    said = SaidWindows(per_user=3, total=4, age=0)
     for i in range(5):
-        said.remember("alice", f"a{i}", b"ack")
+        said.remember("alice", f"a{i}", b"ack", 1, now=0.0)
     assert list(said.windows["alice"]) == ["a2", "a3", "a4"]
-    said.remember("bob", "b0", b"ack")  # alice, the least recent, goes to keep the total
-    assert list(said.windows) == ["bob"] and said.get("alice", "a4") is None and said.get("bob", "b0") == b"ack"
+    said.remember("bob", "b0", b"ack", 1, now=0.0)  # alice, the least recent, goes to keep the total
+    assert list(said.windows) == ["bob"] and said.get("alice", "a4") is None and said.get("bob", "b0") == (b"ack", 1)
+
+
+def test_ids_younger_than_the_age_are_never_forgotten_for_others() -> None:
+    said = SaidWindows(per_user=3, total=4, age=600)
+    for i in range(3):
+        said.remember("alice", f"a{i}", b"ack", 1, now=0.0)
+    assert said.full(now=599.0)  # bob must wait: alice's ids are younger than ten minutes
+    assert not said.full(now=600.0)  # now alice's window may go
+    said.remember("bob", "b0", b"ack", 1, now=600.0)
+    assert list(said.windows) == ["bob"]
+
+
+def test_a_full_dedupe_memory_refuses_new_messages_with_unavailable() -> None:
+    core = ChatCore(ChatConfig(dedupe_per_user=3, dedupe_total=6, rate_limit=0, source_rate=0))
+    ack = chat(core, ["a1", "a2"])[1]
+    chat(core, ["b1", "b2"], user="bob", peer=B)
+    out = send(core, {"type": "msg", "room": "general", "text": "c1", "id": "c1"}, b"peer-c")  # no session
+    out = send(core, {"type": "hello", "user": "carol"}, b"peer-c")
+    out = send(core, {"type": "msg", "room": "general", "text": "c1", "id": "c1"}, b"peer-c")
+    assert replies(out)[0]["code"] == "unavailable" and published(out) == []
+    out = send(core, {"type": "msg", "room": "general", "text": "a2", "id": "a2"})  # alice's resend: still known
+    assert replies(out) == [ack] and published(out) == []
 
 
 @pytest.mark.parametrize("per_user, total", [(0, 10), (10, 10), (11, 10)])
@@ -158,7 +180,9 @@ def test_a_window_holds_more_than_a_client_keeps_unacknowledged() -> None:
 
 
 def test_history_older_than_memory_comes_from_disk(tmp_path: Path) -> None:
-    core = ChatCore(ChatConfig(history_kept=5, history_on_join=2, rate_limit=0), store=SqliteStore(tmp_path / "c.db"))
+    core = ChatCore(
+        ChatConfig(history_kept=5, history_on_join=2, rate_limit=0, source_rate=0), store=SqliteStore(tmp_path / "c.db")
+    )
     chat(core, [f"m{i}" for i in range(20)])
     reply = replies(send(core, {"type": "history", "room": "general", "after": 0, "limit": 500}))[0]
     assert [e["seq"] for e in reply["events"]] == list(range(1, 22))
@@ -223,7 +247,7 @@ def leave(core: ChatCore, room: str, peer: bytes = A) -> None:
 @pytest.mark.parametrize("persistent", [False, True])
 def test_a_room_nobody_is_in_is_put_to_rest_and_comes_back_with_its_seq(tmp_path: Path, persistent: bool) -> None:
     store = SqliteStore(tmp_path / "c.db") if persistent else MemoryStore()
-    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0), store=store)
+    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0, source_rate=0), store=store)
     send(core, {"type": "hello", "user": "alice", "rooms": ["old"]})
     send(core, {"type": "msg", "room": "old", "text": "remember", "id": "r"})
     leave(core, "old")
@@ -244,7 +268,7 @@ def test_a_room_nobody_is_in_is_put_to_rest_and_comes_back_with_its_seq(tmp_path
 
 
 def test_rooms_with_people_in_them_are_never_put_to_rest() -> None:
-    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0))
+    core = ChatCore(ChatConfig(max_rooms=2, rate_limit=0, source_rate=0))
     send(core, {"type": "hello", "user": "alice", "rooms": ["one", "two"]})
     assert join(core, "three")["code"] == "too_many_rooms"
     leave(core, "one")
@@ -254,13 +278,13 @@ def test_rooms_with_people_in_them_are_never_put_to_rest() -> None:
 
 def test_a_restart_with_more_rooms_than_memory_keeps_them_all_at_rest(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
-    core = ChatCore(ChatConfig(max_rooms=100, rate_limit=0), store=SqliteStore(path))
+    core = ChatCore(ChatConfig(max_rooms=100, rate_limit=0, source_rate=0), store=SqliteStore(path))
     send(core, {"type": "hello", "user": "alice", "rooms": [f"r{n}" for n in range(10)]})
     for n in range(10):
         send(core, {"type": "msg", "room": f"r{n}", "text": f"in r{n}", "id": f"m{n}"})
     core.commit()
     core.store.close()
-    again = ChatCore(ChatConfig(max_rooms=3, rate_limit=0), store=SqliteStore(path))
+    again = ChatCore(ChatConfig(max_rooms=3, rate_limit=0, source_rate=0), store=SqliteStore(path))
     assert len(again.rooms) == 3 and len(again.resting) == 7
     assert replies(send(again, {"type": "rooms"}))[0]["rooms"] == {f"r{n}": 2 for n in range(10)}
     # A resend after the restart is still recognised, in a room at rest too.

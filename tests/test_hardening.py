@@ -1,0 +1,393 @@
+"""Hardening of the broker against hostile peers and failing storage: the crash barrier, range checks,
+replies and history bounded in bytes, ids that cannot be reused for other messages, storage faults
+that stop acks but lose nothing, one broker per database, and sessions bound to their CURVE key."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+from conftest import ROOT, WAIT, Harness
+
+import keys
+import messages as m
+from broker import Broker
+from chat import EVENT_OVERHEAD, ChatConfig, ChatCore, Publish, Reply
+from store import SqliteStore, StoreInUse
+
+A, B = b"conn-alice-00000", b"conn-bob-0000000"
+UNLIMITED = {"rate_limit": 0.0, "source_rate": 0.0}
+
+
+def send(core: ChatCore, env: Any, peer: bytes = A, now: float = 1.0) -> list:
+    out = core.handle(peer, [msgspec.json.encode(env)], now)
+    core.commit()
+    return out
+
+
+def replies(out: list) -> list[dict]:
+    return [e for o in out if isinstance(o, Reply) for e in m.feed_events(o.payload)]
+
+
+def published(out: list) -> list[dict]:
+    return [e for o in out if isinstance(o, Publish) for e in m.feed_events(o.payload)]
+
+
+def hello(core: ChatCore, user: str = "alice", peer: bytes = A, rooms: list[str] | None = None) -> None:
+    env: dict[str, Any] = {"type": "hello", "user": user}
+    if rooms is not None:
+        env["rooms"] = rooms
+    assert replies(send(core, env, peer))[0]["type"] == "welcome"
+
+
+def msg(text: str, msg_id: str, room: str = "general", **extra: Any) -> dict:
+    return {"type": "msg", "room": room, "text": text, "id": msg_id, **extra}
+
+
+# --- the crash barrier ---------------------------------------------------------------------------
+
+
+def test_an_unforeseen_exception_costs_one_request_not_the_broker(caplog: pytest.LogCaptureFixture) -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core)
+
+    def broken(*args: Any) -> None:
+        raise KeyError("a bug")
+
+    core._handlers["who"] = broken
+    with caplog.at_level(logging.ERROR, logger="chat"):
+        for _ in range(3):
+            (error,) = replies(send(core, {"type": "who", "room": "general", "id": "w1"}))
+            assert error == {"type": "error", "code": "internal", "detail": error["detail"], "id": "w1"}
+    assert len([r for r in caplog.records if "internal error" in r.getMessage()]) == 1  # logged once, then counted
+    assert sum(core.internal_errors.values()) == 3
+    assert replies(send(core, msg("still here", "m1")))[0]["type"] == "ack"
+
+
+def test_the_barrier_holds_inside_a_batch_and_the_rest_of_the_batch_is_served() -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core)
+    core._handlers["who"] = lambda *args: 1 / 0
+    batch = [msg("one", "b1"), {"type": "who", "room": "general"}, msg("two", "b2")]
+    got = replies(send(core, batch))
+    assert [r.get("code", r["type"]) for r in got] == ["ack", "internal", "ack"]
+
+
+@pytest.mark.parametrize("after", [2**63, 2**64, -1, 1.5, "9", None, 1e300])
+def test_out_of_range_after_is_a_bad_field(after: Any) -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    (reply,) = replies(send(core, {"type": "history", "room": "general", "after": after}))
+    assert reply.get("code") in ("bad_field", "bad_json") or (after is None and reply["type"] == "history")
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_the_largest_after_is_an_empty_history(tmp_path: Path, persistent: bool) -> None:
+    store = SqliteStore(tmp_path / "c.db") if persistent else None
+    core = ChatCore(ChatConfig(max_rooms=1, **UNLIMITED), store=store)
+    hello(core, rooms=["quiet"])
+    send(core, {"type": "leave", "room": "quiet"})
+    send(core, {"type": "join", "room": "general"})  # puts "quiet" to rest: asked for, it comes from disk
+    for room in ("general", "quiet", "nowhere"):
+        (reply,) = replies(send(core, {"type": "history", "room": room, "after": m.MAX_SEQ}))
+        assert reply["type"] == "history" and reply["events"] == []
+
+
+# --- replies and history in bytes -----------------------------------------------------------------
+
+
+def test_a_history_reply_is_cut_in_bytes_says_more_and_pages_to_the_end() -> None:
+    core = ChatCore(ChatConfig(max_reply_bytes=8 * 1024, **UNLIMITED))
+    hello(core)
+    for i in range(40):
+        send(core, msg("\x01" * 300 + str(i), f"m{i}"))  # ~1.8 KiB each once escaped
+    seen, after, rounds = [], 0, 0
+    while True:
+        (reply,) = replies(send(core, {"type": "history", "room": "general", "after": after, "limit": 500}))
+        rounds += 1
+        events = reply["events"]
+        assert len(msgspec.json.encode(events)) <= 8 * 1024 + 2048  # the budget, give or take the last event
+        seen += [e["seq"] for e in events]
+        if not reply.get("more"):
+            break
+        after = events[-1]["seq"]
+    assert seen == list(range(1, 42)) and rounds > 3
+
+
+def test_a_single_event_larger_than_the_budget_still_comes() -> None:
+    core = ChatCore(ChatConfig(max_reply_bytes=1024, **UNLIMITED))
+    hello(core)
+    send(core, msg("x" * 3000, "big"))
+    (reply,) = replies(send(core, {"type": "history", "room": "general", "after": 1}))
+    assert [e["id"] for e in reply["events"]] == ["big"] and not reply.get("more")
+
+
+def test_joined_history_keeps_the_newest_events_that_fit() -> None:
+    core = ChatCore(ChatConfig(max_reply_bytes=4 * 1024, **UNLIMITED))
+    hello(core)
+    for i in range(20):
+        send(core, msg("y" * 1000, f"m{i}"))
+    out = send(core, {"type": "hello", "user": "bob"}, B)
+    joined = replies(out)[1]
+    seqs = [e["seq"] for e in joined["history"]]
+    assert seqs and seqs[-1] == joined["seq"] and len(seqs) < 20  # the newest, up to bob's own join
+
+
+def test_history_in_memory_is_bounded_per_room_and_older_events_come_from_disk(tmp_path: Path) -> None:
+    cap = 64 * 1024
+    core = ChatCore(ChatConfig(history_bytes_per_room=cap, **UNLIMITED), store=SqliteStore(tmp_path / "c.db"))
+    hello(core)
+    for i in range(200):
+        send(core, msg("\x02" * 500 + str(i), f"m{i}"))
+    room = core.rooms["general"]
+    assert room.bytes <= cap and room.bytes == sum(len(p) + EVENT_OVERHEAD for p in room.history)
+    assert len(room.history) < 200
+    got, after = [], 0
+    while True:
+        (reply,) = replies(send(core, {"type": "history", "room": "general", "after": after, "limit": 500}))
+        got += reply["events"]
+        if not reply.get("more") and len(reply["events"]) < 500:
+            break
+        after = got[-1]["seq"]
+    assert [e["seq"] for e in got] == list(range(1, 202))
+
+
+def test_history_in_memory_is_bounded_in_total() -> None:
+    total = 256 * 1024
+    config = ChatConfig(history_bytes_per_room=64 * 1024, history_bytes_total=total, **UNLIMITED)
+    core = ChatCore(config)
+    hello(core, rooms=[f"r{i}" for i in range(10)])
+    for i in range(400):
+        send(core, msg("z" * 400, f"m{i}", room=f"r{i % 10}"))
+    assert core.history_bytes <= total
+    assert core.history_bytes == sum(r.bytes for r in core.rooms.values())
+
+
+# --- ids --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "again",
+    [
+        msg("hello", "x1", room="dev"),  # another room
+        msg("hello!", "x1"),  # another text
+        msg("hello", "x1", me=True),  # an action instead
+        {"type": "dm", "to": "bob", "text": "hello", "id": "x1"},  # a dm instead
+    ],
+)
+def test_an_id_reused_for_another_message_is_refused_not_acked(again: dict) -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core, rooms=["general", "dev"])
+    hello(core, "bob", B)
+    ack = replies(send(core, msg("hello", "x1")))[0]
+    out = send(core, again)
+    assert [r.get("code") for r in replies(out)] == ["id_reused"] and published(out) == []
+    assert replies(out)[0]["id"] == "x1"
+    assert replies(send(core, msg("hello", "x1"))) == [ack]  # the true resend still gets its ack
+
+
+def test_a_dm_resend_gets_its_ack_and_a_reuse_is_refused() -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core)
+    hello(core, "bob", B)
+    dm = {"type": "dm", "to": "Bob", "text": "psst", "id": "d1"}
+    ack = replies(send(core, dm))[-1]
+    assert replies(send(core, dm))[-1] == ack
+    assert replies(send(core, {**dm, "text": "other"}))[-1]["code"] == "id_reused"
+
+
+def test_other_users_cannot_push_a_recent_id_out(tmp_path: Path) -> None:
+    core = ChatCore(ChatConfig(dedupe_per_user=4, dedupe_total=50, **UNLIMITED))
+    hello(core)
+    ack = replies(send(core, msg("mine", "v1")))[0]
+    codes = []
+    for i in range(30):  # 30 names, each saying a few things: far more than the total
+        peer = b"conn-%03d-0000000" % i
+        hello(core, f"u{i}", peer)
+        codes += [r.get("code", r["type"]) for r in replies(send(core, msg("spam", f"s{i}"), peer))]
+        send(core, {"type": "bye"}, peer)
+    assert "unavailable" in codes  # the bound held, and it refused rather than forget
+    out = send(core, msg("mine", "v1"))
+    assert replies(out) == [ack] and published(out) == []
+
+
+# --- storage faults ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wired(tmp_path: Path):
+    """A real ``Broker`` with a SQLite store, on inproc sockets, and a DEALER and SUB to talk to it."""
+    ctx = zmq.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    router.bind("inproc://inbox")
+    pub.bind("inproc://feed")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"room/")
+    sub.connect("inproc://feed")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, b"conn-alice-00000")
+    dealer.connect("inproc://inbox")
+    store = SqliteStore(tmp_path / "c.db")
+    broker = Broker(router, pub, ChatCore(ChatConfig(**UNLIMITED), store=store))
+    yield broker, dealer, sub
+    store.db.close()
+    ctx.destroy(linger=0)
+
+
+def ask(broker: Broker, dealer: zmq.Socket, env: dict) -> list[dict]:
+    dealer.send(msgspec.json.encode(env))
+    assert broker.router.poll(WAIT * 1000)
+    broker.drain()
+    got = []
+    while dealer.poll(200):
+        got += m.feed_events(dealer.recv())
+    return got
+
+
+def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
+    broker, dealer, sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    while sub.poll(200):  # alice's join
+        sub.recv_multipart()
+    broker.core.store.db.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
+    assert ask(broker, dealer, msg("kept?", "k1")) == []  # accepted, but neither acked nor published
+    assert broker.core.unavailable is not None
+    assert [r["code"] for r in ask(broker, dealer, msg("later", "k2"))] == ["unavailable"]
+    assert [r["type"] for r in ask(broker, dealer, {"type": "history", "room": "general"})] == ["history"]
+    assert [r["type"] for r in ask(broker, dealer, {"type": "ping"})] == ["pong"]
+    assert not sub.poll(100)
+    broker.core.store.db.execute("PRAGMA query_only = OFF")  # the disk is back
+    broker.retry_storage()
+    assert broker.core.unavailable is None
+    got = []
+    while dealer.poll(500):
+        got += m.feed_events(dealer.recv())
+    assert [r["type"] for r in got] == ["ack"] and got[0]["id"] == "k1"
+    events = []
+    while sub.poll(500):
+        events += m.feed_events(sub.recv_multipart()[1])
+    assert [e.get("id") for e in events if e["type"] == "msg"] == ["k1"]
+    assert ask(broker, dealer, msg("later", "k2"))[0]["type"] == "ack"
+    stored = broker.core.store.read("general", 0, 100)
+    assert [m.decode(p).get("id") for p in stored if b'"msg"' in p] == ["k1", "k2"]
+
+
+def test_a_full_disk_is_the_same(wired) -> None:
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    db = broker.core.store.db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+    got = []
+    for i in range(200):
+        got += ask(broker, dealer, msg("w" * 2000, f"f{i}"))
+        if broker.core.unavailable:
+            break
+    assert broker.core.unavailable is not None and "full" in broker.core.unavailable
+    acked = {r["id"] for r in got if r["type"] == "ack"}
+    db.execute("PRAGMA max_page_count = 1000000")
+    broker.retry_storage()
+    while dealer.poll(500):
+        acked |= {r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"}
+    stored = {m.decode(p).get("id") for p in broker.core.store.read("general", 0, 500)}
+    assert acked and acked <= stored and f"f{i}" in acked  # the held one was stored and acked too
+
+
+# --- one broker per database ---------------------------------------------------------------------------
+
+
+def test_a_second_store_on_the_same_file_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import store, sys; s = store.SqliteStore({str(path)!r}); print('ok', flush=True); "
+         "sys.stdin.read()"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(StoreInUse, match=f"pid {holder.pid}"):
+            SqliteStore(path)
+    finally:
+        holder.stdin.close()
+        holder.wait(WAIT)
+    SqliteStore(path).close()  # free again once the holder is gone
+
+
+def test_a_second_broker_on_the_same_database_says_who_has_it(harness: Harness) -> None:
+    db = str(harness.tmp_path / "chat.db")
+    first = harness.broker(db=db)
+    second = subprocess.run(
+        [sys.executable, "broker.py", "--router", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0", "--db", db],
+        cwd=ROOT, capture_output=True, text=True, timeout=WAIT * 3,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert f"pid {first.popen.pid}" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_the_broker_says_how_many_connections_it_can_take(harness: Harness) -> None:
+    broker = harness.broker()
+    broker.expect(r"capacity:\s+about [\d,]+ connections \(open files limit [\d,]+\)")
+
+
+# --- sessions bound to their CURVE key -----------------------------------------------------------------
+
+
+def test_another_key_cannot_take_over_a_live_session(harness: Harness, tmp_path: Path) -> None:
+    keydir = tmp_path / "keys"
+    keys.init(keydir)
+    keys.add_user(keydir, "alice")
+    keys.add_user(keydir, "mallory")
+    broker = harness.broker("--curve", str(keydir))
+
+    def dealer(name: str) -> zmq.Socket:
+        ck = keys.client_keys(keydir / "broker.key", keydir / "users" / f"{name}.key_secret")
+        sock = harness.ctx.socket(zmq.DEALER)
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = ck
+        sock.setsockopt(zmq.ROUTING_ID, b"victim-routing-id")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(broker.router)
+        return sock
+
+    def request(sock: zmq.Socket, env: dict) -> None:
+        sock.send(msgspec.json.encode(env))
+
+    def replies_of(sock: zmq.Socket, timeout: float) -> list[dict]:
+        got = []
+        while sock.poll(timeout * 1000):
+            got += m.feed_events(sock.recv())
+            timeout = 0.2
+        return got
+
+    alice = dealer("alice")
+    request(alice, {"type": "hello", "user": "alice"})
+    assert replies_of(alice, WAIT)[0]["type"] == "welcome"
+    mallory = dealer("mallory")  # the same routing id, another key
+    request(mallory, msg("I am alice", "evil-1"))
+    request(mallory, {"type": "ping"})
+    assert [r.get("code", r["type"]) for r in replies_of(mallory, 1.0)] in ([], ["session_exists", "pong"])
+    request(alice, msg("still me", "a-1"))  # alice's session is still hers, and it works
+    assert [r["type"] for r in replies_of(alice, WAIT)] == ["ack"]
+    history = harness.raw(broker)
+    del history  # a plain peer gets nothing from a CURVE broker: read the room through alice
+    request(alice, {"type": "history", "room": "general"})
+    texts = [e.get("text") for r in replies_of(alice, WAIT) for e in r.get("events", []) if e["type"] == "msg"]
+    assert texts == ["still me"]
+
+
+def test_a_trusted_gateways_connections_are_each_a_source_of_their_own() -> None:
+    core = ChatCore(ChatConfig(rate_limit=0.0, max_sessions_per_source=1, trusted_sources=frozenset({"10.0.0.1"})))
+
+    def hello_from(peer: bytes, user: str, address: str) -> str:
+        out = core.handle(peer, [m.encode({"type": "hello", "user": user})], 0.0, address=address)
+        return replies(out)[0].get("code", "welcome")
+
+    assert [hello_from(b"gw-%d-0000000000" % i, f"web{i}", "10.0.0.1") for i in range(3)] == ["welcome"] * 3
+    assert [hello_from(b"ip-%d-0000000000" % i, f"ip{i}", "10.0.0.2") for i in range(2)] == [
+        "welcome",
+        "too_many_sessions",
+    ]

@@ -1,0 +1,108 @@
+"""Transport set-up that every program shares: socket options, CURVE on sockets, the ZAP
+authenticator, the open-files limit and the stop signal.
+
+One home, so the broker, the relay, the web gateway and the clients make their sockets the same way
+(and a fix to one is a fix to all).  Nothing here knows the chat protocol.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+import keys
+
+#: How long a closing socket may still send what it queued (the broker's shutdown event, last acks).
+LINGER_MS = 1_000
+#: Reconnect quickly at first, then back off: a restarted broker is found within 100 ms, a dead one
+#: is not hammered.
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 2_000
+
+
+def tune_bound(sock: zmq.Socket) -> None:
+    """Options of a socket that peers connect to (the broker's inbox and feed, a relay's feed).
+
+    TCP keepalive (in the kernel) frees the pipes of peers that vanished without a FIN, within about a
+    minute.  Not ZMTP heartbeats: libzmq cancels a timer per heartbeat in O(connections), which made
+    10,000 idle clients cost most of a core.  Chat liveness is the protocol's own ping.
+    """
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.IPV6, 1)  # "*" then binds both IPv4 and IPv6
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+
+
+def tune_connecting(sock: zmq.Socket, curve: keys.CurveKeys | None, linger_ms: int = LINGER_MS) -> None:
+    """Options of a socket that connects to a broker (or a relay): reconnection, and CURVE if given."""
+    sock.setsockopt(zmq.IPV6, 1)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if curve is not None:
+        sock.curve_serverkey = curve.server_public
+        sock.curve_publickey = curve.public
+        sock.curve_secretkey = curve.secret
+
+
+def curve_server(sock: zmq.Socket, keypair: tuple[bytes, bytes]) -> None:
+    """Make ``sock`` a CURVE server with the broker's (public, secret) keypair."""
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = keypair
+
+
+def start_authenticator(ctx: zmq.Context, keydir: Path, allowed: dict[str, str | None] | None) -> ThreadAuthenticator:
+    """pyzmq's ZAP handler: with an allow-list only listed keys get past the handshake, else any key
+    (encryption without authentication).  It runs in its own thread on its own inproc socket."""
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    location = str(keydir / keys.ALLOWED) if allowed is not None else zmq.auth.CURVE_ALLOW_ANY
+    auth.configure_curve(domain="*", location=location)
+    return auth
+
+
+def security_mode(curve: bool, allowed: dict[str, str | None] | None) -> str:
+    """The one line a server prints about its security at start-up."""
+    if not curve:
+        return "plain: no encryption, no authentication (trusted networks only; see docs/security.md)"
+    if allowed is None:
+        return "CURVE, any client key (encrypted; no allow-list, so anyone with the broker's public key gets in)"
+    bound = sum(1 for name in allowed.values() if name)
+    return f"CURVE, {len(allowed)} allowed keys ({bound} bound to a name)"
+
+
+def peer_address(frame: zmq.Frame) -> str | None:
+    """The IP address a frame came from (tcp); None where the transport has none (ipc, inproc)."""
+    try:
+        return frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one (every connection is a file); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the program as cleanly as Ctrl-C: both raise KeyboardInterrupt in the main thread."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
