@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+import console_text
 import keys
 import messages as m
 
@@ -734,7 +735,10 @@ class Console:
         self.switch_on_join: set[str] = set()
 
     def show(self, line: str) -> None:
-        print(line, file=self.out or sys.stdout, flush=True)
+        """Print ``line``; on a terminal laid out by ``console_text``: no row the terminal could wrap, so none
+        that others' text could start.  The help keeps its aligned spaces."""
+        out = self.out or sys.stdout
+        print(console_text.to_print(line, out, squeeze=line != HELP), file=out, flush=True)
 
     def on_event(self, event: Event) -> None:
         me = self.client.user or self.client.name  # user is None while reconnecting; our events still are ours

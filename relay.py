@@ -10,26 +10,30 @@ broker's inbox, only the feed is relayed.
     python client.py --router tcp://BROKER_HOST:5555 --pub tcp://RELAY_HOST:5557 --name alice
 
 The relay holds no chat state and parses nothing: ``zmq.proxy`` runs in C.  See docs/scaling.md.
+The feed of a CURVE broker (``--server-key``/``--key``) is served with CURVE too (``--curve``); the
+relay refuses to serve it in clear unless told ``--serve-plaintext``.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 import keys
 import messages as m
-from broker import FEED_HWM, LINGER_MS
+import transport
+from broker import FEED_HWM
 from client import add_endpoint_args, connection
 
 DEFAULT_RELAY_PORT = 5557
+#: Largest frame a subscriber may send (a subscription is 1 byte + a topic, ``room/NAME/`` is at most 38).
+#: libzmq drops the connection of a peer that sends more: a subscription of megabytes, stored in the
+#: upstream socket's prefix trie, crashes libzmq 4.3 (a stack overflow) when it is removed again.
+MAX_SUBSCRIPTION_BYTES = 1024
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -50,17 +54,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve the relayed feed with CURVE, keys and allow-list from KEYDIR (as the broker's --curve)",
     )
     parser.add_argument(
+        "--serve-plaintext",
+        action="store_true",
+        help="serve the feed unencrypted even though the broker's feed is encrypted (--server-key/--key "
+        "without --curve): anyone who can reach --listen reads every message",
+    )
+    parser.add_argument(
         "--feed-hwm",
         type=int,
         default=FEED_HWM,
         metavar="N",
         help="frames (a message or a batch) queued per subscriber (default: %(default)s)",
     )
-    return parser.parse_args(argv)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    args = parser.parse_args(argv)
+    if args.serve_plaintext and args.curve:
+        parser.error("--serve-plaintext and --curve contradict each other: the feed is served with CURVE")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,25 +81,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"chat-relay: {exc}", file=sys.stderr)
         return 2
+    curve = conn["curve"]
+    if curve is not None and downstream_keys is None:
+        # The broker encrypts its feed; relaying it in clear would undo that for anyone who can connect here.
+        if not args.serve_plaintext:
+            print(
+                "chat-relay: the broker's feed is encrypted (--server-key/--key) but this relay would serve it "
+                "unencrypted to any subscriber; give --curve KEYDIR to serve it with CURVE, or --serve-plaintext "
+                "if that is really what you want",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            "chat-relay: WARNING: --serve-plaintext: the broker's encrypted feed is served unencrypted; "
+            f"anyone who can connect to {args.listen} reads every message",
+            file=sys.stderr,
+            flush=True,
+        )
     ctx = zmq.Context()
     auth = None
     upstream = ctx.socket(zmq.XSUB)
     downstream = ctx.socket(zmq.XPUB)
-    for sock in (upstream, downstream):
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.IPV6, 1)
+    transport.tune_connecting(upstream, curve)  # the relay is a (CURVE) client of the broker's feed
+    transport.tune_bound(downstream)
     downstream.setsockopt(zmq.SNDHWM, args.feed_hwm)  # a stuck subscriber loses its own messages only
+    downstream.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
     upstream.setsockopt(zmq.RCVHWM, args.feed_hwm)
-    curve = conn["curve"]
-    if curve is not None:  # the relay is a CURVE client of the broker's feed
-        upstream.curve_serverkey, upstream.curve_publickey, upstream.curve_secretkey = curve
     if downstream_keys is not None:
-        auth = ThreadAuthenticator(ctx)
-        auth.start()
-        location = str(args.curve / keys.ALLOWED) if allowed is not None else zmq.auth.CURVE_ALLOW_ANY
-        auth.configure_curve(domain="*", location=location)
-        downstream.curve_server = True
-        downstream.curve_publickey, downstream.curve_secretkey = downstream_keys
+        auth = transport.start_authenticator(ctx, args.curve, allowed)
+        transport.curve_server(downstream, downstream_keys)
     try:
         downstream.bind(args.listen)
         upstream.connect(conn["pub"])
@@ -101,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"chat relay (protocol v{m.PROTOCOL_VERSION})")
     print(f"  from the broker's feed: {conn['pub']}" + (" (CURVE)" if curve is not None else ""))
     print(f"  feed for subscribers:   {downstream.getsockopt_string(zmq.LAST_ENDPOINT)}")
+    print(f"  security:               {transport.security_mode(downstream_keys is not None, allowed)}")
     print("Ctrl-C stops it.", flush=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    transport.stop_on_sigterm()
     try:
         zmq.proxy(upstream, downstream)  # events come down, subscriptions go up; all in C
     except (KeyboardInterrupt, zmq.ContextTerminated):

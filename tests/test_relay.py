@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness, Proc, free_port
+import zmq
+from conftest import ROOT, WAIT, Harness, Proc, free_port
+
+import keys
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,3 +65,104 @@ def test_clients_and_a_logger_behind_a_relay_see_everything(harness: Harness) ->
         assert seqs == list(range(1, len(seqs) + 1)), (room, seqs)
     texts = [e["text"] for e in events if e["type"] == "msg"]
     assert texts == ["hello from the broker's side", "hello from behind the relay", "in dev"]
+
+
+@pytest.fixture
+def keydir(tmp_path: Path) -> Path:
+    path = tmp_path / "keys"
+    keys.init(path)
+    keys.add_user(path, "relay-key", bind=False)
+    return path
+
+
+def test_a_relay_of_an_encrypted_feed_refuses_to_serve_it_in_clear(harness: Harness, keydir: Path) -> None:
+    broker = harness.broker("--curve", str(keydir))
+    upstream = ["--pub", broker.pub, "--router", broker.router, "--server-key", str(keydir / "broker.key")]
+    upstream += ["--key", str(keydir / "users" / "relay-key.key_secret")]
+    listen = ["--listen", f"tcp://127.0.0.1:{free_port()}"]
+    refused = subprocess.run(
+        [sys.executable, "relay.py", *upstream, *listen], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
+    )
+    assert refused.returncode != 0
+    assert "unencrypted" in refused.stderr and "--serve-plaintext" in refused.stderr, refused.stderr
+    assert "feed for subscribers" not in refused.stdout
+
+    contradiction = [*upstream, *listen, "--curve", str(keydir), "--serve-plaintext"]
+    both = subprocess.run(
+        [sys.executable, "relay.py", *contradiction], cwd=ROOT, capture_output=True, text=True, timeout=WAIT
+    )
+    assert both.returncode == 2 and "contradict" in both.stderr, both.stderr
+
+    relay = Proc(["relay.py", *upstream, *listen, "--serve-plaintext"], "relay", stdin=False)
+    harness.procs.append(relay)
+    relay.expect(r"WARNING: --serve-plaintext: .* served unencrypted")
+    relay.expect(r"feed for subscribers:\s+tcp://")
+    sub = harness.ctx.socket(zmq.SUB)  # a plain subscriber gets the broker's feed through it, as asked
+    sub.setsockopt(zmq.SUBSCRIBE, b"sys/")
+    sub.connect(listen[1])
+    try:
+        assert sub.poll(WAIT * 1000), "no heartbeat through the relay"
+        assert sub.recv_multipart()[0] == b"sys/"
+    finally:
+        sub.close(linger=0)
+
+
+# A peer that connects to the relay's feed with its own socket and sends what it likes.  Subscriptions
+# go upstream into an XSUB, whose prefix trie libzmq removes recursively: the megabyte subscription is
+# the one that crashed the relay.  In a child process, which leaves without destroying its own trie
+# (that would crash it too).  It waits until the relay has taken everything (the heartbeat it finally
+# subscribed to comes) or has dropped it (the frame was too big).
+GARBAGE_PEER = """
+import os, sys, zmq
+ctx = zmq.Context()
+peer = ctx.socket(zmq.XSUB)
+monitor = peer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+peer.connect(sys.argv[1])
+for frame in [b"", b"\\x00", b"\\x01", b"\\x00never", b"\\x02user", b"\\xff" * 3000, b"\\x01" + b"a" * 2_000_000]:
+    peer.send(frame)
+peer.send_multipart([b"\\x01sys/", b"more", b"frames"])
+peer.send(b"\\x01sys/")
+poller = zmq.Poller()
+poller.register(peer, zmq.POLLIN)
+poller.register(monitor, zmq.POLLIN)
+print("answered" if poller.poll(10_000) else "no answer", flush=True)
+os._exit(0)
+"""
+
+
+def test_the_relay_survives_what_subscribers_send(harness: Harness) -> None:
+    broker = harness.broker()
+    port = free_port()
+    relay = Proc(
+        ["relay.py", "--pub", broker.pub, "--router", broker.router, "--listen", f"tcp://127.0.0.1:{port}"],
+        "relay",
+        stdin=False,
+    )
+    harness.procs.append(relay)
+    relay.expect(r"feed for subscribers:\s+tcp://")
+
+    peer = subprocess.run(
+        [sys.executable, "-c", GARBAGE_PEER, f"tcp://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+    )
+    assert peer.stdout.strip() == "answered", peer.stdout + peer.stderr
+    wrong = harness.ctx.socket(zmq.DEALER)  # a socket type that may not talk to an XPUB: the handshake fails
+    wrong.connect(f"tcp://127.0.0.1:{port}")
+    wrong.send(b"\x01sys/")
+    for junk in (b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03" * 64, b"GET / HTTP/1.0\r\n\r\n", bytes(range(256)) * 20):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+            raw.sendall(junk)
+
+    sub = harness.ctx.socket(zmq.SUB)  # after all that, a subscriber is still served
+    sub.setsockopt(zmq.SUBSCRIBE, b"sys/")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        for _ in range(3):  # heartbeats keep coming: the relay outlived the garbage peer's departure
+            assert sub.poll(WAIT * 1000), "the relay stopped relaying"
+            sub.recv_multipart()
+    finally:
+        sub.close(linger=0)
+        wrong.close(linger=0)
+    assert relay.popen.poll() is None, relay.output()
