@@ -23,6 +23,7 @@ import io
 import itertools
 import math
 import os
+import secrets
 import sys
 import threading
 import time
@@ -46,6 +47,10 @@ MAX_UNACKED = 1000
 #: Feed frames (events, or batches of at most 32 KiB) the SUB queues before libzmq drops them: a
 #: client that falls behind loses feed frames, not memory, and the sequencer fills the gap from history.
 SUB_HWM = 1_000
+
+
+#: Errors after which an unacknowledged message is kept and sent again after ``ack_timeout``.
+RETRY_LATER = frozenset({m.ErrorCode.RATE_LIMITED.value, m.ErrorCode.UNAVAILABLE.value})
 
 
 class ChatError(Exception):
@@ -220,7 +225,8 @@ class ChatClient:
         self.connected = True  # the link state last reported to the caller
         self._sent_at: dict[str, float] = {}  # id -> when last sent, oldest first
         self._joining: dict[str, str] = {}  # join request id -> room, until joined or refused
-        self._ids = (f"{os.urandom(4).hex()}-{n}" for n in itertools.count(1))
+        # Unpredictable ids: whoever takes our name after we left must not guess the ids we will resend.
+        self._ids = (secrets.token_urlsafe(12) for _ in itertools.count())
         self._backlog: list[Event] = []
         self._fills: dict[str, float] = {}  # room -> when we asked history to fill a gap
         self._catch_up: dict[str, float] = {}  # room -> when to check for events missed just after joining
@@ -376,6 +382,16 @@ class ChatClient:
             except zmq.Again:  # as _send: what is not acked is resent later
                 return
 
+    def _renumber(self, msg_id: str) -> None:
+        """Send an unacknowledged message again under a new id."""
+        env = self.unacked.pop(msg_id)
+        del self._sent_at[msg_id]
+        env["id"] = new_id = next(self._ids)
+        self.unacked[new_id] = env
+        self._sent_at[new_id] = time.monotonic()
+        if self.user is not None:
+            self._send(env)
+
     def _resend(self, msg_ids: list[str], now: float) -> None:
         """Send these unacknowledged messages again (in batches: after an outage there may be many)."""
         for msg_id in msg_ids:
@@ -446,8 +462,9 @@ class ChatClient:
             room = env["room"]
             del self._fills[room]
             got = env["events"]
-            # Complete when it reaches the room's head: the broker may send fewer than asked (its --max-history).
-            complete = not got or got[-1]["seq"] >= env.get("seq", 0)
+            # Complete when it reaches the room's head: the broker may send fewer than asked (its --max-history,
+            # or its reply budget in bytes, when it says more).
+            complete = not env.get("more") and (not got or got[-1]["seq"] >= env.get("seq", 0))
             self._deliver(room, *self.sequencer.fill(room, got, complete), events)
         elif kind == "rooms" and self.observer:
             self._on_snapshot(env, events)
@@ -511,8 +528,11 @@ class ChatClient:
             if self.user is not None:
                 self._lose_session()  # keep the message: it is resent after the new welcome
             return
-        if env.get("code") == m.ErrorCode.RATE_LIMITED.value and msg_id in self.unacked:
+        if env.get("code") in RETRY_LATER and msg_id in self.unacked:
             env["retrying"] = True  # kept: resent after ack_timeout
+        elif env.get("code") == m.ErrorCode.ID_REUSED.value and msg_id in self.unacked:
+            self._renumber(msg_id)  # our id was taken (by whoever had our name before): a new one
+            return
         elif msg_id in self.unacked:
             self._sent_at.pop(msg_id, None)
             env["request"] = self.unacked.pop(msg_id)
@@ -698,6 +718,8 @@ def render(event: Event, me: str | None) -> str | None:
     if kind == "ack" and (event.get("request") or {}).get("type") == "dm":
         req = event["request"]
         return f"[dm -> {event.get('to', req['to'])}] {m.safe_text(req['text'])}"
+    if kind == "error" and event.get("retrying") and event.get("code") == m.ErrorCode.UNAVAILABLE.value:
+        return "[system] the broker cannot store messages just now; yours will be sent when it can"
     if kind == "error" and event.get("retrying"):
         return "[system] sending too fast; your message will be sent in a moment"
     if kind == "error":

@@ -391,3 +391,28 @@ def test_a_trusted_gateways_connections_are_each_a_source_of_their_own() -> None
         "welcome",
         "too_many_sessions",
     ]
+
+
+def test_a_client_whose_id_was_taken_sends_again_under_a_new_one(harness: Harness) -> None:
+    from client import ChatClient
+
+    broker = harness.broker()
+    squatter = harness.raw(broker)  # had the name alice first, and used the id alice's client will draw
+    squatter.request({"type": "hello", "user": "alice"})
+    squatter.reply(), squatter.reply()
+    squatter.request(msg("not alice's words", "drawn-1"))
+    assert squatter.reply()["type"] == "ack"
+    squatter.request({"type": "bye"})
+    with ChatClient("alice", router=broker.router, pub=broker.pub) as alice:
+        alice._ids = iter(["drawn-1", "drawn-2", "drawn-3"])
+        alice.connect(timeout=WAIT)
+        alice.say("general", "my own words")
+        acks = []
+        for event in alice.events(timeout=WAIT):
+            if event["type"] == "ack":
+                acks.append(event)
+                break
+        assert [a["id"] for a in acks] == ["drawn-2"]
+    squatter.request({"type": "history", "room": "general"})
+    texts = {e["id"]: e["text"] for e in squatter.reply()["events"] if e["type"] == "msg"}
+    assert texts == {"drawn-1": "not alice's words", "drawn-2": "my own words"}
