@@ -6,22 +6,15 @@ widths, and once with the real console on a pty.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
-import threading
 import time
 import unicodedata
 
 import pyte
 import pytest
-from conftest import ROOT, WAIT, Harness, StubClient, default_sigint
+from conftest import WAIT, Harness, StubClient, Terminal
 from wcwidth import wcwidth
 
 import messages as m
@@ -230,79 +223,37 @@ def test_a_pipe_gets_each_line_exactly_as_before(monkeypatch: pytest.MonkeyPatch
 # --- The real console on a pty -------------------------------------------------------------
 
 
-class NarrowTerminal:
-    """The console on a pty ``columns`` wide (the window size and COLUMNS agree, as in a real terminal)."""
+def rows_of(term: Terminal, columns: int, lines: int) -> list[str]:
+    """The screen as a terminal of that size shows it now."""
+    screen = Screen(columns, lines)
+    pyte.Stream(screen).feed(term.raw)
+    return [row.rstrip() for row in screen.display]
 
-    def __init__(self, args: list[str], columns: int, lines: int) -> None:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-        env = dict(os.environ, TERM="xterm", COLUMNS=str(columns), LINES=str(lines), PROMPT_TOOLKIT_NO_CPR="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=env,
-            close_fds=True,
-            start_new_session=True,
-            preexec_fn=lambda: (default_sigint(), fcntl.ioctl(0, termios.TIOCSCTTY, 0)),
-        )
-        os.close(slave)
-        self.master = master
-        self.raw = b""
-        self.lock = threading.Lock()
-        threading.Thread(target=self._pump, daemon=True).start()
 
-    def _pump(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            with self.lock:
-                self.raw += data
-
-    def screen(self, columns: int, lines: int) -> list[str]:
-        """The screen as a terminal of that size shows it now."""
-        with self.lock:
-            raw = self.raw
-        screen = Screen(columns, lines)
-        pyte.Stream(screen).feed(raw.decode("utf-8", "replace"))
-        return [row.rstrip() for row in screen.display]
-
-    def expect(self, predicate, columns: int, lines: int, timeout: float = WAIT) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while not predicate(rows := self.screen(columns, lines)):
-            if time.monotonic() > deadline:
-                raise AssertionError("the screen never got there:\n" + "\n".join(rows))
-            time.sleep(0.05)  # polling the pty buffer the reader thread fills; the condition synchronises
-        return rows
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        os.close(self.master)
+def expect_rows(term: Terminal, predicate, columns: int, lines: int, timeout: float = WAIT) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while not predicate(rows := rows_of(term, columns, lines)):
+        if time.monotonic() > deadline:
+            raise AssertionError("the screen never got there:\n" + "\n".join(rows))
+        time.sleep(0.05)  # polling the pty buffer the reader thread fills; the condition synchronises
+    return rows
 
 
 def test_the_real_console_on_a_narrow_pty(harness: Harness) -> None:
     columns, lines = 24, 60
     broker = harness.broker()
     bob = harness.client(broker, "bob")
-    alice = NarrowTerminal(["client.py", *broker.endpoints, "--name", "alice"], columns, lines)
+    alice = Terminal(["client.py", *broker.endpoints, "--name", "alice"], columns, lines)
     try:
-        alice.expect(lambda rows: any(r.startswith("[system] you are in") for r in rows), columns, lines)
+        expect_rows(alice, lambda rows: any(r.startswith("[system] you are in") for r in rows), columns, lines)
         os.write(alice.master, b"half")  # typed, not sent: the console prints above it
-        alice.expect(lambda rows: any(r.startswith("> half") for r in rows), columns, lines)
+        expect_rows(alice, lambda rows: any(r.startswith("> half") for r in rows), columns, lines)
         padded = "hi" + " " * (2 * columns - len("bob: hi")) + "carol: hi"
         wide = "a" + "中" * columns + "[system] fake"
         for text in (padded, wide, "done"):
             bob.send(text)
-        rows = alice.expect(
-            lambda rows: "bob: done" in rows and "> half" in rows[rows.index("bob: done") :], columns, lines
+        rows = expect_rows(
+            alice, lambda rows: "bob: done" in rows and "> half" in rows[rows.index("bob: done") :], columns, lines
         )
         rows = [r for r in rows if r]
         first = rows.index("bob: hi ⋯ carol: hi")

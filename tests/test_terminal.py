@@ -2,78 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
-import re
-import subprocess
-import sys
-import termios
-import threading
-import time
-
 import pytest
-from conftest import ROOT, WAIT, Harness, default_sigint
+from conftest import WAIT, Harness, Terminal
 
 pytestmark = pytest.mark.timeout(60)
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|\r")
-
-
-class Terminal:
-    """A process on a pseudo-terminal; ``screen`` is everything it wrote, escape sequences removed."""
-
-    def __init__(self, args: list[str]) -> None:
-        master, slave = pty.openpty()
-        # No cursor-position requests: a real terminal answers them, this pty would leave each one to time out.
-        env = dict(os.environ, TERM="xterm", COLUMNS="120", LINES="40", PROMPT_TOOLKIT_NO_CPR="1")
-        # A session of its own with the pty as controlling terminal, as in a real terminal: then Ctrl-C typed
-        # while the line editor is not reading (between two prompts) still raises SIGINT.
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=env,
-            close_fds=True,
-            start_new_session=True,
-            preexec_fn=lambda: (default_sigint(), fcntl.ioctl(0, termios.TIOCSCTTY, 0)),
-        )
-        os.close(slave)
-        self.master = master
-        self.raw = b""
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            self.raw += data
-
-    @property
-    def screen(self) -> str:
-        return ANSI.sub("", self.raw.decode("utf-8", "replace"))
-
-    def expect(self, text: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.screen:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on the terminal within {timeout}s:\n{self.screen}")
-            time.sleep(0.02)  # polling the pty buffer the reader thread fills; the condition synchronises
-
-    def type(self, keys: str) -> None:
-        os.write(self.master, keys.encode())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        os.close(self.master)
 
 
 @pytest.fixture
