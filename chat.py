@@ -144,6 +144,7 @@ class Peer:
 
     bucket: Bucket
     source: Source
+    key: str | None = None  # the CURVE key it authenticated with
 
 
 @dataclass(eq=False, slots=True)
@@ -376,7 +377,9 @@ class ChatCore:
         """
         out: list[Output] = []
         try:
-            conn = self.peers.get(peer) or self._new_peer(peer, key, address, now)
+            conn = self.peers.get(peer)
+            if conn is None or conn.key != key:  # new, or (CURVE) the routing id is now another key's
+                conn = self._new_peer(peer, key, address, now)
             value = m.decode_frame(frames)
             if type(value) is list:
                 self._handle_batch(peer, conn, m.check_batch(value), now, key, out)
@@ -417,7 +420,10 @@ class ChatCore:
         if source is None:
             source = self.sources[name] = Source(name, Bucket(self.config.source_burst, now))
         source.peers += 1
-        conn = self.peers[peer] = Peer(Bucket(self.config.rate_burst, now), source)
+        old = self.peers.get(peer)
+        if old is not None:
+            old.source.peers -= 1
+        conn = self.peers[peer] = Peer(Bucket(self.config.rate_burst, now), source, key)
         return conn
 
     def _handle_batch(
@@ -706,8 +712,8 @@ class ChatCore:
     def _history(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         name = req["room"]
         room = self.rooms.get(name)
-        after = req.get("after", 0)
-        limit = min(req.get("limit", m.DEFAULT_HISTORY_LIMIT), self.config.max_history)
+        after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
+        limit = min(asked, self.config.max_history)
         seq = room.seq if room is not None else self.resting.get(name, 0)
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
@@ -717,8 +723,8 @@ class ChatCore:
             payloads = self.store.read(name, after, limit)
         events = _fit(payloads, self.config.max_reply_bytes)
         reply: dict[str, Any] = {"type": "history", "room": name, "events": list(map(msgspec.Raw, events)), "seq": seq}
-        if len(events) < len(payloads):
-            reply["more"] = True  # cut to fit: ask again after the last event
+        if events and len(events) < asked and _seq_of(events[-1]) < seq:
+            reply["more"] = True  # cut to fit (bytes, or --max-history): ask again after the last event
         out.append(Reply(peer, m.encode(reply)))
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
@@ -927,6 +933,18 @@ def _origin(exc: BaseException) -> str:
 
 def _users(room: Room | None) -> list[str]:
     return list(room.users) if room else []
+
+
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+_seq_of_payload = msgspec.json.Decoder(_Seq).decode
+
+
+def _seq_of(payload: bytes) -> int:
+    """The ``seq`` of an encoded room event (its other fields are skipped, not built)."""
+    return _seq_of_payload(payload).seq
 
 
 def _first_kept(room: Room) -> int:

@@ -185,8 +185,8 @@ def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES, max_count:
     An envelope that would be alone in its array goes out as itself, so one envelope is never an array.
     """
     count = len(payloads)
-    if count == 1:
-        return payloads
+    if count <= 1:
+        return payloads  # nothing to send is no frame; one envelope goes as itself
     if count <= (max_count or count) and sum(map(len, payloads)) + count + 1 <= limit:
         return [b"[" + b",".join(payloads) + b"]"]  # the common case: all in one frame
     frames: list[bytes] = []

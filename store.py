@@ -125,11 +125,17 @@ class SqliteStore:
         self._rows.append((room, seq, payload))
 
     def read(self, room: str, after: int, limit: int) -> list[bytes]:
-        """Encoded events of ``room`` with ``seq > after``, oldest first."""
+        """Encoded events of ``room`` with ``seq > after``, oldest first: committed ones, then those appended
+        since the last commit (memory may already have let them go; the broker sends the reply only after
+        the commit anyway)."""
         rows = self.db.execute(
-            "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
+            "SELECT seq, payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
-        return [payload for (payload,) in rows]
+        found = rows.fetchall()
+        if len(found) < limit and self._rows:
+            last = found[-1][0] if found else after
+            found += [(seq, payload) for name, seq, payload in self._rows if name == room and seq > last]
+        return [payload for _, payload in found[:limit]]
 
     @property
     def pending(self) -> int:
