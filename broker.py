@@ -38,6 +38,9 @@ DRAIN_LIMIT = 10_000
 #: Outputs gathered before one commit and send: the group-commit size.  Small enough that a
 #: busy loop still publishes every few hundred microseconds, large enough to amortise the commit.
 COMMIT_BATCH = 512
+#: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
+#: history requests) must not hold back everyone's replies until the burst is drained.
+FLUSH_AFTER_S = 0.002
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
 #: frames (never blocks, never slows the others); the subscriber sees a seq gap and
 #: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES
@@ -46,6 +49,10 @@ FEED_HWM = 500
 #: Per-client reply queue.  At the mark, replies to that client are dropped
 #: (ROUTER_MANDATORY turns that into an error we count instead of a block).
 INBOX_HWM = 1_000
+#: Per-client request queue, in frames (each at most --max-frame, 64 KiB): what one connection can make
+#: the broker hold before libzmq stops reading its socket (TCP then pushes back on the sender): 6.4 MiB.
+#: A client never needs more: its requests wait in its own DEALER instead.
+INBOX_RCVHWM = 100
 
 
 def default_db_path() -> Path:
@@ -71,7 +78,7 @@ def bind_sockets(
     router.setsockopt(zmq.ROUTER_HANDOVER, 0 if curve is not None else 1)
     router.setsockopt(zmq.MAXMSGSIZE, max_frame)  # oversized frames never reach Python
     router.setsockopt(zmq.SNDHWM, INBOX_HWM)
-    router.setsockopt(zmq.RCVHWM, INBOX_HWM)
+    router.setsockopt(zmq.RCVHWM, INBOX_RCVHWM)
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, feed_hwm)
     for sock in (router, pub):
@@ -174,6 +181,7 @@ class Broker:
         recv, more, known = router.recv, router.getsockopt, core.peers
         pending: list[Output] = []
         key = address = None
+        flush_at = clock() + FLUSH_AFTER_S
         for _ in range(DRAIN_LIMIT):
             try:
                 if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key (its source)
@@ -191,10 +199,12 @@ class Broker:
                         frames.append(recv())
             except zmq.Again:
                 break
-            pending += core.handle(peer, frames, clock(), key, address)
-            if len(pending) >= COMMIT_BATCH:
+            now = clock()
+            pending += core.handle(peer, frames, now, key, address)
+            if len(pending) >= COMMIT_BATCH or now >= flush_at:
                 self.flush(pending)
                 pending = []
+                flush_at = now + FLUSH_AFTER_S
         self.flush(pending)
 
     def stop(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import ipaddress
 import itertools
 import logging
 import os
+import struct
 import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
@@ -184,7 +186,8 @@ class Room:
 
 
 class Window(OrderedDict):
-    """One user's recent ids -> (ack, fingerprint of the request), least recently said first."""
+    """One user's recent ids -> the ack they got with the request's fingerprint after it (8 bytes), least
+    recently said first.  Bytes, not tuples: the cyclic GC never walks them, however many there are."""
 
     __slots__ = ("at",)
 
@@ -193,10 +196,14 @@ class Window(OrderedDict):
         self.at = at  # when it was last written to
 
 
-def fingerprint(target: str, text: str, me: bool) -> int:
+def fingerprint(target: str, text: str, me: bool) -> bytes:
     """What a resend must match to get the old ack: where it went (a room, or ``@name`` for a dm), its
     text and ``me``.  An id reused for anything else is ``id_reused``."""
-    return hash((target, text, me))
+    return _pack_hash(hash((target, text, me)))
+
+
+_pack_hash = struct.Struct("<q").pack
+FINGERPRINT_BYTES = 8
 
 
 class SaidWindows:
@@ -232,18 +239,20 @@ class SaidWindows:
             window.at = now
         return window
 
-    def get(self, folded: str, msg_id: str) -> tuple[bytes, int] | None:
+    def get(self, folded: str, msg_id: str) -> tuple[bytes, bytes] | None:
+        """The ack and fingerprint ``folded`` got for ``msg_id``, if remembered."""
         window = self.windows.get(folded)
-        return None if window is None else window.get(msg_id)
+        said = None if window is None else window.get(msg_id)
+        return None if said is None else (said[:-FINGERPRINT_BYTES], said[-FINGERPRINT_BYTES:])
 
     def full(self, now: float) -> bool:
         """At the bound with nothing old enough to forget: a new id must wait."""
         return self.size >= self.total and not self._forget_old(now, self.total - 1)
 
-    def remember(self, folded: str, msg_id: str, ack: bytes, fp: int, now: float) -> None:
+    def remember(self, folded: str, msg_id: str, ack: bytes, fp: bytes, now: float) -> None:
         window = self.window(folded, now)
         before = len(window)
-        window[msg_id] = (ack, fp)
+        window[msg_id] = ack + fp
         if len(window) > self.per_user:
             window.popitem(last=False)
         else:
@@ -332,17 +341,18 @@ class ChatCore:
         Resends after a restart are recognised among each room's recent events (``history_kept``):
         a client resends within seconds, long before a room moves that far on.
         """
-        snap = self.store.load(self.config.history_kept)
+        cfg = self.config
         # The newest message ids of all rooms, at most as many as the windows hold (a heap, so memory
         # stays bounded however many rooms there are), replayed oldest first: as they were said.
-        newest: list[tuple[float, int, str, str, str]] = []
-        most = self.config.dedupe_total
-        for name, seq in snap.seqs.items():
-            recent = snap.recent.get(name, ())
-            if len(self.rooms) < self.config.max_rooms:
+        newest: list[tuple[float, int, str, str, str, bytes]] = []
+        most = cfg.dedupe_total
+        for name, seq, recent in self.store.load(cfg.history_kept, cfg.history_bytes_per_room):
+            if len(self.rooms) < cfg.max_rooms:
                 room = self._room(name)
                 room.seq = seq
                 self._keep(room, recent)
+                if self.history_bytes > cfg.history_bytes_total:  # as it runs: memory never holds more
+                    self._trim_all(cfg.history_bytes_total * 9 // 10)
             else:  # more rooms than memory is for: the rest wait on disk until someone joins them
                 self.resting[name] = seq
             for event in map(m.decode, recent):
@@ -413,7 +423,7 @@ class ChatCore:
 
     def _new_peer(self, peer: bytes, key: str | None, address: str | None, now: float) -> Peer:
         """A connection seen for the first time, counted against its source (made if new)."""
-        origin = key if key is not None else address
+        origin = key if key is not None else _network_of(address)
         trusted = origin is None or origin in self.config.trusted_sources
         name = f"peer:{peer.hex()}" if trusted else f"key:{key}" if key is not None else f"addr:{address}"
         source = self.sources.get(name)
@@ -439,6 +449,10 @@ class ChatCore:
                 at = self._plain_msgs(session, envelopes, at, now, mine, out)
                 if at == end:
                     break
+            if self._out_of_tokens(conn, now):  # the rest of the batch: one error, and no work per request
+                error = f"too many requests; slow down ({end - at} requests of this batch were not handled)"
+                mine.append(m.encode(ProtocolError(ErrorCode.RATE_LIMITED, error).envelope()))
+                break
             done: list[Output] = []
             self._handle_one(peer, conn, envelopes[at], now, key, done)
             for output in done:
@@ -468,7 +482,7 @@ class ChatCore:
         max_text, per_user, said_total = self.config.max_text, self.config.dedupe_per_user, windows.total
         limited, conn = self.config.rate_limit or self.config.source_rate, session.conn
         kept, room_cap = self.config.history_kept, self.config.history_bytes_per_room
-        encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
+        encode, plain, event, ack, new_tuple, pack = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple, _pack_hash
         ts, persistent = now + self.wall_offset, self.store.persistent
         end, grown, added, first = len(envelopes), 0, 0, True
         try:
@@ -502,10 +516,8 @@ class ChatCore:
                 out.append(new_tuple(Publish, (room.topic, payload)))
                 if first:
                     said, first = windows.window(session.folded, now), False  # made, or moved to most recent
-                said[msg_id] = (
-                    reply := encode(ack(id=msg_id, room=room_name, seq=seq)),
-                    hash((room_name, text, False)),
-                )
+                reply = encode(ack(id=msg_id, room=room_name, seq=seq))
+                said[msg_id] = reply + pack(hash((room_name, text, False)))  # SaidWindows.remember's bytes
                 mine.append(reply)
                 if len(said) > per_user:
                     said.popitem(last=False)
@@ -719,8 +731,8 @@ class ChatCore:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
         elif room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
             payloads = _after(room, after, limit)  # the common case: a recent gap, from memory
-        else:  # older, or a room at rest: from disk (nothing, with no database)
-            payloads = self.store.read(name, after, limit)
+        else:  # older, or a room at rest: from disk (nothing, with no database), no more than is sent
+            payloads = self.store.read(name, after, limit, self.config.max_reply_bytes)
         events = _fit(payloads, self.config.max_reply_bytes)
         reply: dict[str, Any] = {"type": "history", "room": name, "events": list(map(msgspec.Raw, events)), "seq": seq}
         if events and len(events) < asked and _seq_of(events[-1]) < seq:
@@ -893,6 +905,13 @@ class ChatCore:
         out.append(Reply(peer, ack))
         return True
 
+    def _out_of_tokens(self, conn: Peer, now: float) -> bool:
+        cfg = self.config
+        return bool(
+            (cfg.rate_limit and _refill(conn.bucket, now, cfg.rate_limit, cfg.rate_burst) < 1)
+            or (cfg.source_rate and _refill(conn.source.bucket, now, cfg.source_rate, cfg.source_burst) < 1)
+        )
+
     def _spend(self, conn: Peer, now: float, cost: float = 1.0, debt: bool = False) -> bool:
         """Take ``cost`` tokens from the connection's bucket and its source's; False (and nothing taken)
         if either has less than one.  ``debt`` takes them anyway (a reply's size, known only after it)."""
@@ -906,6 +925,16 @@ class ChatCore:
         if cfg.source_rate:
             conn.source.bucket.tokens = max(-cfg.source_burst, conn.source.bucket.tokens - cost)
         return True
+
+
+def _network_of(address: str | None) -> str | None:
+    """The source an address stands for: itself (IPv4), or its /64 (IPv6: one host is given a whole /64)."""
+    if address is None or ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network((address.split("%")[0], 64), strict=False))
+    except ValueError:
+        return address
 
 
 def _refill(bucket: Bucket, now: float, rate: float, burst: float) -> float:

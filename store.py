@@ -15,21 +15,14 @@ fsyncs every commit for that, at the price of a disk flush per batch.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import sqlite3
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 SCHEMA_VERSION = 2
 SYNC_LEVELS = ("normal", "full")
-
-
-@dataclass
-class Snapshot:
-    """What a broker starts from: each room's last seq and its recent events (oldest first)."""
-
-    seqs: dict[str, int] = field(default_factory=dict)
-    recent: dict[str, list[bytes]] = field(default_factory=dict)  # encoded events, as published
 
 
 class MemoryStore:
@@ -41,13 +34,13 @@ class MemoryStore:
         #: Names this history; a new one (every run, here) tells clients that seqs started over.
         self.history_id = os.urandom(8).hex()
 
-    def load(self, recent_per_room: int) -> Snapshot:
-        return Snapshot()
+    def load(self, recent_per_room: int, bytes_per_room: int) -> Iterator[tuple[str, int, list[bytes]]]:
+        return iter(())
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         pass
 
-    def read(self, room: str, after: int, limit: int) -> list[bytes]:
+    def read(self, room: str, after: int, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
         return []
 
     pending = 0
@@ -111,31 +104,44 @@ class SqliteStore:
         self.db.execute("ROLLBACK")
         self._rows: list[tuple[str, int, bytes]] = []
 
-    def load(self, recent_per_room: int) -> Snapshot:
-        snap = Snapshot()
-        for room, seq in self.db.execute("SELECT room, MAX(seq) FROM events GROUP BY room"):
-            snap.seqs[room] = seq
+    def load(self, recent_per_room: int, bytes_per_room: int) -> Iterator[tuple[str, int, list[bytes]]]:
+        """What a broker starts from, room by room (so memory holds one room's worth at a time): the room,
+        its last seq, and its newest events (oldest first), at most ``recent_per_room`` and, but for the
+        newest, within ``bytes_per_room``."""
+        for room, seq in self.db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall():
             rows = self.db.execute(
-                "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq", (room, seq - recent_per_room)
+                "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq DESC", (room, seq - recent_per_room)
             )
-            snap.recent[room] = [payload for (payload,) in rows]
-        return snap
+            recent, used = [], 0
+            for (payload,) in rows:  # newest first, read lazily: it stops at the budget
+                used += len(payload)
+                if recent and used > bytes_per_room:
+                    break
+                recent.append(payload)
+            recent.reverse()
+            yield room, seq, recent
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         self._rows.append((room, seq, payload))
 
-    def read(self, room: str, after: int, limit: int) -> list[bytes]:
-        """Encoded events of ``room`` with ``seq > after``, oldest first: committed ones, then those appended
-        since the last commit (memory may already have let them go; the broker sends the reply only after
-        the commit anyway)."""
+    def read(self, room: str, after: int, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
+        """Encoded events of ``room`` with ``seq > after``, oldest first, at most ``limit`` and, but for the
+        first, within ``max_bytes`` (rows are read lazily, so a large limit costs only what is sent):
+        committed ones, then those appended since the last commit (memory may already have let them go;
+        the broker sends the reply only after the commit anyway)."""
         rows = self.db.execute(
             "SELECT seq, payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
-        found = rows.fetchall()
-        if len(found) < limit and self._rows:
-            last = found[-1][0] if found else after
-            found += [(seq, payload) for name, seq, payload in self._rows if name == room and seq > last]
-        return [payload for _, payload in found[:limit]]
+        found, used, last = [], 0, after
+        for seq, payload in itertools.chain(rows, ((s, p) for r, s, p in list(self._rows) if r == room)):
+            if seq <= last:
+                continue  # a pending row is newer than every committed one; this skips none of them twice
+            used += len(payload)
+            if (found and used > max_bytes) or len(found) == limit:
+                break
+            found.append(payload)
+            last = seq
+        return found
 
     @property
     def pending(self) -> int:
