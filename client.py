@@ -35,6 +35,7 @@ import zmq
 import console_text
 import keys
 import messages as m
+import transport
 
 Event = dict[str, Any]
 
@@ -243,17 +244,10 @@ class ChatClient:
         self.dealer.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
         # Don't queue requests for a broker that isn't there; unacked messages are resent by us instead.
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)
-        self.dealer.setsockopt(zmq.LINGER, 1000)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
         for sock in (self.dealer, self.sub):
-            sock.setsockopt(zmq.IPV6, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            if curve is not None:
-                sock.curve_serverkey = curve.server_public
-                sock.curve_publickey = curve.public
-                sock.curve_secretkey = curve.secret
+            transport.tune_connecting(sock, curve)
         self.sub.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
         if self.observer and not wanted:
             self.sub.setsockopt(zmq.SUBSCRIBE, m.ROOM_TOPIC_PREFIX)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import messages as m
+import transport
 from client import ChatClient, add_endpoint_args, connection, room_name
 
 
@@ -102,10 +102,6 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
             out.flush()
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the logger as cleanly as Ctrl-C
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -119,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not m.valid_room(room):
             print(f"chat-logger: {room!r} is not a valid room name", file=sys.stderr)
             return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    transport.stop_on_sigterm()
     path = Path(args.out) if args.out else None
     positions = resume_positions(path, rooms) if path else {}
     history_id = saved_history(path) if path and positions else None
