@@ -16,6 +16,9 @@
   const MAX_UNACKED = 1000;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 8000;
+  const NOTICE_EVERY_MS = 3000; // "sending too fast" and the like: one line per this long, not one per message
+  // Errors that say "not now" rather than "never": the request is kept (or, for hello, asked again).
+  const RETRY_CODES = new Set(["rate_limited", "unavailable"]);
 
   // --- protocol helpers (ports of client.FeedSequencer and messages.safe_text) ------------
 
@@ -158,8 +161,13 @@
 
   // --- state ---------------------------------------------------------------------------------
 
-  const idPrefix = Array.from(crypto.getRandomValues(new Uint8Array(4)), (b) => b.toString(16).padStart(2, "0")).join("");
-  let idCounter = 0;
+  /** A message id nobody can predict: 16 random bytes (128 bits), base64url (22 characters).  Ids must
+   *  not be guessable from the feed: someone who took our name after our connection dropped could
+   *  otherwise send other text under our next ids, and our resends would be acked as repeats. */
+  function nextId() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
 
   const S = {
     ws: null,
@@ -192,6 +200,7 @@
     joining: new Map(), // join request id -> room, until joined or refused
     pending: new Map(), // id -> the greyed line of a message not yet on the feed
     seen: new Map(), // room -> Map(seq -> ts) of the last events shown, to recognise them after a restart
+    noticed: new Map(), // notice kind -> when it was last shown
   };
 
   // --- sending -------------------------------------------------------------------------------
@@ -206,8 +215,6 @@
     S.lastHello = Date.now();
     send({ type: "hello", user: S.name, rooms: S.wanted });
   }
-
-  const nextId = () => idPrefix + "-" + ++idCounter;
 
   /** A msg or dm: kept until its ack, resent after ACK_TIMEOUT_MS or a new session. */
   function request(env, me) {
@@ -269,8 +276,12 @@
       // Housekeeping on traffic too, not only on timers: background tabs throttle timers.
       housekeeping();
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (S.ws !== ws) return;
+      if (event.code === 1008 || event.code === 1011 || event.code === 1013) {
+        // The gateway closed us on purpose (a slow consumer, its own error): say why, then reconnect.
+        systemLine(`the gateway closed the connection: ${safeText(event.reason || String(event.code))}`);
+      }
       S.wsOpen = false;
       S.user = null;
       S.joined.clear();
@@ -306,12 +317,7 @@
       case "error":
         return onError(env);
       case "history":
-        if (S.fills.has(env.room)) {
-          S.fills.delete(env.room);
-          const events = Array.isArray(env.events) ? env.events : [];
-          deliver(env.room, ...S.seq.fill(env.room, events, events.length < MAX_HISTORY_LIMIT));
-        }
-        return;
+        return onHistory(env);
       case "pong":
         sawEpoch(env.epoch);
         if (env.session === false && S.user !== null) loseSession(); // the broker timed us out
@@ -415,6 +421,20 @@
     if (seen.size > 200) seen.delete(seen.keys().next().value);
   }
 
+  /** A history reply to a fill.  A reply cut by size says more: true and is not complete whatever its
+   *  length: ask again after its last event.  Without more, fewer events than the limit means the
+   *  broker has nothing more, so a hole it did not fill is gone for good. */
+  function onHistory(env) {
+    const room = env.room;
+    if (!S.fills.has(room)) return;
+    S.fills.delete(room);
+    const events = (Array.isArray(env.events) ? env.events : []).filter((e) => e && typeof e.seq === "number");
+    const more = env.more === true && events.length > 0;
+    let [ready, fetch] = S.seq.fill(room, events, !more && events.length < MAX_HISTORY_LIMIT);
+    if (more && S.seq.last.has(room)) fetch = Math.max(events[events.length - 1].seq, S.seq.last.get(room));
+    deliver(room, ready, fetch);
+  }
+
   function onLeft(room) {
     S.joined.delete(room);
     for (const [id, r] of [...S.joining]) if (r === room) S.joining.delete(id);
@@ -433,22 +453,60 @@
     systemLine(`you left #${room}`);
   }
 
+  /** A line at most every NOTICE_EVERY_MS per kind, so that a burst of refusals is one line. */
+  function notice(kind, text) {
+    const now = Date.now();
+    if (now - (S.noticed.get(kind) || 0) < NOTICE_EVERY_MS) return;
+    S.noticed.set(kind, now);
+    errorLine(text);
+  }
+
   function onError(env) {
     const code = env.code;
     const id = env.id;
+    const detail = safeText(env.detail || "");
     if (code === "no_session" && S.welcomed) {
       if (S.user !== null) loseSession(); // the message stays unacknowledged and is resent after the welcome
       return;
     }
     if (S.user === null && S.name && id === undefined) {
-      // The answer to our hello.
+      // The answer to our hello (or to a ping while we wait for one).
       if (code === "name_taken" && Date.now() < S.retryUntil) return; // our old session is still ending
-      showLogin(`${safeText(env.detail || "")} (${code})`);
+      if (RETRY_CODES.has(code) || code === "internal") {
+        // Not now: housekeeping says hello again in a moment.
+        if (S.welcomed) notice(code, `${detail} (${code}); trying again`);
+        else $("login-error").textContent = `${detail} (${code}); trying again…`;
+        return;
+      }
+      showLogin(`${detail} (${code})`);
       return;
     }
-    if (code === "rate_limited" && S.unacked.has(id)) {
-      errorLine("sending too fast; the message will be sent again in a moment (rate_limited)");
-      return; // kept: resent after ACK_TIMEOUT_MS
+    if (code === "id_reused" && S.unacked.has(id)) {
+      // Someone used this id for something else (our name, another connection): the same message under a new id.
+      const req = S.unacked.get(id);
+      const fresh = nextId();
+      S.unacked.delete(id);
+      S.sentAt.delete(id);
+      req.id = fresh;
+      S.unacked.set(fresh, req);
+      S.sentAt.set(fresh, Date.now());
+      const line = S.pending.get(id);
+      if (line) {
+        S.pending.delete(id);
+        S.pending.set(fresh, line);
+      }
+      if (S.user !== null) send(req); // else the next welcome sends it
+      return;
+    }
+    if (RETRY_CODES.has(code) && S.unacked.has(id)) {
+      // Kept, and resent after ACK_TIMEOUT_MS.
+      const why = code === "rate_limited" ? "sending too fast" : detail;
+      notice(code, `${why}; the message will be sent again in a moment (${code})`);
+      return;
+    }
+    if (RETRY_CODES.has(code) && id === undefined) {
+      notice(code, `${detail} (${code})`); // a ping, a history fill: asked again by housekeeping
+      return;
     }
     if (S.unacked.has(id)) {
       S.unacked.delete(id);
