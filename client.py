@@ -279,6 +279,8 @@ class ChatClient:
                 if kind in ("welcome", "rooms"):
                     first = first or event
                 elif kind == "error" and self.user is None and not self.observer:
+                    if event.get("code") in RETRY_LATER:
+                        continue  # the hello is sent again in a moment (_hello_due)
                     self._backlog = seen
                     raise ChatError(event["code"], event["detail"])
             if first is not None and (self.observer or self.wanted_rooms.keys() <= self.rooms.keys()):
@@ -626,7 +628,9 @@ class ChatClient:
         return self._last_hello + (1.0 if self._hello_sent else 0.05)
 
     def _next_due(self) -> float:
-        due = min(self._last_ping + self.heartbeat, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
+        due = self._last_ping + self.heartbeat
+        if self.connected:  # once the loss is noticed, that deadline is past: waiting on it would spin
+            due = min(due, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
         if self._sent_at and self.user is not None:
             due = min(due, next(iter(self._sent_at.values())) + self.ack_timeout)
         hello_due = self._hello_due()

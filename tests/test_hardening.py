@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +417,14 @@ def test_a_client_whose_id_was_taken_sends_again_under_a_new_one(harness: Harnes
     squatter.request({"type": "history", "room": "general"})
     texts = {e["id"]: e["text"] for e in squatter.reply()["events"] if e["type"] == "msg"}
     assert texts == {"drawn-1": "not alice's words", "drawn-2": "my own words"}
+
+
+def test_a_client_that_lost_the_broker_waits_instead_of_spinning() -> None:
+    from client import ChatClient
+
+    with ChatClient("alice", router="tcp://127.0.0.1:9", pub="tcp://127.0.0.1:9") as alice:  # nobody there
+        alice._last_heard -= 60.0
+        alice.poll(0)  # notices the silence: the connection is lost
+        assert not alice.connected
+        now = time.monotonic()
+        assert alice._next_due() > now  # the next wake-up is a ping or a hello, not a deadline long past
