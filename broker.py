@@ -68,6 +68,8 @@ def bind_sockets(
     feed_hwm: int = FEED_HWM,
     max_frame: int = m.MAX_FRAME_BYTES,
     curve: tuple[bytes, bytes] | None = None,
+    reply_hwm: int = INBOX_HWM,
+    request_hwm: int = INBOX_RCVHWM,
 ) -> tuple[zmq.Socket, zmq.Socket]:
     """The inbox and the feed, with every option chosen on purpose; ``curve`` is the broker's (public, secret)."""
     router = ctx.socket(zmq.ROUTER)
@@ -77,8 +79,8 @@ def bind_sockets(
     # without handover libzmq leaves such a connection unread until the first one is gone.
     router.setsockopt(zmq.ROUTER_HANDOVER, 0 if curve is not None else 1)
     router.setsockopt(zmq.MAXMSGSIZE, max_frame)  # oversized frames never reach Python
-    router.setsockopt(zmq.SNDHWM, INBOX_HWM)
-    router.setsockopt(zmq.RCVHWM, INBOX_RCVHWM)
+    router.setsockopt(zmq.SNDHWM, reply_hwm)
+    router.setsockopt(zmq.RCVHWM, request_hwm)
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, feed_hwm)
     for sock in (router, pub):
@@ -299,6 +301,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--reply-queue",
+        type=int,
+        default=INBOX_HWM,
+        metavar="FRAMES",
+        help="replies queued per client (each at most about 64 KiB); past it that client's replies are dropped "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--request-queue",
+        type=int,
+        default=INBOX_RCVHWM,
+        metavar="FRAMES",
+        help="requests queued per client (each at most --max-frame); past it libzmq stops reading that client "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--curve",
         metavar="KEYDIR",
         type=Path,
@@ -453,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             curve = keys.server_keys(args.curve)
             allowed = keys.allowed_keys(args.curve)
             auth = transport.start_authenticator(ctx, args.curve, allowed)
-        router, pub = bind_sockets(ctx, router_ep, pub_ep, args.feed_hwm, args.max_frame, curve)
+        router, pub = bind_sockets(
+            ctx, router_ep, pub_ep, args.feed_hwm, args.max_frame, curve, args.reply_queue, args.request_queue
+        )
     except (zmq.ZMQError, OSError, ValueError) as exc:
         print(f"chat-broker: cannot start: {exc}", file=sys.stderr)
         if auth is not None:
