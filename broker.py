@@ -40,7 +40,7 @@ DRAIN_LIMIT = 10_000
 COMMIT_BATCH = 512
 #: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
 #: history requests) must not hold back everyone's replies until the burst is drained.
-FLUSH_AFTER_S = 0.002
+FLUSH_AFTER_S = 0.01
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
 #: frames (never blocks, never slows the others); the subscriber sees a seq gap and
 #: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES

@@ -186,8 +186,9 @@ class Room:
 
 
 class Window(OrderedDict):
-    """One user's recent ids -> the ack they got with the request's fingerprint after it (8 bytes), least
-    recently said first.  Bytes, not tuples: the cyclic GC never walks them, however many there are."""
+    """One user's recent ids -> what they said: the ack of a ``msg`` (its event, in the room's history,
+    tells what it was), or the ack of a ``dm`` with its fingerprint after it (8 bytes); least recently
+    said first.  Bytes, not tuples: the cyclic GC never walks them, however many there are."""
 
     __slots__ = ("at",)
 
@@ -197,12 +198,12 @@ class Window(OrderedDict):
 
 
 def fingerprint(target: str, text: str, me: bool) -> bytes:
-    """What a resend must match to get the old ack: where it went (a room, or ``@name`` for a dm), its
-    text and ``me``.  An id reused for anything else is ``id_reused``."""
-    return _pack_hash(hash((target, text, me)))
+    """What a resent ``dm`` must match to get the old ack (its recipient, as ``@name``, its text and ``me``):
+    a dm is not stored, so its window entry keeps this.  A resent ``msg`` is checked against its event."""
+    return _pack_hash((hash(target) * 1_000_003 ^ hash(text) ^ me) & ((1 << 64) - 1))
 
 
-_pack_hash = struct.Struct("<q").pack
+_pack_hash = struct.Struct("<Q").pack
 FINGERPRINT_BYTES = 8
 
 
@@ -239,20 +240,19 @@ class SaidWindows:
             window.at = now
         return window
 
-    def get(self, folded: str, msg_id: str) -> tuple[bytes, bytes] | None:
-        """The ack and fingerprint ``folded`` got for ``msg_id``, if remembered."""
+    def get(self, folded: str, msg_id: str) -> bytes | None:
+        """What ``folded`` said under ``msg_id`` (see ``Window``), if remembered."""
         window = self.windows.get(folded)
-        said = None if window is None else window.get(msg_id)
-        return None if said is None else (said[:-FINGERPRINT_BYTES], said[-FINGERPRINT_BYTES:])
+        return None if window is None else window.get(msg_id)
 
     def full(self, now: float) -> bool:
         """At the bound with nothing old enough to forget: a new id must wait."""
         return self.size >= self.total and not self._forget_old(now, self.total - 1)
 
-    def remember(self, folded: str, msg_id: str, ack: bytes, fp: bytes, now: float) -> None:
+    def remember(self, folded: str, msg_id: str, said: bytes, now: float) -> None:
         window = self.window(folded, now)
         before = len(window)
-        window[msg_id] = ack + fp
+        window[msg_id] = said
         if len(window) > self.per_user:
             window.popitem(last=False)
         else:
@@ -344,7 +344,7 @@ class ChatCore:
         cfg = self.config
         # The newest message ids of all rooms, at most as many as the windows hold (a heap, so memory
         # stays bounded however many rooms there are), replayed oldest first: as they were said.
-        newest: list[tuple[float, int, str, str, str, bytes]] = []
+        newest: list[tuple[float, int, str, str, str]] = []
         most = cfg.dedupe_total
         for name, seq, recent in self.store.load(cfg.history_kept, cfg.history_bytes_per_room):
             if len(self.rooms) < cfg.max_rooms:
@@ -357,11 +357,10 @@ class ChatCore:
                 self.resting[name] = seq
             for event in map(m.decode, recent):
                 if event.get("type") == "msg":
-                    fp = fingerprint(name, event["text"], bool(event.get("me")))
-                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"], fp)
+                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"])
                     (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, said)
-        for _, seq, room_name, folded, msg_id, fp in sorted(newest):
-            self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), fp, now)
+        for _, seq, room_name, folded, msg_id in sorted(newest):
+            self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), now)
 
     def commit(self) -> None:
         """Make everything handled so far durable.  The broker calls this before sending what it was given.
@@ -482,13 +481,15 @@ class ChatCore:
         max_text, per_user, said_total = self.config.max_text, self.config.dedupe_per_user, windows.total
         limited, conn = self.config.rate_limit or self.config.source_rate, session.conn
         kept, room_cap = self.config.history_kept, self.config.history_bytes_per_room
-        encode, plain, event, ack, new_tuple, pack = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple, _pack_hash
+        encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
         ts, persistent = now + self.wall_offset, self.store.persistent
-        end, grown, added, first = len(envelopes), 0, 0, True
+        end, grown, added, first, overhead = len(envelopes), 0, 0, True, EVENT_OVERHEAD
+        if self.unavailable is not None:
+            return at  # nothing can be stored: the general path refuses each
         try:
             while at < end:
                 req = envelopes[at]
-                if type(req) is not plain or self.unavailable:
+                if type(req) is not plain:
                     break
                 room_name, msg_id, text = req.room, req.id, req.text
                 if (
@@ -504,12 +505,13 @@ class ChatCore:
                 room = room_of[room_name]
                 seq = room.seq = room.seq + 1
                 payload = encode(event(room=room_name, user=user, text=text, id=msg_id, seq=seq, ts=ts))
-                history = room.history
+                history, size = room.history, len(payload) + overhead
+                if len(history) == kept:  # the deque's bound drops its oldest on append
+                    size -= len(history[0]) + overhead
                 history.append(payload)
-                size = len(payload) + EVENT_OVERHEAD
                 room.bytes += size
                 added += size
-                if room.bytes > room_cap or len(history) > kept:
+                if room.bytes > room_cap:
                     added -= self._trim_room(room)
                 if persistent:
                     self.store.append(room_name, seq, payload)
@@ -517,7 +519,7 @@ class ChatCore:
                 if first:
                     said, first = windows.window(session.folded, now), False  # made, or moved to most recent
                 reply = encode(ack(id=msg_id, room=room_name, seq=seq))
-                said[msg_id] = reply + pack(hash((room_name, text, False)))  # SaidWindows.remember's bytes
+                said[msg_id] = reply
                 mine.append(reply)
                 if len(said) > per_user:
                     said.popitem(last=False)
@@ -691,7 +693,7 @@ class ChatCore:
             event.me = True
         seq = self._publish(self.rooms[room_name], event, now, out)
         ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
-        self.said.remember(session.folded, msg_id, ack, _fingerprint_of(req), now)
+        self.said.remember(session.folded, msg_id, ack, now)
         out.append(Reply(peer, ack))
 
     def _dm(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -714,7 +716,7 @@ class ChatCore:
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
         ack = m.encode(m.Ack(id=req["id"], to=target.user))
-        self.said.remember(session.folded, req["id"], ack, _fingerprint_of(req), now)
+        self.said.remember(session.folded, req["id"], ack + _fingerprint_of(req), now)
         out.append(Reply(peer, ack))
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -794,17 +796,23 @@ class ChatCore:
         return True
 
     def _keep(self, room: Room, payloads: list[bytes]) -> None:
-        """Add already-published events to a room's in-memory history (a restart, a room back from rest)."""
-        room.history.extend(payloads)
-        size = sum(map(len, payloads)) + EVENT_OVERHEAD * len(payloads)
-        room.bytes += size
-        self.history_bytes += size - self._trim_room(room)
+        """Add events to a room's in-memory history (the deque's bound drops the oldest beyond
+        ``history_kept``), then hold it to its byte bound."""
+        history, kept, added = room.history, self.config.history_kept, 0
+        for payload in payloads:  # as the hot loop in _plain_msgs does it
+            size = len(payload) + EVENT_OVERHEAD
+            if len(history) == kept:
+                size -= len(history[0]) + EVENT_OVERHEAD
+            history.append(payload)
+            added += size
+        room.bytes += added
+        self.history_bytes += added - self._trim_room(room)
 
     def _trim_room(self, room: Room) -> int:
-        """Drop a room's oldest kept events beyond its count and byte bounds; returns the bytes freed."""
-        history, kept, cap = room.history, self.config.history_kept, self.config.history_bytes_per_room
+        """Drop a room's oldest kept events beyond its byte bound (but the newest); returns the bytes freed."""
+        history, cap = room.history, self.config.history_bytes_per_room
         freed = 0
-        while len(history) > kept or (room.bytes - freed > cap and len(history) > 1):
+        while room.bytes - freed > cap and len(history) > 1:
             freed += len(history.popleft()) + EVENT_OVERHEAD
         room.bytes -= freed
         return freed
@@ -823,7 +831,8 @@ class ChatCore:
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(name, m.room_topic(name), deque())
+            history: deque[bytes] = deque(maxlen=self.config.history_kept)
+            room = self.rooms[name] = Room(name, m.room_topic(name), history)
             seq = self.resting.pop(name, None)
             if seq is not None:  # back from rest: its seq goes on, its recent events come back from disk
                 room.seq = seq
@@ -882,10 +891,7 @@ class ChatCore:
         event.seq = seq
         event.ts = now + self.wall_offset
         payload = m.encode(event)
-        room.history.append(payload)
-        size = len(payload) + EVENT_OVERHEAD
-        room.bytes += size
-        self.history_bytes += size - self._trim_room(room)
+        self._keep(room, [payload])
         if self.store.persistent:  # a call per event that does nothing shows in the broker's throughput
             self.store.append(room.name, seq, payload)
         out.append(_new_tuple(Publish, (room.topic, payload)))  # Publish(...) without its Python-level __new__
@@ -897,13 +903,38 @@ class ChatCore:
         said = self.said.get(session.folded, req["id"])
         if said is None:
             return False
-        ack, fp = said
-        if fp != _fingerprint_of(req):
+        if said.endswith(b"}"):  # a msg's ack: its event says what it was
+            ack, same = said, self._same_msg(said, req)
+        else:  # a dm's ack and its fingerprint
+            ack = said[:-FINGERPRINT_BYTES]
+            same = req["type"] == "dm" and said[-FINGERPRINT_BYTES:] == _fingerprint_of(req)
+        if not same:
             raise ProtocolError(
                 ErrorCode.ID_REUSED, "you used this id lately for another message; use a new id", req["id"]
             )
         out.append(Reply(peer, ack))
         return True
+
+    def _same_msg(self, ack: bytes, req: dict) -> bool:
+        """Is ``req`` the msg this ack was for?  Its event is in the room's history (memory, else disk);
+        if neither has it any more (``--db :memory:``, long ago), it is taken to be."""
+        if req["type"] != "msg":
+            return False
+        acked = m.decode(ack)
+        name, seq = acked["room"], acked["seq"]
+        if name != req["room"]:
+            return False
+        room = self.rooms.get(name)
+        if room is not None and seq >= _first_kept(room):
+            payloads = [room.history[seq - _first_kept(room)]]
+        else:
+            payloads = self.store.read(name, seq - 1, 1)
+        if not payloads:
+            return True
+        event = m.decode(payloads[0])
+        return event.get("seq") != seq or (
+            event["text"] == req["text"] and bool(event.get("me")) == bool(req.get("me"))
+        )
 
     def _out_of_tokens(self, conn: Peer, now: float) -> bool:
         cfg = self.config
@@ -949,7 +980,7 @@ def _refilled(bucket: Bucket, now: float, rate: float, burst: float) -> bool:
     return bucket.tokens + max(0.0, now - bucket.at) * rate >= burst
 
 
-def _fingerprint_of(req: dict) -> int:
+def _fingerprint_of(req: dict) -> bytes:
     target = req["room"] if req["type"] == "msg" else "@" + req["to"].casefold()
     return fingerprint(target, req["text"], bool(req.get("me")))
 

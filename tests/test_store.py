@@ -7,11 +7,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows, fingerprint
+from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
 from store import MemoryStore, SqliteStore, open_store
 
 A = b"peer-a"
-FP = fingerprint("general", "hi", False)
 B = b"peer-b"
 
 
@@ -137,19 +136,19 @@ def test_past_the_total_the_least_recently_active_users_are_forgotten_first() ->
 def test_the_window_being_written_to_is_kept_and_the_least_recently_written_goes() -> None:
     said = SaidWindows(per_user=3, total=4, age=0)
     for i in range(5):
-        said.remember("alice", f"a{i}", b"ack", FP, now=0.0)
+        said.remember("alice", f"a{i}", b"ack", now=0.0)
     assert list(said.windows["alice"]) == ["a2", "a3", "a4"]
-    said.remember("bob", "b0", b"ack", FP, now=0.0)  # alice, the least recent, goes to keep the total
-    assert list(said.windows) == ["bob"] and said.get("alice", "a4") is None and said.get("bob", "b0") == (b"ack", FP)
+    said.remember("bob", "b0", b"ack", now=0.0)  # alice, the least recent, goes to keep the total
+    assert list(said.windows) == ["bob"] and said.get("alice", "a4") is None and said.get("bob", "b0") == b"ack"
 
 
 def test_ids_younger_than_the_age_are_never_forgotten_for_others() -> None:
     said = SaidWindows(per_user=3, total=4, age=600)
     for i in range(3):
-        said.remember("alice", f"a{i}", b"ack", FP, now=0.0)
+        said.remember("alice", f"a{i}", b"ack", now=0.0)
     assert said.full(now=599.0)  # bob must wait: alice's ids are younger than ten minutes
     assert not said.full(now=600.0)  # now alice's window may go
-    said.remember("bob", "b0", b"ack", FP, now=600.0)
+    said.remember("bob", "b0", b"ack", now=600.0)
     assert list(said.windows) == ["bob"]
 
 
