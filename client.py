@@ -290,14 +290,20 @@ class ChatClient:
         raise TimeoutError(f"no answer from a broker at {self.router_endpoint} / {self.pub_endpoint}")
 
     def close(self, flush_timeout: float = 2.0) -> list[Event]:
-        """Wait (bounded) for unacknowledged messages, say ``bye``, close the sockets.
+        """Wait for unacknowledged messages while they are being acknowledged (up to ``flush_timeout``
+        without one, or a resend round if longer), say ``bye``, close the sockets.  So what a pipe fed
+        faster than the rate limit is all sent, in order, before the client goes.
 
         Returns the events that arrived meanwhile (acks, errors), so a caller can still show them.
         """
+        patience = max(flush_timeout, self.ack_timeout + 1.0) if flush_timeout else 0.0
         deadline = time.monotonic() + flush_timeout
         late, self._backlog = self._backlog, []
         while self.unacked and self.user is not None and time.monotonic() < deadline:
-            late.extend(self.poll(0.05))
+            events = self.poll(0.05)
+            late.extend(events)
+            if any(event["type"] == "ack" for event in events):  # progress: keep waiting
+                deadline = time.monotonic() + patience
         if self.user is not None:
             self._send({"type": "bye"})
         self.dealer.close()
@@ -753,6 +759,7 @@ class Console:
         self.out = out  # None: whatever sys.stdout is at print time (patch_stdout swaps it)
         self.current: str | None = next(iter(client.wanted_rooms), None)
         self.switch_on_join: set[str] = set()
+        self.quiet_retries_until = 0.0
 
     def show(self, line: str) -> None:
         """Print ``line``; on a terminal laid out by ``console_text``: no row the terminal could wrap, so none
@@ -767,6 +774,11 @@ class Console:
             return  # what I typed is already on my screen; my own join/leave is said by [system]
         if kind == "joined" and event.get("rejoin"):
             return  # back after a reconnect: what was missed arrives as ordinary events
+        if kind == "error" and event.get("retrying"):
+            now = time.monotonic()
+            if now < self.quiet_retries_until:
+                return  # one "will be sent in a moment" per resend round, not one per message
+            self.quiet_retries_until = now + self.client.ack_timeout
         if kind == "error" and "room" in event:
             self.switch_on_join.discard(event["room"])  # a join that was refused
         if kind == "joined" and event["room"] in self.switch_on_join:

@@ -428,3 +428,18 @@ def test_a_client_that_lost_the_broker_waits_instead_of_spinning() -> None:
         assert not alice.connected
         now = time.monotonic()
         assert alice._next_due() > now  # the next wake-up is a ping or a hello, not a deadline long past
+
+
+def test_closing_waits_while_a_rate_limited_backlog_is_still_being_acked(harness: Harness) -> None:
+    from client import ChatClient
+
+    broker = harness.broker("--rate-limit", "20", "--rate-burst", "10")
+    with ChatClient("piper", router=broker.router, pub=broker.pub, ack_timeout=0.3) as piper:
+        piper.connect(timeout=WAIT)
+        ids = [piper.say("general", f"line {i}") for i in range(60)]  # three times what the bucket allows at once
+        piper.close(flush_timeout=1.0)
+        assert not piper.unacked
+    reader = harness.raw(broker)
+    reader.request({"type": "history", "room": "general", "limit": 500})
+    said = [e["id"] for e in reader.reply()["events"] if e["type"] == "msg"]
+    assert said == ids  # every line, once, in the order written
