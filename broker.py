@@ -123,7 +123,7 @@ class Broker:
     def retry_storage(self) -> None:
         """Try the failed commit again; on success send what it held and accept writes again."""
         try:
-            self.core.store.commit()
+            self.core.commit()
         except sqlite3.Error:
             return
         held, self.held = self.held, []
@@ -186,10 +186,11 @@ class Broker:
         flush_at = clock() + FLUSH_AFTER_S
         for _ in range(DRAIN_LIMIT):
             try:
-                if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key (its source)
+                if secure:  # Frame objects carry the ZAP User-Id: the client's z85 public key
                     parts = router.recv_multipart(NOBLOCK, copy=False)
                     key = parts[-1].get("User-Id")
                     peer, frames = parts[0].bytes, [part.bytes for part in parts[1:]]
+                    address = None if peer in known else transport.peer_address(parts[-1])
                 else:  # recv_multipart, unrolled: a routing id and (almost always) one frame
                     peer = recv(NOBLOCK)
                     if peer in known:

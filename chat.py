@@ -94,8 +94,8 @@ class ChatConfig:
     def __post_init__(self) -> None:
         if self.heartbeat <= 0 or self.session_timeout <= self.heartbeat:
             raise ValueError("need 0 < heartbeat < session_timeout")
-        if not 0 <= self.history_on_join <= self.history_kept:
-            raise ValueError("need 0 <= history_on_join <= history_kept")
+        if not 0 <= self.history_on_join <= self.history_kept or self.history_kept < 1:
+            raise ValueError("need 0 <= history_on_join <= history_kept and history_kept >= 1")
         if self.rate_limit < 0 or (self.rate_limit and self.rate_burst < 1):
             raise ValueError("need rate_limit >= 0 and rate_burst >= 1")
         if self.source_rate < 0 or (self.source_rate and self.source_burst < 1):
@@ -205,6 +205,7 @@ def fingerprint(target: str, text: str, me: bool) -> bytes:
 
 _pack_hash = struct.Struct("<Q").pack
 FINGERPRINT_BYTES = 8
+DM_TAG = b"d"  # what a dm's window entry starts with (a msg's is its ack, a JSON object: "{")
 
 
 class SaidWindows:
@@ -318,6 +319,8 @@ class ChatCore:
         self.unavailable: str | None = None
         self.internal_errors: Counter[str] = Counter()  # crashes the barrier caught, by where they happened
         self.bindings = {key: name for key, name in (bindings or {}).items() if name}
+        self.bindings_known = bindings is not None  # CURVE with an allow-list: a key is a person
+        self.trusted_sources = {network_of(s) or s for s in self.config.trusted_sources}
         self.owners = {name.casefold(): key for key, name in self.bindings.items()}  # bound name -> its key
         self.sessions_per_key: Counter[str] = Counter()
         self.next_heartbeat = now
@@ -342,25 +345,24 @@ class ChatCore:
         a client resends within seconds, long before a room moves that far on.
         """
         cfg = self.config
-        # The newest message ids of all rooms, at most as many as the windows hold (a heap, so memory
-        # stays bounded however many rooms there are), replayed oldest first: as they were said.
+        # The newest message ids of all rooms' last history_kept events (whatever memory keeps of them),
+        # at most as many as the windows hold (a heap, so memory stays bounded however many rooms there
+        # are), replayed oldest first, each at the time it was said: ids older than dedupe_age may go.
         newest: list[tuple[float, int, str, str, str]] = []
         most = cfg.dedupe_total
-        for name, seq, recent in self.store.load(cfg.history_kept, cfg.history_bytes_per_room):
-            if len(self.rooms) < cfg.max_rooms:
-                room = self._room(name)
-                room.seq = seq
-                self._keep(room, recent)
+        for name, seq in self.store.rooms():
+            self.resting[name] = seq
+            if len(self.rooms) < cfg.max_rooms:  # the rest wait on disk until someone joins them
+                self._room(name)
                 if self.history_bytes > cfg.history_bytes_total:  # as it runs: memory never holds more
                     self._trim_all(cfg.history_bytes_total * 9 // 10)
-            else:  # more rooms than memory is for: the rest wait on disk until someone joins them
-                self.resting[name] = seq
-            for event in map(m.decode, recent):
-                if event.get("type") == "msg":
-                    said = (event["ts"], event["seq"], name, event["user"].casefold(), event["id"])
-                    (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, said)
-        for _, seq, room_name, folded, msg_id in sorted(newest):
-            self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), now)
+            for said in map(_decode_said, self.store.events(name, seq - cfg.history_kept)):
+                if said.type == "msg":
+                    entry = (said.ts, said.seq, name, said.user.casefold(), said.id)
+                    (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, entry)
+        for ts, seq, room_name, folded, msg_id in sorted(newest):
+            ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
+            self.said.remember(folded, msg_id, ack, min(now, ts - self.wall_offset))
 
     def commit(self) -> None:
         """Make everything handled so far durable.  The broker calls this before sending what it was given.
@@ -422,9 +424,13 @@ class ChatCore:
 
     def _new_peer(self, peer: bytes, key: str | None, address: str | None, now: float) -> Peer:
         """A connection seen for the first time, counted against its source (made if new)."""
-        origin = key if key is not None else _network_of(address)
-        trusted = origin is None or origin in self.config.trusted_sources
-        name = f"peer:{peer.hex()}" if trusted else f"key:{key}" if key is not None else f"addr:{address}"
+        # A key is who someone is only where keys are handed out (an allow-list): any key is free to make.
+        if key is not None and self.bindings_known:
+            origin, kind = key, "key"
+        else:
+            origin, kind = network_of(address), "addr"
+        trusted = origin is None or origin in self.trusted_sources
+        name = f"peer:{peer.hex()}" if trusted else f"{kind}:{origin}"
         source = self.sources.get(name)
         if source is None:
             source = self.sources[name] = Source(name, Bucket(self.config.source_burst, now))
@@ -496,7 +502,7 @@ class ChatCore:
                     room_name not in rooms
                     or len(text) > max_text
                     or (said is not None and msg_id in said)
-                    or (windows.size >= said_total and windows.full(now))
+                    or (windows.size + grown >= said_total and windows.full(now))
                     or (limited and not self._spend(conn, now))
                 ):
                     break
@@ -553,6 +559,9 @@ class ChatCore:
             if self.unavailable is not None and kind in WRITES:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, f"the broker cannot store now ({self.unavailable})", msg_id)
             if kind == "hello":
+                extra = len(request.get("rooms", ())) - 1  # a room joined costs what a join would
+                if extra > 0:
+                    self._spend(conn, now, extra, debt=True)
                 self._hello(peer, session, request, now, out, key)
             else:
                 self._handlers[kind](peer, session, request, now, out)
@@ -716,7 +725,7 @@ class ChatCore:
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
         ack = m.encode(m.Ack(id=req["id"], to=target.user))
-        self.said.remember(session.folded, req["id"], ack + _fingerprint_of(req), now)
+        self.said.remember(session.folded, req["id"], DM_TAG + _fingerprint_of(req) + ack, now)
         out.append(Reply(peer, ack))
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -728,13 +737,15 @@ class ChatCore:
         room = self.rooms.get(name)
         after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
         limit = min(asked, self.config.max_history)
-        seq = room.seq if room is not None else self.resting.get(name, 0)
+        seq = self._shown_seq(name, room.seq if room is not None else self.resting.get(name, 0))
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
         elif room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
             payloads = _after(room, after, limit)  # the common case: a recent gap, from memory
         else:  # older, or a room at rest: from disk (nothing, with no database), no more than is sent
             payloads = self.store.read(name, after, limit, self.config.max_reply_bytes)
+        if self.unavailable is not None:
+            payloads = [p for p in payloads if _seq_of(p) <= seq]
         events = _fit(payloads, self.config.max_reply_bytes)
         reply: dict[str, Any] = {"type": "history", "room": name, "events": list(map(msgspec.Raw, events)), "seq": seq}
         if events and len(events) < asked and _seq_of(events[-1]) < seq:
@@ -744,7 +755,15 @@ class ChatCore:
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
         rooms = {**self.resting, **{name: r.seq for name, r in self.rooms.items()}}
+        if self.unavailable is not None:
+            rooms = {name: self._shown_seq(name, seq) for name, seq in rooms.items()}
         out.append(Reply(peer, m.encode({"type": "rooms", "rooms": rooms, "history_id": self.store.history_id})))
+
+    def _shown_seq(self, name: str, seq: int) -> int:
+        """How far a room may be shown.  All of it, but while the broker cannot store: up to its first
+        event not yet stored, which a crash would take back (and give its seq to another event)."""
+        first = self.store.first_pending(name) if self.unavailable is not None else None
+        return seq if first is None else first - 1
 
     def _ping(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         out.append(Reply(peer, m.encode({"type": "pong", "epoch": self.epoch, "session": session is not None})))
@@ -836,10 +855,9 @@ class ChatCore:
             seq = self.resting.pop(name, None)
             if seq is not None:  # back from rest: its seq goes on, its recent events come back from disk
                 room.seq = seq
-                kept = self.config.history_kept
-                recent = self.store.read(name, seq - kept, kept)
-                if recent and m.decode(recent[-1]).get("seq") == seq:  # contiguous up to seq, as kept
-                    self._keep(room, recent)
+                self._keep(
+                    room, self.store.newest(name, seq - self.config.history_kept, self.config.history_bytes_per_room)
+                )
         return room
 
     def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
@@ -903,11 +921,11 @@ class ChatCore:
         said = self.said.get(session.folded, req["id"])
         if said is None:
             return False
-        if said.endswith(b"}"):  # a msg's ack: its event says what it was
+        if said[:1] == b"{":  # a msg's ack: its event says what it was
             ack, same = said, self._same_msg(said, req)
-        else:  # a dm's ack and its fingerprint
-            ack = said[:-FINGERPRINT_BYTES]
-            same = req["type"] == "dm" and said[-FINGERPRINT_BYTES:] == _fingerprint_of(req)
+        else:  # DM_TAG, a dm's fingerprint, its ack
+            ack = said[1 + FINGERPRINT_BYTES :]
+            same = req["type"] == "dm" and said[1 : 1 + FINGERPRINT_BYTES] == _fingerprint_of(req)
         if not same:
             raise ProtocolError(
                 ErrorCode.ID_REUSED, "you used this id lately for another message; use a new id", req["id"]
@@ -952,20 +970,26 @@ class ChatCore:
         if not (peer_ok and source_ok) and not debt:
             return False
         if cfg.rate_limit:
-            conn.bucket.tokens = max(-cfg.rate_burst, conn.bucket.tokens - cost)
+            conn.bucket.tokens -= cost
         if cfg.source_rate:
-            conn.source.bucket.tokens = max(-cfg.source_burst, conn.source.bucket.tokens - cost)
+            conn.source.bucket.tokens -= cost
         return True
 
 
-def _network_of(address: str | None) -> str | None:
-    """The source an address stands for: itself (IPv4), or its /64 (IPv6: one host is given a whole /64)."""
-    if address is None or ":" not in address:
-        return address
+def network_of(address: str | None) -> str | None:
+    """The source an address stands for: an IPv4 address itself (also as libzmq reports it on a dual-stack
+    socket, ``::ffff:a.b.c.d``), an IPv6 address its /64 (one host is given a whole /64)."""
+    if not address:
+        return None
     try:
-        return str(ipaddress.IPv6Network((address.split("%")[0], 64), strict=False))
+        ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _refill(bucket: Bucket, now: float, rate: float, burst: float) -> float:
@@ -980,9 +1004,8 @@ def _refilled(bucket: Bucket, now: float, rate: float, burst: float) -> bool:
     return bucket.tokens + max(0.0, now - bucket.at) * rate >= burst
 
 
-def _fingerprint_of(req: dict) -> bytes:
-    target = req["room"] if req["type"] == "msg" else "@" + req["to"].casefold()
-    return fingerprint(target, req["text"], bool(req.get("me")))
+def _fingerprint_of(dm: dict) -> bytes:
+    return fingerprint("@" + dm["to"].casefold(), dm["text"], bool(dm.get("me")))
 
 
 def _origin(exc: BaseException) -> str:
@@ -999,7 +1022,18 @@ class _Seq(msgspec.Struct):
     seq: int
 
 
+class _Said(msgspec.Struct):
+    """What a restart needs of a stored event to recognise a resend (its other fields are skipped)."""
+
+    type: str
+    seq: int
+    ts: float = 0.0
+    user: str = ""
+    id: str = ""
+
+
 _seq_of_payload = msgspec.json.Decoder(_Seq).decode
+_decode_said = msgspec.json.Decoder(_Said).decode
 
 
 def _seq_of(payload: bytes) -> int:

@@ -34,8 +34,17 @@ class MemoryStore:
         #: Names this history; a new one (every run, here) tells clients that seqs started over.
         self.history_id = os.urandom(8).hex()
 
-    def load(self, recent_per_room: int, bytes_per_room: int) -> Iterator[tuple[str, int, list[bytes]]]:
+    def rooms(self) -> list[tuple[str, int]]:
+        return []
+
+    def newest(self, room: str, after: int, max_bytes: int) -> list[bytes]:
+        return []
+
+    def events(self, room: str, after: int) -> Iterator[bytes]:
         return iter(())
+
+    def first_pending(self, room: str) -> int | None:
+        return None
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         pass
@@ -104,22 +113,33 @@ class SqliteStore:
         self.db.execute("ROLLBACK")
         self._rows: list[tuple[str, int, bytes]] = []
 
-    def load(self, recent_per_room: int, bytes_per_room: int) -> Iterator[tuple[str, int, list[bytes]]]:
-        """What a broker starts from, room by room (so memory holds one room's worth at a time): the room,
-        its last seq, and its newest events (oldest first), at most ``recent_per_room`` and, but for the
-        newest, within ``bytes_per_room``."""
-        for room, seq in self.db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall():
-            rows = self.db.execute(
-                "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq DESC", (room, seq - recent_per_room)
-            )
-            recent, used = [], 0
-            for (payload,) in rows:  # newest first, read lazily: it stops at the budget
-                used += len(payload)
-                if recent and used > bytes_per_room:
-                    break
-                recent.append(payload)
-            recent.reverse()
-            yield room, seq, recent
+    def rooms(self) -> list[tuple[str, int]]:
+        """Every room and its last seq: where a broker starts from."""
+        return self.db.execute("SELECT room, MAX(seq) FROM events GROUP BY room").fetchall()
+
+    def newest(self, room: str, after: int, max_bytes: int) -> list[bytes]:
+        """The newest events of ``room`` with ``seq > after`` that fit in ``max_bytes`` (the newest always),
+        oldest first: what memory keeps of a room.  Read newest first and lazily, so it stops at the budget."""
+        rows = self.db.execute("SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq DESC", (room, after))
+        recent, used = [], 0
+        for (payload,) in rows:
+            used += len(payload)
+            if recent and used > max_bytes:
+                break
+            recent.append(payload)
+        recent.reverse()
+        return recent
+
+    def events(self, room: str, after: int) -> Iterator[bytes]:
+        """Every stored event of ``room`` with ``seq > after``, oldest first, one at a time."""
+        for (payload,) in self.db.execute(
+            "SELECT payload FROM events WHERE room = ? AND seq > ? ORDER BY seq", (room, after)
+        ):
+            yield payload
+
+    def first_pending(self, room: str) -> int | None:
+        """The seq of ``room``'s oldest event not yet committed, if any: where what is durable ends."""
+        return next((seq for name, seq, _ in self._rows if name == room), None)
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         self._rows.append((room, seq, payload))
@@ -133,7 +153,7 @@ class SqliteStore:
             "SELECT seq, payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
         found, used, last = [], 0, after
-        for seq, payload in itertools.chain(rows, ((s, p) for r, s, p in list(self._rows) if r == room)):
+        for seq, payload in itertools.chain(rows, ((s, p) for r, s, p in self._rows if r == room)):
             if seq <= last:
                 continue  # a pending row is newer than every committed one; this skips none of them twice
             used += len(payload)

@@ -797,6 +797,7 @@ def test_hello_beyond_broker_wide_max_rooms_creates_no_session() -> None:
         {"history_on_join": -1},
         {"history_on_join": 11, "history_kept": 10},
         {"history_on_join": 0, "history_kept": -1},
+        {"history_on_join": 0, "history_kept": 0},
         {"rate_limit": -1.0},
         {"rate_limit": 5.0, "rate_burst": 0.5},
     ],
@@ -812,7 +813,7 @@ def test_chat_config_rejects_bad_values(config: dict) -> None:
     [
         {},
         {"heartbeat": 0.1, "session_timeout": 0.2},
-        {"history_on_join": 0, "history_kept": 0},
+        {"history_on_join": 0, "history_kept": 1},
         {"history_on_join": 10, "history_kept": 10},
         {"rate_limit": 0.0, "rate_burst": 0.0},
         {"rate_limit": 1.0, "rate_burst": 1.0},

@@ -259,7 +259,10 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     assert ask(broker, dealer, msg("kept?", "k1")) == []  # accepted, but neither acked nor published
     assert broker.core.unavailable is not None
     assert [r["code"] for r in ask(broker, dealer, msg("later", "k2"))] == ["unavailable"]
-    assert [r["type"] for r in ask(broker, dealer, {"type": "history", "room": "general"})] == ["history"]
+    (history,) = ask(broker, dealer, {"type": "history", "room": "general"})
+    assert [e["type"] for e in history["events"]] == ["join"] and history["seq"] == 1  # not what is unstored
+    (rooms,) = ask(broker, dealer, {"type": "rooms"})
+    assert rooms["rooms"] == {"general": 1}
     assert [r["type"] for r in ask(broker, dealer, {"type": "ping"})] == ["pong"]
     assert not sub.poll(100)
     broker.core.store.db.execute("PRAGMA query_only = OFF")  # the disk is back
@@ -443,3 +446,41 @@ def test_closing_waits_while_a_rate_limited_backlog_is_still_being_acked(harness
     reader.request({"type": "history", "room": "general", "limit": 500})
     said = [e["id"] for e in reader.reply()["events"] if e["type"] == "msg"]
     assert said == ids  # every line, once, in the order written
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_sources_are_the_addresses_libzmq_reports(harness: Harness, trusted: bool) -> None:
+    # The broker's sockets are dual-stack: libzmq reports an IPv4 peer as ::ffff:127.0.0.1.
+    extra = ["--trusted-source", "127.0.0.1"] if trusted else []
+    broker = harness.broker("--max-sessions-per-source", "1", *extra)
+    codes = []
+    for name in ("first", "second"):
+        peer = harness.raw(broker)
+        peer.request({"type": "hello", "user": name})
+        codes.append(peer.reply().get("code", "welcome"))
+    assert codes == (["welcome", "welcome"] if trusted else ["welcome", "too_many_sessions"])
+
+
+def test_every_dm_resend_gets_its_ack() -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core)
+    hello(core, "bob", B)
+    for i in range(2000):  # whatever bytes a fingerprint ends in
+        dm = {"type": "dm", "to": "bob", "text": f"psst {i}", "id": f"d{i}"}
+        assert replies(send(core, dm))[-1] == replies(send(core, dm))[-1]
+
+
+def test_ids_restored_after_a_restart_keep_their_age(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    config = ChatConfig(dedupe_per_user=3, dedupe_total=8, **UNLIMITED)
+    core = ChatCore(config, store=SqliteStore(path), now=0.0)
+    for user, peer in (("alice", A), ("bob", B)):
+        hello(core, user, peer)
+        for i in range(3):
+            send(core, msg(f"{user} {i}", f"{user}-{i}"), peer)
+    core.store.close()
+    day = 86_400.0  # a day later: every id is far older than ten minutes
+    again = ChatCore(config, store=SqliteStore(path), now=100.0, wall_offset=day)  # a new monotonic clock
+    hello(again, "carol", b"conn-carol-00000")
+    (reply,) = replies(again.handle(b"conn-carol-00000", [m.encode(msg("new", "c-1"))], 101.0))
+    assert reply["type"] == "ack"  # not "unavailable": old ids may be forgotten to make room
