@@ -454,7 +454,7 @@ class ChatCore:
                 at = self._plain_msgs(session, envelopes, at, now, mine, out)
                 if at == end:
                     break
-            if self._out_of_tokens(conn, now):  # the rest of the batch: one error, and no work per request
+            if not self._has_tokens(conn, now):  # the rest of the batch: one error, and no work per request
                 error = f"too many requests; slow down ({end - at} requests of this batch were not handled)"
                 mine.append(m.encode(ProtocolError(ErrorCode.RATE_LIMITED, error).envelope()))
                 break
@@ -954,20 +954,18 @@ class ChatCore:
             event["text"] == req["text"] and bool(event.get("me")) == bool(req.get("me"))
         )
 
-    def _out_of_tokens(self, conn: Peer, now: float) -> bool:
+    def _has_tokens(self, conn: Peer, now: float) -> bool:
+        """Bring the connection's bucket and its source's up to ``now``: has each a token?"""
         cfg = self.config
-        return bool(
-            (cfg.rate_limit and _refill(conn.bucket, now, cfg.rate_limit, cfg.rate_burst) < 1)
-            or (cfg.source_rate and _refill(conn.source.bucket, now, cfg.source_rate, cfg.source_burst) < 1)
-        )
+        peer_ok = not cfg.rate_limit or _refill(conn.bucket, now, cfg.rate_limit, cfg.rate_burst) >= 1
+        source_ok = not cfg.source_rate or _refill(conn.source.bucket, now, cfg.source_rate, cfg.source_burst) >= 1
+        return peer_ok and source_ok
 
     def _spend(self, conn: Peer, now: float, cost: float = 1.0, debt: bool = False) -> bool:
         """Take ``cost`` tokens from the connection's bucket and its source's; False (and nothing taken)
         if either has less than one.  ``debt`` takes them anyway (a reply's size, known only after it)."""
         cfg = self.config
-        peer_ok = not cfg.rate_limit or _refill(conn.bucket, now, cfg.rate_limit, cfg.rate_burst) >= 1
-        source_ok = not cfg.source_rate or _refill(conn.source.bucket, now, cfg.source_rate, cfg.source_burst) >= 1
-        if not (peer_ok and source_ok) and not debt:
+        if not self._has_tokens(conn, now) and not debt:
             return False
         if cfg.rate_limit:
             conn.bucket.tokens -= cost
