@@ -934,8 +934,9 @@ class ChatCore:
         return True
 
     def _same_msg(self, ack: bytes, req: dict) -> bool:
-        """Is ``req`` the msg this ack was for?  Its event is in the room's history (memory, else disk);
-        if neither has it any more (``--db :memory:``, long ago), it is taken to be."""
+        """Is ``req`` the msg this ack was for?  Its event is in the room's history (memory, else disk).
+        If neither has it any more (``--db :memory:``, long ago) nobody can tell: it is taken not to be,
+        so the client sends it under a new id; a message shown twice is better than one acked and lost."""
         if req["type"] != "msg":
             return False
         acked = m.decode(ack)
@@ -947,12 +948,8 @@ class ChatCore:
             payloads = [room.history[seq - _first_kept(room)]]
         else:
             payloads = self.store.read(name, seq - 1, 1)
-        if not payloads:
-            return True
-        event = m.decode(payloads[0])
-        return event.get("seq") != seq or (
-            event["text"] == req["text"] and bool(event.get("me")) == bool(req.get("me"))
-        )
+        event = m.decode(payloads[0]) if payloads else {}
+        return event.get("seq") == seq and event["text"] == req["text"] and bool(event.get("me")) == bool(req.get("me"))
 
     def _has_tokens(self, conn: Peer, now: float) -> bool:
         """Bring the connection's bucket and its source's up to ``now``: has each a token?"""
