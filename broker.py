@@ -414,6 +414,13 @@ SOURCE_AND_MEMORY_FLAGS = (
         "bytes of events in one history reply; a cut reply says more: true (default: %(default)s)",
     ),
     (
+        "--max-resting-rooms",
+        int,
+        "N",
+        "rooms at rest (nobody in them) whose last seq is kept in memory; older ones are read from the database "
+        "(default: %(default)s)",
+    ),
+    (
         "--dedupe-total",
         int,
         "N",

@@ -65,6 +65,7 @@ class ChatConfig:
     history_on_join: int = 50  # events of history in a "joined" reply
     history_kept: int = 1000  # events kept per room for "history" requests
     max_rooms: int = 10_000  # rooms held in memory at once (rooms nobody is in are put to rest); bounds memory
+    max_resting_rooms: int = 100_000  # rooms at rest whose seq is kept in memory (older ones: asked of the store)
     rate_limit: float = 20.0  # requests per second per connection (routing id; token bucket); 0 turns it off
     rate_burst: float = 40.0  # bucket size: how many requests may come at once
     # The same again for everything from one source (the CURVE key, else the peer's address): new
@@ -94,6 +95,8 @@ class ChatConfig:
     def __post_init__(self) -> None:
         if self.heartbeat <= 0 or self.session_timeout <= self.heartbeat:
             raise ValueError("need 0 < heartbeat < session_timeout")
+        if self.max_resting_rooms < 1:
+            raise ValueError("need max_resting_rooms >= 1")
         if not 0 <= self.history_on_join <= self.history_kept or self.history_kept < 1:
             raise ValueError("need 0 <= history_on_join <= history_kept and history_kept >= 1")
         if self.rate_limit < 0 or (self.rate_limit and self.rate_burst < 1):
@@ -308,8 +311,9 @@ class ChatCore:
         self.by_name: dict[str, Session] = {}  # by casefolded user name
         self.rooms: dict[str, Room] = {}  # rooms in memory, the least recently joined first
         #: Rooms put to rest to make room for others (nobody was in them): their last seq, so a seq is
-        #: never given twice.  Their events stay in the store; a join brings the room back.
-        self.resting: dict[str, int] = {}
+        #: never given twice, the least recently put to rest first; past ``max_resting_rooms`` the store
+        #: answers for the oldest (``last_seq``).  Their events stay in the store; a join brings a room back.
+        self.resting: OrderedDict[str, int] = OrderedDict()
         #: Each user's recent message ids and their acks.  Neither is walked by the cyclic GC.
         self.said = SaidWindows(self.config.dedupe_per_user, self.config.dedupe_total, self.config.dedupe_age)
         self.peers: dict[bytes, Peer] = {}  # connections seen lately (forgotten once idle with a full bucket)
@@ -351,7 +355,7 @@ class ChatCore:
         newest: list[tuple[float, int, str, str, str]] = []
         most = cfg.dedupe_total
         for name, seq in self.store.rooms():
-            self.resting[name] = seq
+            self._rest(name, seq)
             if len(self.rooms) < cfg.max_rooms:  # the rest wait on disk until someone joins them
                 self._room(name)
                 if self.history_bytes > cfg.history_bytes_total:  # as it runs: memory never holds more
@@ -737,7 +741,7 @@ class ChatCore:
         room = self.rooms.get(name)
         after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
         limit = min(asked, self.config.max_history)
-        seq = self._shown_seq(name, room.seq if room is not None else self.resting.get(name, 0))
+        seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
         elif room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
@@ -810,9 +814,19 @@ class ChatCore:
         self.store.commit()  # so a room that comes back finds all its events on disk
         for room in idle:
             del self.rooms[room.name]
-            self.resting[room.name] = room.seq
+            self._rest(room.name, room.seq)
             self.history_bytes -= room.bytes
         return True
+
+    def _rest(self, name: str, seq: int) -> None:
+        self.resting[name] = seq
+        if len(self.resting) > self.config.max_resting_rooms:
+            self.resting.popitem(last=False)  # the store still knows its seq
+
+    def _resting_seq(self, name: str) -> int:
+        """The last seq of a room not in memory (0: none yet)."""
+        seq = self.resting.get(name)
+        return seq if seq is not None else self.store.last_seq(name)
 
     def _keep(self, room: Room, payloads: list[bytes]) -> None:
         """Add events to a room's in-memory history (the deque's bound drops the oldest beyond
@@ -852,8 +866,9 @@ class ChatCore:
         if room is None:
             history: deque[bytes] = deque(maxlen=self.config.history_kept)
             room = self.rooms[name] = Room(name, m.room_topic(name), history)
-            seq = self.resting.pop(name, None)
-            if seq is not None:  # back from rest: its seq goes on, its recent events come back from disk
+            seq = self._resting_seq(name)
+            self.resting.pop(name, None)
+            if seq:  # back from rest: its seq goes on, its recent events come back from disk
                 room.seq = seq
                 self._keep(
                     room, self.store.newest(name, seq - self.config.history_kept, self.config.history_bytes_per_room)

@@ -46,6 +46,9 @@ class MemoryStore:
     def first_pending(self, room: str) -> int | None:
         return None
 
+    def last_seq(self, room: str) -> int:
+        return 0  # nothing is kept: a room forgotten at rest starts over, as after a restart
+
     def append(self, room: str, seq: int, payload: bytes) -> None:
         pass
 
@@ -140,6 +143,14 @@ class SqliteStore:
     def first_pending(self, room: str) -> int | None:
         """The seq of ``room``'s oldest event not yet committed, if any: where what is durable ends."""
         return next((seq for name, seq, _ in self._rows if name == room), None)
+
+    def last_seq(self, room: str) -> int:
+        """The last seq of ``room`` (0 for a room it has no event of), pending events included."""
+        pending = [seq for name, seq, _ in self._rows if name == room]
+        if pending:
+            return pending[-1]
+        (seq,) = self.db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
+        return seq or 0
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         self._rows.append((room, seq, payload))

@@ -484,3 +484,19 @@ def test_ids_restored_after_a_restart_keep_their_age(tmp_path: Path) -> None:
     hello(again, "carol", b"conn-carol-00000")
     (reply,) = replies(again.handle(b"conn-carol-00000", [m.encode(msg("new", "c-1"))], 101.0))
     assert reply["type"] == "ack"  # not "unavailable": old ids may be forgotten to make room
+
+
+def test_rooms_at_rest_are_bounded_and_the_store_remembers_their_seqs(tmp_path: Path) -> None:
+    config = ChatConfig(max_rooms=1, max_resting_rooms=2, **UNLIMITED)
+    core = ChatCore(config, store=SqliteStore(tmp_path / "c.db"))
+    hello(core, rooms=["r0"])
+    for i in range(5):  # each new room puts the last one to rest
+        send(core, msg(f"in r{i}", f"m{i}", room=f"r{i}"))
+        send(core, {"type": "leave", "room": f"r{i}"})
+        send(core, {"type": "join", "room": f"r{i + 1}"})
+    assert len(core.resting) <= 2 and "r0" not in core.resting and "r0" not in core.rooms
+    (history,) = replies(send(core, {"type": "history", "room": "r0"}))
+    assert history["seq"] == 3 and [e["type"] for e in history["events"]] == ["join", "msg", "leave"]
+    send(core, {"type": "leave", "room": "r5"})  # so r5 can go to rest for r0
+    out = send(core, {"type": "join", "room": "r0"})
+    assert [e["seq"] for e in published(out)] == [4]  # its seq goes on: never given twice
