@@ -712,6 +712,8 @@ def render(event: Event, me: str | None) -> str | None:
         return f"{_where(room)}* {user} {text}" if event.get("me") else f"{_where(room)}{user}: {text}"
     if kind == "join":
         return f"{_where(room)}[join] {user} joined the {'chat' if room == m.DEFAULT_ROOM else 'room'}"
+    if kind == "leave" and event.get("reason") == "left" and room == m.DEFAULT_ROOM:
+        return f"[leave] {user} left #{room}"  # left this room only, maybe not the chat
     if kind == "leave":
         place = "chat" if room == m.DEFAULT_ROOM else "room"
         why = " (timed out)" if event.get("reason") == "timeout" else ""
@@ -772,6 +774,8 @@ class Console:
         kind = event["type"]
         if kind in ("msg", "join", "leave") and event.get("user") == me:
             return  # what I typed is already on my screen; my own join/leave is said by [system]
+        if kind == "dm" and event.get("user") == me and str(event.get("to", "")).lower() == str(me).lower():
+            return  # a note to myself: its ack already shows it, as "[dm -> me] ..."
         if kind == "joined" and event.get("rejoin"):
             return  # back after a reconnect: what was missed arrives as ordinary events
         if kind == "error" and event.get("retrying"):
@@ -1071,13 +1075,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
         except ChatError as exc:
             client.close(flush_timeout=0)
-            print(f"[error] {exc.detail} ({exc.code})", flush=True)
+            print(f"[error] {m.safe_text(exc.detail)} ({exc.code})", flush=True)
             if not interactive or exc.code not in ("name_taken", "bad_name"):
                 return 2
             name = None
         except TimeoutError as exc:
             client.close(flush_timeout=0)
-            print(f"[error] {exc}", flush=True)
+            hint = "is a broker running there? If it uses CURVE, give --server-key and --key"
+            if conn["curve"] is not None:
+                hint = "is a broker running there, and do --server-key and --key match its keys?"
+            print(f"[error] {exc} ({hint})", flush=True)
             return 1
         except KeyboardInterrupt:
             client.close(flush_timeout=0)

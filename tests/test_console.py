@@ -55,8 +55,9 @@ def test_render_join_in_another_room() -> None:
 
 
 def test_render_leave_in_general() -> None:
+    # /leave general: alice may still be in other rooms, so not "left the chat"
     event = {"type": "leave", "room": "general", "user": "alice", "reason": "left"}
-    assert render(event, "me") == "[leave] alice left the chat"
+    assert render(event, "me") == "[leave] alice left #general"
 
 
 def test_render_quit_reads_like_leave() -> None:
@@ -490,3 +491,12 @@ def test_joined_shows_at_most_twenty_past_messages_the_latest_ones() -> None:
     con.on_event(fake.joined("general", history=history))
     past = [line for line in lines(out) if line.startswith("alice: ")]
     assert past == [f"alice: m{i}" for i in range(10, 30)]
+
+
+def test_a_dm_to_myself_is_shown_once() -> None:
+    con, _fake, out = console("me")
+    me = "me"
+    con.on_event({"type": "dm", "user": me, "to": me, "text": "note", "id": "d", "ts": 0.0})
+    request = {"type": "dm", "to": me, "text": "note", "id": "d"}
+    con.on_event({"type": "ack", "id": "d", "to": me, "request": request})
+    assert out.getvalue() == f"[dm -> {me}] note\n"
