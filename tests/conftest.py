@@ -390,3 +390,20 @@ class Terminal:
             self.proc.kill()
             self.proc.wait(5)
         os.close(self.master)
+
+
+def inproc_broker(ctx: zmq.Context, core: Any, topic: bytes, routing_id: bytes) -> tuple[Any, zmq.Socket, zmq.Socket]:
+    """A real ``broker.Broker`` around ``core`` on inproc sockets (its loop driven by the test), a SUB on
+    its feed subscribed to ``topic`` and a DEALER with ``routing_id`` on its inbox."""
+    from broker import Broker
+
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    router.bind("inproc://inbox")
+    pub.bind("inproc://feed")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect("inproc://feed")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, routing_id)
+    dealer.connect("inproc://inbox")
+    return Broker(router, pub, core), sub, dealer

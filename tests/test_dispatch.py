@@ -8,9 +8,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 import zmq
+from conftest import inproc_broker
 
 import messages as m
-from broker import Broker
 from chat import ChatConfig, ChatCore, Publish, Reply
 from messages import MAX_BATCH_BYTES
 
@@ -18,18 +18,9 @@ from messages import MAX_BATCH_BYTES
 @pytest.fixture
 def wired():
     ctx = zmq.Context()
-    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
-    router.bind("inproc://inbox")
-    pub.bind("inproc://feed")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect("inproc://feed")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.ROUTING_ID, b"peer")
-    dealer.connect("inproc://inbox")
+    broker, sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(rate_limit=0, source_rate=0)), b"", b"peer")
     dealer.send(b"hi")  # so the ROUTER knows the peer
-    router.recv_multipart()
-    broker = Broker(router, pub, ChatCore(ChatConfig(rate_limit=0, source_rate=0)))
+    broker.router.recv_multipart()
     yield broker, sub, dealer
     ctx.destroy(linger=0)
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import ROOT, WAIT, Harness
+from conftest import ROOT, WAIT, Harness, inproc_broker
 
 import keys
 import messages as m
@@ -224,17 +224,8 @@ def test_other_users_cannot_push_a_recent_id_out(tmp_path: Path) -> None:
 def wired(tmp_path: Path):
     """A real ``Broker`` with a SQLite store, on inproc sockets, and a DEALER and SUB to talk to it."""
     ctx = zmq.Context()
-    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
-    router.bind("inproc://inbox")
-    pub.bind("inproc://feed")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"room/")
-    sub.connect("inproc://feed")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.ROUTING_ID, b"conn-alice-00000")
-    dealer.connect("inproc://inbox")
     store = SqliteStore(tmp_path / "c.db")
-    broker = Broker(router, pub, ChatCore(ChatConfig(**UNLIMITED), store=store))
+    broker, sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(**UNLIMITED), store=store), b"room/", A)
     yield broker, dealer, sub
     store.db.close()
     ctx.destroy(linger=0)
