@@ -455,7 +455,13 @@ class ChatCore:
         at, end = 0, len(envelopes)
         while at < end:
             if session is not None and session.key == key:
-                at = self._plain_msgs(session, envelopes, at, now, mine, out)
+                try:
+                    at = self._plain_msgs(session, envelopes, at, now, mine, out)
+                except Exception as exc:  # the crash barrier: that request only; the acks before it go out
+                    failed = exc.chat_request_index  # type: ignore[attr-defined]
+                    mine.append(self._internal(peer, "msg", exc, envelopes[failed].id).payload)
+                    at = failed + 1
+                    continue
                 if at == end:
                     break
             if not self._has_tokens(conn, now):  # the rest of the batch: one error, and no work per request
@@ -536,6 +542,9 @@ class ChatCore:
                 else:
                     grown += 1
                 at += 1
+        except Exception as exc:  # the crash barrier's business; it needs to know which request failed
+            exc.chat_request_index = at  # type: ignore[attr-defined]
+            raise
         finally:
             self.history_bytes += added
             if grown:

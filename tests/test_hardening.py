@@ -491,3 +491,23 @@ def test_rooms_at_rest_are_bounded_and_the_store_remembers_their_seqs(tmp_path: 
     send(core, {"type": "leave", "room": "r5"})  # so r5 can go to rest for r0
     out = send(core, {"type": "join", "room": "r0"})
     assert [e["seq"] for e in published(out)] == [4]  # its seq goes on: never given twice
+
+
+def test_a_fault_in_the_batched_hot_path_costs_that_request_and_the_acks_before_it_go_out() -> None:
+    core = ChatCore(ChatConfig(**UNLIMITED))
+    hello(core)
+    real = m.MsgEvent
+
+    def event(**fields: Any) -> m.MsgEvent:
+        if fields["text"] == "boom":
+            raise RuntimeError("a planted fault")
+        return real(**fields)
+
+    m_event, m.MsgEvent = m.MsgEvent, event
+    try:
+        out = send(core, [msg("one", "b1"), msg("boom", "b2"), msg("three", "b3")])
+    finally:
+        m.MsgEvent = m_event
+    assert [r.get("code", r["type"]) for r in replies(out)] == ["ack", "internal", "ack"]
+    assert [r.get("id") for r in replies(out)] == ["b1", "b2", "b3"]
+    assert [e["text"] for e in published(out)] == ["one", "three"]
