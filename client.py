@@ -233,6 +233,8 @@ class ChatClient:
         self._catch_up: dict[str, float] = {}  # room -> when to check for events missed just after joining
         now = time.monotonic()
         self._last_heard = now
+        self._feed_heard = now  # the feed alone: it can go quiet while the inbox answers (a relay down)
+        self.feed_lost = False
         self._last_ping = 0.0
         self._last_hello = 0.0
         self._hello_sent = False
@@ -445,6 +447,8 @@ class ChatClient:
             # Replies are single envelopes, feed frames may be batches; malformed input yields nothing.
             for env in m.feed_events(frames[-1]):
                 self._last_heard = time.monotonic()
+                if sock is self.sub:
+                    self._feed_heard = self._last_heard
                 handler(env, events)
 
     def _on_reply(self, env: Event, events: list[Event]) -> None:
@@ -637,10 +641,19 @@ class ChatClient:
         due = self._last_ping + self.heartbeat
         if self.connected:  # once the loss is noticed, that deadline is past: waiting on it would spin
             due = min(due, self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
+            if not self.feed_lost:
+                due = min(due, self._feed_heard + self.heartbeat * MISSED_HEARTBEATS)
         if self._sent_at and self.user is not None:
             due = min(due, next(iter(self._sent_at.values())) + self.ack_timeout)
         hello_due = self._hello_due()
         return min(due, *self._catch_up.values(), hello_due if hello_due is not None else due)
+
+    def _catch_up_all(self, events: list[Event]) -> None:
+        """After an outage, ask every room for what came after the last event seen: nothing may come
+        later that would show the gap."""
+        for room, last in list(self.sequencer.last.items()):
+            self._fills.pop(room, None)
+            self._deliver(room, [], last, events)
 
     def _housekeeping(self, now: float, events: list[Event]) -> None:
         silent = now - self._last_heard > self.heartbeat * MISSED_HEARTBEATS
@@ -649,8 +662,18 @@ class ChatClient:
             events.append({"type": "status", "state": "lost"})
         elif not silent and not self.connected:
             self.connected = True
+            self.feed_lost = False
             if self.user is not None or self.observer:
                 events.append({"type": "status", "state": "restored"})
+                self._catch_up_all(events)
+        feed_silent = now - self._feed_heard > self.heartbeat * MISSED_HEARTBEATS
+        if feed_silent and self.connected and not self.feed_lost:  # the inbox answers, the feed says nothing
+            self.feed_lost = True
+            events.append({"type": "status", "state": "feed_lost"})
+        elif not feed_silent and self.feed_lost:
+            self.feed_lost = False
+            events.append({"type": "status", "state": "feed_restored"})
+            self._catch_up_all(events)
         if now - self._last_ping >= self.heartbeat:
             self._last_ping = now
             self._send({"type": "ping"})
@@ -742,6 +765,8 @@ def render(event: Event, me: str | None) -> str | None:
         return {
             "lost": "[system] connection lost, reconnecting…",
             "restored": "[system] connection restored",
+            "feed_lost": "[system] no news from the feed (a relay down?); what is said meanwhile comes when it is back",
+            "feed_restored": "[system] the feed is back; fetching what was missed",
             "reconnected": "[system] reconnected",
             "shutdown": "[system] the broker is shutting down; waiting for it to come back…",
         }.get(event.get("state", ""))

@@ -166,3 +166,38 @@ def test_the_relay_survives_what_subscribers_send(harness: Harness) -> None:
         sub.close(linger=0)
         wrong.close(linger=0)
     assert relay.popen.poll() is None, relay.output()
+
+
+def test_a_client_behind_a_relay_that_was_down_gets_what_it_missed(harness: Harness) -> None:
+    from client import ChatClient
+
+    broker = harness.broker()
+    relay_ep = f"tcp://127.0.0.1:{free_port()}"
+    argv = ["relay.py", "--pub", broker.pub, "--router", broker.router, "--listen", relay_ep]
+
+    def start_relay() -> Proc:
+        proc = Proc(argv, "relay", stdin=False)
+        harness.procs.append(proc)
+        proc.expect(r"feed for subscribers:\s+tcp://")
+        return proc
+
+    relay = start_relay()
+    bob = harness.client(broker, "bob")
+    with ChatClient("far", router=broker.router, pub=relay_ep) as far:
+        far.connect(timeout=WAIT)
+        bob.send("before")
+
+        def wait_for(predicate) -> dict:
+            for event in far.events(timeout=WAIT):
+                if predicate(event):
+                    return event
+            raise AssertionError("never came")
+
+        wait_for(lambda e: e.get("text") == "before")
+        relay.kill()
+        relay.wait()
+        wait_for(lambda e: e.get("state") == "feed_lost")  # the inbox answers, the feed says nothing
+        bob.send("while the relay was down")
+        start_relay()
+        wait_for(lambda e: e.get("state") == "feed_restored")
+        assert wait_for(lambda e: e["type"] == "msg")["text"] == "while the relay was down"  # nobody spoke again
