@@ -678,7 +678,7 @@ class ChatCore:
             )
         )
         for room in rooms:
-            self._enter(session, room, now, out)
+            self._enter(session, room, now, out, resumed=req.get("resume", False))
 
     def _check_binding(self, user: str, key: str | None) -> None:
         """A key bound to a name may use only that name, and nobody else may use it, online or not."""
@@ -884,14 +884,17 @@ class ChatCore:
                 )
         return room
 
-    def _enter(self, session: Session, room_name: str, now: float, out: list[Output]) -> None:
+    def _enter(self, session: Session, room_name: str, now: float, out: list[Output], resumed: bool = False) -> None:
         room = self._room(room_name)
         self.rooms[room_name] = self.rooms.pop(room_name)  # most recently joined last: put to rest last
         if room_name not in session.rooms:
             session.rooms[room_name] = None
             session.conn.source.rooms += 1
             room.add(session.user, session.folded)
-            self._publish(room, m.JoinEvent(room=room_name, user=session.user), now, out)
+            event = m.JoinEvent(room=room_name, user=session.user)
+            if resumed:
+                event.resumed = True
+            self._publish(room, event, now, out)
         shown = self.config.history_on_join
         recent = _fit(_after(room, room.seq - shown, shown), self.config.max_reply_bytes, newest=True)
         out.append(

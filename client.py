@@ -410,6 +410,8 @@ class ChatClient:
             request = {"type": "rooms"}
         else:
             request = {"type": "hello", "user": self.name, "rooms": list(self.wanted_rooms)}
+            if self._synced:  # we had a session: coming back is no news to the others ("resumed" joins)
+                request["resume"] = True
         self._hello_sent = self._send(request)
 
     # --- receiving ------------------------------------------------------------
@@ -799,6 +801,8 @@ class Console:
         kind = event["type"]
         if kind in ("msg", "join", "leave") and event.get("user") == me:
             return  # what I typed is already on my screen; my own join/leave is said by [system]
+        if kind == "join" and event.get("resumed"):
+            return  # someone back after the broker restarted: they never left
         if kind == "dm" and event.get("user") == me and str(event.get("to", "")).lower() == str(me).lower():
             return  # a note to myself: its ack already shows it, as "[dm -> me] ..."
         if kind == "joined" and event.get("rejoin"):

@@ -153,6 +153,7 @@ class MsgEvent(msgspec.Struct, tag_field="type", tag="msg", kw_only=True, gc=Fal
 class JoinEvent(msgspec.Struct, tag_field="type", tag="join", kw_only=True, gc=False):
     room: str
     user: str
+    resumed: bool | msgspec.UnsetType = msgspec.UNSET  # back after the broker restarted: not news to show
     seq: int = 0
     ts: float = 0.0
 
@@ -322,7 +323,7 @@ Check = Callable[[str, Any], Any]
 #: Every request type, its fields, their checks and whether they are required.
 #: Fields not listed are ignored, so a newer client can talk to an older broker.
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
-    "hello": {"user": (check_name, True), "rooms": (check_rooms, False)},
+    "hello": {"user": (check_name, True), "rooms": (check_rooms, False), "resume": (check_bool, False)},
     "join": {"room": (check_room, True)},
     "leave": {"room": (check_room, True)},
     "msg": {"room": (check_room, True), "text": (check_text, True), "id": (check_id, True), "me": (check_bool, False)},

@@ -150,6 +150,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "text": st.sampled_from(["hi", "yo", "\x1b[2J", "😀"]),
     "id": st.sampled_from(IDS),
     "me": st.booleans(),
+    "resume": st.booleans(),
     "after": st.integers(0, 12) | st.sampled_from([m.MAX_SEQ, m.MAX_SEQ - 5, m.MAX_SEQ + 1]),
     "limit": st.integers(1, 5) | st.sampled_from([m.MAX_HISTORY_LIMIT, m.MAX_HISTORY_LIMIT + 1]),
 }

@@ -289,3 +289,20 @@ def test_own_event_on_the_feed_stands_in_for_a_lost_ack() -> None:
     finally:
         bot.close(flush_timeout=0)
         ctx.destroy(linger=0)
+
+
+def test_a_broker_restart_does_not_announce_everyone_as_joining(harness: Harness) -> None:
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker(db=db, **ends)
+    alice = harness.client(broker, "alice")
+    bob = harness.client(broker, "bob")
+    alice.expect(r"^\[join\] bob joined the chat$")  # a real join is news
+    broker.kill()
+    broker.wait()
+    broker = harness.broker(db=db, **ends)
+    alice.expect(r"^\[system\] reconnected$")
+    bob.expect(r"^\[system\] reconnected$")
+    bob.send("still here")
+    alice.expect(r"^bob: still here$")
+    assert not [line for line in alice.lines if "[join] bob" in line][1:]  # only the first, real one
