@@ -213,7 +213,9 @@
 
   function sendHello() {
     S.lastHello = Date.now();
-    send({ type: "hello", user: S.name, rooms: S.wanted });
+    const hello = { type: "hello", user: S.name, rooms: S.wanted };
+    if (S.hadSession) hello.resume = true; // coming back: our joins are no news to the others
+    send(hello);
   }
 
   /** A msg or dm: kept until its ack, resent after ACK_TIMEOUT_MS or a new session. */
@@ -345,6 +347,7 @@
   }
 
   function onWelcome(env) {
+    S.hadSession = true;
     if (S.user !== null) return; // a repeated hello answered again
     if (typeof env.heartbeat === "number" && env.heartbeat > 0) S.heartbeat = env.heartbeat;
     if (typeof env.session_timeout === "number") S.sessionTimeout = env.session_timeout;
@@ -605,7 +608,7 @@
         const others = r.users.filter((u) => u.toLowerCase() !== String(event.user).toLowerCase());
         setUsers(room, event.type === "join" ? others.concat([event.user]) : others);
       }
-      if (mine) return; // our own join/leave is said by the room list
+      if (mine || event.resumed) return; // our own join/leave is said by the room list; a resumed join is no news
       const place = room === DEFAULT_ROOM ? "chat" : "room";
       const text =
         event.type === "join"
