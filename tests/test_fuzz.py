@@ -41,6 +41,7 @@ plausible = {
     "text": st.sampled_from(["hi", "", "x" * m.MAX_TEXT_CHARS, "x" * (m.MAX_TEXT_CHARS + 1), "\x1b[2J", "😀"]),
     "id": st.sampled_from(["1", "abc", "", "i" * 64, "i" * 65]),
     "me": st.booleans(),
+    "resume": st.booleans(),
     "after": st.integers(min_value=-2, max_value=30),
     "limit": st.integers(min_value=-1, max_value=m.MAX_HISTORY_LIMIT + 1),
 }
