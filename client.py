@@ -222,6 +222,8 @@ class ChatClient:
         self.ack_timeout = ack_timeout
         self.sequencer = FeedSequencer()
         self.sequencer.last.update(positions or {})
+        #: Started from positions: a room not among them was made while we were away, so all of it is news.
+        self.resumed = bool(positions)
         self.unacked: dict[str, Event] = {}  # id -> request, in the order they were (re)sent
         self.connected = True  # the link state last reported to the caller
         self._sent_at: dict[str, float] = {}  # id -> when last sent, oldest first
@@ -519,7 +521,7 @@ class ChatClient:
         for room, head in heads.items():
             if type(head) is not int or (self.wanted_rooms and room not in self.wanted_rooms):
                 continue
-            if (started_over or not first) and room not in self.sequencer.last:
+            if (started_over or not first or self.resumed) and room not in self.sequencer.last:
                 self.sequencer.last[room] = 0  # a room we never saw: everything it has is news to us
             self._deliver(room, *self.sequencer.expect(room, head), events)
         self.sequencer.unknown_baseline = 0  # rooms not in the snapshot are newer than it

@@ -69,17 +69,22 @@ def history_path(out: Path) -> Path:
     return out.with_name(out.name + ".history")
 
 
-def saved_history(out: Path) -> str | None:
-    """The broker history id the log's seqs belong to, if the logger saved one."""
+def saved_history(out: Path) -> tuple[str | None, dict[str, int]]:
+    """The broker history id the log's seqs belong to, if the logger saved one, and where the log began
+    in each room it knew of then (its first snapshot): a quiet room has no line to resume from."""
     with contextlib.suppress(OSError):
-        return history_path(out).read_text().strip() or None
-    return None
+        first, _, rest = history_path(out).read_text().partition("\n")
+        starts = m.decode(rest.encode()) if rest.strip() else {}
+        if type(starts) is not dict:
+            starts = {}
+        return first.strip() or None, {r: s for r, s in starts.items() if type(s) is int}
+    return None, {}
 
 
-def save_history(out: Path, history_id: str) -> None:
-    """Atomically: a logger killed mid-write leaves the old id or the new one, never half of one."""
+def save_history(out: Path, history_id: str, starts: dict[str, int] | None = None) -> None:
+    """Atomically: a logger killed mid-write leaves the old record or the new one, never half of one."""
     tmp = out.with_name(out.name + ".history.tmp")
-    tmp.write_text(history_id + "\n")
+    tmp.write_bytes(history_id.encode() + b"\n" + m.encode(starts or {}) + b"\n")
     os.replace(tmp, history_path(out))
 
 
@@ -89,12 +94,19 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
     With ``path`` (the log file), the history the events belong to is saved before the first event of
     a history is written, so a restarted logger knows whether its positions still hold.
     """
-    saved = saved_history(path) if path else None
+    saved, starts = saved_history(path) if path else (None, {})
     for event in client.events():
         kind = event["type"]
+        if path and kind == "rooms" and client.history_id is not None:
+            # Where the log begins in every room it knows now, kept until the history starts over.
+            fresh = {room: seq for room, seq in client.sequencer.last.items() if room not in starts}
+            if fresh or client.history_id != saved:
+                starts = {**(starts if client.history_id == saved else {}), **fresh}
+                save_history(path, client.history_id, starts)
+                saved = client.history_id
         if path and client.history_id is not None and client.history_id != saved:
             save_history(path, client.history_id)
-            saved = client.history_id
+            saved, starts = client.history_id, {}
         if kind == "status":
             print(f"chat-logger: {event['state']}", file=sys.stderr, flush=True)
         elif "seq" in event or (kind == "heartbeat" and heartbeats):  # feed events, not replies
@@ -118,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     transport.stop_on_sigterm()
     path = Path(args.out) if args.out else None
     positions = resume_positions(path, rooms) if path else {}
-    history_id = saved_history(path) if path and positions else None
+    history_id, starts = saved_history(path) if path else (None, {})
+    for room, seq in starts.items():  # rooms the log knew of but has no line of
+        if rooms is None or room in rooms:
+            positions.setdefault(room, seq)
+    history_id = history_id if positions else None
     client = ChatClient(None, rooms=rooms, positions=positions, history_id=history_id, **conn)
     with open(args.out, "ab") if args.out else contextlib.nullcontext(sys.stdout.buffer) as out:
         try:

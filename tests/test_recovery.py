@@ -306,3 +306,29 @@ def test_a_broker_restart_does_not_announce_everyone_as_joining(harness: Harness
     bob.send("still here")
     alice.expect(r"^bob: still here$")
     assert not [line for line in alice.lines if "[join] bob" in line][1:]  # only the first, real one
+
+
+def test_a_restarted_logger_logs_quiet_rooms_and_rooms_made_while_it_was_down(harness: Harness) -> None:
+    broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
+    ends = {"router": broker.router, "pub": broker.pub}
+    with ChatClient("talker", rooms=["quiet", "general"], **ends) as bot:
+        bot.connect()
+        bot.say("quiet", "before the logger")
+        drain_acks(bot)
+        log_path = harness.tmp_path / "chat.jsonl"
+        logger = harness.logger(broker, "--out", str(log_path))
+        bot.say("general", "while logging")  # the log has lines of #general only; #quiet stays quiet
+        drain_acks(bot)
+        wait_for(lambda: any(e.get("text") == "while logging" for e in read_log(log_path)), what="a line")
+        logger.kill(signal.SIGTERM)
+        assert logger.wait() == 0
+        bot.say("quiet", "in the quiet room, while the logger was down")
+        bot.join("made-meanwhile")
+        bot.say("made-meanwhile", "in a room made while the logger was down")
+        drain_acks(bot)
+    harness.logger(broker, "--out", str(log_path))
+    texts = {"in the quiet room, while the logger was down", "in a room made while the logger was down"}
+    wait_for(lambda: texts <= {e.get("text") for e in read_log(log_path)}, what="both")
+    logged = [e.get("text") for e in read_log(log_path) if e["type"] == "msg"]
+    assert "before the logger" not in logged  # the log still begins where the logger first started
+    assert len(logged) == len(set(logged))  # nothing twice
