@@ -114,6 +114,29 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
             out.flush()
 
 
+#: How often a logger that has no answer yet says so.
+WAITING_NOTICE_S = 10.0
+
+
+def wait_for_broker(client: ChatClient, conn: dict) -> None:
+    """A logger waits for its broker as long as it takes, but says so, and what might be wrong."""
+    while True:
+        try:
+            client.connect(timeout=WAITING_NOTICE_S)
+            return
+        except TimeoutError:
+            hint = (
+                "is it running? (a CURVE broker needs --server-key and --key)"
+                if conn["curve"] is None
+                else "is it running, and are --server-key and --key its and yours?"
+            )
+            print(
+                f"chat-logger: no answer yet from a broker at {conn['router']} / {conn['pub']}: {hint}; still waiting",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -137,8 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     history_id = history_id if positions else None
     client = ChatClient(None, rooms=rooms, positions=positions, history_id=history_id, **conn)
     with open(args.out, "ab") if args.out else contextlib.nullcontext(sys.stdout.buffer) as out:
+        connected = False
         try:
-            client.connect(timeout=3600 * 24 * 365)  # a logger waits for its broker
+            wait_for_broker(client, conn)
+            connected = True
             where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
             resumed = f", resuming {len(positions)} rooms from {args.out}" if positions else ""
             print(f"chat-logger: following {where} on {pub}{resumed}", file=sys.stderr, flush=True)
@@ -149,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.close(flush_timeout=0)
             seq = client.sequencer
             print(
-                f"chat-logger: stopped; {seq.filled} events were fetched from history, {seq.lost} were lost",
+                f"chat-logger: stopped; {seq.filled} events were fetched from history, {seq.lost} were lost"
+                if connected
+                else "chat-logger: stopped before any broker answered; nothing was logged",
                 file=sys.stderr,
                 flush=True,
             )

@@ -511,3 +511,26 @@ def test_a_fault_in_the_batched_hot_path_costs_that_request_and_the_acks_before_
     assert [r.get("code", r["type"]) for r in replies(out)] == ["ack", "internal", "ack"]
     assert [r.get("id") for r in replies(out)] == ["b1", "b2", "b3"]
     assert [e["text"] for e in published(out)] == ["one", "three"]
+
+
+def test_a_logger_with_no_broker_says_so_and_what_to_check(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import logger
+    from client import ChatClient
+
+    monkeypatch.setattr(logger, "WAITING_NOTICE_S", 0.2)
+    conn = {"router": "tcp://127.0.0.1:9", "pub": "tcp://127.0.0.1:9", "curve": None}
+    with ChatClient(None, router=conn["router"], pub=conn["pub"]) as client:
+        calls = []
+        connect = client.connect
+
+        def connect_twice(timeout: float):
+            calls.append(timeout)
+            if len(calls) > 2:
+                raise KeyboardInterrupt
+            return connect(timeout=timeout)
+
+        client.connect = connect_twice
+        with pytest.raises(KeyboardInterrupt):
+            logger.wait_for_broker(client, conn)
+    notices = [line for line in capsys.readouterr().err.splitlines() if "no answer yet" in line]
+    assert len(notices) == 2 and "tcp://127.0.0.1:9" in notices[0] and "--server-key" in notices[0]
