@@ -227,6 +227,9 @@ class ChatClient:
         self.unacked: dict[str, Event] = {}  # id -> request, in the order they were (re)sent
         self.connected = True  # the link state last reported to the caller
         self._sent_at: dict[str, float] = {}  # id -> when last sent, oldest first
+        #: The broker asked us to retry later (rate_limited, unavailable): until what waits is acked, new
+        #: messages wait behind it, so one person's lines are stored in the order they were written.
+        self._retry_pending = False
         self._joining: dict[str, str] = {}  # join request id -> room, until joined or refused
         # Unpredictable ids: whoever takes our name after we left must not guess the ids we will resend.
         self._ids = (secrets.token_urlsafe(12) for _ in itertools.count())
@@ -368,7 +371,7 @@ class ChatClient:
         m.encode(env)  # text that is not valid Unicode (a lone surrogate) raises here, never queued to fail again
         self.unacked[msg_id] = env
         self._sent_at[msg_id] = time.monotonic()
-        if send and self.user is not None:  # without a session it waits for the next welcome
+        if send and self.user is not None and not self._retry_pending:  # else it goes with the next resend
             self._send(env)
         return msg_id
 
@@ -390,10 +393,10 @@ class ChatClient:
 
     def _renumber(self, msg_id: str) -> None:
         """Send an unacknowledged message again under a new id."""
-        env = self.unacked.pop(msg_id)
+        env = self.unacked[msg_id]
         del self._sent_at[msg_id]
         env["id"] = new_id = next(self._ids)
-        self.unacked[new_id] = env
+        self.unacked = {new_id if k == msg_id else k: v for k, v in self.unacked.items()}  # its place kept
         self._sent_at[new_id] = time.monotonic()
         if self.user is not None:
             self._send(env)
@@ -494,7 +497,7 @@ class ChatClient:
         self._synced = True
         if resumed:
             events.append({"type": "status", "state": "reconnected", "epoch": self.epoch})
-            self._resend(list(self._sent_at), time.monotonic())
+            self._resend(list(self.unacked), time.monotonic())  # in the order they were written
         events.append(env)
 
     def _on_joined(self, env: Event, events: list[Event]) -> None:
@@ -538,6 +541,8 @@ class ChatClient:
             if self.user is not None:
                 self._lose_session()  # keep the message: it is resent after the new welcome
             return
+        if env.get("code") in RETRY_LATER and self.unacked:
+            self._retry_pending = True
         if env.get("code") in RETRY_LATER and msg_id in self.unacked:
             env["retrying"] = True  # kept: resent after ack_timeout
         elif env.get("code") == m.ErrorCode.ID_REUSED.value and msg_id in self.unacked:
@@ -572,6 +577,8 @@ class ChatClient:
     def _acknowledge(self, ack: Event, events: list[Event]) -> None:
         self._sent_at.pop(ack.get("id"), None)
         ack["request"] = self.unacked.pop(ack.get("id"), None)
+        if not self.unacked:
+            self._retry_pending = False
         if ack["request"] is not None:  # an ack for a resend we already had acked is no news
             events.append(ack)
 
@@ -686,8 +693,9 @@ class ChatClient:
             self._hello()
         if self.user is not None:
             due = list(itertools.takewhile(lambda item: now - item[1] >= self.ack_timeout, self._sent_at.items()))
-            if due:  # oldest first: the rest are younger
-                self._resend([msg_id for msg_id, _ in due], now)
+            if due:  # oldest sent first: the rest are younger; sent again in the order they were written
+                due_ids = {msg_id for msg_id, _ in due}
+                self._resend([msg_id for msg_id in self.unacked if msg_id in due_ids], now)
         for room, due in list(self._catch_up.items()):
             if now >= due:
                 del self._catch_up[room]

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import ROOT, WAIT, Harness, inproc_broker
+from conftest import ROOT, WAIT, Harness, free_port, inproc_broker
 
 import keys
 import messages as m
@@ -534,3 +534,28 @@ def test_a_logger_with_no_broker_says_so_and_what_to_check(monkeypatch: pytest.M
             logger.wait_for_broker(client, conn)
     notices = [line for line in capsys.readouterr().err.splitlines() if "no answer yet" in line]
     assert len(notices) == 2 and "tcp://127.0.0.1:9" in notices[0] and "--server-key" in notices[0]
+
+
+def test_one_persons_lines_are_stored_in_the_order_written_across_a_broker_restart(harness: Harness) -> None:
+    from client import ChatClient
+
+    ends = {"router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{free_port()}"}
+    db = str(harness.tmp_path / "chat.db")
+    unlimited = ("--rate-limit", "0", "--source-rate", "0")  # a line every 50 ms: faster than people type
+    broker = harness.broker(*unlimited, db=db, **ends)
+    with ChatClient("typist", ack_timeout=0.3, **ends) as typist:
+        typist.connect(timeout=WAIT)
+        ids = []
+        for i in range(40):  # a line every 50 ms, the broker killed and started again in the middle
+            ids.append(typist.say("general", f"line {i}"))
+            typist.poll(0.05)
+            if i == 10:
+                broker.kill()
+                broker.wait()
+            if i == 20:
+                broker = harness.broker(*unlimited, db=db, **ends)
+        typist.close(flush_timeout=5.0)
+        assert not typist.unacked
+    reader = harness.raw(broker)
+    reader.request({"type": "history", "room": "general", "limit": 500})
+    assert [e["id"] for e in reader.reply()["events"] if e["type"] == "msg"] == ids
