@@ -1572,18 +1572,18 @@ def attack_ws_never_reads(lab: Lab) -> Check:
     Tries to make the gateway queue replies for it without bound.
     Held: the gateway's RSS stays bounded (the common criteria) and it disconnects the reader (seen in
     the kernel's TCP state, without reading) before the gateway's slow-consumer timeout (from its --help;
-    --quick runs the gateway with 1 s) plus 12 s, or the --seconds budget if longer: filling what the
-    kernel buffers for the connection (~3 MB on loopback) takes most of that.
+    --quick runs the gateway with 1 s) plus 25 s, or the --seconds budget if longer: filling what the
+    kernel buffers for the connection (several MB on loopback) took 10-13 s in runs here.
     """
     timeout = lab.gateway_slow_consumer
     room = f"ws12x{lab.uid()}"
     sock = _raw_websocket(lab.gateway_url, lab.source())
     sock.sendall(_ws_frame(encode_json({"type": "hello", "user": f"ws12x{lab.uid()}", "rooms": [room]})))
     start = now()
-    lab.fill({room: lab.n(300, 200)}, CONTROL_TEXT, start + lab.budget(3), prefix="feed12x", parallel=4)
+    lab.fill({room: lab.n(1000, 600)}, CONTROL_TEXT, start + lab.budget(3), prefix="feed12x", parallel=4)
     frame = _ws_frame(encode_json({"type": "history", "room": room, "limit": 500}))
     sent = 0
-    deadline = start + max(lab.budget(), timeout + 12.0)
+    deadline = start + max(lab.budget(), timeout + 25.0)
     sock.setblocking(False)
     gone_at = None
     while now() < deadline and gone_at is None:
