@@ -895,8 +895,11 @@ class ChatCore:
             if resumed:
                 event.resumed = True
             self._publish(room, event, now, out)
-        shown = self.config.history_on_join
-        recent = _fit(_after(room, room.seq - shown, shown), self.config.max_reply_bytes, newest=True)
+        shown, budget = self.config.history_on_join, self.config.max_reply_bytes
+        if self.store.persistent and _first_kept(room) > max(1, room.seq - shown + 1):  # memory gave some up
+            recent = self.store.newest(room_name, room.seq - shown, budget)
+        else:
+            recent = _fit(_after(room, room.seq - shown, shown), budget, newest=True)
         out.append(
             Reply(
                 session.peer,

@@ -559,3 +559,18 @@ def test_one_persons_lines_are_stored_in_the_order_written_across_a_broker_resta
     reader = harness.raw(broker)
     reader.request({"type": "history", "room": "general", "limit": 500})
     assert [e["id"] for e in reader.reply()["events"] if e["type"] == "msg"] == ids
+
+
+def test_joined_shows_its_history_even_when_memory_gave_it_up(tmp_path: Path) -> None:
+    config = ChatConfig(history_bytes_per_room=64 * 1024, history_bytes_total=64 * 1024, **UNLIMITED)
+    core = ChatCore(config, store=SqliteStore(tmp_path / "c.db"))
+    hello(core, rooms=["busy", "other"])
+    for i in range(20):
+        send(core, msg(f"busy {i}", f"b{i}", room="busy"))
+    for i in range(200):  # the total bound makes the least recently joined room give up its events
+        send(core, msg("z" * 500, f"o{i}", room="other"))
+    assert len(core.rooms["busy"].history) < 20
+    send(core, {"type": "hello", "user": "bob"}, B)
+    out = send(core, {"type": "join", "room": "busy"}, B)
+    (joined,) = [r for r in replies(out) if r["type"] == "joined"]
+    assert [e["id"] for e in joined["history"] if e["type"] == "msg"] == [f"b{i}" for i in range(20)]
