@@ -796,7 +796,7 @@ class ChatCore:
             )
 
     def _check_said_room(self, now: float, msg_id: str) -> None:
-        if self.said.size >= self.said.total and self.said.full(now):
+        if self.said.full(now):
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "the broker remembers as many recent message ids as it may; retry later", msg_id
             )
