@@ -22,6 +22,7 @@ from pathlib import Path
 
 import zmq
 
+import cli
 import keys
 import messages as m
 import transport
@@ -438,7 +439,7 @@ SOURCE_AND_MEMORY_FLAGS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    router_ep, pub_ep = m.endpoints(args.host, args.router, args.pub)
+    router_ep, pub_ep = cli.endpoints(args.host, args.router, args.pub)
     try:
         config = ChatConfig(
             heartbeat=args.heartbeat,

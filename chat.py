@@ -52,6 +52,8 @@ EVENT_OVERHEAD = 48
 #: A reply costs one more token per this many bytes: the broker's work and the memory a reply can hold
 #: (in the peer's queue) grow with its size, so a source's rate limit bounds the bytes it can pull too.
 REPLY_TOKEN_BYTES = 16 * 1024
+#: Heartbeats that tell a changed room's head on the feed: one dropped ``head`` frame is not the last word.
+HEAD_REPEATS = 3
 #: Requests that write: refused with ``unavailable`` while the broker cannot store.
 WRITES = frozenset({"hello", "join", "leave", "msg", "dm", "bye"})
 
@@ -177,6 +179,8 @@ class Room:
     users: list[str] = field(default_factory=list)
     folded: list[str] = field(default_factory=list)  # users[i].casefold(): the sort keys
     seq: int = 0
+    head_told: int = 0  # the last seq the feed was told as this room's head (``head``), and how many more
+    head_repeats: int = 0  # heartbeats will tell it again (one told head may be dropped like any frame)
 
     def add(self, user: str, folded: str) -> None:
         at = bisect.bisect_left(self.folded, folded)
@@ -553,8 +557,9 @@ class ChatCore:
 
     def _handle_one(self, peer: bytes, conn: Peer, env: Any, now: float, key: str | None, out: list[Output]) -> None:
         """One request, whatever it is: every one costs a token of its connection and of its source, and
-        a large reply more (``REPLY_TOKEN_BYTES``).  Errors become ``error`` replies; an unforeseen
-        exception becomes ``internal`` (what it had done by then stands, what it had to send is sent)."""
+        a large reply more (``REPLY_TOKEN_BYTES``).  Errors become ``error`` replies, each echoing the
+        request's valid ``id`` so a client can tell which request failed; an unforeseen exception becomes
+        ``internal`` (what it had done by then stands, what it had to send is sent)."""
         kind, msg_id, mark = "request", None, len(out)
         try:
             limited = not self._spend(conn, now)
@@ -579,6 +584,8 @@ class ChatCore:
             else:
                 self._handlers[kind](peer, session, request, now, out)
         except ProtocolError as exc:
+            if exc.msg_id is None:  # raised where the id was not at hand: any error about a request echoes it
+                exc.msg_id = msg_id
             out.append(Reply(peer, m.encode(exc.envelope())))
         except Exception as exc:  # the crash barrier
             out.append(self._internal(peer, kind, exc, msg_id))
@@ -604,7 +611,20 @@ class ChatCore:
             self.next_heartbeat = now + self.config.heartbeat
             ts = now + self.wall_offset
             out.append(Publish(m.SYS_TOPIC, m.encode({"type": "heartbeat", "epoch": self.epoch, "ts": ts})))
+            self._tell_heads(out)
         return out
+
+    def _tell_heads(self, out: list[Output]) -> None:
+        """With the heartbeat, each room that changed lately says its newest seq on its own topic (for
+        ``HEAD_REPEATS`` heartbeats): a subscriber whose feed dropped a room's last events sees it is
+        behind and fetches them, even if the room then stays quiet (the Clone pattern's heartbeat)."""
+        for room in self.rooms.values():
+            if room.seq != room.head_told:
+                room.head_told = room.seq
+                room.head_repeats = HEAD_REPEATS
+            if room.head_repeats:
+                room.head_repeats -= 1
+                out.append(Publish(room.topic, m.encode({"type": "head", "room": room.name, "seq": room.seq})))
 
     def shutdown(self, now: float) -> list[Output]:
         """The broker is stopping: tell the feed, so clients know to wait for a new epoch."""

@@ -11,7 +11,7 @@ Widths are counted per character as the widest a terminal is known to draw it (w
 characters and emoji 2 cells, an emoji-style VS16 on a narrow symbol 2, combining marks 0, every
 other character at least 1), and the last column is left free: a terminal that draws something
 narrower than counted ends the row early, never wraps it.  Runs of more than three spaces
-(a tab is four, ``messages.safe_text``) are shown as `` ⋯ ``, and the Hangul filler letters,
+(a tab is four, ``safe_text``) are shown as `` ⋯ ``, and the Hangul filler letters,
 printable characters that show nothing, are escaped like control characters.
 
 A pipe or a file gets lines exactly as they are: one line per event, for scripts.
@@ -24,7 +24,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
-import messages as m
+from safe_text import safe_text
 
 #: Starts every row of a line but the first (``NARROW_CONTINUATION`` on a narrow terminal).
 CONTINUATION = "  │ "
@@ -65,7 +65,7 @@ def lay_out(line: str, width: int, *, squeeze: bool = True) -> str:
 
 def visible(text: str, *, squeeze: bool = True) -> str:
     """``text`` with nothing that moves the cursor or hides: ``safe_text``, escaped fillers, squeezed spaces."""
-    text = m.safe_text(text)
+    text = safe_text(text)
     if not _INVISIBLE.isdisjoint(text):
         text = "".join(f"\\u{ord(c):04x}" if c in _INVISIBLE else c for c in text)
     if squeeze and text.count(" ") > MAX_SPACES:

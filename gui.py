@@ -11,7 +11,7 @@ It is one more front end on the same ``ChatClient``, not a second client:
   loop drains with ``after`` polling.  No widget is touched from another thread.
 
 Text from others is shown as plain text: ``render`` passes it through
-``messages.safe_text``, and a Tk ``Text`` widget interprets no markup.
+``safe_text``, and a Tk ``Text`` widget interprets no markup.
 
 Test hook: with ``CHAT_GUI_ECHO=1`` every line the window adds to the
 conversation is also printed to stdout as it is displayed, and so are changes of
@@ -34,8 +34,12 @@ from typing import Any
 
 import zmq
 
+import cli
 import messages as m
-from client import ChatClient, ChatError, Console, Event, add_endpoint_args, add_session_args, connection, render
+from client import ChatClient, ChatError
+from console import Console
+from display import render
+from session import Event, Rejoined, Status
 
 #: How often the Tk loop drains the queue from the network thread (ms).
 POLL_MS = 40
@@ -71,24 +75,24 @@ class Members:
 
     def update(self, event: Event) -> bool:
         """Apply one event; True if some room's member list changed."""
-        kind, room, user = event.get("type"), event.get("room"), event.get("user")
-        if not isinstance(room, str):
-            return False
-        before = set(self.rooms.get(room, ()))
-        if kind == "joined":
-            self.rooms[room] = set(event.get("users", []))
-            return True
-        if kind == "left":
-            return self.rooms.pop(room, None) is not None
-        if room not in self.rooms:
-            return False  # a room we are not in: `who #elsewhere` must not add it
-        if kind == "who":
-            self.rooms[room] = set(event.get("users", []))
-        elif kind == "join" and isinstance(user, str):
-            self.rooms[room].add(user)
-        elif kind == "leave" and isinstance(user, str):
-            self.rooms[room].discard(user)
-        return self.rooms[room] != before
+        match event:
+            case m.Joined() | Rejoined():
+                joined = event if isinstance(event, m.Joined) else event.joined
+                self.rooms[joined.room] = set(joined.users)
+                return True
+            case m.Left():
+                return self.rooms.pop(event.room, None) is not None
+            case m.Who() | m.JoinEvent() | m.LeaveEvent() if event.room in self.rooms:
+                members = self.rooms[event.room]
+                before = set(members)
+                if isinstance(event, m.Who):
+                    self.rooms[event.room] = members = set(event.users)
+                elif isinstance(event, m.JoinEvent):
+                    members.add(event.user)
+                else:
+                    members.discard(event.user)
+                return members != before
+        return False  # a room we are not in: `who #elsewhere` must not add it
 
     def of(self, room: str | None) -> list[str]:
         """The members of ``room``, sorted as the broker sorts them (case-insensitively)."""
@@ -135,22 +139,17 @@ class GuiConsole(Console):
         self.members = Members()
         self._state: tuple[Any, ...] | None = None
 
-    def me(self) -> str | None:
-        """Our name, also while reconnecting (``user`` is None then, but our events are still ours)."""
-        return self.client.user or self.client.name
-
     def show(self, line: str) -> None:
         self.post(("line", line, line_tag(line, self.me())))
 
     def on_event(self, event: Event) -> None:
-        kind = event["type"]
         me = self.me()
-        if kind == "msg" and event.get("user") == me:
+        if isinstance(event, m.MsgEvent) and event.user == me:
             self.show(render(event, me) or "")
         else:
             super().on_event(event)
-        if kind == "status":
-            self.post(("status", event.get("state")))
+        if isinstance(event, Status):
+            self.post(("status", event.state.value))
         self.members.update(event)
         self.publish_state()
 
@@ -194,7 +193,7 @@ class Network(threading.Thread):
 
     def _run(self) -> None:
         rooms = self.args.room or [m.DEFAULT_ROOM]
-        client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **connection(self.args))
+        client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **cli.connection(self.args))
         try:
             client.connect(timeout=self.args.timeout)
         except ChatError as exc:
@@ -377,7 +376,7 @@ class ChatWindow:
         self.pipe.connect(address)
         self.network = Network(name, self.args, inbox, self.events.put, self.ctx)
         self.prompt_error.configure(text="")
-        router, _pub = m.endpoints(self.args.host, self.args.router, self.args.pub)
+        router, _pub = cli.endpoints(self.args.host, self.args.router, self.args.pub)
         self.set_status(f"connecting to {router} as {name}…")
         self.network.start()
 
@@ -543,8 +542,8 @@ class ChatWindow:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chat-gui", description="Chat through a chat broker, in a window.")
-    add_endpoint_args(parser)
-    add_session_args(parser, "your user name (asked for in the window if not given)")
+    cli.add_endpoint_args(parser)
+    cli.add_session_args(parser, "your user name (asked for in the window if not given)")
     parser.add_argument("--gui", action="store_true", help=argparse.SUPPRESS)  # `client.py --gui` passes its argv on
     return parser.parse_args(argv)
 

@@ -24,19 +24,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+import cli
 import messages as m
 import transport
-from client import ChatClient, add_endpoint_args, connection, room_name
+from client import ChatClient
+from session import Status
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chat-logger", description="Append every chat feed event to a file, one JSON object per line."
     )
-    add_endpoint_args(parser)
+    cli.add_endpoint_args(parser)
     parser.add_argument("--out", metavar="FILE", help="file to append to (default: standard output)")
     parser.add_argument(
-        "--room", action="append", type=room_name, metavar="ROOM", help="log only ROOM; repeat for more (default: all)"
+        "--room",
+        action="append",
+        type=cli.room_name,
+        metavar="ROOM",
+        help="log only ROOM; repeat for more (default: all)",
     )
     parser.add_argument("--heartbeats", action="store_true", help="also log the broker's sys/ heartbeats")
     return parser.parse_args(argv)
@@ -57,10 +63,9 @@ def resume_positions(path: Path, rooms: list[str] | None = None) -> dict[str, in
             if not line.endswith(b"\n"):
                 break
             good += len(line)
-            for event in m.feed_events(line):
-                room, seq = event.get("room"), event.get("seq")
-                if type(room) is str and type(seq) is int and (rooms is None or room in rooms):
-                    positions[room] = max(seq, positions.get(room, 0))
+            for event in m.read_envelopes(line):
+                if isinstance(event, m.RoomEvent) and (rooms is None or event.room in rooms):
+                    positions[event.room] = max(event.seq, positions.get(event.room, 0))
         f.truncate(good)
     return positions
 
@@ -96,8 +101,7 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
     """
     saved, starts = saved_history(path) if path else (None, {})
     for event in client.events():
-        kind = event["type"]
-        if path and kind == "rooms" and client.history_id is not None:
+        if path and isinstance(event, m.Rooms) and client.history_id is not None:
             # Where the log begins in every room it knows now, kept until the history starts over.
             fresh = {room: seq for room, seq in client.sequencer.last.items() if room not in starts}
             if fresh or client.history_id != saved:
@@ -107,10 +111,10 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
         if path and client.history_id is not None and client.history_id != saved:
             save_history(path, client.history_id)
             saved, starts = client.history_id, {}
-        if kind == "status":
-            print(f"chat-logger: {event['state']}", file=sys.stderr, flush=True)
-        elif "seq" in event or (kind == "heartbeat" and heartbeats):  # feed events, not replies
-            out.write(m.encode(event) + b"\n")
+        if isinstance(event, Status):
+            print(f"chat-logger: {event.state}", file=sys.stderr, flush=True)
+        elif isinstance(event, m.RoomEvent) or (heartbeats and isinstance(event, m.Heartbeat)):
+            out.write(m.encode(event) + b"\n")  # the bytes the broker published, field for field
             out.flush()
 
 
@@ -140,7 +144,7 @@ def wait_for_broker(client: ChatClient, conn: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        conn = connection(args)
+        conn = cli.connection(args)
     except (OSError, ValueError) as exc:
         print(f"chat-logger: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ topic (``room/NAME/`` or ``sys/``) and the envelope.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
@@ -177,6 +176,121 @@ class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True, gc=False):
     room: str | msgspec.UnsetType = msgspec.UNSET
     seq: int | msgspec.UnsetType = msgspec.UNSET
     to: str | msgspec.UnsetType = msgspec.UNSET
+
+
+# --- What the broker sends, as a client reads it ------------------------------------------
+# Every reply and feed envelope a client acts on, typed.  Unknown fields are ignored (a newer broker
+# may add some); an envelope of a type this module does not know is skipped by ``read_envelopes``.
+
+
+class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True, gc=False):
+    user: str
+    rooms: list[str] = []
+    epoch: str | None = None
+    history_id: str | None = None
+    heartbeat: float = 1.0
+    session_timeout: float = 5.0
+    protocol: int = PROTOCOL_VERSION
+
+
+class Joined(msgspec.Struct, tag_field="type", tag="joined", kw_only=True, gc=False):
+    room: str
+    users: list[str] = []
+    history: list[RoomEvent] = []
+    seq: int = 0
+
+
+class Left(msgspec.Struct, tag_field="type", tag="left", kw_only=True, gc=False):
+    room: str
+
+
+class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True, gc=False):
+    code: str
+    detail: str = ""
+    id: str | None = None
+
+
+class Who(msgspec.Struct, tag_field="type", tag="who", kw_only=True, gc=False):
+    room: str
+    users: list[str] = []
+
+
+class History(msgspec.Struct, tag_field="type", tag="history", kw_only=True, gc=False):
+    room: str
+    events: list[RoomEvent] = []
+    seq: int = 0
+    more: bool = False
+
+
+class Rooms(msgspec.Struct, tag_field="type", tag="rooms", kw_only=True, gc=False):
+    rooms: dict[str, int] = {}
+    history_id: str | None = None
+
+
+class Pong(msgspec.Struct, tag_field="type", tag="pong", kw_only=True, gc=False):
+    epoch: str | None = None
+    session: bool = False
+
+
+class Dm(msgspec.Struct, tag_field="type", tag="dm", kw_only=True, gc=False):
+    user: str
+    to: str
+    text: str
+    id: str | None = None
+    me: bool = False
+    ts: float = 0.0
+
+
+class Heartbeat(msgspec.Struct, tag_field="type", tag="heartbeat", kw_only=True, gc=False):
+    epoch: str | None = None
+    ts: float = 0.0
+
+
+class Head(msgspec.Struct, tag_field="type", tag="head", kw_only=True, gc=False):
+    """On a room's topic with the heartbeat, for a room that changed lately: its newest ``seq``.  Not an event
+    (not stored, not in history): a subscriber behind it has missed events, and fetches them."""
+
+    room: str
+    seq: int
+
+
+class Shutdown(msgspec.Struct, tag_field="type", tag="shutdown", kw_only=True, gc=False):
+    epoch: str | None = None
+    ts: float = 0.0
+
+
+#: Everything a client may read: replies on its DEALER, events on its SUB.
+Envelope = (
+    Welcome | Joined | Left | Ack | Error | Who | History | Rooms | Pong | Dm | Heartbeat | Head | Shutdown | RoomEvent
+)
+
+_decode_envelopes = msgspec.json.Decoder(Envelope | list[Envelope]).decode
+
+
+def read_envelopes(payload: bytes) -> list[Envelope]:
+    """The envelopes of one frame a client received: one envelope, or a JSON array of them (a batch).
+
+    What it cannot read (not JSON, an unknown type, a field of the wrong type) is skipped, envelope by
+    envelope: a client never crashes on what a broker, a relay or anyone between sends it."""
+    try:
+        value = _decode_envelopes(payload)
+    except _DECODE_ERRORS:
+        return _read_one_by_one(payload)
+    return value if type(value) is list else [value]
+
+
+def _read_one_by_one(payload: bytes) -> list[Envelope]:
+    try:
+        value = _decode_any(payload)
+    except _DECODE_ERRORS:
+        return []
+    envelopes = []
+    for item in value if type(value) is list else [value]:
+        try:
+            envelopes.append(msgspec.convert(item, Envelope))
+        except (msgspec.ValidationError, ValueError, TypeError):
+            continue
+    return envelopes
 
 
 def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES, max_count: int = 0) -> list[bytes]:
@@ -381,7 +495,7 @@ def parse_request(frames: list[bytes]) -> dict[str, Any]:
 
 
 def request_id(env: Any) -> str | None:
-    """The ``id`` an ``error`` about this envelope echoes: only one we could have accepted."""
+    """The ``id`` every ``error`` about this envelope echoes, whatever its type: only one a ``msg`` could carry."""
     msg_id = env.get("id") if type(env) is dict else None
     return msg_id if type(msg_id) is str and 0 < len(msg_id) <= MAX_ID_CHARS else None
 
@@ -418,50 +532,3 @@ def parse_envelope(env: Any) -> dict[str, Any]:
         exc.msg_id = msg_id
         raise
     return request
-
-
-# --- Display ------------------------------------------------------------------
-
-# Bidi controls can make text read backwards on someone else's screen ("Trojan Source").
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Zero-width (non-)joiners are format characters too, but they are needed to write emoji
-# sequences (family, rainbow flag) and Persian or Indic text, and cannot move anything.
-_JOINERS = frozenset("\u200c\u200d")
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def safe_text(text: str) -> str:
-    """Text from another user, made safe to print on a terminal.
-
-    Control characters (C0, DEL, C1: so every escape sequence), line and
-    paragraph separators and bidi overrides are shown as visible escapes such
-    as ``\\x1b``; a message can neither move the cursor, clear a screen, nor fake
-    a second line that looks like another user's message.
-    """
-    if text.isprintable():  # the common case: nothing to do
-        return text
-    out = []
-    for char in text:
-        if (char.isprintable() and char not in _BIDI) or char in _JOINERS:
-            out.append(char)
-        elif char == "\t":
-            out.append("    ")
-        elif char == " " or unicodedata.category(char) == "Zs":
-            out.append(" ")
-        else:
-            out.append(_escape_char(char))
-    return "".join(out)
-
-
-# --- Endpoints ------------------------------------------------------------------
-
-
-def endpoints(host: str, router: str | None = None, pub: str | None = None) -> tuple[str, str]:
-    """The (inbox, feed) endpoints: explicit ``router``/``pub`` win, else tcp on ``host`` at the default ports."""
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # a bare IPv6 address
-    return (router or f"tcp://{host}:{DEFAULT_ROUTER_PORT}", pub or f"tcp://{host}:{DEFAULT_PUB_PORT}")

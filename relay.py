@@ -23,11 +23,11 @@ from pathlib import Path
 
 import zmq
 
+import cli
 import keys
 import messages as m
 import transport
 from broker import FEED_HWM
-from client import add_endpoint_args, connection
 
 DEFAULT_RELAY_PORT = 5557
 #: Largest frame a subscriber may send (a subscription is 1 byte + a topic, ``room/NAME/`` is at most 38).
@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chat-relay", description="Relay a chat broker's feed (XSUB/XPUB proxy) so subscribers can connect here."
     )
-    add_endpoint_args(parser)
+    cli.add_endpoint_args(parser)
     parser.add_argument(
         "--listen",
         default=f"tcp://*:{DEFAULT_RELAY_PORT}",
@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        conn = connection(args)
+        conn = cli.connection(args)
         downstream_keys = keys.server_keys(args.curve) if args.curve else None
         allowed = keys.allowed_keys(args.curve) if args.curve else None
     except (OSError, ValueError) as exc:

@@ -49,9 +49,9 @@ import zmq
 import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 
+import cli
 import messages as m
 import transport
-from client import add_endpoint_args, connection
 
 log = logging.getLogger("chat-web")
 
@@ -918,7 +918,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="chat-web",
         description="Chat from a browser: serves the chat page and a WebSocket, each browser a broker session.",
     )
-    add_endpoint_args(parser)
+    cli.add_endpoint_args(parser)
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -988,7 +988,7 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(args: argparse.Namespace, sock: socket.socket, conn: dict[str, Any]) -> int:
-    """Serve on the bound ``sock`` until SIGINT or SIGTERM; ``conn`` is ``client.connection(args)``."""
+    """Serve on the bound ``sock`` until SIGINT or SIGTERM; ``conn`` is ``cli.connection(args)``."""
     router, pub, curve = conn["router"], conn["pub"], conn["curve"]
     port = sock.getsockname()[1]
     origins = (
@@ -1046,7 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         static_dir()
-        conn = connection(args)
+        conn = cli.connection(args)
     except (OSError, ValueError) as exc:
         print(f"chat-web: {exc}", file=sys.stderr)
         return 1

@@ -125,7 +125,7 @@ def chat_works(router: str, pub: str) -> bool:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             a.poll(0)
-            if any(e.get("text") == "still standing" for e in b.poll(0.05)):
+            if any(isinstance(e, m.MsgEvent) and e.text == "still standing" for e in b.poll(0.05)):
                 return True
     return False
 

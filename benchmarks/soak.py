@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import session  # noqa: E402
 from client import ChatClient, ChatError  # noqa: E402
 
 
@@ -53,10 +54,11 @@ def run_bot(args: argparse.Namespace) -> int:
     record = open(args.record, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
     bot = ChatClient(args.name, router=args.router, pub=args.pub, rooms=rooms, ack_timeout=1.0)
 
-    def note(events: list[dict]) -> None:
+    def note(events: list[session.Event]) -> None:
         for event in events:
-            if event["type"] == "ack":
-                record.write(f"A {event['id']} {event['room']} {event['seq']}\n")
+            if isinstance(event, session.Acked):
+                ack = event.ack
+                record.write(f"A {ack.id} {ack.room} {ack.seq}\n")
 
     try:
         while True:

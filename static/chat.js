@@ -20,9 +20,17 @@
   // Errors that say "not now" rather than "never": the request is kept (or, for hello, asked again).
   const RETRY_CODES = new Set(["rate_limited", "unavailable"]);
 
-  // --- protocol helpers (ports of client.FeedSequencer and messages.safe_text) ------------
+  // --- protocol helpers (ports of sequencer.FeedSequencer and safe_text.safe_text) -----------
 
-  /** Puts each room's feed events in seq order, exactly once; says "fetch history after N" on a hole. */
+  /** Did a history reply bring all the broker has after what was asked?  Not when it says more (cut at
+   *  its byte budget), nor when its last event is short of the room's head seq (cut at limit); an empty
+   *  reply is complete: the broker has nothing after `after`.  (sequencer.history_complete) */
+  function historyComplete(events, head, more) {
+    return !more && (events.length === 0 || events[events.length - 1].seq >= head);
+  }
+
+  /** Puts each room's feed events in seq order, exactly once; says "fetch history after N" on a hole.
+   *  The rules are sequencer.FeedSequencer's: both run the vectors in tests/vectors/sequencer.json. */
   class FeedSequencer {
     constructor(unknownBaseline = null) {
       this.unknownBaseline = unknownBaseline;
@@ -68,20 +76,29 @@
       this.hold(room, event);
       return this.settle(room);
     }
-    /** A history reply; complete: the broker sent all it had after our last seq. */
-    fill(room, events, complete) {
+    /** A history reply for room arrived: its events, the room's head seq, its more.  Complete (see
+     *  historyComplete): a hole it did not fill is gone for good, so it is skipped.  Not complete: ask
+     *  again after the last event it brought. */
+    fill(room, events, head, more = false) {
       if (!this.last.has(room)) return [[], null];
       const held = this.held.get(room) || new Map();
       const fresh = events.filter((e) => e.seq > this.last.get(room) && !held.has(e.seq));
       this.filled += fresh.length;
       for (const event of fresh) this.hold(room, event);
       let [ready, fetch] = this.settle(room);
-      while (fetch !== null && complete) {
-        // The broker no longer keeps what we missed: skip the hole rather than wait forever.
-        this.skipTo(room, Math.min(...this.held.get(room).keys()));
-        let more;
-        [more, fetch] = this.settle(room);
-        ready = ready.concat(more);
+      if (!historyComplete(events, head, more)) {
+        const reached = events.length > 0 ? events[events.length - 1].seq : this.last.get(room);
+        return [ready, Math.max(reached, this.last.get(room))];
+      }
+      while (fetch !== null) {
+        // The broker no longer keeps what we missed up to its head: skip that hole rather than wait forever.
+        // A hole past the head (the reply is older than what the feed brought) is asked again.
+        const skipTo = Math.min(Math.min(...this.held.get(room).keys()), head + 1);
+        if (skipTo <= this.last.get(room) + 1) break;
+        this.skipTo(room, skipTo);
+        let later;
+        [later, fetch] = this.settle(room);
+        ready = ready.concat(later);
       }
       return [ready, fetch];
     }
@@ -424,18 +441,15 @@
     if (seen.size > 200) seen.delete(seen.keys().next().value);
   }
 
-  /** A history reply to a fill.  A reply cut by size says more: true and is not complete whatever its
-   *  length: ask again after its last event.  Without more, fewer events than the limit means the
-   *  broker has nothing more, so a hole it did not fill is gone for good. */
+  /** A history reply to a fill: the sequencer decides from its events, the room's head seq and more
+   *  whether it is complete (a hole it did not fill is gone for good) or to ask again after it. */
   function onHistory(env) {
     const room = env.room;
     if (!S.fills.has(room)) return;
     S.fills.delete(room);
     const events = (Array.isArray(env.events) ? env.events : []).filter((e) => e && typeof e.seq === "number");
-    const more = env.more === true && events.length > 0;
-    let [ready, fetch] = S.seq.fill(room, events, !more && events.length < MAX_HISTORY_LIMIT);
-    if (more && S.seq.last.has(room)) fetch = Math.max(events[events.length - 1].seq, S.seq.last.get(room));
-    deliver(room, ready, fetch);
+    const head = typeof env.seq === "number" ? env.seq : 0; // as messages.History reads it
+    deliver(room, ...S.seq.fill(room, events, head, env.more === true));
   }
 
   function onLeft(room) {
@@ -530,6 +544,12 @@
   function onFeed(event) {
     const room = event.room;
     if (typeof room !== "string" || typeof event.seq !== "number") return;
+    if (event.type === "head") {
+      // Not an event: the room's newest seq, told with the heartbeat.  Behind it, we missed events: fetch them.
+      if (S.seq.last.has(room)) deliver(room, ...S.seq.expect(room, event.seq));
+      return;
+    }
+    if (event.type !== "msg" && event.type !== "join" && event.type !== "leave") return; // newer than this page
     if (!S.wanted.includes(room) && ![...S.joining.values()].includes(room)) return; // a room we left
     deliver(room, ...S.seq.push(event));
   }

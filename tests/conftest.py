@@ -27,6 +27,7 @@ import msgspec
 import pytest
 import zmq
 
+import messages as m
 from messages import feed_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ class StubClient:
         self.user: str | None = user
         self.rooms: dict[str, None] = dict.fromkeys(rooms) if joined else {}
         self.wanted_rooms: dict[str, None] = dict.fromkeys(rooms)
+        self.ack_timeout = 3.0  # how long the console keeps quiet about further retry-later refusals
         self.calls: list[tuple[Any, ...]] = []
 
     def say(self, room: str, text: str, me: bool = False) -> str:
@@ -66,15 +68,15 @@ class StubClient:
 
     # What ChatClient does on the broker's replies, for the UI to see:
 
-    def joined(self, room: str, users: list[str] | None = None, history: list | None = None) -> dict:
+    def joined(self, room: str, users: list[str] | None = None, history: list[m.RoomEvent] | None = None) -> m.Joined:
         self.rooms[room] = None
         self.wanted_rooms[room] = None
-        return {"type": "joined", "room": room, "users": users or [self.user], "history": history or [], "seq": 1}
+        return m.Joined(room=room, users=users or [self.name], history=history or [], seq=1)
 
-    def left(self, room: str) -> dict:
+    def left(self, room: str) -> m.Left:
         self.rooms.pop(room, None)
         self.wanted_rooms.pop(room, None)
-        return {"type": "left", "room": room}
+        return m.Left(room=room)
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ import pytest
 from conftest import WAIT, Harness
 
 import messages as m
+import session
 from client import ChatClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,10 +98,11 @@ def test_say_many_sends_batches_and_every_message_is_acked_once_in_order(harness
         acks = []
         deadline = time.monotonic() + WAIT
         while bot.unacked and time.monotonic() < deadline:
-            acks += [e for e in bot.poll(0.05) if e["type"] == "ack"]
-        assert [a["id"] for a in acks] == ids
+            acks += [e for e in bot.poll(0.05) if isinstance(e, session.Acked)]
+        assert [a.ack.id for a in acks] == ids
+        assert [a.request.id for a in acks] == ids
     events: list[dict] = []
     while len(events) < 600 and raw.sub.poll(WAIT * 1000):
         events += [e for e in m.feed_events(raw.sub.recv_multipart()[1]) if e["type"] == "msg"]
     assert [e["text"] for e in events] == [f"line {n}" for n in range(600)]
-    assert [e["seq"] for e in events] == [a["seq"] for a in acks]
+    assert [e["seq"] for e in events] == [a.ack.seq for a in acks]

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from conftest import StubClient
 
-from client import HELP, Console, render
+import messages as m
+from console import Console
+from display import HELP, render
+from session import Acked, Change, Failed, Rejoined, Said, Status
 
 FakeClient = StubClient  # the shared stand-in (conftest)
 
@@ -23,8 +26,14 @@ def lines(out: io.StringIO) -> list[str]:
     return out.getvalue().splitlines()
 
 
-def msg(user: str = "alice", text: str = "hi", room: str = "general", **extra: Any) -> dict:
-    return {"type": "msg", "room": room, "user": user, "text": text, "id": "x", "seq": 1, "ts": 0.0, **extra}
+def msg(user: str = "alice", text: str = "hi", room: str = "general", **extra: Any) -> m.MsgEvent:
+    return m.MsgEvent(room=room, user=user, text=text, id="x", seq=1, ts=0.0, **extra)
+
+
+def dm_acked(text: str, to: str = "bob", ack_to: str | None = None, msg_id: str = "d") -> Acked:
+    """The ack of a dm we sent to ``to``; the broker's ack names the recipient as it spells it (``ack_to``)."""
+    ack = m.Ack(id=msg_id) if ack_to is None else m.Ack(id=msg_id, to=ack_to)
+    return Acked(request=Said(id=msg_id, to=to, text=text), ack=ack)
 
 
 # --- render -------------------------------------------------------------------------------
@@ -46,112 +55,148 @@ def test_render_me_action_in_another_room() -> None:
     assert render(msg(text="waves", room="dev", me=True), "me") == "#dev * alice waves"
 
 
+def test_render_msg_with_me_false_is_no_action() -> None:
+    assert render(msg(text="waves", me=False), "me") == "alice: waves"
+
+
 def test_render_join_in_general() -> None:
-    assert render({"type": "join", "room": "general", "user": "alice"}, "me") == "[join] alice joined the chat"
+    assert render(m.JoinEvent(room="general", user="alice"), "me") == "[join] alice joined the chat"
 
 
 def test_render_join_in_another_room() -> None:
-    assert render({"type": "join", "room": "dev", "user": "alice"}, "me") == "#dev [join] alice joined the room"
+    assert render(m.JoinEvent(room="dev", user="alice"), "me") == "#dev [join] alice joined the room"
 
 
 def test_render_leave_in_general() -> None:
     # /leave general: alice may still be in other rooms, so not "left the chat"
-    event = {"type": "leave", "room": "general", "user": "alice", "reason": "left"}
+    event = m.LeaveEvent(room="general", user="alice", reason="left")
     assert render(event, "me") == "[leave] alice left #general"
 
 
 def test_render_quit_reads_like_leave() -> None:
-    event = {"type": "leave", "room": "general", "user": "alice", "reason": "quit"}
+    event = m.LeaveEvent(room="general", user="alice", reason="quit")
     assert render(event, "me") == "[leave] alice left the chat"
 
 
 def test_render_leave_by_timeout() -> None:
-    event = {"type": "leave", "room": "general", "user": "alice", "reason": "timeout"}
+    event = m.LeaveEvent(room="general", user="alice", reason="timeout")
     assert render(event, "me") == "[leave] alice left the chat (timed out)"
 
 
 def test_render_leave_in_another_room() -> None:
-    event = {"type": "leave", "room": "dev", "user": "alice", "reason": "left"}
+    event = m.LeaveEvent(room="dev", user="alice", reason="left")
     assert render(event, "me") == "#dev [leave] alice left the room"
 
 
 def test_render_dm() -> None:
-    event = {"type": "dm", "user": "bob", "to": "me", "text": "psst", "id": "d", "ts": 0.0}
+    event = m.Dm(user="bob", to="me", text="psst", id="d", ts=0.0)
     assert render(event, "me") == "[dm] bob: psst"
 
 
 def test_render_dm_action() -> None:
-    event = {"type": "dm", "user": "bob", "to": "me", "text": "nods", "id": "d", "ts": 0.0, "me": True}
+    event = m.Dm(user="bob", to="me", text="nods", id="d", ts=0.0, me=True)
     assert render(event, "me") == "[dm] * bob nods"
 
 
 def test_render_dm_ack_shows_what_was_sent() -> None:
-    event = {"type": "ack", "id": "d", "to": "Bob", "request": {"type": "dm", "to": "bob", "text": "psst", "id": "d"}}
-    assert render(event, "me") == "[dm -> Bob] psst"
+    assert render(dm_acked("psst", to="bob", ack_to="Bob"), "me") == "[dm -> Bob] psst"
+
+
+def test_render_dm_ack_without_to_names_the_recipient_as_written() -> None:
+    assert render(dm_acked("psst", to="bob"), "me") == "[dm -> bob] psst"
 
 
 def test_render_msg_ack_shows_nothing() -> None:
-    event = {"type": "ack", "id": "m", "room": "general", "seq": 3, "request": {"type": "msg", "text": "hi"}}
+    event = Acked(request=Said(id="m", room="general", text="hi"), ack=m.Ack(id="m", room="general", seq=3))
     assert render(event, "me") is None
 
 
 def test_render_ack_for_an_unknown_id_shows_nothing() -> None:
-    # ChatClient sets request=None when the ack's id is no longer in unacked (e.g. a duplicate ack).
-    event = {"type": "ack", "id": "gone", "room": "general", "seq": 3, "request": None}
-    assert render(event, "me") is None
+    # The session drops an ack whose id it no longer holds (e.g. a duplicate ack); a bare ack shows nothing.
+    assert render(m.Ack(id="gone", room="general", seq=3), "me") is None
 
 
 def test_render_error() -> None:
-    event = {"type": "error", "code": "rate_limited", "detail": "too many requests; slow down"}
+    event = Failed(error=m.Error(code="rate_limited", detail="too many requests; slow down"))
     assert render(event, "me") == "[error] too many requests; slow down (rate_limited)"
 
 
+def test_render_error_of_a_message() -> None:
+    said = Said(id="x", to="nobody", text="psst")
+    event = Failed(error=m.Error(code="no_such_user", detail="no user nobody", id="x"), request=said)
+    assert render(event, "me") == "[error] no user nobody (no_such_user)"
+
+
+def test_render_refused_join() -> None:
+    event = Failed(error=m.Error(code="bad_name", detail="bad room name", id="j"), room="x y")
+    assert render(event, "me") == "[error] bad room name (bad_name)"
+
+
+def test_render_retry_after_rate_limit() -> None:
+    said = Said(id="x", room="general", text="hi")
+    event = Failed(error=m.Error(code="rate_limited", detail="slow down", id="x"), request=said, retrying=True)
+    assert render(event, "me") == "[system] sending too fast; your message will be sent in a moment"
+
+
+def test_render_retry_while_the_broker_cannot_store() -> None:
+    said = Said(id="x", room="general", text="hi")
+    event = Failed(error=m.Error(code="unavailable", detail="disk full", id="x"), request=said, retrying=True)
+    line = "[system] the broker cannot store messages just now; yours will be sent when it can"
+    assert render(event, "me") == line
+
+
 def test_render_who() -> None:
-    assert render({"type": "who", "room": "general", "users": ["alice", "bob"]}, "me") == (
-        "[who] #general: alice, bob (2)"
-    )
+    assert render(m.Who(room="general", users=["alice", "bob"]), "me") == "[who] #general: alice, bob (2)"
 
 
 def test_render_who_of_an_empty_room() -> None:
-    assert render({"type": "who", "room": "dev", "users": []}, "me") == "[who] #dev: nobody (0)"
+    assert render(m.Who(room="dev", users=[]), "me") == "[who] #dev: nobody (0)"
 
 
 def test_render_joined() -> None:
-    event = {"type": "joined", "room": "dev", "users": ["alice", "me"], "history": [], "seq": 4}
+    event = m.Joined(room="dev", users=["alice", "me"], history=[], seq=4)
     assert render(event, "me") == "[system] you are in #dev (2 here: alice, me)"
 
 
 def test_render_left() -> None:
-    assert render({"type": "left", "room": "dev"}, "me") == "[system] you left #dev"
+    assert render(m.Left(room="dev"), "me") == "[system] you left #dev"
 
 
 @pytest.mark.parametrize(
     ("state", "line"),
     [
-        ("lost", "[system] connection lost, reconnecting…"),
-        ("restored", "[system] connection restored"),
-        ("reconnected", "[system] reconnected"),
-        ("shutdown", "[system] the broker is shutting down; waiting for it to come back…"),
+        (Change.LOST, "[system] connection lost, reconnecting…"),
+        (Change.RESTORED, "[system] connection restored"),
+        (Change.RECONNECTED, "[system] reconnected"),
+        (Change.SHUTDOWN, "[system] the broker is shutting down; waiting for it to come back…"),
+        (
+            Change.FEED_LOST,
+            "[system] no news from the feed (a relay down?); what is said meanwhile comes when it is back",
+        ),
+        (Change.FEED_RESTORED, "[system] the feed is back; fetching what was missed"),
     ],
 )
-def test_render_status(state: str, line: str) -> None:
-    assert render({"type": "status", "state": state}, "me") == line
+def test_render_status(state: Change, line: str) -> None:
+    assert render(Status(state), "me") == line
 
 
 @pytest.mark.parametrize(
     "event",
     [
-        {"type": "status", "state": "weird"},
-        {"type": "heartbeat", "epoch": "e", "ts": 1.0},
-        {"type": "welcome", "user": "me"},
-        {"type": "pong"},
-        {"type": "history", "room": "general", "events": []},
-        {"type": "something-newer"},
-        {},
+        Status("weird"),  # type: ignore[arg-type]  # a state this console does not know
+        m.Heartbeat(epoch="e", ts=1.0),
+        m.Welcome(user="me"),
+        m.Pong(),
+        m.History(room="general", events=[]),
+        m.Rooms(rooms={"general": 3}),
+        m.Shutdown(epoch="e"),  # the session turns it into Status(SHUTDOWN)
+        Rejoined(m.Joined(room="general", users=["me"])),
+        object(),  # something newer
+        None,
     ],
     ids=repr,
 )
-def test_render_ignores_other_events(event: dict) -> None:
+def test_render_ignores_other_events(event: Any) -> None:
     assert render(event, "me") is None
 
 
@@ -170,16 +215,15 @@ def test_render_escapes_hostile_me_text() -> None:
 
 
 def test_render_escapes_hostile_dm_text() -> None:
-    assert render({"type": "dm", "user": "bob", "text": HOSTILE}, "me") == f"[dm] bob: {ESCAPED}"
+    assert render(m.Dm(user="bob", to="me", text=HOSTILE), "me") == f"[dm] bob: {ESCAPED}"
 
 
 def test_render_escapes_the_own_dm_text_in_an_ack() -> None:
-    event = {"type": "ack", "to": "bob", "request": {"type": "dm", "to": "bob", "text": HOSTILE}}
-    assert render(event, "me") == f"[dm -> bob] {ESCAPED}"
+    assert render(dm_acked(HOSTILE, to="bob", ack_to="bob"), "me") == f"[dm -> bob] {ESCAPED}"
 
 
 def test_render_escapes_hostile_error_detail() -> None:
-    assert render({"type": "error", "code": "x", "detail": HOSTILE}, "me") == f"[error] {ESCAPED} (x)"
+    assert render(Failed(error=m.Error(code="x", detail=HOSTILE)), "me") == f"[error] {ESCAPED} (x)"
 
 
 def test_rendered_hostile_line_is_one_printable_line() -> None:
@@ -440,40 +484,104 @@ def test_on_event_shows_other_users_messages() -> None:
     [
         msg("me", "my own words"),
         msg("me", "waves", me=True),
-        {"type": "join", "room": "general", "user": "me", "seq": 1},
-        {"type": "leave", "room": "dev", "user": "me", "reason": "left", "seq": 2},
+        m.JoinEvent(room="general", user="me", seq=1),
+        m.LeaveEvent(room="dev", user="me", reason="left", seq=2),
     ],
     ids=["msg", "me-action", "join", "leave"],
 )
-def test_on_event_does_not_print_the_users_own_events(event: dict) -> None:
+def test_on_event_does_not_print_the_users_own_events(event: m.RoomEvent) -> None:
     con, _, out = console(user="me")
     con.on_event(event)
     assert out.getvalue() == ""
 
 
+def test_own_events_are_still_ours_while_reconnecting() -> None:
+    con, fake, out = console(user="me")
+    fake.user = None  # no session just now: the name we asked for is still ours
+    con.on_event(msg("me", "resent"))
+    con.on_event(m.JoinEvent(room="general", user="me", seq=3))
+    assert out.getvalue() == ""
+
+
 def test_on_event_prints_other_users_join_and_leave() -> None:
     con, _, out = console(user="me")
-    con.on_event({"type": "join", "room": "general", "user": "alice"})
-    con.on_event({"type": "leave", "room": "general", "user": "alice", "reason": "timeout"})
+    con.on_event(m.JoinEvent(room="general", user="alice"))
+    con.on_event(m.LeaveEvent(room="general", user="alice", reason="timeout"))
     assert lines(out) == ["[join] alice joined the chat", "[leave] alice left the chat (timed out)"]
+
+
+def test_a_join_resumed_after_a_broker_restart_is_not_shown() -> None:
+    con, _, out = console(user="me")
+    con.on_event(m.JoinEvent(room="general", user="alice", resumed=True, seq=4))
+    assert out.getvalue() == ""
 
 
 def test_on_event_shows_the_users_own_dm_ack() -> None:
     con, _, out = console(user="me")
-    con.on_event({"type": "ack", "to": "bob", "request": {"type": "dm", "to": "bob", "text": "psst"}})
+    con.on_event(dm_acked("psst", to="bob", ack_to="bob"))
     assert lines(out) == ["[dm -> bob] psst"]
+
+
+def test_on_event_shows_nothing_for_the_ack_of_a_message() -> None:
+    con, _, out = console(user="me")
+    con.on_event(Acked(request=Said(id="m", room="general", text="hi"), ack=m.Ack(id="m", room="general", seq=2)))
+    assert out.getvalue() == ""
 
 
 def test_on_event_prints_nothing_for_unrendered_events() -> None:
     con, _, out = console()
-    con.on_event({"type": "heartbeat", "epoch": "e", "ts": 0.0})
+    con.on_event(m.Heartbeat(epoch="e", ts=0.0))
     assert out.getvalue() == ""
+
+
+def test_on_event_shows_status_changes() -> None:
+    con, _, out = console()
+    con.on_event(Status(Change.LOST))
+    con.on_event(Status(Change.RECONNECTED, "e2"))
+    assert lines(out) == ["[system] connection lost, reconnecting…", "[system] reconnected"]
+
+
+def test_a_room_rejoined_after_a_reconnect_is_not_announced() -> None:
+    con, fake, out = console(rooms=("general", "dev"))
+    con.on_line("/join ops")
+    rejoined = fake.joined("ops", users=["me", "alice"], history=[msg("alice", "old", room="ops")])
+    con.on_event(Rejoined(rejoined))
+    assert out.getvalue() == ""  # what was missed arrives as ordinary events
+    assert con.current == "general"
+
+
+def test_a_refused_join_is_shown_and_switches_to_nothing() -> None:
+    con, fake, out = console()
+    con.on_line("/join dev")
+    con.on_event(Failed(error=m.Error(code="too_many_rooms", detail="in too many rooms", id="j"), room="dev"))
+    assert lines(out) == ["[error] in too many rooms (too_many_rooms)"]
+    con.on_event(fake.joined("dev"))  # joined later, some other way: not the /join that was refused
+    assert con.current == "general"
+
+
+def test_retry_notices_are_shown_once_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    con, fake, out = console()
+    clock = [100.0]
+    monkeypatch.setattr("console.time.monotonic", lambda: clock[0])
+
+    def refused(msg_id: str) -> Failed:
+        said = Said(id=msg_id, room="general", text="hi")
+        return Failed(error=m.Error(code="rate_limited", detail="slow down", id=msg_id), request=said, retrying=True)
+
+    con.on_event(refused("a"))
+    con.on_event(refused("b"))
+    clock[0] += fake.ack_timeout - 0.1
+    con.on_event(refused("c"))
+    assert lines(out) == ["[system] sending too fast; your message will be sent in a moment"]
+    clock[0] += 0.2
+    con.on_event(refused("d"))
+    assert lines(out) == ["[system] sending too fast; your message will be sent in a moment"] * 2
 
 
 def test_joined_shows_the_system_line_and_the_recent_messages_in_order() -> None:
     con, fake, out = console()
-    history = [
-        {"type": "join", "room": "dev", "user": "alice", "seq": 1},
+    history: list[m.RoomEvent] = [
+        m.JoinEvent(room="dev", user="alice", seq=1),
         msg("alice", "earlier", room="dev"),
         msg("bob", "later", room="dev"),
     ]
@@ -487,7 +595,7 @@ def test_joined_shows_the_system_line_and_the_recent_messages_in_order() -> None
 
 def test_joined_shows_at_most_twenty_past_messages_the_latest_ones() -> None:
     con, fake, out = console()
-    history = [msg("alice", f"m{i}") for i in range(30)]
+    history: list[m.RoomEvent] = [msg("alice", f"m{i}") for i in range(30)]
     con.on_event(fake.joined("general", history=history))
     past = [line for line in lines(out) if line.startswith("alice: ")]
     assert past == [f"alice: m{i}" for i in range(10, 30)]
@@ -496,7 +604,6 @@ def test_joined_shows_at_most_twenty_past_messages_the_latest_ones() -> None:
 def test_a_dm_to_myself_is_shown_once() -> None:
     con, _fake, out = console("me")
     me = "me"
-    con.on_event({"type": "dm", "user": me, "to": me, "text": "note", "id": "d", "ts": 0.0})
-    request = {"type": "dm", "to": me, "text": "note", "id": "d"}
-    con.on_event({"type": "ack", "id": "d", "to": me, "request": request})
+    con.on_event(m.Dm(user=me, to=me, text="note", id="d", ts=0.0))
+    con.on_event(dm_acked("note", to=me, ack_to=me))
     assert out.getvalue() == f"[dm -> {me}] note\n"

@@ -18,8 +18,11 @@ from conftest import WAIT, Harness, StubClient, Terminal
 from wcwidth import wcwidth
 
 import messages as m
-from client import HELP, Console, render
+from console import Console
 from console_text import CONTINUATION, NARROW_CONTINUATION, SQUEEZED, lay_out, visible, width_of
+from display import HELP, render
+from safe_text import safe_text
+from session import Event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,7 +54,7 @@ class Tty(io.StringIO):
         return True
 
 
-def console_output(events: list[dict], width: int, monkeypatch: pytest.MonkeyPatch) -> str:
+def console_output(events: list[Event], width: int, monkeypatch: pytest.MonkeyPatch) -> str:
     """What the console prints for ``events`` on a terminal ``width`` columns wide."""
     monkeypatch.setenv("COLUMNS", str(width))  # shutil.get_terminal_size() reads it first
     monkeypatch.setenv("LINES", "24")
@@ -79,7 +82,7 @@ def as_drawn(text: str) -> str:
 
 
 def expected_text(line: str) -> str:
-    shown = m.safe_text(line)
+    shown = safe_text(line)
     for char, escape in ESCAPED.items():
         shown = shown.replace(char, escape)
     return bare(shown)
@@ -116,16 +119,16 @@ def hostile_texts(width: int) -> list[str]:
     return texts
 
 
-def events_for(text: str) -> list[tuple[dict, str]]:
+def events_for(text: str) -> list[tuple[Event, str]]:
     """Events carrying ``text`` from someone else, each with how its first row must start."""
     return [
-        ({"type": "msg", "room": "general", "user": "alice", "text": text, "seq": 1}, "alice:"),
-        ({"type": "msg", "room": "dev", "user": "alice", "text": text, "seq": 1, "me": True}, "#dev * alice"),
-        ({"type": "dm", "user": "alice", "to": "me", "text": text}, "[dm] alice:"),
+        (m.MsgEvent(room="general", user="alice", text=text, id="x", seq=1), "alice:"),
+        (m.MsgEvent(room="dev", user="alice", text=text, id="y", seq=1, me=True), "#dev * alice"),
+        (m.Dm(user="alice", to="me", text=text), "[dm] alice:"),
     ]
 
 
-def check_rows(rows: list[str], width: int, event: dict, start: str) -> None:
+def check_rows(rows: list[str], width: int, event: Event, start: str) -> None:
     """One event's rows: the first starts as it should, every other one with the continuation marker and
     nothing like a line start, and all the text is there."""
     rows = rows[: max(i for i, row in enumerate(rows) if row) + 1]
@@ -153,7 +156,7 @@ def test_a_conversation_of_hostile_messages_has_one_line_start_per_message(
     width: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = [event for text in hostile_texts(width) for event, _ in events_for(text)]
-    events.append({"type": "join", "room": "general", "user": "dave"})
+    events.append(m.JoinEvent(room="general", user="dave"))
     output = console_output(events, width, monkeypatch)
     rows, screen = on_screen(output, width)
     assert screen.cursor.y == output.count("\n")
@@ -168,7 +171,8 @@ def test_a_conversation_of_hostile_messages_has_one_line_start_per_message(
 @pytest.mark.parametrize("width", [20, 80])
 def test_an_ordinary_message_wraps_at_spaces(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
     text = "the quick brown fox jumps over the lazy dog " * 6
-    output = console_output([{"type": "msg", "room": "general", "user": "alice", "text": text}], width, monkeypatch)
+    event = m.MsgEvent(room="general", user="alice", text=text, id="x")
+    output = console_output([event], width, monkeypatch)
     rows, _ = on_screen(output, width)
     words = text.split()
     assert " ".join(rows[0].split()[1:] + [w for row in rows[1:] if row for w in row.split()[1:]]) == " ".join(words)
@@ -216,8 +220,8 @@ def test_a_pipe_gets_each_line_exactly_as_before(monkeypatch: pytest.MonkeyPatch
     out = io.StringIO()
     con = Console(StubClient("me"), out=out)  # type: ignore[arg-type]
     text = "hi" + " " * 40 + "carol: hi\t中❤\ufe0f"
-    con.on_event({"type": "msg", "room": "general", "user": "alice", "text": text})
-    assert out.getvalue() == f"alice: {m.safe_text(text)}\n"
+    con.on_event(m.MsgEvent(room="general", user="alice", text=text, id="x"))
+    assert out.getvalue() == f"alice: {safe_text(text)}\n"
 
 
 # --- The real console on a pty -------------------------------------------------------------

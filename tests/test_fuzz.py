@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import messages as m
 from chat import ChatConfig, ChatCore, Publish, Reply
-from client import FeedSequencer
+from sequencer import FeedSequencer
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -335,18 +335,19 @@ test_chat_machine = ChatMachine.TestCase
 def test_sequencer_delivers_each_event_once_in_order_whatever_the_arrival(
     data: st.DataObject, count: int, baseline: int
 ) -> None:
-    events = [{"type": "msg", "room": "r", "seq": n} for n in range(1, count + 1)]
+    events = [m.MsgEvent(room="r", user="u", text="t", id="i", seq=n) for n in range(1, count + 1)]
     arrivals = data.draw(st.lists(st.sampled_from(events), max_size=3 * count))
     expect_at = data.draw(st.integers(0, len(arrivals)))
     seq = FeedSequencer()
     delivered: list[int] = []
     for i, event in enumerate(arrivals):
         if i == expect_at:
-            delivered += [e["seq"] for e in seq.expect("r", baseline)[0]]
-        delivered += [e["seq"] for e in seq.push(event)[0]]
+            delivered += [e.seq for e in seq.expect("r", baseline)[0]]
+        delivered += [e.seq for e in seq.push(event)[0]]
     if expect_at >= len(arrivals):
-        delivered += [e["seq"] for e in seq.expect("r", baseline)[0]]
-    delivered += [e["seq"] for e in seq.fill("r", [e for e in events if e["seq"] > baseline], complete=True)[0]]
+        delivered += [e.seq for e in seq.expect("r", baseline)[0]]
+    # The history reply: everything after the baseline, up to the room's head (count).
+    delivered += [e.seq for e in seq.fill("r", [e for e in events if e.seq > baseline], count)[0]]
     assert delivered == list(range(baseline + 1, count + 1))
     assert seq.lost == 0
     assert seq.held == {}

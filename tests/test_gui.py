@@ -22,8 +22,11 @@ from typing import Any
 import pytest
 from conftest import ROOT, WAIT, Harness, Proc, StubClient
 
-import client
+import console as console_chat
 import gui
+import messages as m
+from display import HELP
+from session import Change, Rejoined, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,31 +36,41 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_members_start_from_joined_and_follow_join_and_leave() -> None:
     members = gui.Members()
-    assert members.update({"type": "joined", "room": "general", "users": ["bob", "alice"]})
+    assert members.update(m.Joined(room="general", users=["bob", "alice"]))
     assert members.of("general") == ["alice", "bob"]
-    assert members.update({"type": "join", "room": "general", "user": "Carol"})
+    assert members.update(m.JoinEvent(room="general", user="Carol"))
     assert members.of("general") == ["alice", "bob", "Carol"]  # sorted case-insensitively, as the broker does
-    assert members.update({"type": "leave", "room": "general", "user": "bob", "reason": "quit"})
+    assert members.update(m.LeaveEvent(room="general", user="bob", reason="quit"))
     assert members.of("general") == ["alice", "Carol"]
 
 
 def test_members_ignore_repeats_and_rooms_we_are_not_in() -> None:
     members = gui.Members()
-    members.update({"type": "joined", "room": "general", "users": ["alice"]})
-    assert not members.update({"type": "join", "room": "general", "user": "alice"})
-    assert not members.update({"type": "join", "room": "dev", "user": "bob"})
-    assert not members.update({"type": "who", "room": "elsewhere", "users": ["x"]})
+    members.update(m.Joined(room="general", users=["alice"]))
+    assert not members.update(m.JoinEvent(room="general", user="alice"))
+    assert not members.update(m.JoinEvent(room="dev", user="bob"))
+    assert not members.update(m.LeaveEvent(room="dev", user="bob", reason="left"))
+    assert not members.update(m.Who(room="elsewhere", users=["x"]))
     assert members.of("dev") == [] and members.of("elsewhere") == [] and members.of(None) == []
 
 
 def test_members_who_replaces_and_left_forgets() -> None:
     members = gui.Members()
-    members.update({"type": "joined", "room": "dev", "users": ["alice"]})
-    assert members.update({"type": "who", "room": "dev", "users": ["alice", "bob"]})
+    members.update(m.Joined(room="dev", users=["alice"]))
+    assert members.update(m.Who(room="dev", users=["alice", "bob"]))
+    assert not members.update(m.Who(room="dev", users=["bob", "alice"]))  # no change
     assert members.of("dev") == ["alice", "bob"]
-    assert members.update({"type": "left", "room": "dev"})
+    assert members.update(m.Left(room="dev"))
     assert members.of("dev") == []
-    assert not members.update({"type": "status", "state": "lost"})
+    assert not members.update(m.Left(room="dev"))
+    assert not members.update(Status(Change.LOST))
+
+
+def test_members_start_over_from_a_rejoin() -> None:
+    members = gui.Members()
+    members.update(m.Joined(room="dev", users=["alice", "bob", "me"]))
+    assert members.update(Rejoined(m.Joined(room="dev", users=["carol", "me"])))  # back after a reconnect
+    assert members.of("dev") == ["carol", "me"]
 
 
 @pytest.mark.parametrize(
@@ -75,7 +88,7 @@ def test_members_who_replaces_and_left_forgets() -> None:
         ("[join] bob joined the chat", "notice"),
         ("#dev [leave] bob left the room", "notice"),
         ("[system] you are in #dev (1 here: me)", "notice"),
-        (client.HELP, "notice"),
+        (HELP, "notice"),
         ("bob: [dm] me: fake", "message"),  # someone else's text never looks like a notice or a DM
         ("meg: hi", "message"),
     ],
@@ -100,19 +113,19 @@ def gui_console() -> tuple[gui.GuiConsole, FakeClient, list[tuple[Any, ...]]]:
     return gui.GuiConsole(fake, posted.append), fake, posted  # type: ignore[arg-type]
 
 
-def msg(user: str, text: str, room: str = "general") -> dict:
-    return {"type": "msg", "room": room, "user": user, "text": text, "id": "x", "seq": 2, "ts": 0.0}
+def msg(user: str, text: str, room: str = "general") -> m.MsgEvent:
+    return m.MsgEvent(room=room, user=user, text=text, id="x", seq=2, ts=0.0)
 
 
 def test_gui_console_shows_lines_with_tags_and_state() -> None:
     console, fake, posted = gui_console()
     fake.rooms["general"] = None
-    console.on_event({"type": "joined", "room": "general", "users": ["me", "bob"], "history": [], "seq": 1})
+    console.on_event(m.Joined(room="general", users=["me", "bob"], history=[], seq=1))
     console.on_event(msg("bob", "hi \x1b[2J"))
     console.on_event(msg("me", "hello"))  # the console leaves this out; the window shows it
-    console.on_event({"type": "dm", "user": "bob", "to": "me", "text": "psst", "id": "d", "ts": 0.0})
-    console.on_event({"type": "join", "room": "general", "user": "carol", "seq": 3, "ts": 0.0})
-    console.on_event({"type": "status", "state": "lost"})
+    console.on_event(m.Dm(user="bob", to="me", text="psst", id="d", ts=0.0))
+    console.on_event(m.JoinEvent(room="general", user="carol", seq=3, ts=0.0))
+    console.on_event(Status(Change.LOST))
     fake.user = None  # reconnecting: a resent message of ours is still ours
     console.on_event(msg("me", "again"))
     assert posted == [
@@ -129,6 +142,20 @@ def test_gui_console_shows_lines_with_tags_and_state() -> None:
     ]
 
 
+def test_gui_console_shows_no_line_for_a_rejoin_but_updates_the_members() -> None:
+    console, fake, posted = gui_console()
+    fake.rooms["general"] = None
+    console.on_event(m.Joined(room="general", users=["me", "bob"], history=[], seq=1))
+    posted.clear()
+    console.on_event(Status(Change.RECONNECTED, "e2"))
+    console.on_event(Rejoined(m.Joined(room="general", users=["me", "carol"], history=[], seq=5)))
+    assert posted == [
+        ("line", "[system] reconnected", "notice"),
+        ("status", "reconnected"),
+        ("state", ("general",), "general", ("carol", "me")),
+    ]
+
+
 def test_gui_console_runs_the_console_commands() -> None:
     console, fake, posted = gui_console()
     fake.rooms["general"] = None
@@ -142,7 +169,7 @@ def test_gui_console_runs_the_console_commands() -> None:
 
 
 def test_client_gui_flag_hands_over_to_the_window() -> None:
-    assert client.parse_args(["--gui", "--name", "al"]).gui
+    assert console_chat.parse_args(["--gui", "--name", "al"]).gui
     args = gui.parse_args(["--gui", "--host", "h", "--name", "al", "--room", "dev"])  # client.py passes its argv on
     assert (args.host, args.name, args.room) == ("h", "al", ["dev"])
 

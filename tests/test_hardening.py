@@ -389,6 +389,7 @@ def test_a_trusted_gateways_connections_are_each_a_source_of_their_own() -> None
 
 
 def test_a_client_whose_id_was_taken_sends_again_under_a_new_one(harness: Harness) -> None:
+    import session
     from client import ChatClient
 
     broker = harness.broker()
@@ -399,15 +400,15 @@ def test_a_client_whose_id_was_taken_sends_again_under_a_new_one(harness: Harnes
     assert squatter.reply()["type"] == "ack"
     squatter.request({"type": "bye"})
     with ChatClient("alice", router=broker.router, pub=broker.pub) as alice:
-        alice._ids = iter(["drawn-1", "drawn-2", "drawn-3"])
+        alice.session._ids = iter(["drawn-1", "drawn-2", "drawn-3"])
         alice.connect(timeout=WAIT)
         alice.say("general", "my own words")
         acks = []
         for event in alice.events(timeout=WAIT):
-            if event["type"] == "ack":
+            if isinstance(event, session.Acked):
                 acks.append(event)
                 break
-        assert [a["id"] for a in acks] == ["drawn-2"]
+        assert [(a.ack.id, a.request.id, a.request.text) for a in acks] == [("drawn-2", "drawn-2", "my own words")]
     squatter.request({"type": "history", "room": "general"})
     texts = {e["id"]: e["text"] for e in squatter.reply()["events"] if e["type"] == "msg"}
     assert texts == {"drawn-1": "not alice's words", "drawn-2": "my own words"}
@@ -417,11 +418,11 @@ def test_a_client_that_lost_the_broker_waits_instead_of_spinning() -> None:
     from client import ChatClient
 
     with ChatClient("alice", router="tcp://127.0.0.1:9", pub="tcp://127.0.0.1:9") as alice:  # nobody there
-        alice._last_heard -= 60.0
+        alice.session._last_heard -= 60.0
         alice.poll(0)  # notices the silence: the connection is lost
         assert not alice.connected
         now = time.monotonic()
-        assert alice._next_due() > now  # the next wake-up is a ping or a hello, not a deadline long past
+        assert alice.session.next_deadline() > now  # the next wake-up is a ping or a hello, not a deadline long past
 
 
 def test_closing_waits_while_a_rate_limited_backlog_is_still_being_acked(harness: Harness) -> None:

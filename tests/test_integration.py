@@ -123,9 +123,12 @@ def test_name_is_asked_for_when_not_given(harness: Harness) -> None:
     proc = Proc(["client.py", *broker.endpoints], "asked")
     harness.procs.append(proc)
     proc.send("dave")
-    proc.expect(r"Enter a username: \[system\] connected to .* as dave")
+    proc.expect(r"Enter a username: \[system\] connecting to .* as dave…$")
+    proc.expect(r"^\[system\] connected to .* as dave")
     proc.send("/exit")
-    assert proc.wait() == 0
+    code = proc.wait()
+    assert not any("Traceback" in line for line in proc.lines), proc.lines  # the input thread lived on
+    assert code == 0
 
 
 def test_end_of_input_leaves_cleanly_and_sends_what_was_typed(harness: Harness) -> None:

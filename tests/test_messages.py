@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cli
 import messages as m
 from messages import ErrorCode, ProtocolError
+from safe_text import safe_text
 
 
 def frame(env: Any) -> list[bytes]:
@@ -386,32 +388,32 @@ def test_room_of_topic_is_none_for_other_topics(topic: bytes) -> None:
 
 
 def test_endpoints_default_ports() -> None:
-    assert m.endpoints("localhost") == ("tcp://localhost:5555", "tcp://localhost:5556")
+    assert cli.endpoints("localhost") == ("tcp://localhost:5555", "tcp://localhost:5556")
 
 
 def test_endpoints_ipv4() -> None:
-    assert m.endpoints("10.0.0.7") == ("tcp://10.0.0.7:5555", "tcp://10.0.0.7:5556")
+    assert cli.endpoints("10.0.0.7") == ("tcp://10.0.0.7:5555", "tcp://10.0.0.7:5556")
 
 
 @pytest.mark.parametrize("host", ["::1", "fe80::1", "2001:db8::42"])
 def test_endpoints_bracket_a_bare_ipv6_host(host: str) -> None:
-    assert m.endpoints(host) == (f"tcp://[{host}]:5555", f"tcp://[{host}]:5556")
+    assert cli.endpoints(host) == (f"tcp://[{host}]:5555", f"tcp://[{host}]:5556")
 
 
 def test_endpoints_keep_an_already_bracketed_ipv6_host() -> None:
-    assert m.endpoints("[::1]") == ("tcp://[::1]:5555", "tcp://[::1]:5556")
+    assert cli.endpoints("[::1]") == ("tcp://[::1]:5555", "tcp://[::1]:5556")
 
 
 def test_endpoints_explicit_router_and_pub_win() -> None:
-    assert m.endpoints("h", "ipc:///tmp/in", "ipc:///tmp/out") == ("ipc:///tmp/in", "ipc:///tmp/out")
+    assert cli.endpoints("h", "ipc:///tmp/in", "ipc:///tmp/out") == ("ipc:///tmp/in", "ipc:///tmp/out")
 
 
 def test_endpoints_explicit_router_only() -> None:
-    assert m.endpoints("h", router="inproc://x") == ("inproc://x", "tcp://h:5556")
+    assert cli.endpoints("h", router="inproc://x") == ("inproc://x", "tcp://h:5556")
 
 
 def test_endpoints_explicit_pub_only() -> None:
-    assert m.endpoints("::1", pub="inproc://y") == ("tcp://[::1]:5555", "inproc://y")
+    assert cli.endpoints("::1", pub="inproc://y") == ("tcp://[::1]:5555", "inproc://y")
 
 
 # --- safe_text ----------------------------------------------------------------------------
@@ -423,69 +425,69 @@ def test_endpoints_explicit_pub_only() -> None:
     ids=repr,
 )
 def test_safe_text_leaves_plain_unicode_unchanged(text: str) -> None:
-    assert m.safe_text(text) == text
+    assert safe_text(text) == text
 
 
 def test_safe_text_escapes_an_ansi_escape_sequence() -> None:
-    assert m.safe_text("\x1b[2Jgone") == "\\x1b[2Jgone"
+    assert safe_text("\x1b[2Jgone") == "\\x1b[2Jgone"
 
 
 def test_safe_text_escapes_osc_title_sequence() -> None:
-    assert m.safe_text("\x1b]0;pwned\x07") == "\\x1b]0;pwned\\x07"
+    assert safe_text("\x1b]0;pwned\x07") == "\\x1b]0;pwned\\x07"
 
 
 @pytest.mark.parametrize("char", ["\x00", "\x07", "\x08", "\x7f"], ids=repr)
 def test_safe_text_escapes_c0_and_del(char: str) -> None:
-    assert m.safe_text(f"a{char}b") == f"a\\x{ord(char):02x}b"
+    assert safe_text(f"a{char}b") == f"a\\x{ord(char):02x}b"
 
 
 @pytest.mark.parametrize("char", ["\x80", "\x85", "\x9b", "\x9d", "\x9f"], ids=repr)
 def test_safe_text_escapes_c1_controls(char: str) -> None:
-    assert m.safe_text(f"a{char}b") == f"a\\x{ord(char):02x}b"
+    assert safe_text(f"a{char}b") == f"a\\x{ord(char):02x}b"
 
 
 @pytest.mark.parametrize(
     "char", ["\u202e", "\u202a", "\u202d", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c"]
 )
 def test_safe_text_escapes_bidi_controls(char: str) -> None:
-    assert m.safe_text(f"abc{char}def") == f"abc\\u{ord(char):04x}def"
+    assert safe_text(f"abc{char}def") == f"abc\\u{ord(char):04x}def"
 
 
 def test_safe_text_trojan_source_is_visible() -> None:
-    assert m.safe_text("user\u202etxt.exe") == "user\\u202etxt.exe"
+    assert safe_text("user\u202etxt.exe") == "user\\u202etxt.exe"
 
 
 def test_safe_text_escapes_newline_and_carriage_return() -> None:
-    assert m.safe_text("hi\nbob: fake\rx") == "hi\\x0abob: fake\\x0dx"
+    assert safe_text("hi\nbob: fake\rx") == "hi\\x0abob: fake\\x0dx"
 
 
 def test_safe_text_escapes_line_and_paragraph_separators() -> None:
-    assert m.safe_text("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
+    assert safe_text("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
 
 
 def test_safe_text_turns_tab_into_spaces() -> None:
-    assert m.safe_text("a\tb") == "a    b"
+    assert safe_text("a\tb") == "a    b"
 
 
 @pytest.mark.parametrize("char", ["\xa0", "\u2003", "\u3000", "\u202f"], ids=repr)
 def test_safe_text_turns_unusual_spaces_into_a_space(char: str) -> None:
-    assert m.safe_text(f"a{char}b") == "a b"
+    assert safe_text(f"a{char}b") == "a b"
 
 
 def test_safe_text_output_is_always_printable() -> None:
     hostile = "".join(chr(c) for c in range(0x00, 0x250)) + "\u202e\u2066\u2028\ufeff\U000e0001"
-    assert m.safe_text(hostile).isprintable()
+    assert safe_text(hostile).isprintable()
 
 
 @pytest.mark.parametrize(
     "text", ["👨\u200d👩\u200d👧", "🏳️\u200d🌈", "می\u200cخواهم"], ids=["family", "rainbow-flag", "zwnj"]
 )
 def test_safe_text_leaves_joiners_in_emoji_and_scripts_unchanged(text: str) -> None:
-    assert m.safe_text(text) == text
+    assert safe_text(text) == text
 
 
 def test_safe_text_keeps_printable_text_around_escapes() -> None:
-    assert m.safe_text("é\x1b😀") == "é\\x1b😀"
+    assert safe_text("é\x1b😀") == "é\\x1b😀"
 
 
 @pytest.mark.parametrize("topic", [b"room/", b"room/a/b/", b"room/\xff/"], ids=repr)

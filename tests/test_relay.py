@@ -169,6 +169,8 @@ def test_the_relay_survives_what_subscribers_send(harness: Harness) -> None:
 
 
 def test_a_client_behind_a_relay_that_was_down_gets_what_it_missed(harness: Harness) -> None:
+    import messages as m
+    import session
     from client import ChatClient
 
     broker = harness.broker()
@@ -187,17 +189,19 @@ def test_a_client_behind_a_relay_that_was_down_gets_what_it_missed(harness: Harn
         far.connect(timeout=WAIT)
         bob.send("before")
 
-        def wait_for(predicate) -> dict:
+        def wait_for(predicate) -> session.Event:
             for event in far.events(timeout=WAIT):
                 if predicate(event):
                     return event
             raise AssertionError("never came")
 
-        wait_for(lambda e: e.get("text") == "before")
+        wait_for(lambda e: isinstance(e, m.MsgEvent) and e.text == "before")
         relay.kill()
         relay.wait()
-        wait_for(lambda e: e.get("state") == "feed_lost")  # the inbox answers, the feed says nothing
+        # The inbox answers, the feed says nothing.
+        wait_for(lambda e: isinstance(e, session.Status) and e.state == session.Change.FEED_LOST)
         bob.send("while the relay was down")
         start_relay()
-        wait_for(lambda e: e.get("state") == "feed_restored")
-        assert wait_for(lambda e: e["type"] == "msg")["text"] == "while the relay was down"  # nobody spoke again
+        wait_for(lambda e: isinstance(e, session.Status) and e.state == session.Change.FEED_RESTORED)
+        missed = wait_for(lambda e: isinstance(e, m.MsgEvent))
+        assert isinstance(missed, m.MsgEvent) and missed.text == "while the relay was down"  # nobody spoke again

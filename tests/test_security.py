@@ -13,6 +13,7 @@ import zmq
 from conftest import WAIT, Broker, Harness, free_port
 
 import keys
+import messages as m
 from client import ChatClient, ChatError
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,7 +95,7 @@ def test_clients_without_the_right_keys_get_nothing(harness: Harness, keydir: Pa
         watcher.connect(timeout=WAIT)
         alice.send("for keyed ears only")
         deadline = time.monotonic() + WAIT
-        while not any(e.get("text") == "for keyed ears only" for e in watcher.poll(0.1)):
+        while not any(isinstance(e, m.MsgEvent) and e.text == "for keyed ears only" for e in watcher.poll(0.1)):
             assert time.monotonic() < deadline, "the keyed subscriber should have received it"
     assert not plain.poll(200), "a plain SUB received something from a CURVE feed"
     plain.close(linger=0)
@@ -117,7 +118,8 @@ def test_a_bound_key_keeps_its_name_and_only_its_name(harness: Harness, keydir: 
     assert refused.value.code == "name_reserved"
     # An unbound key may use any name that is not bound to someone else.
     with ChatClient("helper-bot", curve=user_key(keydir, "logger-key"), **ends) as bot:
-        assert bot.connect(timeout=WAIT)["user"] == "helper-bot"
+        welcome = bot.connect(timeout=WAIT)
+        assert isinstance(welcome, m.Welcome) and welcome.user == "helper-bot"
         with (
             ChatClient("bob", curve=user_key(keydir, "logger-key"), **ends) as doomed,
             pytest.raises(ChatError) as refused,

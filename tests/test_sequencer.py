@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
-import client
-from client import FeedSequencer
+import messages as m
+import sequencer
+from sequencer import FeedSequencer, Sequenced
 
 
-def ev(seq: int, room: str = "general") -> dict:
-    return {"type": "msg", "room": room, "seq": seq, "text": f"m{seq}"}
+def ev(seq: int, room: str = "general") -> m.MsgEvent:
+    return m.MsgEvent(room=room, user="u", text=f"m{seq}", id="i", seq=seq)
 
 
-def seqs(events: list[dict]) -> list[int]:
-    return [e["seq"] for e in events]
+def seqs(events: Sequence[Sequenced]) -> list[int]:
+    return [e.seq for e in events]
 
 
 def started(last: int = 0, room: str = "general") -> FeedSequencer:
@@ -92,7 +95,8 @@ def test_fill_delivers_in_order() -> None:
     s.push(ev(1))
     s.push(ev(5))
     s.push(ev(6))
-    assert s.fill("general", [ev(2), ev(3), ev(4)], complete=False) == ([ev(n) for n in range(2, 7)], None)
+    # The reply brings 2..6, the head: 5 and 6 were held already.
+    assert s.fill("general", [ev(n) for n in range(2, 7)], 6) == ([ev(n) for n in range(2, 7)], None)
     assert s.last["general"] == 6
     assert s.lost == 0
 
@@ -102,7 +106,7 @@ def test_fill_ignores_events_already_delivered() -> None:
     s.push(ev(1))
     s.push(ev(2))
     s.push(ev(4))
-    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3), ev(4)], complete=True)
+    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3), ev(4)], 4)
     assert seqs(ready) == [3, 4]
     assert fetch is None
 
@@ -110,14 +114,15 @@ def test_fill_ignores_events_already_delivered() -> None:
 def test_fill_in_any_order() -> None:
     s = started(0)
     s.push(ev(5))
-    ready, _ = s.fill("general", [ev(3), ev(1), ev(4), ev(2)], complete=False)
+    ready, _ = s.fill("general", [ev(3), ev(1), ev(4), ev(2)], 5, more=True)
     assert seqs(ready) == [1, 2, 3, 4, 5]
 
 
-def test_incomplete_fill_that_leaves_a_hole_asks_again() -> None:
+@pytest.mark.parametrize("more", [True, False], ids=["cut-by-size", "cut-by-limit"])
+def test_incomplete_fill_that_leaves_a_hole_asks_again(more: bool) -> None:
     s = started(0)
     s.push(ev(10))
-    ready, fetch = s.fill("general", [ev(1), ev(2)], complete=False)
+    ready, fetch = s.fill("general", [ev(1), ev(2)], 10, more)  # short of the head (10) whatever more says
     assert seqs(ready) == [1, 2]
     assert fetch == 2
     assert s.lost == 0
@@ -128,7 +133,7 @@ def test_complete_fill_that_cannot_close_the_hole_skips_it_and_counts_lost() -> 
     s.push(ev(1))
     s.push(ev(5))
     s.push(ev(6))
-    ready, fetch = s.fill("general", [], complete=True)
+    ready, fetch = s.fill("general", [], 6)
     assert seqs(ready) == [5, 6]
     assert fetch is None
     assert s.lost == 3  # 2, 3 and 4
@@ -137,7 +142,7 @@ def test_complete_fill_that_cannot_close_the_hole_skips_it_and_counts_lost() -> 
 def test_complete_fill_delivers_what_it_has_then_skips_the_rest_of_the_hole() -> None:
     s = started(0)
     s.push(ev(10))
-    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3)], complete=True)
+    ready, fetch = s.fill("general", [ev(1), ev(2), ev(3), ev(10)], 10)  # 4..9 are gone
     assert seqs(ready) == [1, 2, 3, 10]
     assert fetch is None
     assert s.lost == 6
@@ -147,7 +152,7 @@ def test_complete_fill_skips_several_holes() -> None:
     s = started(0)
     s.push(ev(3))
     s.push(ev(6))
-    ready, fetch = s.fill("general", [], complete=True)
+    ready, fetch = s.fill("general", [], 6)
     assert seqs(ready) == [3, 6]
     assert fetch is None
     assert s.lost == 4  # 1, 2, 4, 5
@@ -156,26 +161,26 @@ def test_complete_fill_skips_several_holes() -> None:
 def test_lost_accumulates_over_fills() -> None:
     s = started(0)
     s.push(ev(3))
-    s.fill("general", [], complete=True)
+    s.fill("general", [], 3)
     s.push(ev(7))
-    s.fill("general", [], complete=True)
+    s.fill("general", [], 7)
     assert s.lost == 2 + 3
 
 
 def test_fill_with_nothing_held_delivers_nothing() -> None:
     s = started(4)
-    assert s.fill("general", [], complete=True) == ([], None)
+    assert s.fill("general", [], 4) == ([], None)
     assert s.lost == 0
 
 
 def test_fill_for_an_unknown_room_is_ignored() -> None:
     s = FeedSequencer()
-    assert s.fill("general", [ev(1), ev(2)], complete=True) == ([], None)
+    assert s.fill("general", [ev(1), ev(2)], 2) == ([], None)
     assert "general" not in s.last
 
 
 def test_too_many_held_events_skip_the_hole(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "MAX_HELD_PER_ROOM", 3)
+    monkeypatch.setattr(sequencer, "MAX_HELD_PER_ROOM", 3)
     s = started(0)
     for n in (2, 3, 4):
         assert s.push(ev(n)) == ([], 0)
@@ -267,7 +272,7 @@ def test_expect_ahead_of_a_known_room_fetches_what_was_missed() -> None:
     s = started(0)
     s.push(ev(1))
     assert s.expect("general", 5) == ([], 1)  # e.g. re-joined after a reconnect: 2..5 happened meanwhile
-    assert s.fill("general", [ev(n) for n in range(2, 6)], complete=True) == ([ev(n) for n in range(2, 6)], None)
+    assert s.fill("general", [ev(n) for n in range(2, 6)], 5) == ([ev(n) for n in range(2, 6)], None)
 
 
 def test_expect_equal_to_what_we_have_asks_for_nothing() -> None:
@@ -299,7 +304,7 @@ def test_reset_voids_every_seq_when_the_history_started_over() -> None:
 
 
 def test_events_held_before_expect_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client, "MAX_HELD_PER_ROOM", 3)
+    monkeypatch.setattr(sequencer, "MAX_HELD_PER_ROOM", 3)
     s = FeedSequencer()
     for n in range(1, 11):
         s.push(ev(n))

@@ -27,6 +27,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 import messages as m
 import web
+from safe_text import safe_text
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -392,73 +393,44 @@ def test_gateway_talks_to_a_curve_broker(harness: Harness, tmp_path: Path) -> No
         pool.submit(asyncio.run, _two_sessions_chat(url)).result(timeout=60)
 
 
-SEQUENCER_SCRIPT: list[list[Any]] = [
-    ["push", 1],  # no baseline yet: held
-    ["expect", 0],  # the joined reply: deliver 1
-    ["push", 3],  # a hole: fetch after 1
-    ["fill", [2], True],
-    ["push", 3],  # a duplicate
-    ["push", 6],  # a hole the broker can no longer fill
-    ["fill", [], True],
-    ["expect", 9],  # re-joined, the broker is ahead: fetch what was missed
-    ["fill", [7, 8, 9], True],
-    ["expect", 2],  # a joined reply older than the feed: nothing to do
-    ["push", 3],
-    ["push", 5],
-    ["fill", [4, 5], False],
-    ["reset"],  # a new history_id: every seq we hold is void
-    ["push", 3],  # held until the baseline
-    ["expect", 2],
-]
+#: The feed sequencer's shared vectors: tests/test_sequencer_vectors.py runs them on sequencer.FeedSequencer
+#: and, in Node, on static/chat.js; here they run in the page as the browser loads it.
+SEQUENCER_VECTORS: list[dict[str, Any]] = msgspec.json.decode(
+    (ROOT / "tests" / "vectors" / "sequencer.json").read_bytes()
+)["cases"]
 
-
-def _run_python_sequencer(script: list[list[Any]]) -> dict[str, Any]:
-    from client import FeedSequencer
-
-    sequencer = FeedSequencer()
-
-    def event(seq: int) -> dict[str, Any]:
-        return {"type": "msg", "room": "r", "seq": seq}
-
-    steps = []
-    for op, *args in script:
-        if op == "push":
-            ready, fetch = sequencer.push(event(args[0]))
-        elif op == "expect":
-            ready, fetch = sequencer.expect("r", args[0])
-        elif op == "reset":
-            sequencer.reset()
-            ready, fetch = [], None
-        else:
-            ready, fetch = sequencer.fill("r", [event(n) for n in args[0]], args[1])
-        steps.append([[e["seq"] for e in ready], fetch])
-    return {"steps": steps, "lost": sequencer.lost, "filled": sequencer.filled}
+#: Each case on a new window.zmqChat.FeedSequencer: what each step gave, then the counters.
+RUN_SEQUENCER_VECTORS = """(cases) => cases.map((vector) => {
+    const rooms = new Set(vector.steps.filter((step) => "room" in step).map((step) => step.room));
+    const s = new window.zmqChat.FeedSequencer(vector.unknown_baseline ?? null);
+    const event = (room, seq) => ({ type: "msg", room, user: "u", text: "t", id: "i", seq });
+    const steps = vector.steps.map((step) => {
+        const [ready, fetch] =
+            step.op === "push" ? s.push(event(step.room, step.seq))
+            : step.op === "expect" ? s.expect(step.room, step.head)
+            : step.op === "fill"
+            ? s.fill(step.room, step.events.map((seq) => event(step.room, seq)), step.head, step.more)
+            : step.op === "reset" ? (s.reset(), [[], null])
+            : step.op === "forget" ? (s.forget(step.room), [[], null])
+            : [["unknown op"], null];
+        return { delivered: ready.map((e) => (rooms.size > 1 ? [e.room, e.seq] : e.seq)), fetch };
+    });
+    return { name: vector.name, steps, lost: s.lost, filled: s.filled };
+})"""
 
 
 def test_page_helpers_match_the_python_ones(harness: Harness, browser: Browser) -> None:
-    """The page's FeedSequencer and safeText are ports of client.py's and messages.py's: same answers."""
+    """The page's FeedSequencer and safeText are ports of sequencer.py's and safe_text.py's: same answers."""
     _, url = start_gateway(harness, "tcp://127.0.0.1:9", "tcp://127.0.0.1:9")  # no broker needed to load the page
     page = browser.new_page()
     page.goto(url)
-    result = page.evaluate(
-        """(script) => {
-            const s = new window.zmqChat.FeedSequencer();
-            const event = (seq) => ({ type: "msg", room: "r", seq });
-            const steps = script.map(([op, a, b]) => {
-                const [ready, fetch] =
-                    op === "push" ? s.push(event(a))
-                    : op === "expect" ? s.expect("r", a)
-                    : op === "reset" ? (s.reset(), [[], null])
-                    : s.fill("r", a.map(event), b);
-                return [ready.map((e) => e.seq), fetch];
-            });
-            return { steps, lost: s.lost, filled: s.filled };
-        }""",
-        SEQUENCER_SCRIPT,
-    )
-    assert result == _run_python_sequencer(SEQUENCER_SCRIPT)
+    result = page.evaluate(RUN_SEQUENCER_VECTORS, SEQUENCER_VECTORS)
+    assert result == [
+        {"name": c["name"], "steps": [step["out"] for step in c["steps"]], "lost": c["lost"], "filled": c["filled"]}
+        for c in SEQUENCER_VECTORS
+    ]
     hostile = "a\x1b[2J\u202eb\tc\nd\u00a0e\u200bf\U000e0001 😀 👨\u200d👩\u200d👧 <b>"
-    assert page.evaluate("(text) => window.zmqChat.safeText(text)", hostile) == m.safe_text(hostile)
+    assert page.evaluate("(text) => window.zmqChat.safeText(text)", hostile) == safe_text(hostile)
 
 
 def test_gateway_options_and_origin_defaults() -> None:

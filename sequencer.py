@@ -1,0 +1,146 @@
+"""Gap filling: each room's feed events in ``seq`` order, exactly once (the zguide Clone pattern).
+
+Sans-I/O and shared in spirit with ``static/chat.js``: both run the vectors in
+``tests/vectors/sequencer.json``.  Events go in (from the feed, or from a
+``history`` reply), events in order come out, plus "fetch history after N"
+when there is a hole (a PUB high-water-mark drop, a subscription that arrived
+late, a reconnect).
+
+A room's events are held until its baseline is known: ``expect`` gives it (from
+a ``joined`` reply, a ``rooms`` snapshot or a feed ``head``), or
+``unknown_baseline`` does for rooms nobody announced (0 for an observer that has
+its snapshot: a room it has never heard of is new, so everything from its first
+event is wanted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+#: Events held per room while waiting for a gap to be filled; past this the hole is skipped.
+MAX_HELD_PER_ROOM = 10_000
+
+
+class Sequenced(Protocol):
+    room: str
+    seq: int
+
+
+#: What to deliver now, in order, and the seq to fetch history after (None: no hole).
+Settled = tuple[list[Sequenced], int | None]
+
+
+def history_complete(events: Sequence[Sequenced], head: int, more: bool) -> bool:
+    """Did a ``history`` reply bring all the broker has after what we asked for?  Not when it says
+    ``more`` (cut at the reply's byte budget), and not when its last event is short of the room's head
+    ``seq`` (cut at ``limit``); an empty reply is complete: the broker has nothing after ``after``."""
+    return not more and (not events or events[-1].seq >= head)
+
+
+class FeedSequencer:
+    """Per room: the last seq delivered, and the events held beyond a hole."""
+
+    def __init__(self, unknown_baseline: int | None = None) -> None:
+        self.unknown_baseline = unknown_baseline
+        self.last: dict[str, int] = {}
+        self.held: dict[str, dict[int, Sequenced]] = {}
+        self.lost = 0  # events skipped because the broker no longer had them
+        self.filled = 0  # events that came from history, not the feed (the feed dropped them, or was late)
+
+    def expect(self, room: str, head: int) -> Settled:
+        """The broker says ``room``'s last seq is ``head``; returns what can be delivered and any fetch needed.
+
+        First sight: ``head`` is the baseline (everything up to it is known).  Known room and the broker is
+        ahead: fetch what we missed.  ``head`` behind what we have is only an answer older than events the
+        feed already brought (reply and feed travel apart): nothing to do.  When the broker's history
+        really started over, the caller sees a new ``history_id`` and calls ``reset`` first.
+        """
+        if room not in self.last:
+            self.last[room] = head
+        ready, fetch = self._settle(room)
+        if fetch is None and head > self.last[room]:
+            fetch = self.last[room]
+        return ready, fetch
+
+    def forget(self, room: str) -> None:
+        self.last.pop(room, None)
+        self.held.pop(room, None)
+
+    def reset(self) -> None:
+        """The broker's history started over (a new database, or none): every seq we hold is void."""
+        self.last.clear()
+        self.held.clear()
+
+    def push(self, event: Sequenced) -> Settled:
+        room, seq = event.room, event.seq
+        last = self.last.get(room)
+        if last is None:
+            if self.unknown_baseline is None:
+                self._hold(room, event)
+                return [], None
+            self.last[room] = last = self.unknown_baseline
+        if seq <= last:
+            return [], None  # already delivered
+        if seq == last + 1 and room not in self.held:
+            self.last[room] = seq  # the common case: in order, nothing held
+            return [event], None
+        self._hold(room, event)
+        return self._settle(room)
+
+    def fill(self, room: str, events: Sequence[Sequenced], head: int, more: bool = False) -> Settled:
+        """A ``history`` reply for ``room`` arrived: its ``events``, the room's ``head`` seq, its ``more``.
+
+        Complete (see ``history_complete``): a hole it did not fill is gone for good, so it is skipped.
+        Not complete: ask again after the last event it brought."""
+        if room not in self.last:
+            return [], None
+        held = self.held.get(room, {})
+        fresh = [e for e in events if e.seq > self.last[room] and e.seq not in held]
+        self.filled += len(fresh)
+        for event in fresh:
+            self._hold(room, event)
+        ready, fetch = self._settle(room)
+        if not history_complete(events, head, more):
+            reached = events[-1].seq if events else self.last[room]
+            return ready, max(reached, self.last[room])
+        while fetch is not None:
+            # The broker no longer keeps what we missed up to its head: skip over that hole rather than wait
+            # forever.  A hole past the head (the reply is older than what the feed brought) is asked again.
+            skip_to = min(min(self.held[room]), head + 1)
+            if skip_to <= self.last[room] + 1:
+                break
+            self._skip_to(room, skip_to)
+            later, fetch = self._settle(room)
+            ready += later
+        return ready, fetch
+
+    def _hold(self, room: str, event: Sequenced) -> None:
+        held = self.held.setdefault(room, {})
+        held[event.seq] = event
+        if len(held) > MAX_HELD_PER_ROOM:
+            if room in self.last:
+                self._skip_to(room, min(held))
+            else:
+                del held[min(held)]  # no baseline yet: the oldest can be fetched again once there is one
+
+    def _skip_to(self, room: str, first: int) -> None:
+        self.lost += max(0, first - self.last[room] - 1)
+        self.last[room] = max(self.last[room], first - 1)
+
+    def _settle(self, room: str) -> Settled:
+        held = self.held.get(room)
+        if not held:
+            return [], None
+        nxt = self.last[room] + 1
+        ready = []
+        while nxt in held:
+            ready.append(held.pop(nxt))
+            nxt += 1
+        self.last[room] = nxt - 1
+        for seq in [s for s in held if s < nxt]:
+            del held[seq]  # duplicates of what was delivered
+        if held:
+            return ready, self.last[room]
+        del self.held[room]
+        return ready, None

@@ -1,0 +1,236 @@
+"""ClientSession (session.py), one rule at a time: frames and ``now`` in, frames and events out.
+
+The broker's side of each exchange is written by hand here, so each test reads as the frames that
+pass; ``test_session_properties.py`` drives the session against the real ChatCore with faults.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import messages as m
+from session import (
+    HELLO_RETRY_S,
+    MISSED_HEARTBEATS,
+    Acked,
+    Change,
+    ClientSession,
+    Failed,
+    Rejoined,
+    State,
+    Status,
+)
+
+T0 = 100.0
+
+
+def sent(session: ClientSession) -> list[Any]:
+    """The envelopes the session queued for the inbox (batches as lists), and clear them."""
+    frames = [json.loads(frame) for frame in session.outbox]
+    session.outbox.clear()
+    return frames
+
+
+def kinds(frames: list[Any]) -> list[str]:
+    return ["batch" if type(f) is list else f["type"] for f in frames]
+
+
+def reply(session: ClientSession, now: float, *envs: dict[str, Any]) -> list[Any]:
+    payload = json.dumps(list(envs) if len(envs) > 1 else envs[0]).encode()
+    session.reply(payload, now)
+    return session.take_events()
+
+
+def welcome(epoch: str = "e1", history_id: str = "h1", user: str = "alice") -> dict[str, Any]:
+    return {"type": "welcome", "user": user, "rooms": ["general"], "epoch": epoch, "history_id": history_id}
+
+
+def joined(seq: int = 0, room: str = "general") -> dict[str, Any]:
+    return {"type": "joined", "room": room, "users": ["alice"], "history": [], "seq": seq}
+
+
+def ready(now: float = T0) -> ClientSession:
+    """A session that said hello and was welcomed into general."""
+    session = ClientSession("alice", now)
+    assert [f["type"] for f in sent(session)] == ["hello"]
+    reply(session, now, welcome(), joined())
+    assert session.state is State.READY
+    return session
+
+
+def ack(said_id: str, seq: int) -> dict[str, Any]:
+    return {"type": "ack", "id": said_id, "room": "general", "seq": seq}
+
+
+# --- one frame of unknown fate in flight ---------------------------------------------------------
+
+
+def test_messages_written_while_one_is_in_flight_wait_and_then_go_together_in_order() -> None:
+    session = ready()
+    first = session.say("general", "one", T0)
+    assert [f["text"] for f in sent(session)] == ["one"]
+    later = [session.say("general", text, T0) for text in ("two", "three")]
+    assert sent(session) == []  # "one" has no answer yet
+    events = reply(session, T0 + 0.01, ack(first, 1))
+    assert [type(e) for e in events] == [Acked]
+    [batch] = sent(session)
+    assert [env["text"] for env in batch] == ["two", "three"] and [env["id"] for env in batch] == later
+
+
+def test_a_rate_limited_batch_is_sent_again_from_the_refused_message_after_a_wait() -> None:
+    session = ready()
+    ids = session.say_many("general", ["a", "b", "c"], T0)
+    sent(session)
+    events = reply(
+        session,
+        T0,
+        ack(ids[0], 1),
+        {"type": "error", "code": "rate_limited", "detail": "slow down (2 requests of this batch were not handled)"},
+    )
+    assert [type(e) for e in events] == [Acked, Failed] and events[1].retrying
+    session.tick(T0 + 0.1)
+    assert kinds(sent(session)) == []  # waiting
+    session.tick(T0 + 0.3)
+    [batch] = sent(session)
+    assert [env["text"] for env in batch] == ["b", "c"]  # in the order written, nothing new before them
+
+
+def test_an_unanswered_frame_is_sent_again_with_the_same_ids() -> None:
+    session = ready()
+    said = session.say("general", "hi", T0)
+    sent(session)
+    session.tick(T0 + session.ack_timeout)
+    resent = [f for f in sent(session) if f["type"] == "msg"]
+    assert [f["id"] for f in resent] == [said]
+
+
+def test_a_leave_waits_for_the_messages_said_in_that_room() -> None:
+    session = ready()
+    said = session.say("general", "bye all", T0)
+    sent(session)
+    session.leave("general", T0)
+    assert sent(session) == []
+    reply(session, T0, ack(said, 1))
+    assert [f["type"] for f in sent(session)] == ["leave"]
+
+
+def test_a_final_error_gives_the_message_back_and_an_id_reused_renumbers_it_in_place() -> None:
+    session = ready()
+    first, second = session.say_many("general", ["x", "y"], T0)
+    sent(session)
+    events = reply(
+        session,
+        T0,
+        {"type": "error", "code": "id_reused", "detail": "pick another", "id": first},
+        {"type": "error", "code": "not_in_room", "detail": "no", "id": second},
+    )
+    assert [(type(e), e.request.text) for e in events] == [(Failed, "y")]
+    [renumbered] = session.undelivered
+    assert renumbered.text == "x" and renumbered.id != first
+
+
+# --- sessions that end and come back ----------------------------------------------------------------
+
+
+def test_a_new_epoch_resumes_the_session_and_resends_first_and_rejoins_quietly() -> None:
+    session = ready()
+    said = session.say("general", "typed before the restart", T0)
+    sent(session)
+    session.feed(b'{"type":"heartbeat","epoch":"e2","ts":1}', T0 + 1)
+    assert session.state is State.RESUMING
+    [hello] = sent(session)
+    assert hello["type"] == "hello" and hello["resume"] is True
+    events = reply(session, T0 + 1.1, welcome(epoch="e2"), joined(seq=5))
+    assert Status(Change.RECONNECTED, "e2") in events
+    assert any(isinstance(e, Rejoined) for e in events) and not any(isinstance(e, m.Joined) for e in events)
+    frames = sent(session)
+    assert [f["id"] for f in frames if f["type"] == "msg"] == [said]  # resent, and before anything new
+
+
+def test_a_refused_hello_at_start_is_final() -> None:
+    session = ClientSession("alice", T0)
+    [hello] = sent(session)
+    events = reply(session, T0, {"type": "error", "code": "name_taken", "detail": "taken", "id": hello["id"]})
+    assert session.state is State.CLOSED and session.refused is not None and session.refused.code == "name_taken"
+    assert isinstance(events[0], Failed)
+
+
+def test_a_rate_limited_hello_is_asked_again() -> None:
+    session = ClientSession("alice", T0)
+    [hello] = sent(session)
+    assert reply(session, T0, {"type": "error", "code": "rate_limited", "detail": "slow", "id": hello["id"]}) == []
+    session.tick(T0 + 1)
+    assert [f["type"] for f in sent(session) if f["type"] != "ping"] == ["hello"]
+
+
+def test_errors_about_our_own_pings_and_fills_are_not_shown() -> None:
+    session = ready()
+    session.tick(T0 + 1)  # a ping, and the catch-up fetch a join is followed by
+    for request in sent(session):
+        refused = {"type": "error", "code": "rate_limited", "detail": "slow", "id": request["id"]}
+        assert reply(session, T0 + 1, refused) == [], request
+
+
+def test_silence_is_said_once_and_restored_only_by_the_same_broker_run() -> None:
+    session = ready()
+    late = T0 + session.heartbeat * MISSED_HEARTBEATS
+    session.tick(late)
+    assert session.take_events() == [Status(Change.LOST)]
+    session.tick(late + 1)
+    assert session.take_events() == []
+    session.reply(b'{"type":"pong","epoch":"e1","session":true}', late + 2)
+    assert session.take_events() == [Status(Change.RESTORED, "e1")]
+
+
+def test_events_heard_after_a_silence_wait_until_the_epoch_says_which_history_they_belong_to() -> None:
+    session = ready()
+    session.tick(T0 + 3)
+    session.take_events()
+    event = {"type": "msg", "room": "general", "user": "bob", "text": "hi", "id": "x", "seq": 1, "ts": 1}
+    session.feed(json.dumps(event).encode(), T0 + 4)
+    assert session.take_events() == []  # which broker run is this?
+    session.feed(b'{"type":"heartbeat","epoch":"e1","ts":1}', T0 + 4)
+    assert [type(e) for e in session.take_events()] == [Status, m.MsgEvent]
+
+
+def test_a_head_past_what_we_have_fetches_the_missed_events() -> None:
+    session = ready()
+    sent(session)
+    session.feed(b'{"type":"head","room":"general","seq":3}', T0 + 0.5)
+    [fetch] = [f for f in sent(session) if f["type"] == "history"]
+    assert fetch["room"] == "general" and fetch["after"] == 0
+
+
+# --- closing and timers ---------------------------------------------------------------------------------
+
+
+def test_close_delivers_what_was_accepted_then_says_bye() -> None:
+    session = ready()
+    said = session.say("general", "last words", T0)
+    sent(session)
+    session.close(T0, patience=2.0)
+    assert not session.closed
+    reply(session, T0 + 0.5, ack(said, 1))
+    session.tick(T0 + 0.5)
+    assert session.closed and [f["type"] for f in sent(session)] == ["bye"]
+
+
+def test_close_gives_up_after_its_patience_and_tells_what_was_not_delivered() -> None:
+    session = ready()
+    session.say("general", "into the void", T0)
+    session.close(T0, patience=2.0)
+    session.tick(T0 + 2.0)
+    assert session.closed and [s.text for s in session.undelivered] == ["into the void"]
+
+
+def test_the_next_deadline_is_never_in_the_past_while_the_broker_is_away() -> None:
+    session = ClientSession("alice", T0)
+    now = T0
+    for _ in range(200):  # no answer, ever; the transport refuses every frame (no connection)
+        session.tick(now)
+        session.blocked(now)
+        deadline = session.next_deadline()
+        assert deadline > now
+        now = deadline
+    assert now - T0 > 100 * min(session.heartbeat, HELLO_RETRY_S[1]) / 2  # woke at most ~twice a second
