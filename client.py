@@ -14,43 +14,38 @@ A bot in ten lines::
 ``ChatClient`` is single-threaded: it owns a DEALER (requests and replies) and a
 SUB (the feed), hands every frame and the time to the session, and sends what
 the session asks for.  Nothing runs behind the caller's back.  Run as a
-program (``python client.py``), this file is the console chat (``console.py``).
+program (``python client.py``), it is the console chat: ``main`` below connects, and ``console.Console``
+does the rest.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import zmq
 
+import cli
 import keys
 import messages as m
 import transport
+from console import Console
+from display import undelivered_line
+from safe_text import safe_text
 from sequencer import FeedSequencer
-from session import MAX_UNACKED, ClientSession, Event, QueueFull, Said, State
+from session import MAX_UNACKED, ChatError, ClientSession, Event, Said, State
 
 __all__ = ["MAX_UNACKED", "SUB_HWM", "ChatClient", "ChatError", "Event"]
 
 #: Feed frames (events, or batches of at most 32 KiB) the SUB queues before libzmq drops them: a
 #: client that falls behind loses feed frames, not memory, and the sequencer fills the gap from history.
 SUB_HWM = 1_000
-
-T = TypeVar("T")
-
-
-class ChatError(Exception):
-    """The broker refused a request that the client cannot go on without (e.g. the name), or the
-    session's queue of messages waiting for the broker is full (``queue_full``)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 class ChatClient:
@@ -217,16 +212,22 @@ class ChatClient:
 
     def say(self, room: str, text: str, me: bool = False) -> str:
         """Send ``text`` to ``room``; returns the message id its ``Acked`` (or ``Failed``) will carry."""
-        return self._request(lambda now: self.session.say(room, text, now, me))
+        msg_id = self.session.say(room, text, time.monotonic(), me)
+        self._flush()
+        return msg_id
 
     def say_many(self, room: str, texts: Iterable[str], me: bool = False) -> list[str]:
         """Send several messages to ``room``; they travel in batches of up to 256 (one frame each way per
         batch instead of one per message: see "Batches of requests" in docs/protocol.md)."""
-        return self._request(lambda now: self.session.say_many(room, texts, now, me))
+        ids = self.session.say_many(room, texts, time.monotonic(), me)
+        self._flush()
+        return ids
 
     def dm(self, to: str, text: str, me: bool = False) -> str:
         """Send a private message; it never goes on the feed."""
-        return self._request(lambda now: self.session.dm(to, text, now, me))
+        msg_id = self.session.dm(to, text, time.monotonic(), me)
+        self._flush()
+        return msg_id
 
     def join(self, room: str) -> None:
         """Join ``room``; ``joined`` (or ``Failed`` with ``room``) answers."""
@@ -244,15 +245,6 @@ class ChatClient:
     def history(self, room: str, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
         self.session.history(room, time.monotonic(), after, limit)
         self._flush()
-
-    def _request(self, write: Callable[[float], T]) -> T:
-        """Run a session request at the time now and send what it queued."""
-        try:
-            result = write(time.monotonic())
-        except QueueFull as exc:
-            raise ChatError("queue_full", str(exc)) from None
-        self._flush()
-        return result
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -314,7 +306,79 @@ class ChatClient:
         return self.session.state
 
 
-if __name__ == "__main__":
-    import console
+# --- run as a program: the console chat ----------------------------------------------------------
 
-    sys.exit(console.main())
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
+    cli.add_endpoint_args(parser)
+    cli.add_session_args(parser, "your user name (asked for if not given)")
+    parser.add_argument("--gui", action="store_true", help="chat in a window (gui.py) instead of at the console")
+    return parser.parse_args(argv)
+
+
+def _ask_name(interactive: bool) -> str | None:
+    try:
+        if interactive:
+            return input("Enter a username: ").strip()
+        print("Enter a username: ", end="", flush=True)
+        line = sys.stdin.readline()
+        return line.strip() if line else None
+    except (EOFError, KeyboardInterrupt):
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """0: said bye with everything delivered; 1: no broker, or lines not delivered; 2: refused or bad options."""
+    args = parse_args(argv)
+    if args.gui:  # the window is another program: run it in this process's place, no import between them
+        gui = Path(__file__).with_name("gui.py")
+        os.execv(sys.executable, [sys.executable, str(gui), *(sys.argv[1:] if argv is None else argv)])
+    try:
+        conn = cli.connection(args)
+    except (OSError, ValueError) as exc:
+        print(f"chat: {exc}", file=sys.stderr)
+        return 2
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive and isinstance(sys.stdin, io.TextIOWrapper):
+        # Before the first read (the name may come from the pipe): a later reconfigure raises.
+        sys.stdin.reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 end no session
+    rooms = args.room or [m.DEFAULT_ROOM]
+    name = args.name
+    while True:
+        if name is None:
+            name = _ask_name(interactive)
+            if not name:
+                return 1
+        client = ChatClient(name, rooms=rooms, **conn)
+        print(f"[system] connecting to {conn['router']} as {name}…", flush=True)
+        try:
+            client.connect(timeout=args.timeout)
+            break
+        except ChatError as exc:
+            client.close(flush_timeout=0)
+            print(f"[error] {safe_text(exc.detail)} ({exc.code})", flush=True)
+            if not interactive or exc.code not in ("name_taken", "bad_name"):
+                return 2
+            name = None
+        except TimeoutError as exc:
+            client.close(flush_timeout=0)
+            print(f"[error] {exc} ({cli.no_broker_hint(conn)})", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            client.close(flush_timeout=0)
+            return 130
+    print(f"[system] connected to {conn['router']} as {client.user}; /help lists the commands", flush=True)
+    console = Console(client)
+    console.run(interactive)
+    for event in client.close():
+        console.on_event(event)
+    undelivered = len(client.undelivered)
+    if undelivered:
+        console.show(undelivered_line(undelivered))
+    print("[system] bye", flush=True)
+    return 1 if undelivered else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

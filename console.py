@@ -1,40 +1,56 @@
 """The console chat: typed lines become requests, events become lines (``display``).
 
-    python client.py --name alice          # or: python console.py --name alice
-
-Runs in the main thread with the ``ChatClient``; a reader thread only reads
-lines (prompt_toolkit on a terminal, plain lines from a pipe) and hands them
-over an inproc PAIR socket, so all ZeroMQ sockets stay in one thread and
-nothing needs a lock.
+Started by ``python client.py --name alice`` (``client.main``).  Runs in the main thread with the
+client; a reader thread only reads lines (prompt_toolkit on a terminal, plain lines from a pipe)
+and hands them over an inproc PAIR socket, so all ZeroMQ sockets stay in one thread and nothing
+needs a lock.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import zmq
 
 import cli
 import console_text
 import messages as m
-from client import ChatClient, ChatError
-from display import HELP, HISTORY_SHOWN, QUIT_COMMANDS, render, undelivered_line
+from display import HELP, HISTORY_SHOWN, QUIT_COMMANDS, render
 from safe_text import safe_text
-from session import Event, Failed, Rejoined
+from session import ChatError, Event, Failed, Rejoined
+
+
+class Client(Protocol):
+    """What the console needs of a chat client (``client.ChatClient`` is one; the tests have a stub)."""
+
+    name: str | None
+    ctx: zmq.Context
+    poller: zmq.Poller
+
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def rooms(self) -> dict[str, None]: ...
+    @property
+    def wanted_rooms(self) -> dict[str, None]: ...
+    @property
+    def ack_timeout(self) -> float: ...
+    def poll(self, timeout: float = 0.0) -> list[Event]: ...
+    def say(self, room: str, text: str, me: bool = False) -> str: ...
+    def dm(self, to: str, text: str, me: bool = False) -> str: ...
+    def join(self, room: str) -> None: ...
+    def leave(self, room: str) -> None: ...
+    def who(self, room: str) -> None: ...
 
 
 class Console:
     """The console chat: turns typed lines into requests and events into lines."""
 
-    def __init__(self, client: ChatClient, out: Any = None) -> None:
+    def __init__(self, client: Client, out: Any = None) -> None:
         self.client = client
         self.out = out  # None: whatever sys.stdout is at print time (patch_stdout swaps it)
         self.current: str | None = next(iter(client.wanted_rooms), None)
@@ -262,78 +278,3 @@ def valid_unicode(line: str) -> str:
     except UnicodeEncodeError:  # a surrogate that is no escape
         raw = line.encode("utf-8", "surrogatepass")
     return raw.decode("utf-8", "replace")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chat", description="Chat through a chat broker, at the console.")
-    cli.add_endpoint_args(parser)
-    cli.add_session_args(parser, "your user name (asked for if not given)")
-    parser.add_argument("--gui", action="store_true", help="chat in a window (gui.py) instead of at the console")
-    return parser.parse_args(argv)
-
-
-def _ask_name(interactive: bool) -> str | None:
-    try:
-        if interactive:
-            return input("Enter a username: ").strip()
-        print("Enter a username: ", end="", flush=True)
-        line = sys.stdin.readline()
-        return line.strip() if line else None
-    except (EOFError, KeyboardInterrupt):
-        return None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """0: said bye with everything delivered; 1: no broker, or lines not delivered; 2: refused or bad options."""
-    args = parse_args(argv)
-    if args.gui:  # the window is another program: run it in this process's place, no import between them
-        gui = Path(__file__).with_name("gui.py")
-        os.execv(sys.executable, [sys.executable, str(gui), *(sys.argv[1:] if argv is None else argv)])
-    try:
-        conn = cli.connection(args)
-    except (OSError, ValueError) as exc:
-        print(f"chat: {exc}", file=sys.stderr)
-        return 2
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    if not interactive and isinstance(sys.stdin, io.TextIOWrapper):
-        # Before the first read (the name may come from the pipe): a later reconfigure raises.
-        sys.stdin.reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 end no session
-    rooms = args.room or [m.DEFAULT_ROOM]
-    name = args.name
-    while True:
-        if name is None:
-            name = _ask_name(interactive)
-            if not name:
-                return 1
-        client = ChatClient(name, rooms=rooms, **conn)
-        print(f"[system] connecting to {conn['router']} as {name}…", flush=True)
-        try:
-            client.connect(timeout=args.timeout)
-            break
-        except ChatError as exc:
-            client.close(flush_timeout=0)
-            print(f"[error] {safe_text(exc.detail)} ({exc.code})", flush=True)
-            if not interactive or exc.code not in ("name_taken", "bad_name"):
-                return 2
-            name = None
-        except TimeoutError as exc:
-            client.close(flush_timeout=0)
-            print(f"[error] {exc} ({cli.no_broker_hint(conn)})", flush=True)
-            return 1
-        except KeyboardInterrupt:
-            client.close(flush_timeout=0)
-            return 130
-    print(f"[system] connected to {conn['router']} as {client.user}; /help lists the commands", flush=True)
-    console = Console(client)
-    console.run(interactive)
-    for event in client.close():
-        console.on_event(event)
-    undelivered = len(client.undelivered)
-    if undelivered:
-        console.show(undelivered_line(undelivered))
-    print("[system] bye", flush=True)
-    return 1 if undelivered else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

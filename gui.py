@@ -38,7 +38,7 @@ import cli
 import messages as m
 from client import ChatClient, ChatError
 from console import Console
-from display import render
+from display import render, undelivered_line
 from session import Event, Rejoined, Status
 
 #: How often the Tk loop drains the queue from the network thread (ms).
@@ -213,6 +213,8 @@ class Network(threading.Thread):
             client.poller.unregister(self.inbox)
             for event in client.close():  # says bye; shows late acks and errors
                 self._handle(console, event)
+            if client.undelivered:
+                console.show(undelivered_line(len(client.undelivered)))
             self.post(("closed",))
 
     def _loop(self, client: ChatClient, console: GuiConsole) -> None:

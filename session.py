@@ -317,9 +317,9 @@ class ClientSession:
 
     def _check_writable(self, count: int) -> None:
         if self.closing or self.closed:
-            raise QueueFull("the session is closing")
+            raise ChatError("queue_full", "the session is closing")
         if len(self.queue) + count > MAX_UNACKED:
-            raise QueueFull(f"{MAX_UNACKED} messages may wait for the broker; try again later")
+            raise ChatError("queue_full", f"{MAX_UNACKED} messages may wait for the broker; try again later")
 
     def _write(self, said: Said, now: float) -> str:
         self._check_writable(1)
@@ -730,5 +730,11 @@ def _control_of(request_id: str | None) -> Control | None:
         return None
 
 
-class QueueFull(Exception):
-    """More messages than ``MAX_UNACKED`` would wait for the broker (or the session is closing)."""
+class ChatError(Exception):
+    """A refusal the caller must hear of: the broker's to our hello (``name_taken``, ``bad_name``...), or
+    ours to a message when the queue of messages waiting for the broker is full (``queue_full``)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, WAIT, Harness, Proc, StubClient
 
-import console as console_chat
+import client
 import gui
 import messages as m
 from display import HELP
@@ -169,7 +169,7 @@ def test_gui_console_runs_the_console_commands() -> None:
 
 
 def test_client_gui_flag_hands_over_to_the_window() -> None:
-    assert console_chat.parse_args(["--gui", "--name", "al"]).gui
+    assert client.parse_args(["--gui", "--name", "al"]).gui
     args = gui.parse_args(["--gui", "--host", "h", "--name", "al", "--room", "dev"])  # client.py passes its argv on
     assert (args.host, args.name, args.room) == ("h", "al", ["dev"])
 
