@@ -1,7 +1,10 @@
 """The chat broker: a ROUTER inbox, a PUB feed, and a thin loop around ``ChatCore``.
 
-One thread, one poller, no locks (the zguide way).  Everything the broker
-decides is decided by ``chat.ChatCore``; this file only moves bytes and time.
+One poller loop, no locks (the zguide way).  Everything the broker decides is
+decided by ``chat.ChatCore``; this file only moves bytes and time.  With a
+database file, SQLite commits on a ``store.Writer`` thread: the loop hands it
+each batch, goes on handling, and sends a batch's acks and events when the
+writer says (over an inproc PAIR) that the batch is committed.
 
     python broker.py                       # tcp://*:5555 inbox, tcp://*:5556 feed
     python broker.py --router ipc:///tmp/chat-in --pub ipc:///tmp/chat-feed
@@ -17,6 +20,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +31,7 @@ import keys
 import messages as m
 import transport
 from chat import ChatConfig, ChatCore, Output, Publish
-from store import SYNC_LEVELS, StoreInUse, open_store
+from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, Writer, open_store
 
 log = logging.getLogger("chat-broker")
 
@@ -39,6 +43,9 @@ DRAIN_LIMIT = 10_000
 #: Outputs gathered before one commit and send: the group-commit size.  Small enough that a
 #: busy loop still publishes every few hundred microseconds, large enough to amortise the commit.
 COMMIT_BATCH = 512
+#: Batches handed to the store's writer and not yet committed, at most: past this the loop waits for the
+#: disk, so what a slow disk makes the broker hold stays bounded (each batch at most COMMIT_BATCH outputs).
+MAX_WAITING_BATCHES = 32
 #: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
 #: history requests) must not hold back everyone's replies until the burst is drained.
 FLUSH_AFTER_S = 0.01
@@ -104,29 +111,96 @@ class Broker:
         self.dropped_replies = 0
         #: What a failed commit would have announced: sent when the storage works again, never before.
         self.held: list[Output] = []
+        #: Outputs waiting for their batch's commit (None: a batch that stored nothing, behind one that did),
+        #: oldest first: sent in this order, so no reply or event overtakes one handled before it.
+        self.waiting: deque[tuple[Sealed | None, list[Output]]] = deque()
+        self.writer: Writer | None = None
+        self.written: zmq.Socket | None = None  # the writer says "a batch is done" here
+        store = core.store
+        if isinstance(store, SqliteStore) and store.file is not None:
+            address = f"inproc://store-writer-{id(self)}"
+            self.written = router.context.socket(zmq.PAIR)
+            self.written.bind(address)
+            self.writer = Writer(store, router.context, address)
+            self.writer.start()
 
     def flush(self, outputs: list[Output]) -> None:
         """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
 
-        If the commit fails (a full or read-only disk), its outputs are held and the core refuses
-        writes (``unavailable``) until ``retry_storage`` succeeds; reads go on meanwhile.  While it is
-        unavailable nothing new needs storing, so what comes out is sent at once."""
-        if self.core.unavailable is None:
+        With a ``Writer`` the commit happens off the loop: the batch is handed over and its outputs wait
+        (in order, behind earlier ones) until the writer says it is done (``on_written``).  Without one
+        (no database file) the commit is here and now.  If a commit fails (a full or read-only disk), its
+        outputs are held and the core refuses writes (``unavailable``) until ``retry_storage`` succeeds;
+        reads go on meanwhile.  While it is unavailable nothing new needs storing, so what comes out is
+        sent as soon as nothing is ahead of it."""
+        if self.core.unavailable is not None:
+            batch = None
+        elif self.writer is None:
             try:
                 self.core.commit()
             except sqlite3.Error as exc:
-                self.held += outputs
-                self.core.unavailable = f"storage error: {exc}"
-                log.error("cannot store (%s): acks held, writes refused with 'unavailable' until it works again", exc)
+                self._cannot_store(exc, outputs)
                 return
-        self.dispatch(outputs)
+            batch = None
+        else:
+            batch = self.core.seal()
+            if batch is not None:
+                self.writer.submit(batch)
+        if batch is None and not self.waiting:
+            self.dispatch(outputs)  # nothing to wait for: at once, no thread hop
+        else:
+            self.waiting.append((batch, outputs))
+
+    def on_written(self) -> None:
+        """The writer finished batches: send what each held back, in order, up to one still being written."""
+        assert self.written is not None
+        while self.written.poll(0):
+            self.written.recv()
+        while self.waiting:
+            batch, outputs = self.waiting[0]
+            if batch is not None and batch.result is None:
+                return  # still being written
+            if batch is not None and batch.result is not True:
+                self._writer_failed(batch.result)
+                return
+            self.waiting.popleft()
+            if batch is not None:
+                self.core.store.written(batch)
+            self.dispatch(outputs)
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until every batch handed to the writer was committed and its outputs sent (or held)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.waiting and self.written is not None:
+            left = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            if not self.written.poll(left) and deadline is not None and time.monotonic() >= deadline:
+                return
+            self.on_written()
+
+    def _writer_failed(self, exc: BaseException) -> None:
+        """A batch could not be stored: it and every batch after it go back to pending, their outputs (and
+        those waiting behind them) are held, and writes are refused until ``retry_storage`` works."""
+        assert self.writer is not None
+        self.writer.idle()  # later batches were failed without touching the database
+        self.core.store.unseal()  # type: ignore[union-attr]
+        held = [output for _, outputs in self.waiting for output in outputs]
+        self.waiting.clear()
+        self._cannot_store(exc, held)
+
+    def _cannot_store(self, exc: BaseException, outputs: list[Output]) -> None:
+        self.held += outputs
+        self.core.unavailable = f"storage error: {exc}"
+        log.error("cannot store (%s): acks held, writes refused with 'unavailable' until it works again", exc)
 
     def retry_storage(self) -> None:
-        """Try the failed commit again; on success send what it held and accept writes again."""
+        """Try the failed commit again (here, on the loop: nothing else is being written); on success send
+        what it held and accept writes again."""
         try:
             self.core.commit()
         except sqlite3.Error:
             return
+        if self.writer is not None:
+            self.writer.recover()
         held, self.held = self.held, []
         self.core.unavailable = None
         log.warning("storage works again: %d held events and replies sent, writes accepted", len(held))
@@ -166,11 +240,16 @@ class Broker:
         """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        if self.written is not None:
+            poller.register(self.written, zmq.POLLIN)
         core, clock = self.core, time.monotonic
         self.flush(core.tick(clock()))
         while True:
             wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
-            if poller.poll(wait_ms):
+            ready = dict(poller.poll(wait_ms))
+            if self.written in ready:
+                self.on_written()
+            if self.router in ready:
                 self.drain()
             now = clock()
             if now >= core.next_heartbeat:
@@ -209,12 +288,25 @@ class Broker:
                 self.flush(pending)
                 pending = []
                 flush_at = now + FLUSH_AFTER_S
+                if len(self.waiting) >= MAX_WAITING_BATCHES:  # the disk is behind: let it catch up
+                    self._catch_up_with_writer()
         self.flush(pending)
 
+    def _catch_up_with_writer(self) -> None:
+        """Wait for the oldest batch: requests stay in libzmq's queues meanwhile (and TCP pushes back)."""
+        assert self.written is not None
+        while len(self.waiting) >= MAX_WAITING_BATCHES and self.written.poll(1000):
+            self.on_written()
+
     def stop(self) -> None:
+        self.settle()
         if self.core.unavailable is not None:
             self.retry_storage()
         self.flush(self.core.shutdown(time.monotonic()))
+        self.settle()
+        if self.writer is not None:
+            self.writer.stop()
+            self.written.close(linger=0)  # type: ignore[union-attr]
         unstored = self.core.store.pending
         try:
             self.core.store.close()

@@ -26,7 +26,7 @@ import msgspec
 
 import messages as m
 from messages import ErrorCode, ProtocolError
-from store import MemoryStore, SqliteStore
+from store import MemoryStore, Sealed, SqliteStore
 
 
 class Reply(NamedTuple):
@@ -378,6 +378,17 @@ class ChatCore:
         Then, with the events on disk, in-memory history over its total bound gives up its oldest events
         (``history`` reads them back from the database)."""
         self.store.commit()
+        self._trim_if_over()
+
+    def seal(self) -> Sealed | None:
+        """As ``commit``, for a broker whose ``store.Writer`` commits off its loop: what was handled so far
+        goes to the writer as one batch, and the broker sends this batch's outputs once it is committed.
+        Memory may give up events being written: history reads find them in the store's sealed batches."""
+        batch = self.store.seal()
+        self._trim_if_over()
+        return batch
+
+    def _trim_if_over(self) -> None:
         if self.history_bytes > self.config.history_bytes_total:
             self._trim_all(self.config.history_bytes_total * 9 // 10)
 

@@ -17,9 +17,14 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import queue
 import sqlite3
+import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+
+import zmq
 
 SCHEMA_VERSION = 2
 SYNC_LEVELS = ("normal", "full")
@@ -44,6 +49,9 @@ class MemoryStore:
         return iter(())
 
     def first_pending(self, room: str) -> int | None:
+        return None
+
+    def seal(self) -> Sealed | None:
         return None
 
     def last_seq(self, room: str) -> int:
@@ -114,7 +122,27 @@ class SqliteStore:
         self.history_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()[0]
         self.db.execute("BEGIN IMMEDIATE")  # can we write at all (a read-only file, folder or disk)?  Say so now.
         self.db.execute("ROLLBACK")
-        self._rows: list[tuple[str, int, bytes]] = []
+        self.sync = sync
+        self._rows: list[Row] = []  # appended, not yet sealed
+        #: Sealed batches a ``Writer`` is committing, oldest first, until the broker hears they are done.
+        self.sealed: deque[Sealed] = deque()
+
+    @property
+    def file(self) -> Path | None:
+        """The database file, or None for SQLite's own in-memory database (tests): a ``Writer`` needs a file."""
+        return None if str(self.path) == ":memory:" else self.path
+
+    def connect(self) -> sqlite3.Connection:
+        """Another connection to the same database, set up alike (for a ``Writer``, in its thread)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+        return db
+
+    def _unstored(self) -> Iterator[Row]:
+        """Rows appended but not known to be committed: those being written, then those not yet sealed."""
+        for batch in self.sealed:
+            yield from batch.rows
+        yield from self._rows
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room and its last seq: where a broker starts from."""
@@ -142,11 +170,11 @@ class SqliteStore:
 
     def first_pending(self, room: str) -> int | None:
         """The seq of ``room``'s oldest event not yet committed, if any: where what is durable ends."""
-        return next((seq for name, seq, _ in self._rows if name == room), None)
+        return next((seq for name, seq, _ in self._unstored() if name == room), None)
 
     def last_seq(self, room: str) -> int:
         """The last seq of ``room`` (0 for a room it has no event of), pending events included."""
-        pending = [seq for name, seq, _ in self._rows if name == room]
+        pending = [seq for name, seq, _ in self._unstored() if name == room]
         if pending:
             return pending[-1]
         (seq,) = self.db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
@@ -164,7 +192,7 @@ class SqliteStore:
             "SELECT seq, payload FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit)
         )
         found, used, last = [], 0, after
-        for seq, payload in itertools.chain(rows, ((s, p) for r, s, p in self._rows if r == room)):
+        for seq, payload in itertools.chain(rows, ((s, p) for r, s, p in self._unstored() if r == room)):
             if seq <= last:
                 continue  # a pending row is newer than every committed one; this skips none of them twice
             used += len(payload)
@@ -177,7 +205,28 @@ class SqliteStore:
     @property
     def pending(self) -> int:
         """Events appended but not yet committed."""
-        return len(self._rows)
+        return len(self._rows) + sum(len(batch.rows) for batch in self.sealed)
+
+    def seal(self) -> Sealed | None:
+        """Everything appended since the last seal, as one batch for a ``Writer`` to commit (None: nothing).
+        Until the broker hears it is done, reads still find its rows here."""
+        if not self._rows:
+            return None
+        batch = Sealed(self._rows)
+        self._rows = []
+        self.sealed.append(batch)
+        return batch
+
+    def written(self, batch: Sealed) -> None:
+        """The broker heard ``batch`` is committed: its rows are the database's now."""
+        assert self.sealed[0] is batch, "batches are committed in the order they were sealed"
+        self.sealed.popleft()
+
+    def unseal(self) -> None:
+        """The writer failed: every sealed batch is pending again, in order, for ``commit`` to retry."""
+        rows = [row for batch in self.sealed for row in batch.rows]
+        self.sealed.clear()
+        self._rows = rows + self._rows
 
     def commit(self) -> None:
         """One transaction for everything appended since the last commit.  If it fails (a full or
@@ -201,6 +250,94 @@ class SqliteStore:
             self.db.close()
             if self._lock >= 0:
                 os.close(self._lock)
+
+
+Row = tuple[str, int, bytes]  # room, seq, encoded event
+
+
+class Sealed:
+    """A batch of rows a ``Writer`` commits; ``result`` is set by the writer: True, or the error."""
+
+    __slots__ = ("result", "rows")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.result: bool | BaseException | None = None
+
+
+class Writer(threading.Thread):
+    """Commits sealed batches on a connection of its own, so the broker's loop never waits for the disk.
+
+    The loop seals what it handled, hands the batch over and goes on handling the next requests while
+    SQLite writes, syncs (``--sync full``) and checkpoints its WAL here; sqlite3 releases the GIL while
+    it works.  Batches that queue up meanwhile go in one transaction (group commit).  After each commit
+    the writer sends an empty frame on ``notify`` (inproc PAIR): the loop then sends what the batch held
+    back.  Nothing is shared but the batches, which the loop does not touch until it is told.
+
+    After a failure every later batch fails too, without touching the database, until ``recover``: the
+    loop puts them all back as pending and commits them itself when storage works again.
+    """
+
+    def __init__(self, store: SqliteStore, ctx: zmq.Context, notify: str) -> None:
+        super().__init__(name="store-writer", daemon=True)
+        self.db = store.connect()
+        self.ctx = ctx
+        self.notify = notify
+        self.queue: queue.Queue[Sealed | None] = queue.Queue()
+        self.failed = False
+
+    def submit(self, batch: Sealed) -> None:
+        self.queue.put(batch)
+
+    def recover(self) -> None:
+        """Storage works again (the loop committed what failed): take batches again.  Only once ``idle``."""
+        self.failed = False
+
+    def idle(self) -> None:
+        """Wait until every batch submitted has its result."""
+        self.queue.join()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.join()
+        self.db.close()
+
+    def run(self) -> None:
+        notify = self.ctx.socket(zmq.PAIR)
+        notify.connect(self.notify)
+        try:
+            running = True
+            while running:
+                taken = [self.queue.get()]
+                while not self.queue.empty():
+                    taken.append(self.queue.get_nowait())
+                running = None not in taken  # stop() puts None last
+                batches = [batch for batch in taken if batch is not None]
+                if batches:
+                    self._commit(batches)
+                    notify.send(b"")
+                for _ in taken:
+                    self.queue.task_done()
+        finally:
+            notify.close(linger=0)
+
+    def _commit(self, batches: list[Sealed]) -> None:
+        result: bool | BaseException = True
+        if self.failed:
+            result = sqlite3.OperationalError("an earlier batch could not be stored")
+        else:
+            try:
+                self.db.execute("BEGIN")
+                for batch in batches:
+                    self.db.executemany("INSERT INTO events (room, seq, payload) VALUES (?, ?, ?)", batch.rows)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                self.failed = True
+                result = exc
+        for batch in batches:
+            batch.result = result
 
 
 def _lock(path: Path) -> int:

@@ -227,6 +227,8 @@ def wired(tmp_path: Path):
     store = SqliteStore(tmp_path / "c.db")
     broker, sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(**UNLIMITED), store=store), b"room/", A)
     yield broker, dealer, sub
+    if broker.writer is not None:
+        broker.writer.stop()
     store.db.close()
     ctx.destroy(linger=0)
 
@@ -235,6 +237,7 @@ def ask(broker: Broker, dealer: zmq.Socket, env: dict) -> list[dict]:
     dealer.send(msgspec.json.encode(env))
     assert broker.router.poll(WAIT * 1000)
     broker.drain()
+    broker.settle(WAIT)  # the store's writer committed what the request stored, and its outputs went
     got = []
     while dealer.poll(200):
         got += m.feed_events(dealer.recv())
@@ -246,7 +249,8 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     while sub.poll(200):  # alice's join
         sub.recv_multipart()
-    broker.core.store.db.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
+    writes = broker.writer.db  # the connection that commits (the writer is idle between requests here)
+    writes.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
     assert ask(broker, dealer, msg("kept?", "k1")) == []  # accepted, but neither acked nor published
     assert broker.core.unavailable is not None
     assert [r["code"] for r in ask(broker, dealer, msg("later", "k2"))] == ["unavailable"]
@@ -256,7 +260,7 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     assert rooms["rooms"] == {"general": 1}
     assert [r["type"] for r in ask(broker, dealer, {"type": "ping"})] == ["pong"]
     assert not sub.poll(100)
-    broker.core.store.db.execute("PRAGMA query_only = OFF")  # the disk is back
+    writes.execute("PRAGMA query_only = OFF")  # the disk is back
     broker.retry_storage()
     assert broker.core.unavailable is None
     got = []
@@ -275,7 +279,7 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
 def test_a_full_disk_is_the_same(wired) -> None:
     broker, dealer, _sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
-    db = broker.core.store.db
+    db = broker.writer.db  # the connection that commits
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
     got = []

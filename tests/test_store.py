@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import msgspec
 import pytest
+import zmq
 
+import messages as m
 from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
-from store import MemoryStore, SqliteStore, open_store
+from store import MemoryStore, Sealed, SqliteStore, Writer, open_store
 
 A = b"peer-a"
 B = b"peer-b"
@@ -291,3 +294,120 @@ def test_a_restart_with_more_rooms_than_memory_keeps_them_all_at_rest(tmp_path: 
     send(again, {"type": "hello", "user": "alice", "rooms": ["r9"]}, B)
     ack = replies(send(again, {"type": "msg", "room": "r9", "text": "in r9", "id": "m9"}, B))
     assert ack == [{"type": "ack", "id": "m9", "room": "r9", "seq": 2}]
+
+
+# --- the writer: commits off the broker's loop ---------------------------------------------------------
+
+
+def rows_on_disk(path: Path) -> list[tuple[str, int]]:
+    """What another process would find: a connection of its own."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT room, seq FROM events ORDER BY room, seq").fetchall()
+    finally:
+        db.close()
+
+
+def wait_written(notify: zmq.Socket, batches: list[Sealed]) -> None:
+    while any(batch.result is None for batch in batches):
+        assert notify.poll(WAIT_MS), "the writer said nothing"
+        notify.recv()
+
+
+WAIT_MS = 10_000
+
+
+@pytest.fixture
+def writer(tmp_path: Path):
+    ctx = zmq.Context()
+    store = SqliteStore(tmp_path / "w.db")
+    notify = ctx.socket(zmq.PAIR)
+    notify.bind("inproc://written")
+    writer = Writer(store, ctx, "inproc://written")
+    writer.start()
+    yield store, writer, notify
+    writer.stop()
+    notify.close(linger=0)
+    store.close()
+    ctx.term()
+
+
+def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writer) -> None:
+    store, w, notify = writer
+    store.append("general", 1, b'{"seq":1}')
+    store.append("general", 2, b'{"seq":2}')
+    batch = store.seal()
+    store.append("general", 3, b'{"seq":3}')  # appended after the seal: pending
+    assert store.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}', b'{"seq":3}']
+    assert store.last_seq("general") == 3 and store.first_pending("general") == 1 and store.pending == 3
+    w.submit(batch)
+    wait_written(notify, [batch])
+    assert batch.result is True and rows_on_disk(store.path) == [("general", 1), ("general", 2)]
+    assert store.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}', b'{"seq":3}']  # no row twice
+    store.written(batch)
+    assert store.first_pending("general") == 3 and store.pending == 1
+
+
+def test_batches_are_committed_in_the_order_they_were_sealed(writer) -> None:
+    store, w, notify = writer
+    batches = []
+    for seq in range(1, 51):
+        store.append("general", seq, b"{}")
+        batches.append(store.seal())
+        w.submit(batches[-1])
+    wait_written(notify, batches)
+    assert all(batch.result is True for batch in batches)
+    assert rows_on_disk(store.path) == [("general", seq) for seq in range(1, 51)]
+
+
+def test_after_a_failed_batch_every_later_one_fails_until_recovered_and_nothing_is_lost(writer) -> None:
+    store, w, notify = writer
+    w.db.execute("PRAGMA query_only = ON")  # a read-only disk
+    store.append("general", 1, b"{}")
+    first = store.seal()
+    store.append("general", 2, b"{}")
+    second = store.seal()
+    w.submit(first)
+    w.submit(second)
+    wait_written(notify, [first, second])
+    assert isinstance(first.result, sqlite3.Error) and isinstance(second.result, sqlite3.Error)
+    w.idle()
+    store.unseal()
+    assert store.pending == 2 and rows_on_disk(store.path) == []
+    store.commit()  # the broker retries on its own connection
+    w.recover()
+    assert rows_on_disk(store.path) == [("general", 1), ("general", 2)]
+    store.append("general", 3, b"{}")
+    third = store.seal()
+    w.db.execute("PRAGMA query_only = OFF")
+    w.submit(third)
+    wait_written(notify, [third])
+    assert third.result is True
+
+
+def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path) -> None:
+    """The guarantee, end to end through the broker's loop and its writer: every ack names a row on disk."""
+    from conftest import inproc_broker
+
+    ctx = zmq.Context()
+    path = tmp_path / "b.db"
+    store = SqliteStore(path)
+    broker, _sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(rate_limit=0, source_rate=0), store=store), b"", A)
+    assert broker.writer is not None
+    dealer.send(msgspec.json.encode({"type": "hello", "user": "alice"}))
+    for i in range(300):
+        dealer.send(msgspec.json.encode({"type": "msg", "room": "general", "text": f"t{i}", "id": f"i{i}"}))
+    acked: list[int] = []
+    while len(acked) < 300:
+        if broker.router.poll(0):
+            broker.drain()
+        if broker.written.poll(10):
+            broker.on_written()
+        while dealer.poll(0):
+            for env in m.feed_events(dealer.recv()):
+                if env["type"] == "ack":
+                    assert ("general", env["seq"]) in rows_on_disk(path), env
+                    acked.append(env["seq"])
+    assert acked == sorted(acked)
+    broker.stop()
+    ctx.destroy(linger=0)
