@@ -58,6 +58,11 @@ class FeedSequencer:
         """
         if room not in self.last:
             self.last[room] = head
+            held = self.held.get(room, {})
+            for seq in [s for s in held if s <= head]:
+                del held[seq]  # held before the baseline, and older than it: known already
+            if not held:
+                self.held.pop(room, None)
         ready, fetch = self._settle(room)
         if fetch is None and head > self.last[room]:
             fetch = self.last[room]
@@ -137,9 +142,7 @@ class FeedSequencer:
         while nxt in held:
             ready.append(held.pop(nxt))
             nxt += 1
-        self.last[room] = nxt - 1
-        for seq in [s for s in held if s < nxt]:
-            del held[seq]  # duplicates of what was delivered
+        self.last[room] = nxt - 1  # nothing at or below it is held: push and fill hold only what is newer
         if held:
             return ready, self.last[room]
         del self.held[room]

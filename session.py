@@ -56,10 +56,16 @@ HELLO_REFUSALS = frozenset(
         m.ErrorCode.BAD_FIELD,
     )
 )
+#: Refusals of a resuming hello that time can end: our old session still holds the name until it times out.
+RESUME_LATER = frozenset({m.ErrorCode.NAME_TAKEN.value, m.ErrorCode.SESSION_EXISTS.value})
 #: First wait after a retry-later refusal; it doubles while retries make no progress (up to ``ack_timeout``).
 RETRY_FIRST_S = 0.25
 #: Waits between hellos the transport refused (no connection yet): from the first to the last, doubling.
 HELLO_RETRY_S = (0.05, 2.0)
+#: The heartbeat a welcome may set, whatever a broker sends: no spinning, no silence taken for life.
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 0.05, 60.0
+#: History fills outstanding at once; more rooms with holes wait their turn (an observer of many rooms).
+MAX_FILLS = 8
 #: A ``history`` fill not answered in this many heartbeats is asked again.
 FILL_PATIENCE_HEARTBEATS = 3
 
@@ -70,7 +76,9 @@ class Control(Enum):
 
     HELLO = "hello"  # hello, or an observer's rooms snapshot
     JOIN = "join"
-    ASKED = "ask"  # who, leave, history: the caller asked, the caller hears of an error
+    LEAVE = "leave"
+    ASKED = "ask"  # who: the caller asked, the caller hears of an error
+    HISTORY = "history"  # a history the caller asked for: its reply (or error) goes to the caller
     PING = "ping"
     FILL = "fill"  # history to fill a hole: asked again by its timer
     BYE = "bye"
@@ -198,8 +206,15 @@ class ClientSession:
         self._in_flight_at = 0.0
         self._retry_at: float | None = None  # after a retry-later refusal: when to send again
         self._retry_wait = RETRY_FIRST_S
-        self._joining: dict[str, str] = {}  # join id -> room, until joined or refused
+        #: Joins and leaves asked for and not yet answered: room -> (request id, when sent).  Sent again
+        #: after ``ack_timeout`` (a frame the transport dropped, a reply lost in a restart) until answered.
+        self._joining: dict[str, tuple[str, float]] = {}
+        self._leaving: dict[str, tuple[str, float]] = {}
         self._leave_after: set[str] = set()  # rooms to leave once our queued messages to them are answered
+        #: Outstanding ``history`` requests per room, oldest first: (FILL (ours) or HISTORY (the caller's),
+        #: request id).  The broker answers a connection's requests in order, and a reply names no request.
+        self._histories: dict[str, deque[tuple[Control, str]]] = {}
+        self._fill_backlog: dict[str, int] = {}  # rooms whose fill waits for a free slot -> after which seq
         self._fills: dict[str, float] = {}  # room -> when we asked history to fill its hole
         self._catch_up: dict[str, float] = {}  # room -> when to look for events missed just after joining
         self._closing_until: float | None = None  # close(): deliver what was accepted until then
@@ -254,6 +269,8 @@ class ClientSession:
             due.append(self._hello_at)
         if self.in_flight:
             due.append(self._in_flight_at + self.ack_timeout)
+        if self.state is State.READY:
+            due += [sent + self.ack_timeout for _, sent in (*self._joining.values(), *self._leaving.values())]
         if self._retry_at is not None:
             due.append(self._retry_at)
         if self._closing_until is not None:
@@ -283,22 +300,31 @@ class ClientSession:
         return self._write(Said(id=next(self._ids), to=to, text=text, me=me), now)
 
     def join(self, room: str, now: float) -> None:
-        """Join ``room``: ``Joined`` (or ``Failed`` with ``room``) answers."""
+        """Join ``room``: ``Joined`` (or ``Failed`` with ``room``) answers; asked again until one does."""
+        if room in self._joining:
+            return
         self.subscriptions.append((True, m.room_topic(room)))  # before the join, so its events reach us
-        self._joining[self._send(Control.JOIN, {"type": "join", "room": room})] = room
+        self._leaving.pop(room, None)
+        self._leave_after.discard(room)
+        self._joining[room] = ("", now)
+        self._ask_membership(room, now)
 
     def leave(self, room: str, now: float) -> None:
-        """Leave ``room`` once what we said there was answered: a leave must not overtake our own lines."""
+        """Leave ``room`` once what we said there was answered: a leave must not overtake our own lines.
+        Asked again until ``left`` answers; from now on the room is not ours (no events, no re-join)."""
+        self.wanted_rooms.pop(room, None)
+        self._joining.pop(room, None)
         if any(said.room == room for said in self.queue.values()):
             self._leave_after.add(room)
         else:
-            self._send(Control.ASKED, {"type": "leave", "room": room})
+            self._leaving[room] = ("", now)
+            self._ask_membership(room, now)
 
     def who(self, room: str, now: float) -> None:
         self._send(Control.ASKED, {"type": "who", "room": room})
 
     def history(self, room: str, now: float, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
-        self._send(Control.ASKED, {"type": "history", "room": room, "after": after, "limit": limit})
+        self._ask_history(Control.HISTORY, room, after, limit)
 
     def close(self, now: float, patience: float) -> None:
         """Deliver what was accepted while acks keep coming (``patience`` seconds without one at most),
@@ -358,14 +384,17 @@ class ClientSession:
         """Do what is due at ``now``: liveness, pings, hellos, resends, fills, the end of a close."""
         self._check_liveness(now)
         if now >= self._last_ping + self.heartbeat:
-            self._last_ping = now
-            self._send(Control.PING, {"type": "ping"})
+            self._ping(now)
         if self._hello_at is not None and now >= self._hello_at:
             self._hello(now)
         if self.in_flight and now >= self._in_flight_at + self.ack_timeout:
             self.in_flight.clear()  # unanswered: sent again, same ids (the broker answers a repeat with its ack)
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
+        if self.state is State.READY:
+            for room, (_, sent) in [*self._joining.items(), *self._leaving.items()]:
+                if now >= sent + self.ack_timeout:  # unanswered (dropped with no connection, lost in a restart)
+                    self._ask_membership(room, now)
         for room, due in list(self._catch_up.items()):
             if now >= due:
                 del self._catch_up[room]
@@ -373,10 +402,18 @@ class ClientSession:
         for room, asked in list(self._fills.items()):
             if now >= asked + self.heartbeat * FILL_PATIENCE_HEARTBEATS:  # the reply was lost: ask again
                 del self._fills[room]
+                waiting = self._histories.pop(room, deque())
+                kept = deque(item for item in waiting if item[0] is not Control.FILL)  # the lost one
+                if kept:
+                    self._histories[room] = kept
                 self._fetch(room, self.sequencer.last.get(room), now)
         self._pump(now)
         if self._closing_until is not None and (not self.queue or now >= self._closing_until):
             self._bye()
+
+    def _ping(self, now: float) -> None:
+        self._last_ping = now
+        self._send(Control.PING, {"type": "ping"})
 
     def _check_liveness(self, now: float) -> None:
         limit = self.heartbeat * MISSED_HEARTBEATS
@@ -414,16 +451,15 @@ class ClientSession:
             case m.Joined():
                 pass
             case m.Left():
+                self._leaving.pop(env.room, None)
                 self._forget_room(env.room)
                 self._emit(env)
             case m.Ack():
                 self._on_ack(env)
             case m.Error():
                 self._on_error(env, now)
-            case m.History() if env.room in self._fills:
-                del self._fills[env.room]
-                ready, fetch = self.sequencer.fill(env.room, env.events, env.seq, env.more)
-                self._deliver(env.room, ready, fetch, now)
+            case m.History() if self._answered(env.room) is Control.FILL:
+                self._on_fill(env, now)
             case m.Rooms() if self.observer:
                 self._on_snapshot(env, now)
             case m.Pong():
@@ -433,13 +469,37 @@ class ClientSession:
             case _:  # dm, who, a history the caller asked for
                 self._emit(env)
 
-    def _on_welcome(self, env: m.Welcome, now: float) -> None:
-        if self.state is State.CLOSED:
+    def _answered(self, room: str) -> Control | None:
+        """Which of our history requests for ``room`` this reply answers: the oldest outstanding one."""
+        waiting = self._histories.get(room)
+        if not waiting:
+            return None
+        kind, _ = waiting.popleft()
+        if not waiting:
+            del self._histories[room]
+        return kind
+
+    def _on_fill(self, env: m.History, now: float) -> None:
+        room = env.room
+        asked = self._fills.pop(room, None)
+        if asked is None:
+            return  # a room we stopped following meanwhile
+        before = self.sequencer.last.get(room)
+        events = [event for event in env.events if event.room == room]  # only what belongs there
+        ready, fetch = self.sequencer.fill(room, events, env.seq, env.more)
+        if fetch is not None and self.sequencer.last.get(room) == before and len(ready) == 0 and not events:
+            self._fills[room] = asked  # no progress: its timer asks again, not a loop of requests
             return
+        self._deliver(room, ready, fetch, now)
+        self._next_fill(now)
+
+    def _on_welcome(self, env: m.Welcome, now: float) -> None:
+        if self.state is State.CLOSED or (self.state is State.READY and env.epoch == self.epoch):
+            return  # the answer to a hello said twice (the first answer was slow): nothing new
         self._saw_history(env.history_id)
         resumed = self.state is State.RESUMING
         self.user = env.user
-        self.heartbeat = env.heartbeat
+        self.heartbeat = min(max(env.heartbeat, MIN_HEARTBEAT_S), MAX_HEARTBEAT_S)  # a sane one, whatever was sent
         self._saw_epoch(env.epoch, now)
         self.state = State.READY
         self._hello_at = None
@@ -450,11 +510,15 @@ class ClientSession:
         if resumed:
             self._emit(Status(Change.RECONNECTED, self.epoch))
         self._emit(env)
+        for room in [*self._joining, *self._leaving]:  # asked before or during the outage
+            self._ask_membership(room, now)
         self._replay_waiting_feed(now)
 
     def _on_joined(self, env: m.Joined, now: float) -> None:
         room = env.room
-        self._joining = {i: r for i, r in self._joining.items() if r != room}
+        if room in self._leaving or (room not in self.wanted_rooms and room not in self._joining):
+            return  # a join we no longer want (left since), or never asked for
+        self._joining.pop(room, None)
         rejoin = room in self.sequencer.last  # back after a reconnect: what we missed comes as events
         self.rooms[room] = None
         self.wanted_rooms[room] = None
@@ -504,18 +568,44 @@ class ClientSession:
             self._on_message_error(env, said, now)
         elif kind is Control.HELLO:
             self._on_hello_error(env, now)
-        elif kind is Control.JOIN and msg_id in self._joining:
-            room = self._joining.pop(msg_id)
-            if room not in self.wanted_rooms:
-                self.subscriptions.append((False, m.room_topic(room)))
-            self._emit(Failed(error=env, room=room))
+        elif kind in (Control.JOIN, Control.LEAVE):
+            self._on_membership_error(env, now)
         elif code == m.ErrorCode.NO_SESSION.value and self.state is State.READY:
             self._lose_session(now)  # the broker forgot us (we timed out, or it restarted)
         elif msg_id is None and code in RETRY_LATER:
             pass  # about a frame of ours answered already, or resent anyway: nothing to tell
-        elif kind in (None, Control.ASKED, Control.JOIN):
+        elif kind in (None, Control.ASKED, Control.HISTORY):
             self._emit(Failed(error=env))
-        # else: a ping or a fill; a fill is asked again by its timer
+        # else: a ping, or a fill (asked again by its timer)
+        if kind in (Control.FILL, Control.HISTORY):
+            self._history_refused(env.id or "")
+
+    def _history_refused(self, request_id: str) -> None:
+        """A refused history request gets no history reply: it is no longer outstanding."""
+        for room, waiting in list(self._histories.items()):
+            for item in waiting:
+                if item[1] == request_id:
+                    waiting.remove(item)
+                    if not waiting:
+                        del self._histories[room]
+                    return
+
+    def _on_membership_error(self, env: m.Error, now: float) -> None:
+        room = self._membership_of(env.id or "")
+        if room is None:
+            return  # an answer to a join or leave asked again since
+        if env.code in RETRY_LATER or env.code == m.ErrorCode.NO_SESSION.value:
+            if env.code == m.ErrorCode.NO_SESSION.value and self.state is State.READY:
+                self._lose_session(now)
+            return  # asked again by its timer, or after the welcome
+        if room in self._leaving:  # not_in_room: left already
+            del self._leaving[room]
+            self._forget_room(room)
+            return
+        del self._joining[room]
+        if room not in self.wanted_rooms:
+            self.subscriptions.append((False, m.room_topic(room)))
+        self._emit(Failed(error=env, room=room))
 
     def _on_message_error(self, env: m.Error, said: Said | None, now: float) -> None:
         """An error about a msg/dm we sent (``said``), or about the frame in flight (no id: a whole batch)."""
@@ -524,6 +614,8 @@ class ClientSession:
             if self.state is State.READY:
                 self._lose_session(now)  # queued messages stay: they are resent after the new welcome
         elif code in RETRY_LATER:
+            if said is not None and said.id not in self.in_flight:
+                return  # the frame it was in was already given up on: one wait per frame, not per message
             # The broker stopped at this request: it and what followed it in the frame were not done.
             self.in_flight.clear()
             self._retry_at = now + self._retry_wait
@@ -542,14 +634,16 @@ class ClientSession:
     def _on_hello_error(self, env: m.Error, now: float) -> None:
         """Retry-later: ask again in a moment.  A refusal at start is final (``refused``); while resuming,
         the name may come free (our old session timing out): shown once, and asked again."""
-        if env.code in RETRY_LATER or self.state is State.RESUMING:
+        if self.state is State.READY:
+            return  # an answer to a hello said twice; the other was welcomed
+        if env.code in RETRY_LATER or (self.state is State.RESUMING and env.code in RESUME_LATER):
             self._hello_at = now + self._retry_wait
             self._retry_wait = min(self._retry_wait * 2, self.ack_timeout)
             if env.code not in RETRY_LATER and env.code != self._refusal:
                 self._refusal = env.code
                 self._emit(Failed(error=env))
-        elif self.state is State.STARTING and not self.observer and env.code in HELLO_REFUSALS:
-            self.refused = env  # name_taken, bad_name...: this session cannot start
+        elif not self.observer and env.code in HELLO_REFUSALS:
+            self.refused = env  # name_taken, bad_name...: this session cannot start (or go on)
             self.state = State.CLOSED
             self._hello_at = None
             self._emit(Failed(error=env))
@@ -558,6 +652,11 @@ class ClientSession:
 
     def _on_feed(self, env: m.Envelope, now: float) -> None:
         match env:
+            case m.Heartbeat() if env.epoch not in (None, self.epoch) and not self._restoring:
+                # A new broker run, or a relay pointed elsewhere?  Only the broker itself says (pong).
+                self._ping(now)
+                if self.observer:
+                    self._emit(env)
             case m.Heartbeat():
                 self._saw_epoch(env.epoch, now)
                 if self.observer:
@@ -575,11 +674,16 @@ class ClientSession:
                     del self._waiting_feed[0]  # its room's next hole is filled from history
             case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent():
                 room = env.room
-                if not self.observer and room not in self.wanted_rooms and room not in self._joining.values():
-                    return  # a late event for a room we left
+                if not self._follows(room):
+                    return  # a late event for a room we left, or one we never asked for
                 self._deliver(room, *self.sequencer.push(env), now)
             case _:
                 pass  # replies do not come on the feed
+
+    def _follows(self, room: str) -> bool:
+        """Rooms whose events we deliver: ours, and those being joined; an observer of no rooms in
+        particular follows them all."""
+        return room in self.wanted_rooms or room in self._joining or (self.observer and not self.wanted_rooms)
 
     def _replay_waiting_feed(self, now: float) -> None:
         waiting, self._waiting_feed = self._waiting_feed, []
@@ -598,10 +702,26 @@ class ClientSession:
         self._fetch(room, fetch_after, now)
 
     def _fetch(self, room: str, after: int | None, now: float) -> None:
+        """Ask ``room``'s history after ``after``: at most ``MAX_FILLS`` at once, the others in turn."""
         if after is None or room in self._fills:
             return
+        if len(self._fills) >= MAX_FILLS:
+            self._fill_backlog[room] = after
+            return
+        self._fill_backlog.pop(room, None)
         self._fills[room] = now
-        self._send(Control.FILL, {"type": "history", "room": room, "after": after, "limit": m.MAX_HISTORY_LIMIT})
+        self._ask_history(Control.FILL, room, after, m.MAX_HISTORY_LIMIT)
+
+    def _next_fill(self, now: float) -> None:
+        while self._fill_backlog and len(self._fills) < MAX_FILLS:
+            room = next(iter(self._fill_backlog))
+            after = self.sequencer.last.get(room)
+            del self._fill_backlog[room]
+            self._fetch(room, after, now)
+
+    def _ask_history(self, kind: Control, room: str, after: int, limit: int) -> None:
+        request_id = self._send(kind, {"type": "history", "room": room, "after": after, "limit": limit})
+        self._histories.setdefault(room, deque()).append((kind, request_id))
 
     def _catch_up_all(self, now: float) -> None:
         """After an outage, ask every room for what came after the last event seen: nothing may come
@@ -646,7 +766,24 @@ class ClientSession:
     def _leave_when_answered(self, room: str | None) -> None:
         if room in self._leave_after and not any(said.room == room for said in self.queue.values()):
             self._leave_after.discard(room)
-            self._send(Control.ASKED, {"type": "leave", "room": room})
+            self._leaving[room] = ("", self._last_heard)
+            self._ask_membership(room, self._last_heard)
+
+    def _ask_membership(self, room: str, now: float) -> None:
+        """Send the join or leave ``room`` waits for (when there is a session to send it in)."""
+        if self.state is not State.READY:
+            return  # sent after the welcome
+        if room in self._joining:
+            self._joining[room] = (self._send(Control.JOIN, {"type": "join", "room": room}), now)
+        elif room in self._leaving:
+            self._leaving[room] = (self._send(Control.LEAVE, {"type": "leave", "room": room}), now)
+
+    def _membership_of(self, request_id: str) -> str | None:
+        for pending in (self._joining, self._leaving):
+            for room, (sent_as, _) in pending.items():
+                if sent_as == request_id:
+                    return room
+        return None
 
     def _hello(self, now: float) -> None:
         """Start (or restart) the session; an observer asks for the rooms snapshot instead."""
@@ -713,6 +850,7 @@ class ClientSession:
         self.wanted_rooms.pop(room, None)
         self.sequencer.forget(room)
         self._fills.pop(room, None)
+        self._fill_backlog.pop(room, None)
         self._catch_up.pop(room, None)
         self.subscriptions.append((False, m.room_topic(room)))
 

@@ -40,9 +40,20 @@ def tune_bound(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
 
 
+#: Largest feed frame a client (or relay) takes: the broker's are batches of at most 32 KiB, or one event
+#: (text of at most 4,000 characters, each at most 6 bytes escaped: under 25 KiB).
+MAX_FEED_FRAME = 256 * 1024
+#: Largest reply frame a client takes: a ``joined`` or ``who`` lists everyone in the room (a room of
+#: 10,000 has about 330 KB of names) beside at most 64 KiB of history.
+MAX_REPLY_FRAME = 4 * 1024 * 1024
+
+
 def tune_connecting(sock: zmq.Socket, curve: keys.CurveKeys | None, linger_ms: int = LINGER_MS) -> None:
-    """Options of a socket that connects to a broker (or a relay): reconnection, and CURVE if given."""
+    """Options of a socket that connects to a broker (or a relay): reconnection, the largest frame it
+    takes (``MAX_FEED_FRAME``, ``MAX_REPLY_FRAME``: a broker sends nothing larger, so a larger frame is
+    someone else's, and libzmq drops that connection before it is held), and CURVE if given."""
     sock.setsockopt(zmq.IPV6, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FEED_FRAME if sock.type in (zmq.SUB, zmq.XSUB) else MAX_REPLY_FRAME)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)

@@ -7,11 +7,13 @@ pass; ``test_session_properties.py`` drives the session against the real ChatCor
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 import messages as m
 from session import (
     HELLO_RETRY_S,
+    MAX_FILLS,
     MISSED_HEARTBEATS,
     Acked,
     Change,
@@ -138,6 +140,9 @@ def test_a_new_epoch_resumes_the_session_and_resends_first_and_rejoins_quietly()
     said = session.say("general", "typed before the restart", T0)
     sent(session)
     session.feed(b'{"type":"heartbeat","epoch":"e2","ts":1}', T0 + 1)
+    assert session.state is State.READY  # the feed alone is not believed (a relay pointed elsewhere?)
+    assert [f["type"] for f in sent(session)] == ["ping"]  # the broker itself is asked
+    session.reply(b'{"type":"pong","epoch":"e2","session":false}', T0 + 1)
     assert session.state is State.RESUMING
     [hello] = sent(session)
     assert hello["type"] == "hello" and hello["resume"] is True
@@ -234,3 +239,120 @@ def test_the_next_deadline_is_never_in_the_past_while_the_broker_is_away() -> No
         assert deadline > now
         now = deadline
     assert now - T0 > 100 * min(session.heartbeat, HELLO_RETRY_S[1]) / 2  # woke at most ~twice a second
+
+
+# --- what a review and an attack found (each failed before its fix) -------------------------------------
+
+
+def test_a_join_the_transport_dropped_is_asked_again_until_answered() -> None:
+    session = ready()
+    session.join("dev", T0)
+    session.blocked(T0)  # no connection: the frame is gone
+    assert session.outbox == deque()
+    session.tick(T0 + session.ack_timeout)
+    assert [f["room"] for f in sent(session) if f["type"] == "join"] == ["dev"]
+    events = reply(session, T0 + 3.1, joined(seq=4, room="dev"))
+    assert [type(e) for e in events if not isinstance(e, Status)] == [m.Joined] and "dev" in session.rooms
+    session.tick(T0 + 10)
+    assert not [f for f in sent(session) if f["type"] == "join"]  # answered: asked no more
+
+
+def test_a_join_asked_during_an_outage_is_sent_after_the_welcome_and_a_leave_is_not_undone() -> None:
+    session = ready()
+    session.reply(b'{"type":"pong","epoch":"e2","session":false}', T0)  # the broker restarted
+    session.join("dev", T0)
+    session.leave("general", T0)
+    assert [f["type"] for f in sent(session)] == ["hello"]  # nothing else can go before the welcome
+    reply(session, T0 + 1, welcome(epoch="e2"))
+    assert sorted(f["type"] + " " + f["room"] for f in sent(session)) == ["join dev", "leave general"]
+    session.tick(T0 + 2)
+    assert [f["rooms"] for f in sent(session) if f["type"] == "hello"] == []
+
+
+def test_a_fill_keeps_only_events_of_its_room() -> None:
+    session = ready()
+    session.feed(b'{"type":"head","room":"general","seq":3}', T0)
+    [fill] = [f for f in sent(session) if f["type"] == "history"]
+    stray = {"type": "msg", "room": "dev", "user": "x", "text": "not general", "id": "a", "seq": 1, "ts": 1}
+    reply(session, T0, {"type": "history", "room": "general", "events": [stray], "seq": 3, "more": True})
+    assert session.sequencer.last["general"] == 0 and fill["after"] == 0
+
+
+def test_a_fill_that_brings_nothing_is_not_asked_again_at_once() -> None:
+    session = ready()
+    session.feed(b'{"type":"head","room":"general","seq":3}', T0)
+    sent(session)
+    for _ in range(5):
+        reply(session, T0, {"type": "history", "room": "general", "events": [], "seq": 3, "more": True})
+    assert [f for f in sent(session) if f["type"] == "history"] == []  # its timer asks again, later
+
+
+def test_the_callers_history_is_not_taken_for_a_fill() -> None:
+    session = ready()
+    session.feed(b'{"type":"head","room":"general","seq":1}', T0)  # a fill goes out
+    session.history("general", T0)  # and then the caller's own
+    sent(session)
+    event = {"type": "join", "room": "general", "user": "bob", "seq": 1, "ts": 1}
+    first = reply(session, T0, {"type": "history", "room": "general", "events": [event], "seq": 1})
+    second = reply(session, T0, {"type": "history", "room": "general", "events": [event], "seq": 1})
+    assert [type(e) for e in first] == [m.JoinEvent]  # the fill: delivered as an event
+    assert [type(e) for e in second] == [m.History]  # the caller's: handed over as asked
+
+
+def test_an_insane_heartbeat_from_a_broker_is_clamped() -> None:
+    for heartbeat, expected in ((0, 0.05), (-1, 0.05), (1e300, 60.0)):
+        session = ClientSession("alice", T0)
+        sent(session)
+        reply(session, T0, {**welcome(), "heartbeat": heartbeat}, joined())
+        assert session.heartbeat == expected
+        session.tick(T0)
+        assert session.next_deadline() > T0
+
+
+def test_a_feed_heartbeat_with_another_epoch_only_asks_the_broker() -> None:
+    session = ready()
+    for epoch in ("x", "e1", "y", "e1") * 5:  # a relay flapping between brokers
+        session.feed(json.dumps({"type": "heartbeat", "epoch": epoch, "ts": 1}).encode(), T0)
+    assert session.state is State.READY and session.epoch == "e1"
+    assert not any(isinstance(e, Status) for e in session.take_events())
+
+
+def test_a_second_welcome_for_a_hello_said_twice_keeps_the_frame_in_flight() -> None:
+    session = ready()
+    said = session.say("general", "hi", T0)
+    sent(session)
+    assert reply(session, T0, welcome()) == []
+    assert said in session.in_flight and sent(session) == []
+
+
+def test_every_message_of_a_refused_batch_costs_one_wait_and_one_notice() -> None:
+    session = ready()
+    ids = session.say_many("general", [f"m{i}" for i in range(10)], T0)
+    sent(session)
+    errors = [{"type": "error", "code": "unavailable", "detail": "disk full", "id": i} for i in ids]
+    events = reply(session, T0, *errors)
+    assert len([e for e in events if isinstance(e, Failed)]) == 1
+    session.tick(T0 + 0.25)
+    [batch] = sent(session)
+    assert [env["id"] for env in batch] == ids  # sent again after the first wait, in order
+
+
+def test_a_resuming_hello_refused_for_good_closes_the_session() -> None:
+    session = ready()
+    session.reply(b'{"type":"pong","epoch":"e2","session":false}', T0)
+    hello = [f for f in sent(session) if f["type"] == "hello"][-1]
+    events = reply(session, T0, {"type": "error", "code": "too_many_rooms", "detail": "no", "id": hello["id"]})
+    assert session.state is State.CLOSED and isinstance(events[-1], Failed)
+
+
+def test_an_observer_asks_a_few_histories_at_a_time() -> None:
+    session = ClientSession(None, T0)
+    sent(session)
+    reply(session, T0, {"type": "rooms", "rooms": {f"r{i}": 0 for i in range(100)}, "history_id": "h"})
+    for i in range(100):  # every room has a hole
+        event = {"type": "msg", "room": f"r{i}", "user": "u", "text": "t", "id": "x", "seq": 5, "ts": 1}
+        session.feed(json.dumps(event).encode(), T0)
+    fills = [f for f in sent(session) if f["type"] == "history"]
+    assert len(fills) == MAX_FILLS
+    reply(session, T0, {"type": "history", "room": fills[0]["room"], "events": [], "seq": 5})
+    assert len([f for f in sent(session) if f["type"] == "history"]) == 1  # the next room's turn

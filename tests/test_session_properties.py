@@ -35,6 +35,7 @@ NAMES = ("alice", "bob")
 OBSERVER = "logger"
 PEERS = (*NAMES, OBSERVER)
 ROOM = "general"
+OTHER_ROOM = "dev"
 #: A small burst, so writing in bursts meets the rate limit and its retry-later errors.
 CONFIG = dataclasses.replace(ChatConfig(), rate_limit=20.0, rate_burst=8.0, heartbeat=1.0, session_timeout=5.0)
 
@@ -51,6 +52,7 @@ class Peer:
     feed: list[bytes] = dataclasses.field(default_factory=list)
     topics: set[bytes] = dataclasses.field(default_factory=set)
     written: list[str] = dataclasses.field(default_factory=list)  # texts, in the order written
+    rooms: set[str] = dataclasses.field(default_factory=lambda: {ROOM})  # the rooms it last asked to be in
     acked: dict[str, int] = dataclasses.field(default_factory=dict)  # text -> times acked
     seen: dict[tuple[str | None, str], int] = dataclasses.field(default_factory=dict)  # (history, room) -> last seq
     delivered: dict[tuple[str | None, str], list[int]] = dataclasses.field(default_factory=dict)  # ... -> seqs
@@ -164,6 +166,20 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
             text = f"{name}-{len(peer.written)}"
             peer.session.say(ROOM, text, self.now)
             peer.written.append(text)
+        self.run_session(peer)
+
+    @rule(name=st.sampled_from(NAMES), join=st.booleans())
+    def join_or_leave(self, name: str, join: bool) -> None:
+        """Membership changes, whatever the network does meanwhile: each is asked again until answered."""
+        peer = self.peers[name]
+        if peer.session.closed:
+            return
+        if join:
+            peer.session.join(OTHER_ROOM, self.now)
+            peer.rooms.add(OTHER_ROOM)
+        else:
+            peer.session.leave(OTHER_ROOM, self.now)
+            peer.rooms.discard(OTHER_ROOM)
         self.run_session(peer)
 
     # --- rules: the network ---------------------------------------------------------------------
@@ -308,7 +324,11 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
                 self.run_session(peer)
             if not moved:
                 quiet = all(
-                    p.session.state is State.READY and not p.session.queue and not p.session.sequencer.held
+                    p.session.state is State.READY
+                    and not p.session.queue
+                    and not p.session.sequencer.held
+                    and not p.session._joining
+                    and not p.session._leaving
                     for p in self.peers.values()
                 )
                 if quiet and self.now > quiet_since + 3:  # and the catch-up fetches after joining ran
@@ -332,6 +352,10 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
             assert not never, (name, never[:5])
             twice = [text for text, n in peer.acked.items() if n > 1]
             assert not twice, (name, twice[:5])
+            if name != OBSERVER:  # in the rooms it last asked for, by its own account and the broker's
+                session = self.core.sessions.get(peer.routing_id)
+                assert session is not None and set(session.rooms) == peer.rooms, (name, peer.rooms)
+                assert set(peer.session.rooms) == peer.rooms, (name, peer.session.rooms, peer.rooms)
             if self.persistent:
                 stored = {text for (_, user, text) in self.published if user == name}
                 assert stored == set(peer.written), (name, set(peer.written) - stored)
