@@ -20,6 +20,13 @@ from typing import Protocol
 
 #: Events held per room while waiting for a gap to be filled; past this the hole is skipped.
 MAX_HELD_PER_ROOM = 10_000
+#: The same in bytes (as Python holds them, estimated), per room and for all rooms together: past either,
+#: the newest held events (of the room holding most) are let go, to be fetched with the hole before them,
+#: so what a feed can make a client hold stays bounded (by these, plus one event per room).
+MAX_HELD_BYTES_PER_ROOM = 16 * 1024 * 1024
+MAX_HELD_BYTES = 64 * 1024 * 1024
+#: What holding one event costs beyond its text (the object, its fields, the dict slot).
+HELD_OVERHEAD = 400
 
 
 class Sequenced(Protocol):
@@ -45,6 +52,8 @@ class FeedSequencer:
         self.unknown_baseline = unknown_baseline
         self.last: dict[str, int] = {}
         self.held: dict[str, dict[int, Sequenced]] = {}
+        self.held_bytes: dict[str, int] = {}  # per room, estimated (``_cost``)
+        self.total_bytes = 0
         self.lost = 0  # events skipped because the broker no longer had them
         self.filled = 0  # events that came from history, not the feed (the feed dropped them, or was late)
 
@@ -60,9 +69,10 @@ class FeedSequencer:
             self.last[room] = head
             held = self.held.get(room, {})
             for seq in [s for s in held if s <= head]:
-                del held[seq]  # held before the baseline, and older than it: known already
+                self._drop(room, seq)  # held before the baseline, and older than it: known already
             if not held:
                 self.held.pop(room, None)
+                self.total_bytes -= self.held_bytes.pop(room, 0)
         ready, fetch = self._settle(room)
         if fetch is None and head > self.last[room]:
             fetch = self.last[room]
@@ -71,11 +81,14 @@ class FeedSequencer:
     def forget(self, room: str) -> None:
         self.last.pop(room, None)
         self.held.pop(room, None)
+        self.total_bytes -= self.held_bytes.pop(room, 0)
 
     def reset(self) -> None:
         """The broker's history started over (a new database, or none): every seq we hold is void."""
         self.last.clear()
         self.held.clear()
+        self.held_bytes.clear()
+        self.total_bytes = 0
 
     def push(self, event: Sequenced) -> Settled:
         room, seq = event.room, event.seq
@@ -122,12 +135,34 @@ class FeedSequencer:
 
     def _hold(self, room: str, event: Sequenced) -> None:
         held = self.held.setdefault(room, {})
+        if event.seq in held:
+            return
         held[event.seq] = event
+        self._count(room, _cost(event))
         if len(held) > MAX_HELD_PER_ROOM:
             if room in self.last:
                 self._skip_to(room, min(held))
             else:
-                del held[min(held)]  # no baseline yet: the oldest can be fetched again once there is one
+                self._drop(room, min(held))  # no baseline yet: the oldest can be fetched again once there is one
+        while self.held_bytes[room] > MAX_HELD_BYTES_PER_ROOM and len(held) > 1:
+            self._drop(room, max(held))
+        while self.total_bytes > MAX_HELD_BYTES:
+            largest = max(self.held_bytes, key=self.held_bytes.__getitem__)
+            if len(self.held[largest]) <= 1:
+                break
+            self._drop(largest, max(self.held[largest]))
+
+    # Past a byte bound, held events are let go newest first: nothing is lost by it, as the room's first
+    # hole stays (its oldest held event shows it) and the fetch that fills it brings everything after it.
+
+    def _count(self, room: str, cost: int) -> None:
+        self.held_bytes[room] = self.held_bytes.get(room, 0) + cost
+        self.total_bytes += cost
+
+    def _drop(self, room: str, seq: int) -> Sequenced:
+        event = self.held[room].pop(seq)
+        self._count(room, -_cost(event))
+        return event
 
     def _skip_to(self, room: str, first: int) -> None:
         self.lost += max(0, first - self.last[room] - 1)
@@ -140,10 +175,17 @@ class FeedSequencer:
         nxt = self.last[room] + 1
         ready = []
         while nxt in held:
-            ready.append(held.pop(nxt))
+            ready.append(self._drop(room, nxt))
             nxt += 1
         self.last[room] = nxt - 1  # nothing at or below it is held: push and fill hold only what is newer
         if held:
             return ready, self.last[room]
         del self.held[room]
+        self.total_bytes -= self.held_bytes.pop(room, 0)
         return ready, None
+
+
+def _cost(event: Sequenced) -> int:
+    """What holding ``event`` costs, estimated: its text at up to 4 bytes a character, and the rest."""
+    text = getattr(event, "text", "")
+    return HELD_OVERHEAD + 4 * len(text) if type(text) is str else HELD_OVERHEAD

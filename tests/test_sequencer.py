@@ -309,3 +309,20 @@ def test_events_held_before_expect_are_bounded(monkeypatch: pytest.MonkeyPatch) 
     for n in range(1, 11):
         s.push(ev(n))
     assert len(s.held["general"]) <= 3
+
+
+def test_what_is_held_is_bounded_in_bytes_for_all_rooms_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed of big events beyond holes (a relay gone wrong, an observer of many rooms) holds at most
+    the byte budget and one event per room more: past it, the newest held events are let go (the fetch
+    that fills the hole before them brings them), so nothing is skipped for it."""
+    monkeypatch.setattr(sequencer, "MAX_HELD_BYTES", 100_000)
+    s = FeedSequencer()
+    big = "x" * 4000  # ~16 KB held each
+    for room in ("a", "b", "c"):
+        s.expect(room, 0)
+        for seq in range(2, 40, 2):  # a hole before every event
+            event = m.MsgEvent(room=room, user="u", text=big, id=str(seq), seq=seq)
+            assert s.push(event) == ([], 0)  # held (or let go), and the hole before it fetched
+            assert s.total_bytes <= 100_000 + 3 * sequencer._cost(event)  # the budget, and one event per room
+            assert s.total_bytes == sum(s.held_bytes.values())
+    assert s.lost == 0 and s.total_bytes <= 100_000 + 3 * 16_400
