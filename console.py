@@ -226,8 +226,17 @@ class LineReader(threading.Thread):
         if interactive:
             from prompt_toolkit import PromptSession
             from prompt_toolkit.history import InMemoryHistory
+            from prompt_toolkit.key_binding import KeyBindings
+            from prompt_toolkit.keys import Keys
 
-            self.session = PromptSession(history=InMemoryHistory())
+            bindings = KeyBindings()
+
+            @bindings.add(Keys.Vt100MouseEvent)
+            def _no_mouse(_event: Any) -> None:
+                """A line prompt has no use for the mouse, and prompt_toolkit's own handler crashed the prompt
+                on a report it cannot parse (ESC [ 2 M typed by hand: "Unhandled exception in event loop")."""
+
+            self.session = PromptSession(history=InMemoryHistory(), key_bindings=bindings)
 
     def output_guard(self) -> Any:
         """While reading from a terminal, printed lines go above the prompt, never through the typing."""
