@@ -450,6 +450,12 @@ class ClientSession:
                 self._on_joined(env, now)  # the hello is answered again, joined and all
             case m.Joined():
                 pass
+            case m.Left() if env.room in self._joining:
+                self.rooms.pop(env.room, None)  # a leave asked before the join now on its way: its answer follows
+            case m.Left() if env.room in self.wanted_rooms:  # the answer to a leave asked before a later join
+                self.rooms.pop(env.room, None)
+                self._joining[env.room] = ("left", now)
+                self._ask_membership(env.room, now)  # in again, as last asked
             case m.Left():
                 self._leaving.pop(env.room, None)
                 self._forget_room(env.room)
@@ -512,6 +518,9 @@ class ClientSession:
         self._emit(env)
         for room in [*self._joining, *self._leaving]:  # asked before or during the outage
             self._ask_membership(room, now)
+        for room in self.wanted_rooms:  # the hello's joins: their joined replies are awaited like any join's
+            if room not in self._joining:  # (one lost, the room's baseline would never come: asked again)
+                self._joining[room] = ("welcome", now)
         self._replay_waiting_feed(now)
 
     def _on_joined(self, env: m.Joined, now: float) -> None:
@@ -779,6 +788,8 @@ class ClientSession:
             self._leaving[room] = (self._send(Control.LEAVE, {"type": "leave", "room": room}), now)
 
     def _membership_of(self, request_id: str) -> str | None:
+        if not request_id:
+            return None
         for pending in (self._joining, self._leaving):
             for room, (sent_as, _) in pending.items():
                 if sent_as == request_id:

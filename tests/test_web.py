@@ -393,7 +393,7 @@ def test_gateway_talks_to_a_curve_broker(harness: Harness, tmp_path: Path) -> No
         pool.submit(asyncio.run, _two_sessions_chat(url)).result(timeout=60)
 
 
-#: The feed sequencer's shared vectors: tests/test_sequencer_vectors.py runs them on sequencer.FeedSequencer
+#: The feed sequencer's shared vectors: tests/sansio/test_sequencer_vectors.py runs them on sequencer.FeedSequencer
 #: and, in Node, on static/chat.js; here they run in the page as the browser loads it.
 SEQUENCER_VECTORS: list[dict[str, Any]] = msgspec.json.decode(
     (ROOT / "tests" / "vectors" / "sequencer.json").read_bytes()

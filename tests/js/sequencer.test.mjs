@@ -1,5 +1,5 @@
 // Runs the shared feed sequencer vectors (tests/vectors/sequencer.json) on static/chat.js's FeedSequencer,
-// the port of sequencer.FeedSequencer that tests/test_sequencer_vectors.py runs them on.
+// the port of sequencer.FeedSequencer that tests/sansio/test_sequencer_vectors.py runs them on.
 //
 //   node tests/js/sequencer.test.mjs [VECTORS]
 //

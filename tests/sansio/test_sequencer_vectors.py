@@ -19,7 +19,7 @@ import messages as m
 import sequencer
 from sequencer import FeedSequencer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "sequencer.json").read_text())
 CASES: list[dict[str, Any]] = VECTORS["cases"]
 NODE_TEST = ROOT / "tests" / "js" / "sequencer.test.mjs"

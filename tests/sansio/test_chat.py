@@ -27,9 +27,11 @@ def replies(out: list, peer: bytes | None = None) -> list[dict]:
 
 
 def publishes(out: list, topic: bytes | None = None) -> list[dict]:
-    return [
+    """What was published (on ``topic``), but the rooms' ``head`` frames: those are not events."""
+    envs = [
         msgspec.json.decode(o.payload) for o in out if isinstance(o, Publish) and (topic is None or o.topic == topic)
     ]
+    return [env for env in envs if env["type"] != "head"]
 
 
 def types(out: list) -> list[str]:

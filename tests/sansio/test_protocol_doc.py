@@ -15,7 +15,7 @@ import messages as m
 from chat import ChatConfig, ChatCore, Publish, Reply
 from store import MemoryStore
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 A, B, C = b"peer-a", b"peer-b", b"peer-c"
 LONG_ID = "i" * (m.MAX_ID_CHARS + 1)
 
