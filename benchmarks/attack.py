@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 
 import keys  # noqa: E402
 import messages as m  # noqa: E402
+from benchmarks.procs import Child, cpu_seconds, free_port, python, status_kib  # noqa: E402
 from chat import ChatConfig  # noqa: E402
 
 MIB = 1024 * 1024
@@ -102,27 +103,9 @@ def now() -> float:
     return time.monotonic()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def via(source: str, endpoint: str) -> str:
     """``tcp://127.0.0.1:PORT`` connected from ``source``: ZeroMQ's ``tcp://SRC:0;DST`` form."""
     return endpoint.replace("tcp://", f"tcp://{source}:0;", 1)
-
-
-def status_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in KiB (empty if it is gone)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return {}
-    return out
 
 
 def p99(values: list[float]) -> float:
@@ -162,100 +145,16 @@ def _drop_dac_capabilities() -> None:
         libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
 
 
-class Child:
-    """A process of ours whose output lines are collected by a thread (and copied to a log file)."""
+def _child_setup_without_dac() -> None:
+    _child_setup()
+    _drop_dac_capabilities()  # root writes anything: without these a mode 0444 file is read-only to it
 
-    def __init__(self, argv: list[str], name: str, logdir: Path, drop_dac: bool = False) -> None:
-        self.name = name
-        self.argv = argv
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._log = open(logdir / f"{name}.log", "a", buffering=1)  # noqa: SIM115 (closed by the pump)
 
-        def setup() -> None:
-            _child_setup()
-            if drop_dac:  # root writes anything: without these capabilities a mode 0444 file is read-only to it
-                _drop_dac_capabilities()
-
-        self.popen = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            preexec_fn=setup,
-        )
-        self._pumper = threading.Thread(target=self._pump, daemon=True)
-        self._pumper.start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self._log.write(line)
-            with self._cond:
-                if len(self.lines) < 20_000:
-                    self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-        self._log.close()
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def expect(self, pattern: str, timeout: float) -> re.Match[str] | None:
-        """The first output line (from the start) matching ``pattern``; None at the deadline or once it exited
-        without printing one."""
-        regex = re.compile(pattern)
-        deadline = now() + timeout
-        seen = 0
-        while True:
-            exited = not self._pumper.is_alive()  # its output has ended: every line is in
-            with self._cond:
-                for line in self.lines[seen:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                seen = len(self.lines)
-                left = deadline - now()
-                if left <= 0 or exited:
-                    return None
-                self._cond.wait(min(left, 0.1))
-
-    def text(self) -> str:
-        """Everything it printed so far (all of it, once it has exited)."""
-        if self.popen.poll() is not None:
-            self._pumper.join(5)
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_exit(self, timeout: float) -> int | None:
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._pumper.join(5)
-        return code
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            if self.wait_exit(timeout) is None:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
+def spawn(argv: list[str], name: str, logdir: Path, drop_dac: bool = False) -> Child:
+    """A script of this project as a process of ours (``benchmarks.procs.Child``): its output lines are kept
+    (the first 20,000) and copied to ``logdir/NAME.log``."""
+    setup = _child_setup_without_dac if drop_dac else _child_setup
+    return Child(python(*argv), name, log=logdir / f"{name}.log", keep=20_000, setup=setup)
 
 
 class Sampler(threading.Thread):
@@ -643,8 +542,8 @@ class Lab:
 
     def start_broker(self) -> None:
         argv = ["broker.py", "--router", self.router, "--pub", self.pub, "--db", str(self.db)]
-        self.broker = Child(argv, "broker", self.work)
-        if self.broker.expect(r"feed\s+\(PUB\):", 20) is None:
+        self.broker = spawn(argv, "broker", self.work)
+        if self.broker.search(r"feed\s+\(PUB\):", 20) is None:
             raise RuntimeError(f"the broker did not start:\n{self.broker.text()}")
 
     def start_gateway(self) -> None:
@@ -652,16 +551,16 @@ class Lab:
         if self.quick and _web_option("--slow-consumer-timeout", 0.0):
             argv += ["--slow-consumer-timeout", "1"]  # so that attack 12 sees the disconnect within seconds
             self.gateway_slow_consumer = 1.0
-        self.gateway = Child(argv, "gateway", self.work)
-        match = self.gateway.expect(r"open (http://\S+/)", 20)
+        self.gateway = spawn(argv, "gateway", self.work)
+        match = self.gateway.search(r"open (http://\S+/)", 20)
         if match is None:
             raise RuntimeError(f"the gateway did not start:\n{self.gateway.text()}")
         self.gateway_url = match.group(1).replace("http://", "ws://") + "ws"
 
     def start_relay(self) -> None:
         argv = ["relay.py", "--router", self.router, "--pub", self.pub, "--listen", self.relay_ep]
-        self.relay = Child(argv, "relay", self.work)
-        if self.relay.expect(r"feed for subscribers:", 20) is None:
+        self.relay = spawn(argv, "relay", self.work)
+        if self.relay.search(r"feed for subscribers:", 20) is None:
             raise RuntimeError(f"the relay did not start:\n{self.relay.text()}")
 
     def start_honest(self) -> None:
@@ -711,7 +610,7 @@ class Lab:
         """Stop (SIGTERM) and start again the broker or the gateway."""
         child, start = {"broker": (self.broker, self.start_broker), "gateway": (self.gateway, self.start_gateway)}[name]
         if child is not None:
-            child.stop()
+            child.stop(grace=5.0)
         self.restarts[f"{name} (over its RSS bound)"] += 1
         start()
 
@@ -719,7 +618,7 @@ class Lab:
         self.sampler.stopped.set()
         for child in (self.gateway, self.relay, self.broker, self.curve_broker):
             if child is not None:
-                child.stop()
+                child.stop(grace=5.0)
         if self.honest is not None and self.honest.poll() is None:
             self.honest.kill()
             self.honest.wait(5)
@@ -729,9 +628,9 @@ class Lab:
         attack left queued is part of the attack.  Returns how long it took."""
         start = now()
         while now() < start + limit and self.broker is not None and self.broker.alive():
-            before, t0 = cpu_seconds(self.broker.pid), now()
+            before, t0 = cpu_seconds(self.broker.pid) or 0.0, now()
             time.sleep(0.1)  # measuring the broker's CPU over this interval
-            if cpu_seconds(self.broker.pid) - before < 0.25 * (now() - t0):
+            if (cpu_seconds(self.broker.pid) or 0.0) - before < 0.25 * (now() - t0):
                 break
         return now() - start
 
@@ -918,8 +817,8 @@ class Lab:
             "--curve",
             str(keydir),
         ]
-        self.curve_broker = Child(argv, "curve-broker", self.work)
-        if self.curve_broker.expect(r"feed\s+\(PUB\):", 20) is None:
+        self.curve_broker = spawn(argv, "curve-broker", self.work)
+        if self.curve_broker.search(r"feed\s+\(PUB\):", 20) is None:
             raise RuntimeError(f"the CURVE broker did not start:\n{self.curve_broker.text()}")
 
         def user(name: str) -> keys.CurveKeys:
@@ -960,15 +859,6 @@ def _drain_count(sock: zmq.Socket, counts: collections.Counter, limit: int = 10_
             if env.get("more"):
                 counts["more"] += 1
     return got
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _sleep_until(deadline: float, alive: Callable[[], bool] = lambda: True) -> None:
@@ -1415,16 +1305,16 @@ def attack_relay_plaintext(lab: Lab) -> Check:
     flag = re.search(r"(--[a-z-]*(?:plain|insecure|unencrypted|cleartext|no-curve)[a-z-]*)", helptext)
     base = ["relay.py", "--router", curve["router"], "--pub", curve["pub"], "--server-key", str(keydir / "broker.key"),
             "--key", str(keydir / "users" / "relay10.key_secret")]  # fmt: skip
-    relay = Child([*base, "--listen", f"tcp://127.0.0.1:{free_port()}"], "relay-plain", lab.work)
-    started = relay.expect(r"feed for subscribers:", 8) is not None and relay.alive()
-    relay.stop()
+    relay = spawn([*base, "--listen", f"tcp://127.0.0.1:{free_port()}"], "relay-plain", lab.work)
+    started = relay.search(r"feed for subscribers:", 8) is not None and relay.alive()
+    relay.stop(grace=5.0)
     code = relay.popen.returncode
     refused = not started and code not in (0, None)
     with_flag = None
     if flag:
-        opt_in = Child([*base, "--listen", f"tcp://127.0.0.1:{free_port()}", flag.group(1)], "relay-optin", lab.work)
-        with_flag = opt_in.expect(r"feed for subscribers:", 8) is not None
-        opt_in.stop()
+        opt_in = spawn([*base, "--listen", f"tcp://127.0.0.1:{free_port()}", flag.group(1)], "relay-optin", lab.work)
+        with_flag = opt_in.search(r"feed for subscribers:", 8) is not None
+        opt_in.stop(grace=5.0)
     ok = refused and bool(flag) and bool(with_flag)
     said = relay.text().strip().splitlines()[-1:] if refused else []
     notes = (
@@ -1739,10 +1629,10 @@ def attack_database(lab: Lab) -> Check:
     assert lab.broker is not None
     problems, notes = [], []
     argv = ["broker.py", "--router", f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}"]
-    second = Child([*argv, "--db", str(lab.db)], "broker-second", lab.work)
-    started = second.expect(r"feed\s+\(PUB\):", 5) is not None
+    second = spawn([*argv, "--db", str(lab.db)], "broker-second", lab.work)
+    started = second.search(r"feed\s+\(PUB\):", 5) is not None
     code = second.wait_exit(0 if started else 5)
-    second.kill()
+    second.stop()
     text = second.text()
     if started or code in (0, None):
         problems.append("a second broker started on the same database")
@@ -1760,9 +1650,9 @@ def attack_database(lab: Lab) -> Check:
     os.chmod(rodb, 0o444)
     os.chmod(rodir, 0o555)
     router = f"tcp://127.0.0.1:{free_port()}"
-    ro = Child(["broker.py", "--router", router, "--pub", f"tcp://127.0.0.1:{free_port()}", "--db", str(rodb)],
+    ro = spawn(["broker.py", "--router", router, "--pub", f"tcp://127.0.0.1:{free_port()}", "--db", str(rodb)],
                "broker-readonly", lab.work, drop_dac=True)  # fmt: skip
-    started = ro.expect(r"feed\s+\(PUB\):", 8) is not None
+    started = ro.search(r"feed\s+\(PUB\):", 8) is not None
     if started:
         sock = lab.dealer(router=router)
         welcome = lab.call(sock, {"type": "hello", "user": "ro15"}, _kind("welcome", "error"), 3.0)
@@ -1782,7 +1672,7 @@ def attack_database(lab: Lab) -> Check:
             problems.append(f"read-only: exit {code} with {said[-60:]!r}")
         else:
             notes.append(f"read-only: exit {code} ({said.splitlines()[-1][:60]})")
-    ro.kill()
+    ro.stop()
     if "Traceback" in ro.text():
         problems.append("read-only: traceback")
     os.chmod(rodir, 0o755)

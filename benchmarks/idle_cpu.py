@@ -34,31 +34,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
-import pty
 import re
 import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.procs import Child, cpu_seconds, python  # noqa: E402
+
 LIMIT_PCT = 2.0
 READY_S = 20.0  # how long a program may take to connect (a cold start imports a lot)
 NOTICE_S = 30.0  # how long a program may take to say the broker is gone
 MISSED_HEARTBEATS = 3  # as client.py and chat.js: heartbeats missed before the connection counts as lost
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|\r")
 #: What a program prints when a third-party module or a display it needs is missing: its row is skipped, not
 #: failed.  A module of this project that cannot be imported is a bug, not a missing dependency.
 THIRD_PARTY = ("tkinter", "_tkinter", "aiohttp", "zmq", "msgspec", "prompt_toolkit")
@@ -68,93 +66,13 @@ MISSING = re.compile(
 PROGRAMS = ("console", "window", "logger", "gateway")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (all its threads), from /proc/PID/stat; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _controlling_tty() -> None:
-    """In the console's child: make its pty (stdin) the controlling terminal, as a terminal emulator does."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-class Program:
-    """A child process whose output (a pipe, or a pty) a thread keeps reading, so it never blocks on a full
-    buffer, and which can be awaited on what it printed with a deadline."""
+class Program(Child):
+    """A program of this project (the shared ``benchmarks.procs.Child``): its output on a pipe or, with ``tty``,
+    on a pseudo-terminal of its own (its controlling terminal, as a terminal emulator gives it), read by a
+    thread so it never blocks, and searched with ``search(pattern, timeout, start)``."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, tty: bool = False) -> None:
-        self.name = name
-        self._buf = bytearray()
-        self._cond = threading.Condition()
-        self._ended = False
-        env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-        if tty:
-            master, slave = pty.openpty()
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-            env.update(TERM="xterm", COLUMNS="120", LINES="40", PROMPT_TOOLKIT_NO_CPR="1")  # nobody answers CPR
-            self.popen = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=ROOT,
-                env=env,
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                start_new_session=True,
-                preexec_fn=_controlling_tty,
-            )
-            os.close(slave)
-            self._fd = master
-        else:
-            self.popen = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            assert self.popen.stdout is not None
-            self._fd = self.popen.stdout.fileno()
-        threading.Thread(target=self._pump, name=f"read {name}", daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _pump(self) -> None:
-        while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except OSError:  # EIO: a pty whose other side has closed
-                data = b""
-            with self._cond:
-                if not data:
-                    self._ended = True
-                    self._cond.notify_all()
-                    return
-                self._buf += data
-                self._cond.notify_all()
-
-    def text(self) -> str:
-        """Everything it printed so far, escape sequences removed."""
-        with self._cond:
-            return ANSI.sub("", self._buf.decode("utf-8", "replace"))
-
-    def expect(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str] | None:
-        """The first match of ``pattern`` in its output from ``start`` on; None at the deadline or at its end."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                match = regex.search(ANSI.sub("", self._buf.decode("utf-8", "replace")), start)
-                left = deadline - time.monotonic()
-                if match or self._ended or left <= 0:
-                    return match
-                self._cond.wait(left)
+        super().__init__(python(*argv), name, env=env, tty=(120, 40) if tty else None, timeout=READY_S)
 
     def missing(self) -> str | None:
         """The line of its output naming a missing dependency, if any."""
@@ -169,15 +87,6 @@ class Program:
         lines = [line for line in self.text().splitlines() if line.strip()]
         state = "still running" if self.popen.poll() is None else f"exit {self.popen.returncode}"
         return f"{state}: {lines[-1].strip() if lines else 'no output'}"
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-        if self.popen.stdout is None:  # the pty's master is ours to close
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
 
 
 class Page(threading.Thread):
@@ -336,8 +245,8 @@ class Bench:
     def start(self) -> None:
         self.broker = Program("broker", ["broker.py", "--router", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
                                          "--db", ":memory:"])  # fmt: skip
-        router = self.broker.expect(r"inbox \(ROUTER\):\s+(\S+)", READY_S)
-        pub = self.broker.expect(r"feed  \(PUB\):\s+(\S+)", READY_S)
+        router = self.broker.search(r"inbox \(ROUTER\):\s+(\S+)", READY_S)
+        pub = self.broker.search(r"feed  \(PUB\):\s+(\S+)", READY_S)
         if router is None or pub is None:
             raise RuntimeError(f"the broker did not start: {self.broker.why_not()}")
         ends = ["--router", router.group(1), "--pub", pub.group(1)]
@@ -365,7 +274,7 @@ class Bench:
         row = self.rows[name]
         if row.program is None:
             return None
-        match = row.program.expect(pattern, READY_S)
+        match = row.program.search(pattern, READY_S)
         if match is None:
             missing = row.program.missing()
             if missing:
@@ -422,7 +331,7 @@ class Bench:
             program = self.rows[name].program
             if program is not None:
                 left = NOTICE_S - (time.monotonic() - began)
-                if program.expect(pattern, max(0.0, left), start=marks[name]) is None:
+                if program.search(pattern, max(0.0, left), start=marks[name]) is None:
                     self.rows[name].notes.append(f"never said it lost the connection ({program.why_not()})")
                 else:
                     self.rows[name].noticed = time.monotonic() - began

@@ -10,9 +10,11 @@ Every role talks to its coordinator the same way: it prints ``READY`` once conne
     python benchmarks/loadgen.py sub --kind broker --endpoint tcp://127.0.0.1:5556 --count 5
 
 Kinds: ``broker`` (our broker: hello first, acks consumed), ``zmq`` (a bare ROUTER->PUB loop or
-zmq.proxy: no replies), ``tcp`` (the thread-per-client relay: newline-delimited lines), ``redis``
-and ``nats``.  Every message carries its send time and a per-publisher number in its text, so
-subscribers measure end-to-end latency and count what went missing.
+zmq.proxy: no replies), ``tcp`` (the thread-per-client relay: newline-delimited lines), ``redis`` and
+``nats`` (pub/sub), and the durable ones: ``jetstream`` (publishers await JetStream's acks; subscribers
+follow the stream's subject) and ``redis-streams`` (XADD, whose reply is the ack; readers XREAD).
+``setup`` makes what a system needs first (JetStream's stream).  Every message carries its send time and a
+per-publisher number in its text, so subscribers measure end-to-end latency and count what went missing.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import select
 import selectors
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import messages as m  # noqa: E402
+from benchmarks.procs import raise_fd_limit  # noqa: E402
 
 #: Every message's text starts with these fields; subscribers find them after this marker.
 TEXT_MARK = b'"text":"'
@@ -258,66 +260,96 @@ def pub_tcp(args: argparse.Namespace) -> None:
 
 
 def pub_redis(args: argparse.Namespace) -> None:
-    """redis-py, PUBLISH pipelined 100 at a time (fewer when paced: what is due goes in one pipeline)."""
+    """redis-py, ``--in-flight`` commands pipelined at a time (fewer when paced: what is due goes in one
+    pipeline): PUBLISH for pub/sub; XADD for Streams, where each reply (the entry's id) is the message's ack."""
     import redis
 
     host, port = args.endpoint.rsplit(":", 1)
     client = redis.Redis(host=host, port=int(port), socket_timeout=10)
     client.ping()
+    streams = args.kind == "redis-streams"
     schedule = ready()
     rate = Rate(args.rate, max(now_ns(), schedule["start"]))
     end = schedule["end"]
     prefix = f"p{args.index}-".encode()
     pipe = client.pipeline(transaction=False)
-    sent = 0
+    sent = acked = errors = 0
 
     def snap() -> list[int]:
-        return [sent, 0, 0]
+        return [sent, acked, errors]
 
     marks = Marks(schedule, snap)
     while True:
         now = now_ns()
         if now >= end:
             break
-        due = rate.due(sent, now, 100)
+        due = rate.due(sent, now, args.in_flight)
         if not due:
             time.sleep(max(rate.wait_ms(sent, now), 1) / 1000)
             continue
         for i in range(due):
-            pipe.publish(ROOM, make_message(args.index, sent + i, now_ns(), prefix))
-        pipe.execute()
+            data = make_message(args.index, sent + i, now_ns(), prefix)
+            if streams:
+                pipe.xadd(ROOM, {"m": data})
+            else:
+                pipe.publish(ROOM, data)
+        failed = sum(isinstance(reply, Exception) for reply in pipe.execute(raise_on_error=False))
         sent += due
-    finish(role="pub", kind="redis", windows=marks.close(), total=snap())
+        acked += due - failed
+        errors += failed
+    finish(role="pub", kind=args.kind, windows=marks.close(), total=snap())
     client.close()
 
 
 def pub_nats(args: argparse.Namespace) -> None:
-    """nats-py: publish (buffered by the client, flushed by its flusher task), yielding every 100."""
+    """nats-py.  Core NATS: publish (buffered by the client, flushed by its flusher task), yielding every 100.
+    JetStream: ``publish_async``, each message's ack a future, at most ``--in-flight`` unacked at a time (the
+    client's own limit: it waits for acks when there are that many)."""
     import nats
+    from nats.js.errors import TooManyStalledMsgsError
 
     async def main() -> None:
         nc = await nats.connect(f"nats://{args.endpoint}", connect_timeout=10, allow_reconnect=False)
+        js = nc.jetstream(publish_async_max_pending=args.in_flight) if args.kind == "jetstream" else None
         schedule = await asyncio.get_running_loop().run_in_executor(None, ready)
         rate = Rate(args.rate, max(now_ns(), schedule["start"]))
         end = schedule["end"]
         prefix = f"p{args.index}-".encode()
-        sent = 0
+        sent = acked = errors = 0
 
         def snap() -> list[int]:
-            return [sent, 0, 0]
+            return [sent, acked, errors]
+
+        def done(future: asyncio.Future) -> None:
+            nonlocal acked, errors
+            if future.cancelled() or future.exception() is not None:
+                errors += 1
+            else:
+                acked += 1
 
         marks = Marks(schedule, snap)
         while True:
             now = now_ns()
             if now >= end:
                 break
-            due = rate.due(sent, now, 100)
-            for _ in range(due):
-                await nc.publish(ROOM, make_message(args.index, sent, now_ns(), prefix))
+            for _ in range(rate.due(sent, now, 100)):
+                data = make_message(args.index, sent, now_ns(), prefix)
+                if js is None:
+                    await nc.publish(ROOM, data)
+                else:
+                    try:  # waits while --in-flight messages have no ack yet; the clock is checked every 0.1 s
+                        future = await js.publish_async(ROOM, data, wait_stall=0.1)
+                    except TooManyStalledMsgsError:
+                        break
+                    future.add_done_callback(done)
                 sent += 1
             await asyncio.sleep(max(1, rate.wait_ms(sent, now_ns())) / 1000 if args.rate else 0)
-        await nc.flush(timeout=10)
-        finish(role="pub", kind="nats", windows=marks.close(), total=snap())
+        if js is None:
+            await nc.flush(timeout=10)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(js.publish_async_completed(), 10)
+        finish(role="pub", kind=args.kind, windows=marks.close(), total=snap())
         await nc.close()
 
     asyncio.run(main())
@@ -436,7 +468,8 @@ def _read_greeting(sock: socket.socket) -> None:
 
 
 def _connect_stream(kind: str, endpoint: str) -> socket.socket:
-    """A subscribed stream socket: a thread-relay client, a Redis SUBSCRIBE or a NATS SUB (raw protocol)."""
+    """A subscribed stream socket: a thread-relay client, a Redis SUBSCRIBE or a NATS SUB (raw protocol; for
+    JetStream too: its stream stores the subject, and subscribers of the subject get each message live)."""
     host, port = endpoint.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -458,6 +491,23 @@ def _connect_stream(kind: str, endpoint: str) -> socket.socket:
     return sock
 
 
+def received(socks: list[socket.socket], end: int, what: str) -> Iterator[tuple[int, bytes]]:
+    """(socket index, bytes) as they arrive on any of ``socks`` (made non-blocking here), until ``end``."""
+    selector = selectors.DefaultSelector()
+    for i, sock in enumerate(socks):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, i)
+    while now_ns() < end:
+        for key, _ in selector.select(0.02):
+            try:
+                data = key.fileobj.recv(1 << 18)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit(f"{what} closed a subscriber's connection")
+            yield key.data, data
+
+
 def sub_stream(args: argparse.Namespace) -> None:
     """Subscribers that read a byte stream (thread relay, Redis, NATS), with light parsers of our own.
 
@@ -468,39 +518,84 @@ def sub_stream(args: argparse.Namespace) -> None:
     socks = [_connect_stream(args.kind, args.endpoint) for _ in range(args.count)]
     schedule = ready()
     tally = Tally(args.count, args.latency, schedule["start"])
-    selector = selectors.DefaultSelector()
     carry = [b""] * args.count
-    for i, sock in enumerate(socks):
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, i)
-    end = schedule["end"]
     keep = len(TEXT_MARK) - 1
     marks = Marks(schedule, lambda: list(tally.counts))
-    while True:
-        now = now_ns()
-        if now >= end:
-            break
-        for key, _ in selector.select(0.02):
-            i = key.data
-            try:
-                data = key.fileobj.recv(1 << 18)  # type: ignore[union-attr]
-            except BlockingIOError:
-                continue
-            if not data:
-                raise SystemExit(f"{args.kind} closed a subscriber's connection")
-            if args.kind == "nats" and b"PING\r\n" in data:
-                socks[i].sendall(b"PONG\r\n")
-            data = carry[i] + data
-            if args.latency:
-                cut = data.rfind(b"\n") + 1
-                tally.raw(i, data[:cut], now_ns(), marks)
-                carry[i] = data[cut:]
-            else:
-                tally.counts[i] += data.count(TEXT_MARK)
-                carry[i] = data[-keep:]
+    for i, chunk in received(socks, schedule["end"], args.kind):
+        if args.kind in ("nats", "jetstream") and b"PING\r\n" in chunk:
+            socks[i].sendall(b"PONG\r\n")
+        data = carry[i] + chunk
+        if args.latency:
+            cut = data.rfind(b"\n") + 1
+            tally.raw(i, data[:cut], now_ns(), marks)
+            carry[i] = data[cut:]
+        else:
+            tally.counts[i] += data.count(TEXT_MARK)
+            carry[i] = data[-keep:]
     tally.result(args, marks)
     for sock in socks:
         sock.close()
+
+
+def resp(*parts: str | bytes) -> bytes:
+    """A Redis command, as RESP."""
+    encoded = [p.encode() if isinstance(p, str) else p for p in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+
+
+def sub_redis_streams(args: argparse.Namespace) -> None:
+    """Readers of a Redis stream: each socket keeps one ``XREAD COUNT 1000 BLOCK 0`` outstanding, from the last
+    entry id it got (at first ``$``: what comes after it connected).  Replies are parsed by hiredis, in C: a
+    client library's per-entry work would cost more than the server we measure."""
+    import hiredis
+
+    host, port = args.endpoint.rsplit(":", 1)
+    socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(args.count)]
+    readers = [hiredis.Reader() for _ in socks]
+    last = [b"$"] * args.count
+
+    def ask(i: int) -> None:
+        socks[i].sendall(resp("XREAD", "COUNT", "1000", "BLOCK", "0", "STREAMS", ROOM, last[i]))
+
+    for i, sock in enumerate(socks):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        ask(i)
+    schedule = ready()
+    tally = Tally(args.count, args.latency, schedule["start"])
+    marks = Marks(schedule, lambda: list(tally.counts))
+    for i, chunk in received(socks, schedule["end"], "redis"):
+        readers[i].feed(chunk)
+        while (reply := readers[i].gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                raise SystemExit(f"XREAD failed: {reply}")
+            entries = reply[0][1]
+            t = now_ns()
+            if args.latency:
+                for _id, fields in entries:
+                    tally.raw(i, fields[1], t, marks)
+            else:
+                tally.counts[i] += len(entries)
+            last[i] = entries[-1][0]
+            ask(i)  # a few bytes: the socket's send buffer has room
+    tally.result(args, marks)
+    for sock in socks:
+        sock.close()
+
+
+def setup(args: argparse.Namespace) -> None:
+    """What a system needs before any load: for JetStream, the stream of the room's subject (file storage,
+    one replica, the server's default limits).  Prints READY once it exists."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    async def main() -> None:
+        nc = await nats.connect(f"nats://{args.endpoint}", connect_timeout=10, allow_reconnect=False)
+        config = StreamConfig(name="CHAT", subjects=[ROOM], storage=StorageType.FILE, num_replicas=1)
+        await nc.jetstream().add_stream(config)
+        await nc.close()
+
+    asyncio.run(main())
+    print("READY", flush=True)
 
 
 # --- a stuck subscriber, idle clients -----------------------------------------------------------
@@ -523,13 +618,6 @@ def stuck(args: argparse.Namespace) -> None:
     else:
         conn.close()
     ctx.term()
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def idle(args: argparse.Namespace) -> None:
@@ -610,13 +698,21 @@ def idle(args: argparse.Namespace) -> None:
 
 # --- command line ---------------------------------------------------------------------------------
 
-PUBLISHERS = {"broker": pub_zmq, "zmq": pub_zmq, "tcp": pub_tcp, "redis": pub_redis, "nats": pub_nats}
+PUBLISHERS = {
+    "broker": pub_zmq,
+    "zmq": pub_zmq,
+    "tcp": pub_tcp,
+    "redis": pub_redis,
+    "redis-streams": pub_redis,
+    "nats": pub_nats,
+    "jetstream": pub_nats,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     roles = parser.add_subparsers(dest="role", required=True)
-    for role in ("pub", "sub", "stuck", "idle"):
+    for role in ("pub", "sub", "stuck", "idle", "setup"):
         sub = roles.add_parser(role)
         sub.add_argument("--endpoint", required=True, help="ZeroMQ endpoint, or HOST:PORT for tcp/redis/nats")
         sub.add_argument("--kind", choices=sorted(PUBLISHERS), default="broker")
@@ -630,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument(
             "--per-frame", type=int, default=1, help="pub to the broker: most messages per inbox frame (a batch)"
         )
+        sub.add_argument(
+            "--in-flight", type=int, default=100, help="pub: JetStream acks awaited at once; Redis commands pipelined"
+        )
         sub.add_argument("--per-room", type=int, default=100, help="idle: users per room")
         sub.add_argument("--heartbeat", type=float, default=1.0, help="idle: seconds between pings")
         sub.add_argument("--max-seconds", type=float, default=300.0, help="stuck/idle: exit after this long")
@@ -638,9 +737,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "pub":
         PUBLISHERS[args.kind](args)
     elif args.role == "sub":
-        (sub_zmq if args.kind in ("broker", "zmq") else sub_stream)(args)
+        subscribers = {"broker": sub_zmq, "zmq": sub_zmq, "redis-streams": sub_redis_streams}
+        subscribers.get(args.kind, sub_stream)(args)
     elif args.role == "stuck":
         stuck(args)
+    elif args.role == "setup":
+        setup(args)
     else:
         idle(args)
     return 0
