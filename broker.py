@@ -2,9 +2,9 @@
 
 One poller loop, no locks (the zguide way).  Everything the broker decides is
 decided by ``chat.ChatCore``; this file only moves bytes and time.  With a
-database file, SQLite commits on a ``store.Writer`` thread: the loop hands it
-each batch, goes on handling, and sends a batch's acks and events when the
-writer says (over an inproc PAIR) that the batch is committed.
+database file, SQLite commits in a writer process (``store_writer``): the loop
+hands it each batch, goes on handling, and sends a batch's acks and events when
+the writer says (over an ipc PAIR) that the batch is committed.
 
     python broker.py                       # tcp://*:5555 inbox, tcp://*:5556 feed
     python broker.py --router ipc:///tmp/chat-in --pub ipc:///tmp/chat-feed
@@ -31,7 +31,8 @@ import keys
 import messages as m
 import transport
 from chat import ChatConfig, ChatCore, Output, Publish
-from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, Writer, open_store
+from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
+from store_writer import Writer
 
 log = logging.getLogger("chat-broker")
 
@@ -109,6 +110,7 @@ class Broker:
         self.core = core
         self.secure = secure  # CURVE: read each request's authenticated key (User-Id) from its frame
         self.dropped_replies = 0
+        self.poller = zmq.Poller()  # made by ``run``
         #: What a failed commit would have announced: sent when the storage works again, never before.
         self.held: list[Output] = []
         #: Outputs waiting for their batch's commit (None: a batch that stored nothing, behind one that did),
@@ -118,11 +120,8 @@ class Broker:
         self.written: zmq.Socket | None = None  # the writer says "a batch is done" here
         store = core.store
         if isinstance(store, SqliteStore) and store.file is not None:
-            address = f"inproc://store-writer-{id(self)}"
-            self.written = router.context.socket(zmq.PAIR)
-            self.written.bind(address)
-            self.writer = Writer(store, router.context, address)
-            self.writer.start()
+            self.writer = Writer(store, router.context)
+            self.written = self.writer.sock
 
     def flush(self, outputs: list[Output]) -> None:
         """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
@@ -153,9 +152,8 @@ class Broker:
 
     def on_written(self) -> None:
         """The writer finished batches: send what each held back, in order, up to one still being written."""
-        assert self.written is not None
-        while self.written.poll(0):
-            self.written.recv()
+        if self.writer is not None:
+            self.writer.collect()
         while self.waiting:
             batch, outputs = self.waiting[0]
             if batch is not None and batch.result is None:
@@ -180,8 +178,8 @@ class Broker:
     def _writer_failed(self, exc: BaseException) -> None:
         """A batch could not be stored: it and every batch after it go back to pending, their outputs (and
         those waiting behind them) are held, and writes are refused until ``retry_storage`` works."""
-        assert self.writer is not None
-        self.writer.idle()  # later batches were failed without touching the database
+        if self.writer is not None:
+            self.writer.idle()  # later batches were failed without touching the database
         self.core.store.unseal()  # type: ignore[union-attr]
         held = [output for _, outputs in self.waiting for output in outputs]
         self.waiting.clear()
@@ -238,7 +236,7 @@ class Broker:
 
     def run(self) -> None:
         """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
-        poller = zmq.Poller()
+        self.poller = poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         if self.written is not None:
             poller.register(self.written, zmq.POLLIN)
@@ -253,9 +251,24 @@ class Broker:
                 self.drain()
             now = clock()
             if now >= core.next_heartbeat:
+                self._check_writer()
                 if core.unavailable is not None:
                     self.retry_storage()
                 self.flush(core.tick(now))
+
+    def _check_writer(self) -> None:
+        """If the writer process died (killed, out of memory), what it had not answered failed: the broker
+        refuses writes until a commit of its own works, and commits on its loop from then on."""
+        if self.writer is None or self.writer.process.poll() is None:
+            return
+        log.error(
+            "the store's writer process ended (%s); committing on the loop from now on", self.writer.process.poll()
+        )
+        self.writer.abandon()
+        if self.written is not None:
+            self.poller.unregister(self.written)
+        self.writer = self.written = None
+        self.on_written()
 
     def drain(self) -> None:
         """Handle what is waiting, without blocking: one poll per burst, one commit per batch."""
@@ -306,7 +319,6 @@ class Broker:
         self.settle()
         if self.writer is not None:
             self.writer.stop()
-            self.written.close(linger=0)  # type: ignore[union-attr]
         unstored = self.core.store.pending
         try:
             self.core.store.close()

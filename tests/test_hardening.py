@@ -249,8 +249,7 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     while sub.poll(200):  # alice's join
         sub.recv_multipart()
-    writes = broker.writer.db  # the connection that commits (the writer is idle between requests here)
-    writes.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
+    broker.writer.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
     assert ask(broker, dealer, msg("kept?", "k1")) == []  # accepted, but neither acked nor published
     assert broker.core.unavailable is not None
     assert [r["code"] for r in ask(broker, dealer, msg("later", "k2"))] == ["unavailable"]
@@ -260,7 +259,7 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     assert rooms["rooms"] == {"general": 1}
     assert [r["type"] for r in ask(broker, dealer, {"type": "ping"})] == ["pong"]
     assert not sub.poll(100)
-    writes.execute("PRAGMA query_only = OFF")  # the disk is back
+    broker.writer.execute("PRAGMA query_only = OFF")  # the disk is back
     broker.retry_storage()
     assert broker.core.unavailable is None
     got = []
@@ -279,9 +278,8 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
 def test_a_full_disk_is_the_same(wired) -> None:
     broker, dealer, _sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
-    db = broker.writer.db  # the connection that commits
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+    pages = broker.core.store.db.execute("PRAGMA page_count").fetchone()[0]
+    broker.writer.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page (for the writer)
     got = []
     for i in range(200):
         got += ask(broker, dealer, msg("w" * 2000, f"f{i}"))
@@ -289,7 +287,7 @@ def test_a_full_disk_is_the_same(wired) -> None:
             break
     assert broker.core.unavailable is not None and "full" in broker.core.unavailable
     acked = {r["id"] for r in got if r["type"] == "ack"}
-    db.execute("PRAGMA max_page_count = 1000000")
+    broker.writer.execute("PRAGMA max_page_count = 1000000")
     broker.retry_storage()
     while dealer.poll(500):
         acked |= {r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"}
@@ -579,3 +577,27 @@ def test_joined_shows_its_history_even_when_memory_gave_it_up(tmp_path: Path) ->
     out = send(core, {"type": "join", "room": "busy"}, B)
     (joined,) = [r for r in replies(out) if r["type"] == "joined"]
     assert [e["id"] for e in joined["history"] if e["type"] == "msg"] == [f"b{i}" for i in range(20)]
+
+
+def test_a_dead_store_writer_costs_no_acked_message_and_the_broker_commits_itself(wired) -> None:
+    """kill -9 of the writer process alone: what it had not answered is held (writes refused meanwhile),
+    then committed on the broker's loop, and acked; the broker goes on without a writer."""
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    broker.poller = zmq.Poller()
+    broker.poller.register(broker.written, zmq.POLLIN)
+    broker.writer.process.kill()
+    broker.writer.process.wait()
+    dealer.send(msgspec.json.encode(msg("after the writer died", "w1")))
+    assert broker.router.poll(WAIT * 1000)
+    broker.drain()
+    broker._check_writer()
+    assert broker.writer is None and broker.core.unavailable is not None
+    broker.retry_storage()
+    got = []
+    while dealer.poll(500):
+        got += m.feed_events(dealer.recv())
+    assert [(r["type"], r.get("id")) for r in got] == [("ack", "w1")]
+    assert ask(broker, dealer, msg("and after", "w2"))[0]["type"] == "ack"  # committed on the loop now
+    stored = [m.decode(p).get("id") for p in broker.core.store.read("general", 0, 100) if b'"msg"' in p]
+    assert stored == ["w1", "w2"]

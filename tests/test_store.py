@@ -10,8 +10,10 @@ import pytest
 import zmq
 
 import messages as m
+import store as store_module
 from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
-from store import MemoryStore, Sealed, SqliteStore, Writer, open_store
+from store import MemoryStore, SqliteStore, open_store
+from store_writer import Writer
 
 A = b"peer-a"
 B = b"peer-b"
@@ -303,37 +305,25 @@ def rows_on_disk(path: Path) -> list[tuple[str, int]]:
     """What another process would find: a connection of its own."""
     db = sqlite3.connect(path)
     try:
-        return db.execute("SELECT room, seq FROM events ORDER BY room, seq").fetchall()
+        rows = db.execute("SELECT room, seq, first FROM events ORDER BY room, seq").fetchall()
+        return [(room, seq) for room, last, first in rows for seq in range(first or last, last + 1)]  # runs, spread
     finally:
         db.close()
-
-
-def wait_written(notify: zmq.Socket, batches: list[Sealed]) -> None:
-    while any(batch.result is None for batch in batches):
-        assert notify.poll(WAIT_MS), "the writer said nothing"
-        notify.recv()
-
-
-WAIT_MS = 10_000
 
 
 @pytest.fixture
 def writer(tmp_path: Path):
     ctx = zmq.Context()
     store = SqliteStore(tmp_path / "w.db")
-    notify = ctx.socket(zmq.PAIR)
-    notify.bind("inproc://written")
-    writer = Writer(store, ctx, "inproc://written")
-    writer.start()
-    yield store, writer, notify
-    writer.stop()
-    notify.close(linger=0)
+    w = Writer(store, ctx)
+    yield store, w
+    w.stop()
     store.close()
     ctx.term()
 
 
 def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writer) -> None:
-    store, w, notify = writer
+    store, w = writer
     store.append("general", 1, b'{"seq":1}')
     store.append("general", 2, b'{"seq":2}')
     batch = store.seal()
@@ -341,7 +331,7 @@ def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writ
     assert store.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}', b'{"seq":3}']
     assert store.last_seq("general") == 3 and store.first_pending("general") == 1 and store.pending == 3
     w.submit(batch)
-    wait_written(notify, [batch])
+    w.idle()
     assert batch.result is True and rows_on_disk(store.path) == [("general", 1), ("general", 2)]
     assert store.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}', b'{"seq":3}']  # no row twice
     store.written(batch)
@@ -349,40 +339,50 @@ def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writ
 
 
 def test_batches_are_committed_in_the_order_they_were_sealed(writer) -> None:
-    store, w, notify = writer
+    store, w = writer
     batches = []
     for seq in range(1, 51):
         store.append("general", seq, b"{}")
         batches.append(store.seal())
         w.submit(batches[-1])
-    wait_written(notify, batches)
+    w.idle()
     assert all(batch.result is True for batch in batches)
     assert rows_on_disk(store.path) == [("general", seq) for seq in range(1, 51)]
 
 
 def test_after_a_failed_batch_every_later_one_fails_until_recovered_and_nothing_is_lost(writer) -> None:
-    store, w, notify = writer
-    w.db.execute("PRAGMA query_only = ON")  # a read-only disk
+    store, w = writer
+    w.execute("PRAGMA query_only = ON")  # a read-only disk
     store.append("general", 1, b"{}")
     first = store.seal()
     store.append("general", 2, b"{}")
     second = store.seal()
     w.submit(first)
     w.submit(second)
-    wait_written(notify, [first, second])
-    assert isinstance(first.result, sqlite3.Error) and isinstance(second.result, sqlite3.Error)
     w.idle()
+    assert isinstance(first.result, sqlite3.Error) and isinstance(second.result, sqlite3.Error)
     store.unseal()
     assert store.pending == 2 and rows_on_disk(store.path) == []
     store.commit()  # the broker retries on its own connection
     w.recover()
     assert rows_on_disk(store.path) == [("general", 1), ("general", 2)]
+    w.execute("PRAGMA query_only = OFF")
     store.append("general", 3, b"{}")
     third = store.seal()
-    w.db.execute("PRAGMA query_only = OFF")
     w.submit(third)
-    wait_written(notify, [third])
+    w.idle()
     assert third.result is True
+
+
+def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
+    store, w = writer
+    w.process.kill()
+    w.process.wait()
+    store.append("general", 1, b"{}")
+    batch = store.seal()
+    w.submit(batch)
+    w.idle()
+    assert isinstance(batch.result, sqlite3.Error)
 
 
 def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path) -> None:
@@ -402,7 +402,7 @@ def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path
         if broker.router.poll(0):
             broker.drain()
         if broker.written.poll(10):
-            broker.on_written()
+            broker.on_written()  # the writer process answered
         while dealer.poll(0):
             for env in m.feed_events(dealer.recv()):
                 if env["type"] == "ack":
@@ -411,3 +411,53 @@ def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path
     assert acked == sorted(acked)
     broker.stop()
     ctx.destroy(linger=0)
+
+
+def test_a_commit_stores_each_rooms_consecutive_events_as_one_row_and_reads_them_back(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db")
+    events = {seq: b'{"seq":%d,"pad":"%s"}' % (seq, b"p" * (seq % 7)) for seq in range(1, 301)}
+    for seq, payload in events.items():
+        store.append("general", seq, payload)
+        store.append("dev", seq, payload)
+    store.commit()
+    (count,) = store.db.execute("SELECT COUNT(*) FROM events").fetchone()
+    assert count == 2  # one run a room
+    assert store.read("general", 0, 500) == list(events.values())
+    assert store.read("general", 150, 3) == [events[151], events[152], events[153]]
+    assert store.newest("dev", 290, 1 << 20) == [events[seq] for seq in range(291, 301)]
+    assert list(store.events("dev", 298)) == [events[299], events[300]]
+    assert store.rooms() == [("dev", 300), ("general", 300)] and store.last_seq("general") == 300
+
+
+def test_runs_are_cut_at_a_gap_and_at_their_byte_bound() -> None:
+    big = b"x" * (store_module.RUN_BYTES // 2)
+    rows = [("a", 1, b"1"), ("a", 2, b"2"), ("a", 5, b"5"), ("b", 1, big), ("b", 2, big), ("b", 3, b"3")]
+    assert store_module.runs(rows) == [
+        ("a", 2, b"1\n2", 1),
+        ("b", 1, big, None),
+        ("a", 5, b"5", None),
+        ("b", 3, big + b"\n3", 2),
+    ]
+
+
+def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL,
+                             PRIMARY KEY (room, seq)) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('schema', '2'), ('history_id', 'cafe');
+        INSERT INTO events VALUES ('general', 1, X'7B7D'), ('general', 2, X'5B5D');
+        """
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert store.history_id == "cafe" and store.read("general", 0, 10) == [b"{}", b"[]"]
+    store.append("general", 3, b"3")
+    store.append("general", 4, b"4")
+    store.commit()
+    assert store.read("general", 1, 10) == [b"[]", b"3", b"4"]
+    store.close()
