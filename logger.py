@@ -118,15 +118,17 @@ def follow(client: ChatClient, out: IO[bytes], heartbeats: bool = False, path: P
             out.flush()
 
 
-#: How often a logger that has no answer yet says so.
+#: When a logger that has no answer yet first says so, and how often after that.
+FIRST_NOTICE_S = 3.0
 WAITING_NOTICE_S = 10.0
 
 
 def wait_for_broker(client: ChatClient, conn: dict) -> None:
     """A logger waits for its broker as long as it takes, but says so, and what might be wrong."""
+    wait = FIRST_NOTICE_S
     while True:
         try:
-            client.connect(timeout=WAITING_NOTICE_S)
+            client.connect(timeout=wait)
             return
         except TimeoutError:
             hint = (
@@ -139,6 +141,7 @@ def wait_for_broker(client: ChatClient, conn: dict) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+            wait = WAITING_NOTICE_S
 
 
 def main(argv: Sequence[str] | None = None) -> int:

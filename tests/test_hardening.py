@@ -520,6 +520,7 @@ def test_a_logger_with_no_broker_says_so_and_what_to_check(monkeypatch: pytest.M
     import logger
     from client import ChatClient
 
+    monkeypatch.setattr(logger, "FIRST_NOTICE_S", 0.2)
     monkeypatch.setattr(logger, "WAITING_NOTICE_S", 0.2)
     conn = {"router": "tcp://127.0.0.1:9", "pub": "tcp://127.0.0.1:9", "curve": None}
     with ChatClient(None, router=conn["router"], pub=conn["pub"]) as client:

@@ -457,7 +457,7 @@ def frame_of(*envs: dict[str, Any]) -> list[bytes]:
 HELLO = {"type": "hello", "user": "alice"}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     config_name=st.sampled_from(sorted(CONFIGS)),
     persistent=st.booleans(),
