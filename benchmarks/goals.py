@@ -147,8 +147,11 @@ GOALS: tuple[Goal, ...] = (
          beside=(lat("broker-full", "p99"), lat("broker-db", "p99"))),
     Goal("15.7", "default broker acked msgs/s over NATS JetStream's, {main} subscribers",
          Ratio(ingress("broker-db", MAIN), ingress("jetstream", MAIN)), ">", 1.0),
-    Goal("15.8", "default broker acked msgs/s over Redis Streams', {main} subscribers",
-         Ratio(ingress("broker-db", MAIN), ingress("redis-streams", MAIN)), ">", 1.0),
+    # Redis Streams' publishers pipeline 100 XADDs a round trip; ours send 100 msgs a frame (say_many) for the
+    # like-for-like row, and the one-per-frame figure is printed beside it.
+    Goal("15.8", "default broker acked msgs/s over Redis Streams', {main} subscribers, both publishers batching 100",
+         Ratio(ingress("broker-db-batch", MAIN), ingress("redis-streams", MAIN)), ">", 1.0,
+         beside=(ingress("broker-db", MAIN),)),
     Goal("15.9", "{clients} idle clients on the default broker: memory each",
          Fig("broker-db", "idle", "per_client_kib", "KiB", "max"), "<=", 60.0, unit="KiB"),
     Goal("15.10", "{clients} idle clients on the default broker: share welcomed",

@@ -203,6 +203,17 @@ CATALOGUE = (
         durable="SQLite WAL, synchronous=NORMAL: committed before the ack; survives kill -9, not a power cut",
     ),
     System(
+        "broker-db-batch",
+        "our broker, --db FILE (the default), publishers batch (<= 100 msgs per frame)",
+        "broker, default, batching publishers",
+        "broker",
+        ROOM,
+        broker("FILE"),
+        ("1", "main"),
+        pub_args=("--per-frame", "100"),
+        durable="as the default: batches of up to 100 per frame, as Redis Streams' publishers pipeline 100 XADDs",
+    ),
+    System(
         "broker-full",
         "our broker, --db FILE --sync full",
         "broker, --sync full",
