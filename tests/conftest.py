@@ -35,6 +35,17 @@ __all__ = [
 ]
 
 
+def wait_for(condition: Any, timeout: float = WAIT, what: str = "condition") -> Any:
+    """Poll a condition on files or processes that change by themselves; the condition synchronises."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class StubClient:
     """Stands in for a ChatClient where only UI logic is under test (console, window): no sockets.
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WAIT, Harness, Proc, Terminal, free_port
+from conftest import WAIT, Harness, Proc, Terminal, free_port, wait_for
 
 import keys
 
@@ -44,17 +44,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def wait_for(condition, timeout: float = WAIT, what: str = "condition"):
-    """Poll a condition on files that change by themselves; the condition synchronises."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_log(path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import WAIT, Harness, free_port
+from conftest import WAIT, Harness, free_port, wait_for
 
 import client
 import messages as m
@@ -27,17 +27,6 @@ def read_log(path: Path) -> list[dict]:
     """The complete lines of a log the logger may be writing to right now."""
     complete = path.read_text().split("\n")[:-1] if path.exists() else []
     return [json.loads(line) for line in complete]
-
-
-def wait_for(condition, timeout: float = WAIT, what: str = "condition"):
-    """Poll a condition on files or processes that change by themselves; the condition synchronises."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def drain_acks(bot: ChatClient, timeout: float = 30.0) -> list[session.Acked]:
