@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ pytestmark = pytest.mark.timeout(60)
 def fixed_endpoints() -> dict[str, str]:
     """Endpoints a broker can be (re)started on: the same ports after a kill -9."""
     return {"router": f"tcp://127.0.0.1:{free_port()}", "pub": f"tcp://127.0.0.1:{free_port()}"}
+
+
+def restartable(harness: Harness) -> Callable[[], Proc]:
+    """Starts a broker, again and again, on the same ports and database: one that comes back after a kill -9."""
+    ends, db = fixed_endpoints(), str(harness.tmp_path / "chat.db")
+    return lambda: harness.broker(db=db, **ends)
 
 
 def endpoint_args(ends: dict[str, str]) -> list[str]:
@@ -109,9 +116,8 @@ def test_2_piped_input_is_all_delivered_in_order(harness: Harness) -> None:
 
 
 def test_3_one_senders_lines_stay_in_order_across_a_broker_restart(harness: Harness) -> None:
-    ends = fixed_endpoints()
-    db = str(harness.tmp_path / "chat.db")
-    broker = harness.broker(db=db, **ends)
+    start_broker = restartable(harness)
+    broker = start_broker()
     writer = harness.client(broker, "writer")
     written = []
     for i in range(1, 33):
@@ -122,7 +128,7 @@ def test_3_one_senders_lines_stay_in_order_across_a_broker_restart(harness: Harn
             broker.kill()  # SIGKILL, with a line in flight
             broker.wait()
         if i == 22:  # ~1.7 s later: the writer has noticed the loss and queued what was typed meanwhile
-            broker = harness.broker(db=db, **ends)
+            broker = start_broker()
         time.sleep(0.12)  # the pace of someone typing: input timing, not synchronisation
     writer.send("/quit")
     code = writer.wait(timeout=30)
@@ -138,14 +144,13 @@ def test_3_one_senders_lines_stay_in_order_across_a_broker_restart(harness: Harn
 
 
 def test_4_no_bad_envelope_error_after_a_broker_restart(harness: Harness) -> None:
-    ends = fixed_endpoints()
-    db = str(harness.tmp_path / "chat.db")
-    broker = harness.broker(db=db, **ends)
+    start_broker = restartable(harness)
+    broker = start_broker()
     alice = harness.client(broker, "alice")
     broker.kill()
     broker.wait()
     alice.expect(r"^\[system\] connection lost")
-    harness.broker(db=db, **ends)
+    start_broker()
     alice.expect(r"^\[system\] reconnected$")
     alice.send("/who")  # its reply comes after any reply to what the client sent on reconnecting
     alice.expect(r"^\[who\] #general: alice \(1\)$")
@@ -183,9 +188,8 @@ def test_5_a_relay_outage_is_said_and_what_was_missed_comes_unasked(harness: Har
 
 
 def test_6_a_broker_restart_is_said_once_and_floods_nobody_with_joins(harness: Harness) -> None:
-    ends = fixed_endpoints()
-    db = str(harness.tmp_path / "chat.db")
-    broker = harness.broker(db=db, **ends)
+    start_broker = restartable(harness)
+    broker = start_broker()
     ann, ben, cat = (harness.client(broker, name) for name in ("ann", "ben", "cat"))
     ann.expect_all({"[join] ben joined the chat", "[join] cat joined the chat"})
     ben.expect(r"^\[join\] cat joined the chat$")
@@ -194,7 +198,7 @@ def test_6_a_broker_restart_is_said_once_and_floods_nobody_with_joins(harness: H
     for proc in (ann, ben, cat):
         proc.expect(r"^\[system\] connection lost")
     start = {proc.name: len(proc.output()) for proc in (ann, ben, cat)}
-    harness.broker(db=db, **ends)
+    start_broker()
     for proc in (ann, ben, cat):
         proc.expect(r"^\[system\] reconnected$")
     # Rejoins come on the feed before anything said after them: once these are shown, they would be too.
