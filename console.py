@@ -17,11 +17,13 @@ from typing import Any, Protocol
 import zmq
 
 import cli
+import commands
 import console_text
 import messages as m
-from display import HELP, HISTORY_SHOWN, QUIT_COMMANDS, render
+from display import HELP, HISTORY_SHOWN, QUIT_COMMANDS, Line, label, line_of
 from safe_text import safe_text
 from session import ChatError, Event, Failed, Rejoined
+from views import QUERY_PREFIX, Views
 
 
 class Client(Protocol):
@@ -45,28 +47,55 @@ class Client(Protocol):
     def join(self, room: str) -> None: ...
     def leave(self, room: str) -> None: ...
     def who(self, room: str) -> None: ...
+    def topic(self, room: str, topic: str) -> None: ...
+    def nick(self, name: str) -> None: ...
+    def away(self, reason: str = "") -> None: ...
 
 
 class Console:
-    """The console chat: turns typed lines into requests and events into lines."""
+    """The chat as typed lines: turns them into requests (``commands``) and events into lines (``display``),
+    kept in ``views`` (one per room and conversation).  The line console prints every line as it comes;
+    the window and the full-screen client subclass it and show one view at a time (``show_line``)."""
 
     def __init__(self, client: Client, out: Any = None) -> None:
         self.client = client
         self.out = out  # None: whatever sys.stdout is at print time (patch_stdout swaps it)
-        self.current: str | None = next(iter(client.wanted_rooms), None)
+        self.views = Views(list(client.wanted_rooms))
         self.switch_on_join: set[str] = set()
         self.quiet_retries_until = 0.0
 
-    def show(self, line: str) -> None:
-        """Print ``line``; on a terminal laid out by ``console_text``: no row the terminal could wrap, so none
-        that others' text could start.  The help keeps its aligned spaces."""
+    @property
+    def current(self) -> str | None:
+        """The current view: a room (where plain text goes), or ``@NAME``, a private conversation."""
+        return self.views.current
+
+    @current.setter
+    def current(self, name: str | None) -> None:
+        if name is not None:
+            self.views.open(name, switch=True)
+
+    @property
+    def current_room(self) -> str | None:
+        view = self.views.view
+        return None if view is None else view.room
+
+    def show(self, text: str) -> None:
+        """Show a line of the console's own (help, usage, answers): in the current view."""
+        self.show_line(Line("system" if not text.startswith("[error]") else "error", text, ts=time.time()))
+
+    def show_line(self, line: Line, past: bool = False) -> None:
+        """Keep ``line`` in its view and print it: on a terminal laid out by ``console_text``, no row the
+        terminal could wrap, so none that others' text could start.  The help keeps its aligned spaces."""
+        self.views.add(line, past)
         out = self.out or sys.stdout
-        print(console_text.to_print(line, out, squeeze=line != HELP), file=out, flush=True)
+        text = label(line, self.current_room) + line.text
+        print(console_text.to_print(text, out, squeeze=text != HELP), file=out, flush=True)
 
     def me(self) -> str | None:
         return self.client.user or self.client.name  # user is None while reconnecting; our events still are ours
 
     def on_event(self, event: Event) -> None:
+        self.views.on_event(event)
         if not self._worth_showing(event):
             return
         if isinstance(event, Failed) and event.room is not None:
@@ -74,16 +103,16 @@ class Console:
         if isinstance(event, m.Joined) and event.room in self.switch_on_join:
             self.switch_on_join.discard(event.room)
             self.current = event.room
-        if isinstance(event, m.Left) and self.current == event.room:
+        if isinstance(event, m.Left) and self.current is None:
             rooms = list(self.client.rooms)
             self.current = m.DEFAULT_ROOM if m.DEFAULT_ROOM in rooms else next(iter(rooms), None)
         me = self.me()
-        line = render(event, me)
+        line = line_of(event, me)
         if line is not None:
-            self.show(line)
+            self.show_line(line)
         if isinstance(event, m.Joined):  # the recent conversation, as it was shown live
             for past in [e for e in event.history if isinstance(e, m.MsgEvent)][-HISTORY_SHOWN:]:
-                self.show(render(past, me) or "")
+                self.show_line(line_of(past, me) or Line("system", ""), past=True)
 
     def _worth_showing(self, event: Event) -> bool:
         """What the console leaves out: what is already on this screen, and what is no news."""
@@ -91,6 +120,8 @@ class Console:
         match event:
             case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() if event.user.casefold() == me:
                 return False  # what I typed is already on my screen; my own join/leave is said by [system]
+            case m.NickEvent() if event.name.casefold() == me:
+                return False  # my own new name is said by [system]
             case m.JoinEvent(resumed=True):
                 return False  # someone back after the broker restarted: they never left
             case m.Dm() if event.user.casefold() == me and event.to.casefold() == me:
@@ -107,77 +138,97 @@ class Console:
     def on_line(self, line: str) -> bool:
         """Act on one typed line; False means the user wants to leave."""
         try:
-            return self._on_line(line)
+            command = commands.parse(line)
+            return True if command is None else self.on_command(command)
+        except commands.Usage as exc:
+            self.show(f"[error] {safe_text(str(exc))}")
         except ChatError as exc:
             self.show(f"[error] {exc.detail} ({exc.code})")
-            return True
-
-    def _on_line(self, line: str) -> bool:
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            return True
-        if line.startswith("/") and not line.startswith("//"):
-            return self.on_command(line)
-        text = line[1:] if line.startswith("//") else line
-        if self.current is None:
-            self.show("[error] you are in no room; /join one")
-        else:
-            self.client.say(self.current, text)
         return True
 
-    def on_command(self, line: str) -> bool:
-        command, _, rest = line.partition(" ")
-        rest = rest.strip()
-        command = command.lower()
-        client = self.client
-        if command in QUIT_COMMANDS:
+    def on_command(self, command: commands.Command) -> bool:
+        client, name, arg, text = self.client, command.name, command.arg, command.text
+        if name == "quit":
             return False
-        if command == "/help":
+        if name in ("say", "me"):
+            self._say(text, me=name == "me")
+        elif name == "help":
             self.show(HELP)
-        elif command == "/msg":
-            name, _, text = rest.partition(" ")
-            if not name or not text.strip():
-                self.show("[error] usage: /msg NAME TEXT")
-            else:
-                client.dm(name, text)
-        elif command == "/me":
-            if not rest:
-                self.show("[error] usage: /me ACTION")
-            elif self.current is None:
-                self.show("[error] you are in no room; /join one")
-            else:
-                client.say(self.current, rest, me=True)
-        elif command == "/join":
-            room = cli.room_name(rest)
-            if not room:
-                self.show("[error] usage: /join ROOM")
-            elif room in client.rooms:
-                self.current = room
-                self.show(f"[system] now talking in #{room}")
-            else:
-                self.switch_on_join.add(room)
-                client.join(room)
-        elif command == "/leave":
-            room = cli.room_name(rest) or self.current
-            if room is None:
-                self.show("[error] usage: /leave ROOM")
-            else:
+        elif name in ("msg", "query"):
+            if name == "query":
+                self.current = QUERY_PREFIX + arg
+            if text:
+                for part in commands.split_text(text):
+                    client.dm(arg, part)
+        elif name == "join":
+            self._join(arg)
+        elif name == "leave":
+            room = arg or self.current_room
+            if room is not None:
                 client.leave(room)
-        elif command == "/who":
-            room = cli.room_name(rest) or self.current
-            if room is None:
-                self.show("[error] usage: /who ROOM")
+            elif self.current is not None:
+                self.views.close(self.current)  # /part in a conversation closes it
             else:
-                client.who(room)
-        elif command == "/rooms":
+                raise commands.Usage("usage: /leave ROOM")
+        elif name == "who":
+            room = arg or self.current_room
+            if room is None:
+                raise commands.Usage("usage: /who ROOM")
+            client.who(room)
+        elif name == "rooms":
             rooms = ", ".join(f"#{r}" + (" (current)" if r == self.current else "") for r in client.rooms)
             self.show(f"[rooms] {rooms or 'none'}")
-        else:
-            self.show(f"[error] unknown command {safe_text(command)}; /help lists the commands")
+        elif name == "topic":
+            self._topic(text)
+        elif name == "nick":
+            client.nick(arg)
+        elif name in ("away", "back"):
+            client.away(text if name == "away" else "")
+        elif name == "window":
+            view = self.views.number(int(arg))
+            if view is None:
+                raise commands.Usage(f"there is no view {arg}; /rooms lists yours")
+            self.current = view
+            self.show(f"[system] now in {view if view.startswith(QUERY_PREFIX) else '#' + view}")
+        elif name == "clear":
+            self.views.clear()
         return True
 
+    def _say(self, text: str, me: bool = False) -> None:
+        """Plain text goes to the current view: its room, or its conversation's other party."""
+        current = self.current
+        if current is None:
+            raise commands.Usage("you are in no room; /join one")
+        for part in commands.split_text(text):
+            if current.startswith(QUERY_PREFIX):
+                self.client.dm(current[len(QUERY_PREFIX) :], part, me=me)
+            else:
+                self.client.say(current, part, me=me)
+
+    def _join(self, room: str) -> None:
+        room = cli.room_name(room) or room
+        if room in self.client.rooms:
+            self.current = room
+            self.show(f"[system] now talking in #{room}")
+        else:
+            self.switch_on_join.add(room)
+            self.client.join(room)
+
+    def _topic(self, text: str) -> None:
+        room = self.current_room
+        if room is None:
+            raise commands.Usage("you are in no room; /join one")
+        if not text:
+            topic = self.views.views[room].topic
+            self.show(f"[topic] #{room}: {safe_text(topic)}" if topic else f"[topic] #{room} has no topic")
+        else:
+            self.client.topic(room, "" if text == "-" else text)
+
     def prompt(self) -> str:
-        return "> " if self.current in (None, m.DEFAULT_ROOM) else f"#{self.current}> "
+        current = self.current
+        if current is None or current == m.DEFAULT_ROOM:
+            return "> "
+        return f"{current}> " if current.startswith(QUERY_PREFIX) else f"#{current}> "
 
     def run(self, interactive: bool) -> None:
         """The loop: client events and typed lines, until /quit, end of input or Ctrl-C."""

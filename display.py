@@ -1,32 +1,29 @@
-"""What the console prints: one line per event, in the words of the original TCP chat.
+"""What the clients show: one line per event, in the words of the original TCP chat.
 
-Shared by the console and the window (which shows the same lines).  Everything
-that came from another user goes through ``safe_text``; names and rooms are
-already restricted to safe characters by the broker.
+Shared by the console, the full-screen client and the window.  ``line_of`` makes a ``Line`` (its words,
+and what a front end needs to place and colour it); ``render`` is the console's text of it.  Everything
+that came from another user goes through ``safe_text``; names and rooms are already restricted to safe
+characters by the broker.
 """
 
 from __future__ import annotations
 
+import re
+import time
+import zlib
+from dataclasses import dataclass
+
 import messages as m
+from commands import HELP, QUIT_COMMANDS
 from safe_text import safe_text
 from session import Acked, Change, Event, Failed, Status
 
-QUIT_COMMANDS = ("/quit", "/exit")
+__all__ = ["HELP", "QUIT_COMMANDS", "Line", "line_of", "render"]
+
 #: Past messages shown when joining a room (the broker sends up to its --history events).
 HISTORY_SHOWN = 20
-
-HELP = """\
-Commands:
-  TEXT               say TEXT in the current room
-  /msg NAME TEXT     private message to NAME (nobody else sees it, not even loggers)
-  /me ACTION         say an action: * alice waves
-  /join ROOM         join ROOM and make it current (or switch to it if you are in it)
-  /leave [ROOM]      leave ROOM (default: the current room)
-  /who [ROOM]        who is in ROOM (default: the current room)
-  /rooms             the rooms you are in
-  /help              this help
-  /quit, /exit       leave the chat (Ctrl-D and Ctrl-C too)
-  //TEXT             say TEXT starting with a slash"""
+#: Colours a name may get (``colour_of``): every front end has a palette of this many.
+PALETTE_SIZE = 12
 
 STATUS_LINES = {
     Change.LOST: "[system] connection lost, reconnecting…",
@@ -38,52 +35,127 @@ STATUS_LINES = {
 }
 
 
-def _where(room: str) -> str:
-    """The default room reads exactly like the original chat; other rooms carry their name."""
-    return "" if room == m.DEFAULT_ROOM else f"#{room} "
-
-
 def _place(room: str) -> str:
     return "chat" if room == m.DEFAULT_ROOM else "room"
 
 
-def render(event: Event, me: str | None = None) -> str | None:
-    """The console line for an event, or None for events the console does not show."""
+#: Kinds of line that are conversation (counted as unread); the others are notices.
+SPOKEN = frozenset({"msg", "action", "dm"})
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line a client shows: ``prefix`` (who: ``bob: ``, ``* bob ``, ``[dm] bob: ``; "" for a notice)
+    then ``body``.  ``room``: the room it happened in (a front end labels it where another room is current);
+    ``peer``: the other party of a private message; ``nick``: whose line, for its colour."""
+
+    kind: str  # msg, action, dm, join, leave, topic, nick, system, error, who
+    body: str
+    prefix: str = ""
+    room: str | None = None
+    peer: str | None = None
+    nick: str | None = None
+    ts: float = 0.0  # wall clock, seconds
+    mention: bool = False  # someone else said my name
+    mine: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.body
+
+
+def mentions(text: str, me: str | None) -> bool:
+    """Does ``text`` name ``me`` as a word (any case)?  Names hold ``. -``, so those do not end a word."""
+    if not me:
+        return False
+    return re.search(rf"(?<![\w.\-]){re.escape(me)}(?![\w\-])", text, re.IGNORECASE) is not None
+
+
+def colour_of(name: str, size: int = PALETTE_SIZE) -> int:
+    """A name's colour, the same in every client and every run: an index into a palette of ``size``."""
+    return zlib.crc32(name.casefold().encode()) % size
+
+
+def clock(ts: float) -> str:
+    """``HH:MM`` of a wall-clock time, in local time (now, for 0)."""
+    return time.strftime("%H:%M", time.localtime(ts or None))
+
+
+def line_of(event: Event, me: str | None = None) -> Line | None:
+    """The line for an event, or None for events the clients do not show."""
+    mine = me is not None and getattr(event, "user", "").casefold() == me.casefold()
     match event:
-        case m.MsgEvent(me=True):
-            return f"{_where(event.room)}* {event.user} {safe_text(event.text)}"
-        case m.MsgEvent():
-            return f"{_where(event.room)}{event.user}: {safe_text(event.text)}"
+        case m.MsgEvent(me=True) | m.MsgEvent():
+            text = safe_text(event.text)
+            prefix = f"* {event.user} " if event.me else f"{event.user}: "
+            said = mentions(text, me) and not mine
+            kind = "action" if event.me else "msg"
+            return Line(kind, text, prefix, event.room, None, event.user, event.ts, said, mine)
         case m.JoinEvent():
-            return f"{_where(event.room)}[join] {event.user} joined the {_place(event.room)}"
+            return _notice("join", f"[join] {event.user} joined the {_place(event.room)}", event)
         case m.LeaveEvent(reason="left") if event.room == m.DEFAULT_ROOM:
-            return f"[leave] {event.user} left #{event.room}"  # left this room only, maybe not the chat
+            return _notice("leave", f"[leave] {event.user} left #{event.room}", event)  # maybe not the chat
         case m.LeaveEvent():
             why = " (timed out)" if event.reason == "timeout" else ""
-            return f"{_where(event.room)}[leave] {event.user} left the {_place(event.room)}{why}"
-        case m.Dm(me=True):
-            return f"[dm] * {event.user} {safe_text(event.text)}"
+            return _notice("leave", f"[leave] {event.user} left the {_place(event.room)}{why}", event)
+        case m.TopicEvent(topic=""):
+            return _notice("topic", f"[topic] {event.user} cleared the topic", event)
+        case m.TopicEvent():
+            return _notice("topic", f"[topic] {event.user} set the topic: {safe_text(event.topic)}", event)
+        case m.NickEvent():
+            return _notice("nick", f"[nick] {event.user} is now known as {event.name}", event)
         case m.Dm():
-            return f"[dm] {event.user}: {safe_text(event.text)}"
+            text = safe_text(event.text)
+            prefix = f"[dm] * {event.user} " if event.me else f"[dm] {event.user}: "
+            return Line("dm", text, prefix, None, event.user, event.user, event.ts, mentions(text, me) or not mine)
         case Acked(request=request) if request.to is not None:
             to = event.ack.to if isinstance(event.ack.to, str) else request.to
-            return f"[dm -> {to}] {safe_text(request.text)}"
+            away = f" ({to} is away: {safe_text(event.ack.away)})" if isinstance(event.ack.away, str) else ""
+            return Line("dm", safe_text(request.text) + away, f"[dm -> {to}] ", None, to, me, time.time(), mine=True)
         case Failed(retrying=True, error=error) if error.code == m.ErrorCode.UNAVAILABLE.value:
-            return "[system] the broker cannot store messages just now; yours will be sent when it can"
+            return _system("[system] the broker cannot store messages just now; yours will be sent when it can")
         case Failed(retrying=True):
-            return "[system] sending too fast; your message will be sent in a moment"
+            return _system("[system] sending too fast; your message will be sent in a moment")
         case Failed(error=error):
-            return f"[error] {safe_text(error.detail)} ({safe_text(error.code)})"
+            return Line("error", f"[error] {safe_text(error.detail)} ({safe_text(error.code)})", ts=time.time())
         case m.Who():
-            users = event.users
-            return f"[who] #{event.room}: {', '.join(users) if users else 'nobody'} ({len(users)})"
+            users = [f"{u} (away)" if u in event.away else u for u in event.users]
+            return Line("who", f"[who] #{event.room}: {', '.join(users) if users else 'nobody'} ({len(users)})")
         case m.Joined():
-            return f"[system] you are in #{event.room} ({len(event.users)} here: {', '.join(event.users)})"
+            here = f"({len(event.users)} here: {', '.join(event.users)})"
+            topic = f"; topic: {safe_text(event.topic)}" if event.topic else ""
+            return _system(f"[system] you are in #{event.room} {here}{topic}", event.room)
         case m.Left():
-            return f"[system] you left #{event.room}"
+            return _system(f"[system] you left #{event.room}")
+        case m.Renamed():
+            return _system(f"[system] you are now known as {event.user}")
+        case m.Away(reason=""):
+            return _system("[system] you are back")
+        case m.Away():
+            return _system(f"[system] you are marked as away: {safe_text(event.reason)}")
         case Status():
-            return STATUS_LINES.get(event.state)
+            text = STATUS_LINES.get(event.state)
+            return None if text is None else _system(text)
     return None
+
+
+def _notice(kind: str, body: str, event: m.RoomEvent) -> Line:
+    return Line(kind, body, "", event.room, None, event.user, event.ts)
+
+
+def _system(body: str, room: str | None = None) -> Line:
+    return Line("system", body, room=room, ts=time.time())
+
+
+def render(event: Event, me: str | None = None, current: str | None = m.DEFAULT_ROOM) -> str | None:
+    """The console's line for an event (None: not shown): labelled ``#room`` unless it is ``current``'s."""
+    line = line_of(event, me)
+    return None if line is None else label(line, current) + line.text
+
+
+def label(line: Line, current: str | None) -> str:
+    """``#room `` before a room's line when another room is current (a ``[system]`` line names its room)."""
+    return f"#{line.room} " if line.room is not None and line.room != current and line.kind != "system" else ""
 
 
 def undelivered_line(count: int) -> str:

@@ -29,6 +29,10 @@ DEFAULT_PUB_PORT = 5556
 MAX_FRAME_BYTES = 64 * 1024
 #: Longest ``text`` of a ``msg`` or ``dm``, in Unicode code points.
 MAX_TEXT_CHARS = 4000
+#: Longest room ``topic`` (``/topic``), in Unicode code points.
+MAX_TOPIC_CHARS = 300
+#: Longest away ``reason`` (``/away``), in Unicode code points.
+MAX_AWAY_CHARS = 300
 #: Longest client-chosen message ``id``.
 MAX_ID_CHARS = 64
 #: Rooms one session may be in at once (also the longest ``rooms`` in ``hello``).
@@ -165,8 +169,28 @@ class LeaveEvent(msgspec.Struct, tag_field="type", tag="leave", kw_only=True, gc
     ts: float = 0.0
 
 
+class TopicEvent(msgspec.Struct, tag_field="type", tag="topic", kw_only=True, gc=False):
+    """``user`` set the room's topic to ``topic`` ("" cleared it).  Kept in history like every room event."""
+
+    room: str
+    user: str
+    topic: str
+    seq: int = 0
+    ts: float = 0.0
+
+
+class NickEvent(msgspec.Struct, tag_field="type", tag="nick", kw_only=True, gc=False):
+    """``user`` is now called ``name`` (published in each room the user is in)."""
+
+    room: str
+    user: str
+    name: str
+    seq: int = 0
+    ts: float = 0.0
+
+
 #: The room events the broker publishes (``seq`` and ``ts`` set by ``ChatCore._publish``).
-RoomEvent = MsgEvent | JoinEvent | LeaveEvent
+RoomEvent = MsgEvent | JoinEvent | LeaveEvent | TopicEvent | NickEvent
 
 
 class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True, gc=False):
@@ -176,6 +200,7 @@ class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True, gc=False):
     room: str | msgspec.UnsetType = msgspec.UNSET
     seq: int | msgspec.UnsetType = msgspec.UNSET
     to: str | msgspec.UnsetType = msgspec.UNSET
+    away: str | msgspec.UnsetType = msgspec.UNSET  # a dm to someone away: their reason
 
 
 # --- What the broker sends, as a client reads it ------------------------------------------
@@ -198,6 +223,8 @@ class Joined(msgspec.Struct, tag_field="type", tag="joined", kw_only=True, gc=Fa
     users: list[str] = []
     history: list[RoomEvent] = []
     seq: int = 0
+    topic: str = ""  # the room's topic ("": none)
+    away: dict[str, str] = {}  # members who are away, and why
 
 
 class Left(msgspec.Struct, tag_field="type", tag="left", kw_only=True, gc=False):
@@ -213,6 +240,22 @@ class Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True, gc=Fals
 class Who(msgspec.Struct, tag_field="type", tag="who", kw_only=True, gc=False):
     room: str
     users: list[str] = []
+    away: dict[str, str] = {}  # members who are away, and why
+
+
+class Renamed(msgspec.Struct, tag_field="type", tag="renamed", kw_only=True, gc=False):
+    """The answer to ``nick``: this session is now ``user`` (it was ``was``)."""
+
+    user: str
+    was: str
+    id: str | None = None
+
+
+class Away(msgspec.Struct, tag_field="type", tag="away", kw_only=True, gc=False):
+    """The answer to ``away``: this session's away ``reason`` now ("": back)."""
+
+    reason: str = ""
+    id: str | None = None
 
 
 class History(msgspec.Struct, tag_field="type", tag="history", kw_only=True, gc=False):
@@ -261,7 +304,22 @@ class Shutdown(msgspec.Struct, tag_field="type", tag="shutdown", kw_only=True, g
 
 #: Everything a client may read: replies on its DEALER, events on its SUB.
 Envelope = (
-    Welcome | Joined | Left | Ack | Error | Who | History | Rooms | Pong | Dm | Heartbeat | Head | Shutdown | RoomEvent
+    Welcome
+    | Joined
+    | Left
+    | Ack
+    | Error
+    | Who
+    | Renamed
+    | Away
+    | History
+    | Rooms
+    | Pong
+    | Dm
+    | Heartbeat
+    | Head
+    | Shutdown
+    | RoomEvent
 )
 
 _decode_envelopes = msgspec.json.Decoder(Envelope | list[Envelope]).decode
@@ -352,6 +410,9 @@ def room_of_topic(topic: bytes) -> str | None:
 # Each takes the raw JSON value and returns the clean value or raises ProtocolError.
 
 
+Check = Callable[[str, Any], Any]
+
+
 def _field_error(field: str, expected: str, value: Any) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_FIELD, f"{field!r} must be {expected}, got {type(value).__name__}")
 
@@ -406,6 +467,19 @@ def check_text(field: str, value: Any) -> str:
     return value
 
 
+def _check_note(limit: int) -> Check:
+    """A check for a short free text that may be empty (a topic, an away reason)."""
+
+    def check(field: str, value: Any) -> str:
+        if type(value) is not str:
+            raise _field_error(field, "a string", value)
+        if len(value) > limit:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{field!r} is {len(value)} characters; the limit is {limit}")
+        return value
+
+    return check
+
+
 def check_id(field: str, value: Any) -> str:
     if type(value) is not str:
         raise _field_error(field, "a string", value)
@@ -432,8 +506,6 @@ def check_limit(field: str, value: Any) -> int:
     return value
 
 
-Check = Callable[[str, Any], Any]
-
 #: Every request type, its fields, their checks and whether they are required.
 #: Fields not listed are ignored, so a newer client can talk to an older broker.
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
@@ -447,6 +519,9 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "ping": {},
     "bye": {},
     "rooms": {},
+    "topic": {"room": (check_room, True), "topic": (_check_note(MAX_TOPIC_CHARS), True), "id": (check_id, True)},
+    "nick": {"name": (check_name, True), "id": (check_id, False)},
+    "away": {"reason": (_check_note(MAX_AWAY_CHARS), False), "id": (check_id, False)},
 }
 
 #: Requests that need no session (everything else answers ``no_session`` before ``hello``).

@@ -439,7 +439,7 @@ def test_unknown_command_is_an_error() -> None:
 def test_unknown_command_is_shown_escaped() -> None:
     con, _, out = console()
     con.on_line("/x\x1b[2J")
-    assert lines(out) == ["[error] unknown command /x\\x1b[2j; /help lists the commands"]
+    assert lines(out) == ["[error] unknown command /x\\x1b[2J; /help lists the commands"]
 
 
 @pytest.mark.parametrize("line", ["/quit", "/exit", "/QUIT", "/exit now", "/quit\n"])
