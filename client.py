@@ -242,6 +242,21 @@ class ChatClient:
         self.session.who(room, time.monotonic())
         self._flush()
 
+    def topic(self, room: str, topic: str) -> None:
+        """Set ``room``'s topic ("" clears it); the room's ``TopicEvent`` (or ``Failed``) answers."""
+        self.session.topic(room, topic, time.monotonic())
+        self._flush()
+
+    def nick(self, name: str) -> None:
+        """Go by ``name`` from now on; ``Renamed`` (or ``Failed``: ``name_taken``, ...) answers."""
+        self.session.nick(name, time.monotonic())
+        self._flush()
+
+    def away(self, reason: str = "") -> None:
+        """Mark yourself away (``reason``), or back (""); ``m.Away`` answers."""
+        self.session.away(reason, time.monotonic())
+        self._flush()
+
     def history(self, room: str, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
         self.session.history(room, time.monotonic(), after, limit)
         self._flush()
@@ -314,6 +329,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cli.add_endpoint_args(parser)
     cli.add_session_args(parser, "your user name (asked for if not given)")
     parser.add_argument("--gui", action="store_true", help="chat in a window (gui.py) instead of at the console")
+    parser.add_argument(
+        "--tui", action="store_true", help="full screen: a view per room, a room list and a member list (tui.py)"
+    )
+    parser.add_argument("--no-timestamps", action="store_true", help="no HH:MM before each line")
     return parser.parse_args(argv)
 
 
@@ -331,9 +350,10 @@ def _ask_name(interactive: bool) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """0: said bye with everything delivered; 1: no broker, or lines not delivered; 2: refused or bad options."""
     args = parse_args(argv)
-    if args.gui:  # the window is another program: run it in this process's place, no import between them
-        gui = Path(__file__).with_name("gui.py")
-        os.execv(sys.executable, [sys.executable, str(gui), *(sys.argv[1:] if argv is None else argv)])
+    if args.gui or args.tui:  # another program: run it in this process's place, no import between them
+        program = Path(__file__).with_name("gui.py" if args.gui else "tui.py")
+        argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--gui", "--tui")]
+        os.execv(sys.executable, [sys.executable, str(program), *argv])
     try:
         conn = cli.connection(args)
     except (OSError, ValueError) as exc:
