@@ -20,7 +20,7 @@ import traceback
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -55,7 +55,7 @@ REPLY_TOKEN_BYTES = 16 * 1024
 #: Heartbeats that tell a changed room's head on the feed: one dropped ``head`` frame is not the last word.
 HEAD_REPEATS = 3
 #: Requests that write: refused with ``unavailable`` while the broker cannot store.
-WRITES = frozenset({"hello", "join", "leave", "msg", "dm", "bye"})
+WRITES = frozenset({"hello", "join", "leave", "msg", "dm", "bye", "topic", "nick"})
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,13 @@ class Session:
     last_seen: float
     conn: Peer  # its connection's rate limit and source
     key: str | None = None  # the CURVE public key (z85) it authenticated with; None in plain mode
+    away: str = ""  # why the user is away ("": here)
 
 
 @dataclass(eq=False, slots=True)
 class Room:
     name: str
-    topic: bytes
+    feed: bytes  # its topic on the PUB socket (``room/NAME/``)
     # Encoded events, oldest first, seqs contiguous up to ``seq``.  Bytes, not dicts: the cyclic GC
     # never walks them (so its pauses do not grow with history), they take a third of the memory, and
     # replies embed them as they are (msgspec.Raw) instead of encoding them again.
@@ -181,6 +182,14 @@ class Room:
     seq: int = 0
     head_told: int = 0  # the last seq the feed was told as this room's head (``head``), and how many more
     head_repeats: int = 0  # heartbeats will tell it again (one told head may be dropped like any frame)
+    topic: str = ""  # set by ``topic`` ("": none), kept in history as a topic event
+    topic_seq: int = 0  # the seq of the event that set it
+
+    def set_topic(self, payload: bytes | None) -> None:
+        """Take the topic from a stored topic event (a room loaded from the store)."""
+        if payload is not None:
+            event = msgspec.json.decode(payload, type=m.TopicEvent)
+            self.topic, self.topic_seq = event.topic, event.seq
 
     def add(self, user: str, folded: str) -> None:
         at = bisect.bisect_left(self.folded, folded)
@@ -266,6 +275,23 @@ class SaidWindows:
         else:
             self.grew(len(window) - before, now)
 
+    def rename(self, old: str, new: str, now: float) -> None:
+        """A user now goes by another name: their window goes with them.  One the new name already had (its
+        last holder's, gone) is kept too, merged under the same bound: its ids may still be resent."""
+        window = self.windows.pop(old, None)
+        if window is None:
+            return
+        kept = self.windows.pop(new, None)
+        if kept is not None:
+            before = len(kept) + len(window) + 2
+            kept.update(window)
+            while len(kept) > self.per_user:
+                kept.popitem(last=False)
+            window = kept
+            self.size -= before - len(kept) - 1
+        window.at = now
+        self.windows[new] = window
+
     def grew(self, count: int, now: float) -> None:
         """``count`` more ids are remembered: forget old windows while over ``total`` (callers check
         ``full`` first, so a young window is never what has to go)."""
@@ -313,6 +339,7 @@ class ChatCore:
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
         self.by_name: dict[str, Session] = {}  # by casefolded user name
+        self.away: dict[str, Session] = {}  # the sessions that are away, by casefolded user name
         self.rooms: dict[str, Room] = {}  # rooms in memory, the least recently joined first
         #: Rooms put to rest to make room for others (nobody was in them): their last seq, so a seq is
         #: never given twice, the least recently put to rest first; past ``max_resting_rooms`` the store
@@ -344,6 +371,9 @@ class ChatCore:
             "ping": self._ping,
             "bye": self._bye,
             "rooms": self._rooms,
+            "topic": self._topic,
+            "nick": self._nick,
+            "away": self._away,
         }
 
     def _restore(self, now: float) -> None:
@@ -546,7 +576,7 @@ class ChatCore:
                     added -= self._trim_room(room)
                 if persistent:
                     self.store.append(room_name, seq, payload)
-                out.append(new_tuple(Publish, (room.topic, payload)))
+                out.append(new_tuple(Publish, (room.feed, payload)))
                 if first:
                     said, first = windows.window(session.folded, now), False  # made, or moved to most recent
                 reply = encode(ack(id=msg_id, room=room_name, seq=seq))
@@ -636,7 +666,7 @@ class ChatCore:
                 room.head_repeats = HEAD_REPEATS
             if room.head_repeats:
                 room.head_repeats -= 1
-                out.append(Publish(room.topic, m.encode({"type": "head", "room": room.name, "seq": room.seq})))
+                out.append(Publish(room.feed, m.encode({"type": "head", "room": room.name, "seq": room.seq})))
 
     def shutdown(self, now: float) -> list[Output]:
         """The broker is stopping: tell the feed, so clients know to wait for a new epoch."""
@@ -769,13 +799,81 @@ class ChatCore:
         if req.get("me"):
             event["me"] = True
         out.append(Reply(target.peer, m.encode(event)))
-        ack = m.encode(m.Ack(id=req["id"], to=target.user))
+        ack = m.encode(m.Ack(id=req["id"], to=target.user, away=target.away or msgspec.UNSET))
         self.said.remember(session.folded, req["id"], DM_TAG + _fingerprint_of(req) + ack, now)
         out.append(Reply(peer, ack))
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         room = self.rooms.get(req["room"])
-        out.append(Reply(peer, m.encode({"type": "who", "room": req["room"], "users": _users(room)})))
+        who = {"type": "who", "room": req["room"], "users": _users(room)}
+        self._add_room_state(who, room)
+        out.append(Reply(peer, m.encode(who)))
+
+    def _add_room_state(self, reply: dict[str, Any], room: Room | None, topic: bool = False) -> None:
+        """The room's ``away`` members (and, for ``joined``, its ``topic``), each only where there is one."""
+        away = self._away_in(room)
+        if away:
+            reply["away"] = away
+        if topic and room is not None and room.topic:
+            reply["topic"] = room.topic
+
+    def _away_in(self, room: Room | None) -> dict[str, str]:
+        """Who in ``room`` is away, and why: found among the sessions that are away, not by walking the room."""
+        if room is None:
+            return {}
+        return {s.user: s.away for s in self.away.values() if room.name in s.rooms}
+
+    def _topic(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        """Set a room's topic: a room event like any other (kept in history, so it survives a restart).
+        Setting the topic it already has publishes nothing (a resend of a lost ack is answered the same)."""
+        name, text = req["room"], req["topic"]
+        if name not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {name!r} before setting its topic", req["id"])
+        room = self.rooms[name]
+        if text != room.topic:
+            room.topic = text
+            room.topic_seq = self._publish(room, m.TopicEvent(room=name, user=session.user, topic=text), now, out)
+        out.append(Reply(peer, m.encode(m.Ack(id=req["id"], room=name, seq=room.topic_seq))))
+
+    def _nick(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
+        """Go by another name: checked as a hello's name is, announced in each of the session's rooms.
+        The session keeps its recent message ids (a resend after the rename is still recognised)."""
+        new, old = req["name"], session.user
+        folded = new.casefold()
+        if new != old:
+            self._check_binding(new, session.key)
+            holder = self.by_name.get(folded)
+            if holder is not None and holder is not session:
+                raise ProtocolError(ErrorCode.NAME_TAKEN, f"{new!r} is taken; choose another name")
+            del self.by_name[session.folded]
+            self.said.rename(session.folded, folded, now)
+            session.user, session.folded = new, folded
+            self.by_name[folded] = session
+            if session.away:
+                self.away[folded] = self.away.pop(old.casefold())
+            for room_name in session.rooms:
+                room = self.rooms[room_name]
+                room.remove(old.casefold())
+                room.add(new, folded)
+                self._publish(room, m.NickEvent(room=room_name, user=old, name=new), now, out)
+        reply: dict[str, Any] = {"type": "renamed", "user": new, "was": old}
+        if "id" in req:
+            reply["id"] = req["id"]
+        out.append(Reply(peer, m.encode(reply)))
+
+    def _away(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
+        """Mark the session away (``reason``) or back (""): shown in ``who`` and ``joined``, and to whoever
+        sends it a dm.  Not an event: nothing is stored or published."""
+        session = cast(Session, session)
+        session.away = req.get("reason", "")
+        if session.away:
+            self.away[session.folded] = session
+        else:
+            self.away.pop(session.folded, None)
+        reply: dict[str, Any] = {"type": "away", "reason": session.away}
+        if "id" in req:
+            reply["id"] = req["id"]
+        out.append(Reply(peer, m.encode(reply)))
 
     def _history(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         name = req["room"]
@@ -909,8 +1007,9 @@ class ChatCore:
             room = self.rooms[name] = Room(name, m.room_topic(name), history)
             seq = self._resting_seq(name)
             self.resting.pop(name, None)
-            if seq:  # back from rest: its seq goes on, its recent events come back from disk
+            if seq:  # back from rest: its seq goes on, its recent events (and topic) come back from disk
                 room.seq = seq
+                room.set_topic(self.store.topic(name))
                 self._keep(
                     room, self.store.newest(name, seq - self.config.history_kept, self.config.history_bytes_per_room)
                 )
@@ -932,20 +1031,15 @@ class ChatCore:
             recent = self.store.newest(room_name, room.seq - shown, budget)
         else:
             recent = _fit(_after(room, room.seq - shown, shown), budget, newest=True)
-        out.append(
-            Reply(
-                session.peer,
-                m.encode(
-                    {
-                        "type": "joined",
-                        "room": room_name,
-                        "users": _users(room),
-                        "history": list(map(msgspec.Raw, recent)),
-                        "seq": room.seq,
-                    }
-                ),
-            )
-        )
+        joined = {
+            "type": "joined",
+            "room": room_name,
+            "users": _users(room),
+            "history": list(map(msgspec.Raw, recent)),
+            "seq": room.seq,
+        }
+        self._add_room_state(joined, room, topic=True)
+        out.append(Reply(session.peer, m.encode(joined)))
 
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
         room = self.rooms[room_name]
@@ -959,6 +1053,7 @@ class ChatCore:
             self._exit(session, room_name, reason, now, out)
         del self.sessions[session.peer]
         del self.by_name[session.folded]
+        self.away.pop(session.folded, None)
         session.conn.source.sessions -= 1
         if session.key is not None:
             self.sessions_per_key[session.key] -= 1
@@ -974,7 +1069,7 @@ class ChatCore:
         self._keep(room, [payload])
         if self.store.persistent:  # a call per event that does nothing shows in the broker's throughput
             self.store.append(room.name, seq, payload)
-        out.append(_new_tuple(Publish, (room.topic, payload)))  # Publish(...) without its Python-level __new__
+        out.append(_new_tuple(Publish, (room.feed, payload)))  # Publish(...) without its Python-level __new__
         return seq
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:

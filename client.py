@@ -76,7 +76,6 @@ class ChatClient:
     ) -> None:
         """``positions``/``history_id``: where an observer starts (see ``ClientSession``).
         ``curve``: talk to a CURVE broker (both sockets encrypted and authenticated with these keys)."""
-        self.name = name
         self.router_endpoint = router
         self.pub_endpoint = pub
         self.ctx = context or zmq.Context.instance()
@@ -110,8 +109,18 @@ class ChatClient:
     # --- the session's state, read-only -----------------------------------------------------
 
     @property
+    def name(self) -> str | None:
+        """The name we chat under (after ``nick``, the new one), welcomed or not yet."""
+        return self.session.name
+
+    @property
     def user(self) -> str | None:
         return self.session.user
+
+    @property
+    def away_reason(self) -> str:
+        """Why we are away ("": here), as the broker last confirmed."""
+        return self.session.away_reason
 
     @property
     def observer(self) -> bool:

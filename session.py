@@ -200,6 +200,7 @@ class ClientSession:
         #: Started from positions: a room not among them was made while we were away, so all of it is news.
         self.resumed = bool(positions)
         self.refused: m.Error | None = None  # the hello's final refusal (name_taken, bad_name, ...)
+        self.away_reason = ""  # why we are away, as the broker confirmed ("": here); said again after a restart
 
         self.queue: dict[str, Said] = {}  # unacknowledged messages, in the order written
         self.in_flight: set[str] = set()  # ids of the one frame whose fate is unknown
@@ -322,6 +323,18 @@ class ClientSession:
 
     def who(self, room: str, now: float) -> None:
         self._send(Control.ASKED, {"type": "who", "room": room})
+
+    def topic(self, room: str, topic: str, now: float) -> None:
+        """Set ``room``'s topic: its ``TopicEvent`` comes on the feed (the ack needs no event of its own)."""
+        self._send(Control.ASKED, {"type": "topic", "room": room, "topic": topic})
+
+    def nick(self, name: str, now: float) -> None:
+        """Go by ``name``: ``Renamed`` answers, and from then on a hello (after a restart) says the new name."""
+        self._send(Control.ASKED, {"type": "nick", "name": name})
+
+    def away(self, reason: str, now: float) -> None:
+        """Away (``reason``) or back (""): ``m.Away`` answers."""
+        self._send(Control.ASKED, {"type": "away", "reason": reason})
 
     def history(self, room: str, now: float, after: int = 0, limit: int = m.DEFAULT_HISTORY_LIMIT) -> None:
         self._ask_history(Control.HISTORY, room, after, limit)
@@ -462,6 +475,12 @@ class ClientSession:
                 self._emit(env)
             case m.Ack():
                 self._on_ack(env)
+            case m.Renamed():
+                self.name = self.user = env.user
+                self._emit(env)
+            case m.Away():
+                self.away_reason = env.reason
+                self._emit(env)
             case m.Error():
                 self._on_error(env, now)
             case m.History() if self._answered(env.room) is Control.FILL:
@@ -518,6 +537,8 @@ class ClientSession:
         self._emit(env)
         for room in [*self._joining, *self._leaving]:  # asked before or during the outage
             self._ask_membership(room, now)
+        if resumed and self.away_reason:  # a new broker run knows nothing of it
+            self._send(Control.ASKED, {"type": "away", "reason": self.away_reason})
         for room in self.wanted_rooms:  # the hello's joins: their joined replies are awaited like any join's
             if room not in self._joining:  # (one lost, the room's baseline would never come: asked again)
                 self._joining[room] = ("welcome", now)

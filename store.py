@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-#: 3: a row holds a run of a room's consecutive events (``first`` to ``seq``), not one event; 2 is read and
-#: upgraded in place (its rows are runs of one, ``first`` NULL).
-SCHEMA_VERSION = 3
+#: 4: each room's newest topic event is kept in ``topics`` too.  3: a row holds a run of a room's consecutive
+#: events (``first`` to ``seq``), not one event.  2 and 3 are read and upgraded in place (2's rows are runs of
+#: one, ``first`` NULL; neither had topics).
+SCHEMA_VERSION = 4
 #: Largest run of events stored in one row: what one history read may have to load to find one event.
 RUN_BYTES = 64 * 1024
 SYNC_LEVELS = ("normal", "full")
@@ -52,6 +53,9 @@ class MemoryStore:
         return None
 
     def seal(self) -> Sealed | None:
+        return None
+
+    def topic(self, room: str) -> bytes | None:
         return None
 
     def last_seq(self, room: str) -> int:
@@ -113,14 +117,17 @@ class SqliteStore:
                 room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, first INTEGER,
                 PRIMARY KEY (room, seq)
             ) WITHOUT ROWID;
+            -- Each room's newest topic event (also in events): found without reading the room's history.
+            CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, payload BLOB NOT NULL);
             """
         )
         version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if version is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (os.urandom(8).hex(),))
-        elif int(version[0]) == 2:  # one event a row, no ``first``: the same rows are runs of one
-            self.db.execute("ALTER TABLE events ADD COLUMN first INTEGER")
+        elif int(version[0]) in (2, 3):  # topics was made above; 2 had one event a row: runs of one
+            if int(version[0]) == 2:
+                self.db.execute("ALTER TABLE events ADD COLUMN first INTEGER")
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         elif int(version[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
@@ -184,6 +191,14 @@ class SqliteStore:
     def append(self, room: str, seq: int, payload: bytes) -> None:
         self._rows.append((room, seq, payload))
 
+    def topic(self, room: str) -> bytes | None:
+        """``room``'s newest topic event, pending ones included (None: it never had a topic)."""
+        pending = [p for name, _, p in self._unstored() if name == room and p.startswith(TOPIC_EVENT)]
+        if pending:
+            return pending[-1]
+        row = self.db.execute("SELECT payload FROM topics WHERE room = ?", (room,)).fetchone()
+        return None if row is None else row[0]
+
     def read(self, room: str, after: int, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
         """Encoded events of ``room`` with ``seq > after``, oldest first, at most ``limit`` and, but for the
         first, within ``max_bytes`` (rows are read lazily, so a large limit costs only what is sent):
@@ -238,7 +253,7 @@ class SqliteStore:
             return
         self.db.execute("BEGIN")
         try:
-            self.db.executemany(INSERT, runs(self._rows))
+            write(self.db, self._rows)
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
@@ -259,6 +274,19 @@ Row = tuple[str, int, bytes]  # room, seq, encoded event
 INSERT = "INSERT INTO events (room, seq, payload, first) VALUES (?, ?, ?, ?)"
 #: The rows that hold events of a room after a seq: every run that ends after it.
 SELECT_AFTER = "SELECT seq, payload, first FROM events WHERE room = ? AND seq > ?"
+
+
+#: How a topic event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
+TOPIC_EVENT = b'{"type":"topic",'
+UPSERT_TOPIC = "INSERT OR REPLACE INTO topics (room, seq, payload) VALUES (?, ?, ?)"
+
+
+def write(db: sqlite3.Connection, rows: list[Row]) -> None:
+    """Store ``rows`` in the open transaction: their runs, and each room's newest topic event."""
+    db.executemany(INSERT, runs(rows))
+    topics = {row[0]: row for row in rows if row[2].startswith(TOPIC_EVENT)}
+    if topics:
+        db.executemany(UPSERT_TOPIC, topics.values())
 
 
 def runs(rows: list[Row]) -> list[tuple[str, int, bytes, int | None]]:

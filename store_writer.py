@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from store import INSERT, Row, Sealed, SqliteStore, runs
+from store import Row, Sealed, SqliteStore, write
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -166,7 +166,7 @@ def _commit(db: sqlite3.Connection, batches: list[tuple[int, list[Row]]], failed
     if not failed:
         try:
             db.execute("BEGIN")
-            db.executemany(INSERT, runs([row for _, rows in batches for row in rows]))
+            write(db, [row for _, rows in batches for row in rows])
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:

@@ -153,6 +153,9 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "resume": st.booleans(),
     "after": st.integers(0, 12) | st.sampled_from([m.MAX_SEQ, m.MAX_SEQ - 5, m.MAX_SEQ + 1]),
     "limit": st.integers(1, 5) | st.sampled_from([m.MAX_HISTORY_LIMIT, m.MAX_HISTORY_LIMIT + 1]),
+    "name": st.sampled_from(NAMES),
+    "topic": st.sampled_from(["", "plans", "\x1b[2J", "x" * m.MAX_TOPIC_CHARS, "x" * (m.MAX_TOPIC_CHARS + 1)]),
+    "reason": st.sampled_from(["", "lunch", "x" * (m.MAX_AWAY_CHARS + 1)]),
 }
 UNKNOWN_TYPES = ["welcome", "error", "ack", "joined", "Hello", "hello ", "", "msg\x00", "history2"]
 
@@ -338,7 +341,7 @@ def check_state(core: ChatCore) -> None:
     assert len(core.rooms) <= cfg.max_rooms
     assert not set(core.rooms) & set(core.resting)
     for name, room in core.rooms.items():
-        assert room.name == name and room.topic == m.room_topic(name)
+        assert room.name == name and room.feed == m.room_topic(name)
         assert room.users == sorted(room.users, key=str.casefold)  # display order, kept as people come and go
         assert room.folded == [user.casefold() for user in room.users]
         assert len(set(room.folded)) == len(room.folded)
@@ -890,7 +893,7 @@ class FaultyNetwork(RuleBasedStateMachine):
         """Across restarts of a persistent store, each room's feed went on from its last seq (Books checks each
         event); and the core's rooms are where the feed left them."""
         for room in self.core.rooms.values():
-            assert room.seq == self.books.last_seq.get(room.topic, 0), (room.name, room.seq)
+            assert room.seq == self.books.last_seq.get(room.feed, 0), (room.name, room.seq)
 
 
 FaultyNetwork.TestCase.settings = settings(

@@ -44,6 +44,9 @@ plausible = {
     "resume": st.booleans(),
     "after": st.integers(min_value=-2, max_value=30),
     "limit": st.integers(min_value=-1, max_value=m.MAX_HISTORY_LIMIT + 1),
+    "name": st.sampled_from(NAMES),
+    "topic": st.sampled_from(["", "plans", "x" * (m.MAX_TOPIC_CHARS + 1)]),
+    "reason": st.sampled_from(["", "lunch", "x" * (m.MAX_AWAY_CHARS + 1)]),
 }
 field_names = st.sampled_from([*plausible, "type", "seq", "extra"]) | st.text(max_size=8)
 
@@ -323,7 +326,7 @@ class ChatMachine(RuleBasedStateMachine):
             assert len(room.history) <= self.core.config.history_kept
             if room.history:
                 assert msgspec.json.decode(room.history[-1])["seq"] == room.seq
-                assert self.seq[room.topic] == room.seq
+                assert self.seq[room.feed] == room.seq
 
 
 ChatMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)

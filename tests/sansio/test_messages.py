@@ -61,6 +61,14 @@ VALID = [
     ({"type": "ping"}, {"type": "ping"}),
     ({"type": "bye"}, {"type": "bye"}),
     ({"type": "rooms"}, {"type": "rooms"}),
+    (
+        {"type": "topic", "room": "dev", "topic": "plans", "id": "t1"},
+        {"type": "topic", "room": "dev", "topic": "plans", "id": "t1"},
+    ),
+    ({"type": "topic", "room": "dev", "topic": "", "id": "t2"}, {"type": "topic", "room": "dev", "topic": "", "id": "t2"}),
+    ({"type": "nick", "name": "bob"}, {"type": "nick", "name": "bob"}),
+    ({"type": "away", "reason": "lunch", "id": "a1"}, {"type": "away", "reason": "lunch", "id": "a1"}),
+    ({"type": "away"}, {"type": "away"}),
 ]
 
 
