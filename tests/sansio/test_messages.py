@@ -65,7 +65,10 @@ VALID = [
         {"type": "topic", "room": "dev", "topic": "plans", "id": "t1"},
         {"type": "topic", "room": "dev", "topic": "plans", "id": "t1"},
     ),
-    ({"type": "topic", "room": "dev", "topic": "", "id": "t2"}, {"type": "topic", "room": "dev", "topic": "", "id": "t2"}),
+    (
+        {"type": "topic", "room": "dev", "topic": "", "id": "t2"},
+        {"type": "topic", "room": "dev", "topic": "", "id": "t2"},
+    ),
     ({"type": "nick", "name": "bob"}, {"type": "nick", "name": "bob"}),
     ({"type": "away", "reason": "lunch", "id": "a1"}, {"type": "away", "reason": "lunch", "id": "a1"}),
     ({"type": "away"}, {"type": "away"}),
