@@ -36,15 +36,15 @@ def test_three_clients_and_a_logger_chat(harness: Harness) -> None:
     bob.expect(r"^\[dm\] alice: the password is swordfish$")
     alice.expect(r"^\[dm -> bob\] the password is swordfish$")
 
-    # Rooms: a room's lines carry its name; who is in it is answered.
+    # Rooms: lines of the current room read as before, another room's carry its name; who is in it is answered.
     bob.send("/join dev")
     bob.expect(r"^\[system\] you are in #dev \(1 here: bob\)$")
     carol.send("/join dev")
-    bob.expect(r"^#dev \[join\] carol joined the room$")
+    bob.expect(r"^\[join\] carol joined the room$")
     bob.send("standup in 5")
-    carol.expect(r"^#dev bob: standup in 5$")
+    carol.expect(r"^bob: standup in 5$")
     carol.send("/me nods")
-    bob.expect(r"^#dev \* carol nods$")
+    bob.expect(r"^\* carol nods$")
     carol.send("/who")
     carol.expect(r"^\[who\] #dev: bob, carol \(2\)$")
     carol.send("/rooms")
@@ -53,8 +53,8 @@ def test_three_clients_and_a_logger_chat(harness: Harness) -> None:
     # /quit: the others see the original leave notice.
     alice.send("/quit")
     assert alice.wait() == 0
-    bob.expect(r"^\[leave\] alice left the chat$")
-    carol.expect(r"^\[leave\] alice left the chat$")
+    bob.expect(r"^#general \[leave\] alice left the chat$")
+    carol.expect(r"^#general \[leave\] alice left the chat$")
 
     # Nobody sees their own lines echoed back, and alice's room lines never reach general-only alice.
     assert "bob: standup in 5" not in "\n".join(bob.output())
