@@ -386,7 +386,7 @@ class ChatCore:
         # The newest message ids of all rooms' last history_kept events (whatever memory keeps of them),
         # at most as many as the windows hold (a heap, so memory stays bounded however many rooms there
         # are), replayed oldest first, each at the time it was said: ids older than dedupe_age may go.
-        newest: list[tuple[float, int, str, str, str]] = []
+        newest: list[tuple[float, int, str, str, str, str]] = []
         most = cfg.dedupe_total
         for name, seq in self.store.rooms():
             self._rest(name, seq)
@@ -395,12 +395,15 @@ class ChatCore:
                 if self.history_bytes > cfg.history_bytes_total:  # as it runs: memory never holds more
                     self._trim_all(cfg.history_bytes_total * 9 // 10)
             for said in map(_decode_said, self.store.events(name, seq - cfg.history_kept)):
-                if said.type == "msg":
-                    entry = (said.ts, said.seq, name, said.user.casefold(), said.id)
+                if said.type in ("msg", "nick"):  # after a nick, ids said before it are resent under the new name
+                    entry = (said.ts, said.seq, name, said.user.casefold(), said.id, said.name.casefold())
                     (heapq.heappush if len(newest) < most else heapq.heappushpop)(newest, entry)
-        for ts, seq, room_name, folded, msg_id in sorted(newest):
-            ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
-            self.said.remember(folded, msg_id, ack, min(now, ts - self.wall_offset))
+        for ts, seq, room_name, folded, msg_id, renamed in sorted(newest):
+            at = min(now, ts - self.wall_offset)
+            if renamed:
+                self.said.rename(folded, renamed, at)
+            else:
+                self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), at)
 
     def commit(self) -> None:
         """Make everything handled so far durable.  The broker calls this before sending what it was given.
@@ -1182,6 +1185,7 @@ class _Said(msgspec.Struct):
     ts: float = 0.0
     user: str = ""
     id: str = ""
+    name: str = ""  # a nick event's new name
 
 
 _seq_of_payload = msgspec.json.Decoder(_Seq).decode

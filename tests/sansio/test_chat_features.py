@@ -201,3 +201,18 @@ def test_the_session_says_away_again_after_a_broker_restart() -> None:
     session.reply(m.encode(m.Welcome(user="alice", epoch="e2")), 0.3)
     sent = [msgspec.json.decode(f) for f in session.outbox]
     assert {"type": "away", "reason": "lunch"} in [{k: v for k, v in s.items() if k != "id"} for s in sent]
+
+
+def test_a_resend_after_a_nick_is_recognised_by_the_next_broker_run(tmp_path: object) -> None:
+    path = f"{tmp_path}/chat.db"
+    core = ChatCore(store=SqliteStore(path))
+    hello(core, A, "alice", rooms=["general", "dev"])
+    first = replies(say(core, A, "once", room="dev"))[0]  # its ack is lost on the way
+    send(core, A, {"type": "nick", "name": "alicia"})
+    core.commit()
+    core.store.close()
+    again = ChatCore(store=SqliteStore(path))
+    hello(again, A, "alicia", rooms=["general", "dev"], resume=True)
+    out = say(again, A, "once", room="dev")
+    assert publishes(out) == [] and replies(out) == [first]
+    again.store.close()
