@@ -275,12 +275,18 @@ class SaidWindows:
         else:
             self.grew(len(window) - before, now)
 
-    def rename(self, old: str, new: str, now: float) -> None:
+    def rename(self, old: str, new: str, now: float, keep: bool = False) -> None:
         """A user now goes by another name: their window goes with them.  One the new name already had (its
-        last holder's, gone) is kept too, merged under the same bound: its ids may still be resent."""
-        window = self.windows.pop(old, None)
+        last holder's, gone) is kept too, merged under the same bound: its ids may still be resent.
+        ``keep``: the old name keeps a copy (a restarted broker cannot tell which name a client comes back
+        under: the one it asked for, or the old one if it never heard the answer)."""
+        window = self.windows.get(old) if keep else self.windows.pop(old, None)
         if window is None:
             return
+        if keep:
+            window = Window(now)
+            window.update(self.windows[old])
+            self.size += len(window) + 1
         kept = self.windows.pop(new, None)
         if kept is not None:
             before = len(kept) + len(window) + 2
@@ -401,7 +407,7 @@ class ChatCore:
         for ts, seq, room_name, folded, msg_id, renamed in sorted(newest):
             at = min(now, ts - self.wall_offset)
             if renamed:
-                self.said.rename(folded, renamed, at)
+                self.said.rename(folded, renamed, at, keep=True)
             else:
                 self.said.remember(folded, msg_id, m.encode(m.Ack(id=msg_id, room=room_name, seq=seq)), at)
 

@@ -80,6 +80,7 @@ class Control(Enum):
     ASKED = "ask"  # who: the caller asked, the caller hears of an error
     HISTORY = "history"  # a history the caller asked for: its reply (or error) goes to the caller
     PING = "ping"
+    NICK = "nick"  # asked again until answered; its error goes to the caller
     FILL = "fill"  # history to fill a hole: asked again by its timer
     BYE = "bye"
 
@@ -201,6 +202,9 @@ class ClientSession:
         self.resumed = bool(positions)
         self.refused: m.Error | None = None  # the hello's final refusal (name_taken, bad_name, ...)
         self.away_reason = ""  # why we are away, as the broker confirmed ("": here); said again after a restart
+        #: A nick asked for and not yet answered: (name, request id, when sent).  Asked again until answered: a
+        #: lost ``renamed`` must not leave us believing in the old name, which the next hello would use.
+        self._nicking: tuple[str, str, float] | None = None
 
         self.queue: dict[str, Said] = {}  # unacknowledged messages, in the order written
         self.in_flight: set[str] = set()  # ids of the one frame whose fate is unknown
@@ -272,6 +276,8 @@ class ClientSession:
             due.append(self._in_flight_at + self.ack_timeout)
         if self.state is State.READY:
             due += [sent + self.ack_timeout for _, sent in (*self._joining.values(), *self._leaving.values())]
+            if self._nicking is not None:
+                due.append(self._nicking[2] + self.ack_timeout)
         if self._retry_at is not None:
             due.append(self._retry_at)
         if self._closing_until is not None:
@@ -329,8 +335,15 @@ class ClientSession:
         self._send(Control.ASKED, {"type": "topic", "room": room, "topic": topic})
 
     def nick(self, name: str, now: float) -> None:
-        """Go by ``name``: ``Renamed`` answers, and from then on a hello (after a restart) says the new name."""
-        self._send(Control.ASKED, {"type": "nick", "name": name})
+        """Go by ``name``: ``Renamed`` (or ``Failed``) answers; asked again until one does.  From then on a hello
+        (after a restart) says the new name."""
+        self._nicking = (name, "", now)
+        self._ask_nick(now)
+
+    def _ask_nick(self, now: float) -> None:
+        if self._nicking is not None and self.state is State.READY:
+            name = self._nicking[0]
+            self._nicking = (name, self._send(Control.NICK, {"type": "nick", "name": name}), now)
 
     def away(self, reason: str, now: float) -> None:
         """Away (``reason``) or back (""): ``m.Away`` answers."""
@@ -408,6 +421,8 @@ class ClientSession:
             for room, (_, sent) in [*self._joining.items(), *self._leaving.items()]:
                 if now >= sent + self.ack_timeout:  # unanswered (dropped with no connection, lost in a restart)
                     self._ask_membership(room, now)
+            if self._nicking is not None and now >= self._nicking[2] + self.ack_timeout:
+                self._ask_nick(now)
         for room, due in list(self._catch_up.items()):
             if now >= due:
                 del self._catch_up[room]
@@ -477,6 +492,8 @@ class ClientSession:
                 self._on_ack(env)
             case m.Renamed():
                 self.name = self.user = env.user
+                if self._nicking is not None and self._nicking[0] == env.user:
+                    self._nicking = None
                 self._emit(env)
             case m.Away():
                 self.away_reason = env.reason
@@ -539,6 +556,7 @@ class ClientSession:
             self._ask_membership(room, now)
         if resumed and self.away_reason:  # a new broker run knows nothing of it
             self._send(Control.ASKED, {"type": "away", "reason": self.away_reason})
+        self._ask_nick(now)  # asked before or during the outage
         for room in self.wanted_rooms:  # the hello's joins: their joined replies are awaited like any join's
             if room not in self._joining:  # (one lost, the room's baseline would never come: asked again)
                 self._joining[room] = ("welcome", now)
@@ -600,6 +618,13 @@ class ClientSession:
             self._on_hello_error(env, now)
         elif kind in (Control.JOIN, Control.LEAVE):
             self._on_membership_error(env, now)
+        elif kind is Control.NICK:
+            if self._nicking is not None and self._nicking[1] == msg_id and code not in RETRY_LATER:
+                if code == m.ErrorCode.NO_SESSION.value:
+                    self._lose_session(now)  # asked again after the welcome
+                else:
+                    self._nicking = None
+                    self._emit(Failed(error=env))
         elif code == m.ErrorCode.NO_SESSION.value and self.state is State.READY:
             self._lose_session(now)  # the broker forgot us (we timed out, or it restarted)
         elif msg_id is None and code in RETRY_LATER:

@@ -5,7 +5,8 @@ crashes before a commit.  No sockets, no clock: everything is a step of the stat
 What must hold, whatever the faults:
 
 * nothing a session accepted (``say``) is lost or published twice: once the network heals, every
-  message is acknowledged, and each history holds it at most once (exactly once in a persistent one);
+  message is acknowledged, and each history holds it at most once (exactly once in a persistent one),
+  whatever names its writer took meanwhile (``nick``, whose answer may be lost like any other);
 * one sender's messages are stored in the order they were written;
 * feed events come out of a session once each, in ``seq`` order per room (per broker history);
 * the session's next deadline is never in the past after it ran its timers;
@@ -68,7 +69,8 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
         self.store = self.open_store()
         self.core = ChatCore(CONFIG, store=self.store, now=self.now)
         self.generation = 0
-        #: What the broker published, per history: (history_id, user, text) -> seqs it was given.
+        #: What the broker published, per history: (history_id, writer, text) -> seqs it was given.  The writer is
+        #: told by the text (``alice-3``): its name on the feed changes with each nick.
         self.published: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         #: The same, by where it was published: (history_id, room, seq) -> (user, text).
         self.at_seq: dict[tuple[str, str, int], tuple[str, str]] = {}
@@ -116,7 +118,7 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
             peer.acked[event.request.text] = peer.acked.get(event.request.text, 0) + 1
         elif isinstance(event, Failed) and event.request is not None and not event.retrying:
             raise AssertionError(f"{session.name}: a message was refused for good: {event}")
-        elif isinstance(event, m.MsgEvent | m.JoinEvent | m.LeaveEvent):
+        elif isinstance(event, m.RoomEvent):  # every event with a seq (a nick too)
             key = (session.history_id, event.room)
             last = peer.seen.get(key, 0)
             assert event.seq > last, f"{session.name} got seq {event.seq} after {last} in {key}"
@@ -149,7 +151,8 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
     def record(self, output: Publish) -> None:
         for event in m.read_envelopes(output.payload):
             if isinstance(event, m.MsgEvent):
-                self.published[self.store.history_id, event.user, event.text].append(event.seq)
+                writer = event.text.rpartition("-")[0]
+                self.published[self.store.history_id, writer, event.text].append(event.seq)
                 self.at_seq[self.store.history_id, event.room, event.seq] = (event.user, event.text)
 
     def pick(self, frames: list[bytes], choice: int) -> bytes:
@@ -180,6 +183,16 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
         else:
             peer.session.leave(OTHER_ROOM, self.now)
             peer.rooms.discard(OTHER_ROOM)
+        self.run_session(peer)
+
+    @rule(name=st.sampled_from(NAMES))
+    def rename(self, name: str) -> None:
+        """A writer takes another name (``alice`` <-> ``alice_``): nobody else ever wants either."""
+        peer = self.peers[name]
+        if peer.session.closed:
+            return
+        current = peer.session.name or name
+        peer.session.nick(name if current != name else f"{name}_", self.now)
         self.run_session(peer)
 
     # --- rules: the network ---------------------------------------------------------------------
