@@ -20,6 +20,8 @@ import pytest
 from benchmarks.procs import ROOT
 
 RUN = ROOT / "run"
+#: The environment without the script's own variables: CI runs the suite with EXTRAS set.
+INHERITED = {name: value for name, value in os.environ.items() if name not in ("PYTHON", "VENV", "EXTRAS")}
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or shutil.which("sh") is None, reason="./run is a POSIX shell script"
@@ -32,7 +34,7 @@ def run(*args: str, timeout: float = 10, **env: str) -> subprocess.CompletedProc
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **env},
+        env={**INHERITED, **env},
         cwd=ROOT,
         check=False,
     )

@@ -42,7 +42,7 @@ from chat import ChatConfig, ChatCore, Publish, Reply
 from store import MemoryStore, SqliteStore
 
 DOCUMENTED_CODES = {code.value for code in m.ErrorCode} - {m.ErrorCode.INTERNAL.value}
-REPLY_TYPES = {"welcome", "joined", "left", "ack", "who", "history", "pong", "rooms", "error", "dm"}
+REPLY_TYPES = {"welcome", "joined", "left", "ack", "who", "history", "pong", "rooms", "error", "dm", "renamed", "away"}
 
 
 def config_without_rate_limits(**overrides: Any) -> ChatConfig:
@@ -298,11 +298,11 @@ class Books:
         if event["type"] == "head":  # not an event: the room's newest seq, as published so far
             assert event["seq"] == self.last_seq.get(item.topic, 0), (item.topic, event)
             return
-        assert event["type"] in ("join", "leave", "msg")
+        assert event["type"] in ("join", "leave", "msg", "topic", "nick")
         # Per room, every seq once, consecutive from 1, whatever came in.
         assert event["seq"] == self.last_seq.get(item.topic, 0) + 1, (item.topic, event)
         self.last_seq[item.topic] = event["seq"]
-        if event["type"] == "msg":
+        if event["type"] in ("msg", "topic"):
             self.msgs[event["room"], event["seq"]] = event
 
     def check_reply(self, env: dict[str, Any], rate_limited_ok: bool) -> None:
@@ -315,7 +315,10 @@ class Books:
             assert type(env["detail"]) is str
         elif env["type"] == "ack" and "seq" in env:  # a msg's ack names the event it got (now, or before)
             event = self.msgs.get((env["room"], env["seq"]))
-            assert event is not None and event["id"] == env["id"], (env, event)
+            if event is None or event["type"] == "topic":  # a topic's: the event that set it (0: never set)
+                assert env["seq"] == 0 or event is not None, env
+            else:
+                assert event["id"] == env["id"], (env, event)
         elif env["type"] in ("history", "joined"):
             events = env["events"] if env["type"] == "history" else env["history"]
             seqs = [event["seq"] for event in events]
