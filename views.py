@@ -115,6 +115,8 @@ class Views:
         if name is None:
             return None
         view = self.open(name)
+        if len(view.lines) == view.lines.maxlen and view.history_end:
+            view.history_end -= 1  # the oldest line scrolls away: the history's end moves up with it
         view.lines.append(line)
         if past:
             view.history_end = len(view.lines)
