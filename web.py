@@ -133,7 +133,7 @@ SECURITY_HEADERS = {
 BYE = m.encode({"type": "bye"})
 _BATCH = re.compile(rb"[ \t\r\n]*\[")
 #: Replies the gateway never needs to look into (the big and the frequent ones): no parsing.
-_OPAQUE_REPLIES = (b'{"type":"history"', b'{"type":"ack"', b'{"type":"dm"', b'{"type":"who"')
+_OPAQUE_REPLIES = (b'{"type":"history"', b'{"type":"ack"', b'{"type":"dm"', b'{"type":"who"', b'{"type":"away"')
 
 
 def static_dir() -> Path:
@@ -741,6 +741,12 @@ class Gateway:
                 for room in env["rooms"][: m.MAX_HELLO_ROOM_ITEMS]:
                     if m.valid_room(room):
                         self._enter(browser, room)
+        elif kind == "renamed":
+            # The session goes on under its new name (/nick): a later welcome for that name (a repeated
+            # hello, the page's hello after a pause) is the same session, and must not cost its rooms.
+            user = env.get("user")
+            if browser.user is not None and type(user) is str:
+                browser.user = user.casefold()
         elif kind == "joined" and m.valid_room(env.get("room")):
             self._enter(browser, env["room"])
         elif kind == "left" and m.valid_room(env.get("room")):

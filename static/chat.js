@@ -4,22 +4,35 @@
 //
 // Safety rule: text from the network is only ever put in the page with textContent (via el()),
 // never as HTML, and control/bidi characters are shown as visible escapes (safeText).
+//
+// The page has a view per room and per private conversation ("query"), like the console's views.py;
+// the typed commands, Tab completion and long-line splitting are ports of commands.py, and the mention
+// rule is display.mentions: tests/test_web_page.py checks that both languages agree.
 "use strict";
 
 (() => {
   const DEFAULT_ROOM = "general";
   const MAX_HISTORY_LIMIT = 500;
   const MAX_HELD_PER_ROOM = 10000;
+  const MAX_TEXT_CHARS = 4000; // messages.MAX_TEXT_CHARS: a longer line goes as several messages
+  const MAX_NOTE_CHARS = 300; // messages.MAX_TOPIC_CHARS and MAX_AWAY_CHARS
+  const MAX_LINES = 2000; // lines a view keeps (views.MAX_LINES); older ones scroll away for good
+  const MAX_TYPED = 100; // typed lines ArrowUp brings back
   const MISSED_HEARTBEATS = 3; // heartbeats missed before the page says the connection is lost
   const FILL_RETRY_MS = 3000;
   const ACK_TIMEOUT_MS = 3000; // an unacknowledged message is sent again (same id; the broker drops repeats)
   const MAX_UNACKED = 1000;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 8000;
+  // Away is not an event (nobody is told when someone goes or comes back): the current room's who is
+  // asked again this often, quietly, so its away marks do not go stale; and on switching to a room.
+  const AWAY_REFRESH_MS = 60000;
+  const AWAY_REFRESH_ON_SWITCH_MS = 10000;
   const NOTICE_EVERY_MS = 3000; // "sending too fast" and the like: one line per this long, not one per message
   // Errors that say "not now" rather than "never": the request is kept (or, for hello, asked again).
   const RETRY_CODES = new Set(["rate_limited", "unavailable"]);
-
+  const QUERY = "@"; // a private conversation's view is "@" + the other's name (case-folded); rooms never start so
+  const APP_TITLE = "zmq-chat";
   // --- protocol helpers (ports of sequencer.FeedSequencer and safe_text.safe_text) -----------
 
   /** Did a history reply bring all the broker has after what was asked?  Not when it says more (cut at
@@ -148,6 +161,130 @@
     });
   }
 
+
+  // --- typed lines: commands, completion, splitting (ports of commands.py) ---------------------
+
+  /** Every command, in the order /help lists them (commands.COMMANDS).  `takes` says what follows it. */
+  const COMMANDS = [
+    { words: ["msg"], takes: "name text", usage: "/msg NAME TEXT", help: "private message to NAME (nobody else sees it, not even loggers)" },
+    { words: ["query"], takes: "name text?", usage: "/query NAME [TEXT]", help: "open a private conversation with NAME" },
+    { words: ["me"], takes: "text", usage: "/me ACTION", help: "say an action: * alice waves" },
+    { words: ["join"], takes: "room", usage: "/join ROOM", help: "join ROOM and make it current (or switch to it if you are in it)" },
+    { words: ["leave", "part"], takes: "room?", usage: "/leave [ROOM], /part", help: "leave ROOM (default: the current room)" },
+    { words: ["who", "names"], takes: "room?", usage: "/who [ROOM], /names", help: "who is in ROOM (default: the current room)" },
+    { words: ["rooms"], takes: "", usage: "/rooms", help: "the rooms you are in" },
+    { words: ["topic"], takes: "text?", usage: "/topic [TEXT]", help: "show the current room's topic, or set it (/topic - clears it)" },
+    { words: ["nick"], takes: "name", usage: "/nick NAME", help: "change your name" },
+    { words: ["away"], takes: "text?", usage: "/away [REASON]", help: "mark yourself away (without a reason: back)" },
+    { words: ["back"], takes: "", usage: "/back", help: "you are back" },
+    { words: ["window", "win"], takes: "number", usage: "/window N", help: "switch to view N (rooms, then private conversations)" },
+    { words: ["clear"], takes: "", usage: "/clear", help: "clear the current view" },
+    { words: ["help"], takes: "", usage: "/help", help: "this help" },
+    { words: ["quit", "exit"], takes: "", usage: "/quit, /exit", help: "leave the chat" },
+  ];
+  const BY_WORD = new Map(COMMANDS.flatMap((spec) => spec.words.map((word) => [word, spec])));
+  const COMMAND_WORDS = COMMANDS.flatMap((spec) => spec.words.map((word) => "/" + word));
+  const ROOM_ARGUMENT = new Set(["/join", "/leave", "/part", "/who", "/names"]);
+  const NAME_ARGUMENT = new Set(["/msg", "/query", "/nick"]);
+  const HELP = [
+    "Commands:",
+    "TEXT — say TEXT in the current room (or to the other, in a private conversation)",
+    ...COMMANDS.map((spec) => `${spec.usage} — ${spec.help}`),
+    "//TEXT — say TEXT starting with a slash",
+    "Tab completes commands, #rooms and names (again: the next one); ↑ brings back what you typed.",
+  ];
+
+  /** A command typed wrong: the message says how it is typed (commands.Usage). */
+  class Usage extends Error {}
+
+  /** One typed line -> {name, arg, text} (name "say" for plain text), null for a blank line; throws Usage.
+   *  The same answers as commands.parse. */
+  function parse(line) {
+    line = line.replace(/[\r\n]+$/, "");
+    if (!line.trim()) return null;
+    if (!line.startsWith("/") || line.startsWith("//")) {
+      return { name: "say", arg: "", text: line.startsWith("//") ? line.slice(1) : line };
+    }
+    const [word, rest0] = partition(line.slice(1));
+    const spec = BY_WORD.get(word.toLowerCase());
+    if (spec === undefined) throw new Usage(`unknown command /${word.slice(0, 40)}; /help lists the commands`);
+    const rest = rest0.trim();
+    const name = spec.words[0];
+    if (spec.takes === "" || spec.takes === "text?") return { name, arg: "", text: rest };
+    if (spec.takes === "text") {
+      if (!rest) throw new Usage(`usage: ${spec.usage}`);
+      return { name, arg: "", text: rest };
+    }
+    const [first, text] = partition(rest);
+    if (spec.takes.startsWith("room")) {
+      const room = first.replace(/^#+/, "").toLowerCase();
+      if (!room && spec.takes === "room") throw new Usage(`usage: ${spec.usage}`);
+      return { name, arg: room, text: "" };
+    }
+    if (spec.takes === "number") {
+      if (!/^[0-9]+$/.test(first)) throw new Usage(`usage: ${spec.usage}`);
+      return { name, arg: first, text: "" };
+    }
+    if (!first || (spec.takes === "name text" && !text.trim())) throw new Usage(`usage: ${spec.usage}`);
+    return { name, arg: first, text: text.trim() };
+  }
+
+  /** Python's str.partition(" "): before the first space, and after it ("" if none). */
+  function partition(text) {
+    const at = text.indexOf(" ");
+    return at < 0 ? [text, ""] : [text.slice(0, at), text.slice(at + 1)];
+  }
+
+  /** What Tab may put in place of the word ending at the cursor (commands.complete): a command after "/"
+   *  at the start, a room after "#" or as the argument of a room command, else a name (of `names`; at the
+   *  start of a line "NAME: ", as chat clients address someone).  -> {start, candidates} */
+  function complete(beforeCursor, names, rooms, me) {
+    const start = /\S*$/.exec(beforeCursor).index;
+    const typed = beforeCursor.slice(start);
+    const folded = typed.toLowerCase();
+    const head = beforeCursor.slice(0, start);
+    const first = head.trim() ? head.split(" ", 1)[0].toLowerCase() : "";
+    if (!head.trim() && typed.startsWith("/")) {
+      return { start, candidates: COMMAND_WORDS.filter((w) => w.startsWith(folded)) };
+    }
+    if (typed.startsWith("#") || ROOM_ARGUMENT.has(first)) {
+      const bare = folded.replace(/^#+/, "");
+      return { start, candidates: rooms.filter((r) => r.startsWith(bare)).map((r) => "#" + r) };
+    }
+    const others = names.filter((n) => n.toLowerCase().startsWith(folded) && n !== me);
+    if (!head.trim()) return { start, candidates: first ? others : others.map((n) => n + ": ") };
+    return { start, candidates: others };
+  }
+
+  /** `text` as messages of at most `limit` characters (code points, as the broker counts) each, cut at
+   *  the last space before the limit, or hard in a longer word (commands.split_text). */
+  function splitText(text, limit = MAX_TEXT_CHARS) {
+    const chars = Array.from(text);
+    if (chars.length <= limit) return [text];
+    const parts = [];
+    let at = 0;
+    while (chars.length - at > limit) {
+      let cut = chars.lastIndexOf(" ", at + limit) - at; // str.rfind(" ", 0, limit + 1)
+      if (cut <= 0) cut = limit;
+      parts.push(chars.slice(at, at + cut).join(""));
+      at += cut;
+      while (chars[at] === " ") at += 1;
+    }
+    if (at < chars.length || parts.length === 0) parts.push(chars.slice(at).join(""));
+    return parts;
+  }
+
+  /** Does `text` name `me` as a word, in any case (display.mentions)?  Names hold ". -", so those do
+   *  not end a word: "alice.b" and "alice-2" are someone else. */
+  function mentionPattern(me) {
+    const name = me.replace(/[.*+?^${}()|[\]\\-]/g, "\\$&");
+    return new RegExp(`(?<![\\p{L}\\p{N}_.\\-])${name}(?![\\p{L}\\p{N}_\\-])`, "giu");
+  }
+
+  function mentions(text, me) {
+    return Boolean(me) && mentionPattern(me).test(text);
+  }
+
   // --- DOM helpers: text only ------------------------------------------------------------
 
   const $ = (id) => document.getElementById(id);
@@ -175,6 +312,9 @@
   }
 
   const byName = (a, b) => a.toLowerCase().localeCompare(b.toLowerCase());
+  const fold = (name) => String(name).toLowerCase();
+  /** document.hidden, strictly: a stand-in document (the Node tests') is never "hidden". */
+  const pageHidden = () => document.hidden === true;
 
   // --- state ---------------------------------------------------------------------------------
 
@@ -191,7 +331,7 @@
     wsOpen: false,
     wsEverOpen: false,
     backoff: BACKOFF_MIN_MS,
-    name: null, // the name we want; null until picked
+    name: null, // the name we want; null until picked (after /nick: the new one)
     user: null, // the name the broker welcomed; null while there is no session
     welcomed: false, // ever welcomed: errors then no longer go to the name prompt
     retryUntil: 0, // until when name_taken means "our old session has not ended yet"
@@ -205,9 +345,9 @@
     lastHello: 0,
     link: null,
     wanted: [DEFAULT_ROOM], // rooms we want to be in (sent in hello), in order
-    rooms: new Map(), // room -> {log, users, unread}
+    views: new Map(), // room, or QUERY + folded name -> view (see roomView, queryView), in the order opened
     joined: new Set(), // rooms the broker confirmed for this session
-    current: null,
+    current: null, // the key of the view shown
     switchOnJoin: new Set(),
     seq: new FeedSequencer(),
     fills: new Map(), // room -> when history was asked to fill a gap
@@ -215,10 +355,26 @@
     unacked: new Map(), // id -> request
     sentAt: new Map(), // id -> when last sent, oldest first
     joining: new Map(), // join request id -> room, until joined or refused
-    pending: new Map(), // id -> the greyed line of a message not yet on the feed
+    pending: new Map(), // id -> the greyed line of a message not yet on the feed (or, for a dm, not acked)
+    asked: new Map(), // id -> what a topic/nick/away request was, until its answer
     seen: new Map(), // room -> Map(seq -> ts) of the last events shown, to recognise them after a restart
     noticed: new Map(), // notice kind -> when it was last shown
+    whoAt: new Map(), // room -> when its members (and their away marks) were last asked or told
+    quietWho: new Map(), // room -> who replies to take without a line (the page's own refreshes)
+    away: "", // our own away reason ("": here)
+    unseen: 0, // messages that came while the tab was hidden (the title shows them)
+    unseenMentions: 0, // of those, the ones that named us, and private messages
+    askedNotify: false, // notification permission asked (once per page, on a user's gesture)
+    typed: [], // lines typed, oldest first, for ArrowUp
+    recall: null, // index in typed of the line ArrowUp brought back
+    tab: null, // the completion being cycled: {start, candidates, index, after, value, caret}
   };
+
+  const isQuery = (key) => typeof key === "string" && key.startsWith(QUERY);
+  const currentView = () => (S.current === null ? null : S.views.get(S.current) || null);
+  /** The current view's room, or null in a private conversation or none. */
+  const currentRoom = () => (S.current !== null && !isQuery(S.current) ? S.current : null);
+  const myName = () => S.user || S.name; // our name, also while a reconnect has no session yet
 
   // --- sending -------------------------------------------------------------------------------
 
@@ -249,6 +405,19 @@
     return env.id;
   }
 
+  /** A one-off request (topic, nick, away): not resent, so only with a session; its answer or error
+   *  comes back with its id. */
+  function ask(env, what) {
+    if (S.user === null) {
+      errorLine("not connected to the chat server just now; try again in a moment");
+      return;
+    }
+    env.id = nextId();
+    S.asked.set(env.id, what);
+    if (S.asked.size > 100) S.asked.delete(S.asked.keys().next().value); // answers lost with a connection
+    send(env);
+  }
+
   function resend(id, now) {
     S.sentAt.delete(id);
     S.sentAt.set(id, now); // to the back: sentAt stays oldest first
@@ -256,11 +425,25 @@
   }
 
   function say(room, text, me) {
-    const id = request({ type: "msg", room, text }, me);
-    if (id === null) return;
-    const line = msgLine({ user: S.user || S.name, text, me }, "pending");
-    S.pending.set(id, line);
-    append(room, line);
+    for (const part of splitText(text)) {
+      const id = request({ type: "msg", room, text: part }, me);
+      if (id === null) return;
+      const line = msgLine({ user: myName(), text: part, me }, "pending");
+      S.pending.set(id, line);
+      append(room, line);
+    }
+  }
+
+  /** A private message (in parts, if long): its line waits greyed in the conversation until the ack. */
+  function sendDm(to, text, me) {
+    const view = queryView(to);
+    for (const part of splitText(text)) {
+      const id = request({ type: "dm", to, text: part }, me);
+      if (id === null) return;
+      const line = msgLine({ user: myName(), text: part, me }, "pending");
+      S.pending.set(id, line);
+      append(view.key, line);
+    }
   }
 
   // --- the connection ------------------------------------------------------------------------
@@ -324,15 +507,8 @@
         return onJoined(env);
       case "left":
         return onLeft(env.room);
-      case "ack": {
-        const req = S.unacked.get(env.id);
-        S.unacked.delete(env.id);
-        S.sentAt.delete(env.id);
-        if (req && req.type === "dm") dmLine("out", env.to || req.to, req);
-        const line = S.pending.get(env.id);
-        if (line) line.classList.replace("pending", "sent"); // its feed event replaces it
-        return;
-      }
+      case "ack":
+        return onAck(env);
       case "error":
         return onError(env);
       case "history":
@@ -342,13 +518,13 @@
         if (env.session === false && S.user !== null) loseSession(); // the broker timed us out
         return;
       case "dm":
-        return dmLine("in", env.user, env);
-      case "who": {
-        const users = Array.isArray(env.users) ? env.users : [];
-        const r = S.rooms.get(env.room);
-        if (r && S.joined.has(env.room)) setUsers(env.room, users);
-        return systemLine(`#${env.room}: ${users.length ? users.join(", ") : "nobody"} (${users.length})`, "who");
-      }
+        return onDm(env);
+      case "who":
+        return onWho(env);
+      case "renamed":
+        return onRenamed(env);
+      case "away":
+        return onAway(env);
       case "heartbeat":
         return sawEpoch(env.epoch);
       case "shutdown":
@@ -357,6 +533,9 @@
       case "msg":
       case "join":
       case "leave":
+      case "topic":
+      case "nick":
+      case "head":
         return onFeed(env);
       default:
         return; // newer than this page: ignored, as the protocol asks
@@ -371,22 +550,32 @@
     sawHistory(env.history_id);
     sawEpoch(env.epoch);
     S.user = env.user;
+    S.name = env.user;
     S.shutdown = false;
     const resumed = S.welcomed;
     S.welcomed = true;
-    try {
-      sessionStorage.setItem("zmq-chat", JSON.stringify({ name: S.user, rooms: S.wanted }));
-    } catch {
-      /* storage may be disabled */
-    }
-    $("me").textContent = "signed in as " + S.user;
+    saveName();
     $("login").hidden = true;
     $("app").hidden = false;
+    document.body.classList.add("signed-in");
     if (resumed) {
       const now = Date.now();
       for (const id of [...S.sentAt.keys()]) resend(id, now); // what the lost session never acknowledged
+      if (S.away) ask({ type: "away", reason: S.away }, "/away"); // a new session starts out here
     } else {
+      systemLine(`signed in as ${S.user}; /help lists the commands, Tab completes names`);
       $("input").focus();
+    }
+  }
+
+  /** This tab signs in again as S.name after a reload (sessionStorage); a new tab offers the name
+   *  last used (localStorage). */
+  function saveName() {
+    try {
+      sessionStorage.setItem("zmq-chat", JSON.stringify({ name: S.name, rooms: S.wanted }));
+      localStorage.setItem("zmq-chat-name", S.name);
+    } catch {
+      /* storage may be disabled */
     }
   }
 
@@ -394,8 +583,15 @@
     const room = env.room;
     if (typeof room !== "string" || typeof env.seq !== "number") return;
     S.joined.add(room);
-    if (!S.wanted.includes(room)) S.wanted.push(room);
-    roomView(room);
+    if (!S.wanted.includes(room)) {
+      S.wanted.push(room);
+      saveName(); // a reload comes back to this room too
+    }
+    const view = roomView(room);
+    const first = view.log.childElementCount === 0;
+    view.topic = typeof env.topic === "string" ? env.topic : "";
+    view.away = awayMap(env.away);
+    S.whoAt.set(room, Date.now());
     setUsers(room, Array.isArray(env.users) ? env.users : []);
     for (const [id, r] of [...S.joining]) if (r === room) S.joining.delete(id);
     // Back in a room after a reconnect: what we missed comes as ordinary events (fetched by seq).
@@ -413,14 +609,26 @@
         if (event.type === "msg") append(room, msgLine(event, "history"));
       }
     }
+    if (first && view.topic) append(room, noticeLine("topic", `topic: ${safeText(view.topic)}`));
     deliver(room, ...S.seq.expect(room, env.seq));
     // Our subscription and this join raced; one catch-up fetch closes a hole no later event would show.
     S.catchUp.set(room, Date.now() + S.heartbeat * 1000);
     if (S.switchOnJoin.has(room) || S.current === null) {
       S.switchOnJoin.delete(room);
       switchTo(room);
+    } else if (room === S.current) {
+      renderHead();
     }
     renderRooms();
+  }
+
+  /** The broker's {NAME: REASON} of members who are away, keyed by folded name. */
+  function awayMap(away) {
+    const map = new Map();
+    if (away && typeof away === "object") {
+      for (const [name, why] of Object.entries(away)) if (typeof why === "string") map.set(fold(name), why);
+    }
+    return map;
   }
 
   /** A broker that says no history_id: after its restart, did the room go on (a database) or start
@@ -460,14 +668,46 @@
     S.seen.delete(room);
     S.fills.delete(room);
     S.catchUp.delete(room);
-    const r = S.rooms.get(room);
-    if (r) {
-      r.log.remove();
-      S.rooms.delete(room);
-    }
-    if (S.current === room) switchTo(S.wanted.includes(DEFAULT_ROOM) ? DEFAULT_ROOM : S.wanted[0] || null);
-    renderRooms();
+    S.whoAt.delete(room);
+    S.quietWho.delete(room);
+    closeView(room);
     systemLine(`you left #${room}`);
+    saveName();
+  }
+
+  function onAck(env) {
+    S.asked.delete(env.id); // a topic: its feed event says it
+    const req = S.unacked.get(env.id);
+    S.unacked.delete(env.id);
+    S.sentAt.delete(env.id);
+    const line = S.pending.get(env.id);
+    if (req && req.type === "dm") {
+      // No feed event follows a private message: the ack is all, so its line is sent now.
+      const to = typeof env.to === "string" ? env.to : req.to;
+      if (line) {
+        S.pending.delete(env.id);
+        line.classList.remove("pending");
+      }
+      const view = queryView(to);
+      if (S.current !== view.key) echoDm(to, req); // typed elsewhere (/msg): say it went
+      if (typeof env.away === "string") {
+        const why = `${to} is away: ${safeText(env.away)}`;
+        append(view.key, noticeLine("away", why));
+        if (S.current !== view.key) systemLine(why, "away");
+      }
+      return;
+    }
+    if (line) line.classList.replace("pending", "sent"); // its feed event replaces it
+  }
+
+  /** "[dm → bob] text" in the current view, for a private message sent from it; a click opens it. */
+  function echoDm(to, req) {
+    const text = el("span", "text", safeText(req.text));
+    const head = req.me ? `[dm → ${to}] * ${myName()} ` : `[dm → ${to}] `;
+    const line = el("li", "dm out", el("time", null, clock()), head, text);
+    line.dataset.query = fold(to);
+    line.title = `open the conversation with ${to}`;
+    append(S.current, line);
   }
 
   /** A line at most every NOTICE_EVERY_MS per kind, so that a burst of refusals is one line. */
@@ -538,7 +778,9 @@
       S.switchOnJoin.delete(S.joining.get(id)); // a join that was refused
       S.joining.delete(id);
     }
-    errorLine(`${safeText(env.detail || "")} (${code})`);
+    const what = S.asked.get(id);
+    S.asked.delete(id);
+    errorLine(`${what ? what + ": " : ""}${detail} (${code})`);
   }
 
   function onFeed(event) {
@@ -549,7 +791,6 @@
       if (S.seq.last.has(room)) deliver(room, ...S.seq.expect(room, event.seq));
       return;
     }
-    if (event.type !== "msg" && event.type !== "join" && event.type !== "leave") return; // newer than this page
     if (!S.wanted.includes(room) && ![...S.joining.values()].includes(room)) return; // a room we left
     deliver(room, ...S.seq.push(event));
   }
@@ -582,7 +823,9 @@
     // A new broker run knows no session of ours.  Its rooms go on where they were (or, with no
     // database, start over): re-joining tells which, and fetches what we missed.
     S.fills.clear();
-    for (const room of S.rooms.keys()) append(room, el("li", "divider", "the chat server restarted"));
+    for (const view of S.views.values()) {
+      if (view.kind === "room") append(view.key, el("li", "divider", "the chat server restarted"));
+    }
     if (S.user !== null) loseSession();
   }
 
@@ -594,21 +837,102 @@
     sendHello();
   }
 
+  function onDm(env) {
+    if (typeof env.user !== "string") return;
+    const view = queryView(env.user);
+    append(view.key, msgLine(env), true, true); // a private message counts as a mention, as in views.py
+    notifyAbout(view, `${env.user} (private)`, env);
+  }
+
+  /** Ask a room's members again without a line in the log (see AWAY_REFRESH_MS). */
+  function refreshWho(room) {
+    if (S.user === null || !S.joined.has(room)) return;
+    S.whoAt.set(room, Date.now());
+    S.quietWho.set(room, (S.quietWho.get(room) || 0) + 1);
+    send({ type: "who", room });
+  }
+
+  function onWho(env) {
+    const users = Array.isArray(env.users) ? env.users.filter((u) => typeof u === "string") : [];
+    const quiet = S.quietWho.get(env.room) || 0;
+    if (quiet > 1) S.quietWho.set(env.room, quiet - 1);
+    else S.quietWho.delete(env.room);
+    const away = awayMap(env.away);
+    const view = S.views.get(env.room);
+    if (view && view.kind === "room" && S.joined.has(env.room)) {
+      view.away = away;
+      setUsers(env.room, users);
+    }
+    S.whoAt.set(env.room, Date.now());
+    if (quiet) return;
+    const named = users.map((u) => (away.has(fold(u)) ? `${u} (away)` : u));
+    systemLine(`#${env.room}: ${named.length ? named.join(", ") : "nobody"} (${named.length})`, "who");
+  }
+
+  /** Our /nick went through: from now on we are env.user (in hello after a reconnect too). */
+  function onRenamed(env) {
+    if (typeof env.user !== "string") return;
+    S.asked.delete(env.id);
+    const was = S.user;
+    S.user = S.name = env.user;
+    saveName();
+    for (const view of S.views.values()) if (view.kind === "room" && was) renameMember(view, was, env.user);
+    S.link = null; // the banner names us: say it again
+    refresh();
+    renderMembers();
+    systemLine(`you are now known as ${env.user}`);
+  }
+
+  function onAway(env) {
+    S.asked.delete(env.id);
+    S.away = typeof env.reason === "string" ? env.reason : "";
+    // Nobody tells us our own away state in the member lists until the next who or join: set it here.
+    for (const view of S.views.values()) {
+      if (view.kind !== "room" || !S.user) continue;
+      if (S.away) view.away.set(fold(S.user), S.away);
+      else view.away.delete(fold(S.user));
+    }
+    renderMembers();
+    systemLine(S.away ? `you are marked as away: ${safeText(S.away)}` : "you are back");
+  }
+
   // --- showing events ------------------------------------------------------------------------
 
+  /** A message line: time, coloured name, text; our name in someone else's text is marked. */
   function msgLine(event, extra) {
     const cls = "msg" + (event.me ? " me" : "") + (extra ? " " + extra : "");
     const user = el("span", userClass(event.user), event.user);
-    const text = el("span", "text", safeText(event.text));
-    return event.me
+    const shown = safeText(event.text);
+    const said = event.user !== myName() && mentions(shown, myName());
+    const text = el("span", "text", ...(said ? marked(shown, myName()) : [shown]));
+    const line = event.me
       ? el("li", cls, el("time", null, clock(event.ts)), "* ", user, " ", text)
       : el("li", cls, el("time", null, clock(event.ts)), user, ": ", text);
+    if (said) line.classList.add("mention");
+    return line;
+  }
+
+  /** `text` as text nodes, with each mention of `name` in a <mark> (still text: no markup from the network). */
+  function marked(text, name) {
+    const parts = [];
+    let at = 0;
+    for (const match of text.matchAll(mentionPattern(name))) {
+      parts.push(text.slice(at, match.index), el("mark", null, match[0]));
+      at = match.index + match[0].length;
+    }
+    parts.push(text.slice(at));
+    return parts.filter((part) => part !== "");
+  }
+
+  function noticeLine(kind, text, ts) {
+    return el("li", "notice " + kind, el("time", null, clock(ts)), text);
   }
 
   function show(event) {
     const room = event.room;
     remember(event);
-    const mine = event.user === (S.user || S.name); // user is null while reconnecting; our events still are ours
+    const mine = event.user === myName(); // user is null while reconnecting; our events still are ours
+    const view = S.views.get(room);
     if (event.type === "msg") {
       if (mine && S.unacked.has(event.id)) {
         // As good as the ack, which follows the same commit and can be lost with the broker's connection:
@@ -621,11 +945,14 @@
         pending.remove();
         S.pending.delete(event.id);
       }
-      append(room, msgLine(event), !mine);
+      const line = msgLine(event);
+      const said = line.classList.contains("mention");
+      append(room, line, !mine, said);
+      if (said && view) notifyAbout(view, `${event.user} in #${room}`, event);
     } else if (event.type === "join" || event.type === "leave") {
-      const r = S.rooms.get(room);
-      if (r) {
-        const others = r.users.filter((u) => u.toLowerCase() !== String(event.user).toLowerCase());
+      if (view) {
+        const others = view.users.filter((u) => fold(u) !== fold(event.user));
+        if (event.type === "leave") view.away.delete(fold(event.user));
         setUsers(room, event.type === "join" ? others.concat([event.user]) : others);
       }
       if (mine || event.resumed) return; // our own join/leave is said by the room list; a resumed join is no news
@@ -634,53 +961,165 @@
         event.type === "join"
           ? `${event.user} joined the ${place}`
           : `${event.user} left the ${place}${event.reason === "timeout" ? " (timed out)" : ""}`;
-      append(room, el("li", "notice " + event.type, el("time", null, clock(event.ts)), text));
+      append(room, noticeLine(event.type, text, event.ts));
+    } else if (event.type === "topic") {
+      const topic = typeof event.topic === "string" ? event.topic : "";
+      if (view) view.topic = topic;
+      if (room === S.current) renderHead();
+      const text = topic ? `[topic] ${event.user} set the topic: ${safeText(topic)}` : `[topic] ${event.user} cleared the topic`;
+      append(room, noticeLine("topic", text, event.ts));
+    } else if (event.type === "nick" && typeof event.name === "string") {
+      if (view) renameMember(view, event.user, event.name);
+      renameQuery(event.user, event.name);
+      append(room, noticeLine("nick", `[nick] ${event.user} is now known as ${event.name}`, event.ts));
     }
   }
 
-  function dmLine(direction, other, env) {
-    const text = el("span", "text", safeText(env.text));
-    const who = direction === "in" ? `${other} → you: ` : `you → ${other}: `;
-    const line = env.me
-      ? el("li", direction, who, "* ", direction === "in" ? other : S.user, " ", text)
-      : el("li", direction, who, text);
-    $("dms").append(line);
-    line.scrollIntoView({ block: "nearest" });
+  /** A mention or private message while the tab is hidden: a notification, if the browser has them
+   *  and the user allowed them.  A click on it brings the conversation up. */
+  function notifyAbout(view, title, event) {
+    if (!pageHidden() || typeof Notification === "undefined") return;
+    try {
+      if (Notification.permission !== "granted") return;
+      const body = (event.me ? `* ${event.user} ` : "") + safeText(event.text).slice(0, 200);
+      const note = new Notification(title, { body, tag: view.key });
+      note.onclick = () => {
+        window.focus();
+        if (S.views.has(view.key)) switchTo(view.key);
+        note.close();
+      };
+    } catch {
+      /* no Notification constructor here (Android Chrome wants a service worker): the title still counts */
+    }
+  }
+
+  /** Asked once, on a user's gesture (signing in, joining): browsers ignore or penalise asking unprompted. */
+  function askNotifications() {
+    if (S.askedNotify || typeof Notification === "undefined") return;
+    S.askedNotify = true;
+    try {
+      if (Notification.permission !== "default") return;
+      const answer = Notification.requestPermission();
+      if (answer && typeof answer.catch === "function") answer.catch(() => {});
+    } catch {
+      /* unavailable (an insecure origin, an old browser): no notifications, nothing else changes */
+    }
+  }
+
+  // --- views -----------------------------------------------------------------------------------
+
+  function newLog(attribute, value) {
+    const log = el("ol", "log");
+    log.dataset[attribute] = value;
+    log.hidden = true;
+    $("messages").append(log);
+    return log;
   }
 
   function roomView(room) {
-    let r = S.rooms.get(room);
-    if (!r) {
-      const log = el("ol", "log");
-      log.dataset.room = room;
-      log.hidden = true;
-      $("messages").append(log);
-      r = { log, users: [], unread: 0 };
-      S.rooms.set(room, r);
+    let view = S.views.get(room);
+    if (!view) {
+      view = { kind: "room", key: room, name: room, log: newLog("room", room), users: [], away: new Map(), topic: "", unread: 0, mentions: 0 };
+      S.views.set(room, view);
     }
-    return r;
+    return view;
   }
 
-  function append(room, line, counts) {
-    const r = room === null ? null : S.rooms.get(room);
-    const log = r ? r.log : noRoomLog();
+  /** The private conversation with `name` (opened if need be, not switched to). */
+  function queryView(name) {
+    const key = QUERY + fold(name);
+    let view = S.views.get(key);
+    if (!view) {
+      view = { kind: "query", key, name, log: newLog("query", fold(name)), users: [], away: new Map(), topic: "", unread: 0, mentions: 0 };
+      S.views.set(key, view);
+      renderRooms();
+    }
+    view.name = name; // as the broker spells it, the latest
+    return view;
+  }
+
+  function closeView(key) {
+    const view = S.views.get(key);
+    if (view) {
+      view.log.remove();
+      S.views.delete(key);
+    }
+    if (S.current === key) {
+      const rooms = [...S.views.values()].filter((v) => v.kind === "room").map((v) => v.key);
+      switchTo(rooms.includes(DEFAULT_ROOM) ? DEFAULT_ROOM : rooms[0] || [...S.views.keys()][0] || null);
+    }
+    renderRooms();
+  }
+
+  /** Views in the order the lists show them (and /window counts): rooms, then conversations. */
+  function viewOrder() {
+    const rooms = S.wanted.filter((room) => S.views.has(room));
+    const queries = [...S.views.values()].filter((v) => v.kind === "query").map((v) => v.key);
+    return rooms.concat(queries);
+  }
+
+  function viewLabel(key) {
+    const view = S.views.get(key);
+    return isQuery(key) ? "@" + (view ? view.name : key.slice(1)) : "#" + key;
+  }
+
+  function renameMember(view, old, name) {
+    const others = view.users.filter((u) => fold(u) !== fold(old) && fold(u) !== fold(name));
+    const was = view.users.some((u) => fold(u) === fold(old));
+    const away = view.away.get(fold(old));
+    view.away.delete(fold(old));
+    if (away !== undefined) view.away.set(fold(name), away);
+    if (was) setUsers(view.key, others.concat([name]));
+  }
+
+  /** Someone we talk to privately changed their name: the conversation follows them. */
+  function renameQuery(old, name) {
+    const oldKey = QUERY + fold(old);
+    const newKey = QUERY + fold(name);
+    const view = S.views.get(oldKey);
+    if (!view || oldKey === newKey || S.views.has(newKey)) return;
+    S.views.delete(oldKey);
+    view.key = newKey;
+    view.name = name;
+    view.log.dataset.query = fold(name);
+    S.views.set(newKey, view);
+    append(newKey, noticeLine("nick", `[nick] ${old} is now known as ${name}`));
+    if (S.current === oldKey) switchTo(newKey);
+    else renderRooms();
+  }
+
+  /** Append a line to a view (null: the current one, or a log for "no view"), keeping the view
+   *  scrolled to the end if it was.  `counts`: a message from someone else (unread, and the title
+   *  count while the tab is hidden); `mention`: it named us, or was private. */
+  function append(key, line, counts = false, mention = false) {
+    const view = key === null ? null : S.views.get(key);
+    const log = view ? view.log : noViewLog();
     const box = $("messages");
     const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     log.append(line);
-    if (r && room !== S.current && counts) {
-      r.unread += 1;
-      renderRooms();
-    }
+    while (log.childElementCount > MAX_LINES) log.firstElementChild.remove();
+    if (counts) noteActivity(view, mention);
     if (atBottom && !log.hidden) box.scrollTop = box.scrollHeight;
   }
 
-  function noRoomLog() {
+  function noteActivity(view, mention) {
+    if (view && view.key !== S.current) {
+      view.unread += 1;
+      if (mention) view.mentions += 1;
+      renderRooms();
+    }
+    if (pageHidden()) {
+      S.unseen += 1;
+      if (mention) S.unseenMentions += 1;
+      renderTitle();
+    }
+  }
+
+  function noViewLog() {
     let log = document.querySelector('.log[data-room=""]');
     if (!log) {
-      log = el("ol", "log");
-      log.dataset.room = "";
+      log = newLog("room", "");
       log.hidden = S.current !== null;
-      $("messages").append(log);
     }
     return log;
   }
@@ -694,60 +1133,141 @@
   }
 
   function setUsers(room, users) {
-    const r = roomView(room);
-    r.users = [...new Set(users)].sort(byName);
+    const view = roomView(room);
+    view.users = [...new Set(users)].sort(byName);
     if (room === S.current) renderMembers();
   }
 
   function renderMembers() {
-    const r = S.current === null ? null : S.rooms.get(S.current);
-    const users = r ? r.users : [];
-    const list = $("members");
-    list.replaceChildren(
+    const view = currentView();
+    let users = [];
+    if (view && view.kind === "room") users = view.users;
+    else if (view) users = [myName(), view.name].filter(Boolean);
+    const away = view ? view.away : new Map();
+    $("members").replaceChildren(
       ...users.map((u) => {
-        const li = el("li", u === S.user ? "self " + userClass(u) : userClass(u), u);
+        const why = away.get(fold(u));
+        const li = el("li", (u === myName() ? "self " : "") + userClass(u), u);
         li.dataset.user = u;
-        if (u !== S.user) li.title = "send a private message";
+        if (why !== undefined) {
+          li.classList.add("away");
+          li.append(el("span", "tag", "away"));
+          li.title = why ? `away: ${safeText(why)}` : "away";
+        } else if (u !== myName()) {
+          li.title = "talk privately";
+        }
         return li;
       }),
     );
-    $("member-count").textContent = users.length ? `(${users.length})` : "";
+    const count = users.length ? String(users.length) : "";
+    $("member-count").textContent = count ? `(${count})` : "";
+    $("members-badge").textContent = count;
+    $("members-badge").hidden = !count;
+  }
+
+  function roomItem(key, label, dataName, dataValue, closeTitle) {
+    const view = S.views.get(key);
+    const unread = view && view.unread ? el("span", "unread" + (view.mentions ? " mention" : ""), String(view.unread)) : null;
+    const name = el("button", "room", label, unread);
+    name.type = "button";
+    name.dataset[dataName] = dataValue;
+    const leave = el("button", "leave", "×");
+    leave.type = "button";
+    leave.dataset.leave = key;
+    leave.title = closeTitle;
+    leave.setAttribute("aria-label", closeTitle);
+    return el("li", key === S.current ? "current" : "", name, leave);
   }
 
   function renderRooms() {
-    const list = $("rooms");
-    list.replaceChildren(
+    $("rooms").replaceChildren(
       ...S.wanted.map((room) => {
-        const r = S.rooms.get(room);
-        const unread = r && r.unread ? el("span", "unread", String(r.unread)) : null;
-        const name = el("button", "room", "#" + room, unread);
-        name.type = "button";
-        name.dataset.room = room;
-        const leave = el("button", "leave", "×");
-        leave.type = "button";
-        leave.dataset.leave = room;
-        leave.title = `leave #${room}`;
-        const li = el("li", room === S.current ? "current" : "", name, leave);
+        const li = roomItem(room, "#" + room, "room", room, `leave #${room}`);
         if (!S.joined.has(room)) li.classList.add("joining");
         return li;
       }),
     );
+    const queries = [...S.views.values()].filter((v) => v.kind === "query");
+    $("queries").replaceChildren(
+      ...queries.map((v) => roomItem(v.key, "@" + v.name, "query", fold(v.name), `close the conversation with ${v.name}`)),
+    );
+    // The drawer's button says when something happened in another view, red when it named us.
+    let unread = 0;
+    let hot = false;
+    for (const view of S.views.values()) {
+      if (view.key === S.current) continue;
+      unread += view.unread;
+      hot = hot || view.mentions > 0;
+    }
+    const badge = $("rooms-badge");
+    badge.textContent = unread ? String(unread) : "";
+    badge.hidden = !unread;
+    badge.classList.toggle("hot", hot);
   }
 
-  function switchTo(room) {
-    S.current = room;
-    for (const [name, r] of S.rooms) r.log.hidden = name !== room;
+  function renderHead() {
+    const view = currentView();
+    $("room-title").textContent = S.current === null ? "no room — /join one" : viewLabel(S.current);
+    const topic = $("room-topic");
+    const text = !view ? "" : view.kind === "query" ? "private conversation" : safeText(view.topic);
+    topic.textContent = text;
+    topic.title = text;
+    topic.hidden = !text;
+    topic.classList.remove("open");
+  }
+
+  function renderTitle() {
+    const place = S.current === null ? "" : viewLabel(S.current) + " · ";
+    let count = "";
+    if (S.unseen) count = S.unseenMentions ? `(${S.unseen}, @${S.unseenMentions}) ` : `(${S.unseen}) `;
+    document.title = count + place + APP_TITLE;
+  }
+
+  function switchTo(key) {
+    S.current = key;
+    for (const [k, view] of S.views) view.log.hidden = k !== key;
     const none = document.querySelector('.log[data-room=""]');
-    if (none) none.hidden = room !== null;
-    const r = room === null ? null : S.rooms.get(room);
-    if (r) r.unread = 0;
-    $("room-title").textContent = room === null ? "no room — /join one" : "#" + room;
-    $("input").placeholder = room === null ? "/join ROOM" : `Message #${room} — /help lists the commands`;
+    const view = currentView();
+    if (none) {
+      none.hidden = key !== null;
+      if (view) view.log.append(...none.children); // said before there was a view (the greeting): now in the first
+    }
+    if (view) view.unread = view.mentions = 0;
+    if (view && view.kind === "room" && Date.now() - (S.whoAt.get(key) || 0) > AWAY_REFRESH_ON_SWITCH_MS) refreshWho(key);
+    renderHead();
+    $("input").placeholder = key === null ? "/join ROOM" : `Message ${viewLabel(key)}`;
     renderMembers();
     renderRooms();
+    renderTitle();
+    closeDrawers();
     const box = $("messages");
     box.scrollTop = box.scrollHeight;
   }
+
+  // --- drawers (narrow screens: rooms and members slide in over the conversation) -------------
+
+  const DRAWERS = ["rooms", "members"];
+
+  function toggleDrawer(which) {
+    const pane = $(which + "-pane");
+    const open = !pane.classList.contains("open");
+    closeDrawers();
+    if (!open) return;
+    pane.classList.add("open");
+    $(which + "-toggle").setAttribute("aria-expanded", "true");
+    $("scrim").hidden = false;
+    pane.focus({ preventScroll: true });
+  }
+
+  function closeDrawers() {
+    for (const which of DRAWERS) {
+      $(which + "-pane").classList.remove("open");
+      $(which + "-toggle").setAttribute("aria-expanded", "false");
+    }
+    $("scrim").hidden = true;
+  }
+
+  const drawerOpen = () => DRAWERS.some((which) => $(which + "-pane").classList.contains("open"));
 
   // --- the connection banner -----------------------------------------------------------------
 
@@ -778,6 +1298,7 @@
     const banner = $("status");
     banner.className = "status " + cls;
     banner.textContent = text;
+    banner.title = text;
     if (S.welcomed && before !== null && BANNER[before] && BANNER[before][0] === "lost" && state === "ok") {
       systemLine("connection restored");
     } else if (S.welcomed && cls === "lost" && before === "ok") {
@@ -809,6 +1330,8 @@
         deliver(room, [], S.seq.last.get(room));
       }
     }
+    const shown = currentRoom();
+    if (shown !== null && !pageHidden() && now - (S.whoAt.get(shown) || 0) > AWAY_REFRESH_MS) refreshWho(shown);
     for (const [room, asked] of [...S.fills]) {
       if (now - asked > FILL_RETRY_MS) {
         S.fills.delete(room);
@@ -820,71 +1343,82 @@
 
   // --- typing --------------------------------------------------------------------------------
 
-  const HELP = [
-    "TEXT — say TEXT in the current room",
-    "/msg NAME TEXT — private message to NAME (nobody else sees it)",
-    "/me ACTION — say an action: * alice waves",
-    "/join ROOM — join ROOM and make it current (or switch to it)",
-    "/leave [ROOM] — leave ROOM (default: the current room)",
-    "/who [ROOM] — who is in ROOM",
-    "/rooms — the rooms you are in",
-    "/quit — leave the chat",
-    "//TEXT — say TEXT starting with a slash",
-  ];
-
   function onLine(line) {
-    if (!line.trim()) return;
-    if (line.startsWith("/") && !line.startsWith("//")) return onCommand(line);
-    const text = line.startsWith("//") ? line.slice(1) : line;
-    if (S.current === null) errorLine("you are in no room; /join one");
-    else say(S.current, text, false);
+    let command;
+    try {
+      command = parse(line);
+    } catch (error) {
+      if (!(error instanceof Usage)) throw error;
+      return errorLine(safeText(error.message));
+    }
+    if (command !== null) run(command);
   }
 
-  function onCommand(line) {
-    const space = line.indexOf(" ");
-    const command = (space < 0 ? line : line.slice(0, space)).toLowerCase();
-    const rest = space < 0 ? "" : line.slice(space + 1).trim();
-    const roomArg = rest.replace(/^#/, "").toLowerCase();
-    switch (command) {
-      case "/help":
-        for (const h of HELP) systemLine(h, "help");
+  /** What a typed command does to this page's views (commands.py only says what was typed). */
+  function run({ name, arg, text }) {
+    const room = currentRoom();
+    const view = currentView();
+    switch (name) {
+      case "say":
+      case "me":
+        if (view && view.kind === "query") return sendDm(view.name, text, name === "me");
+        if (room === null) return errorLine("you are in no room; /join one");
+        return say(room, text, name === "me");
+      case "msg":
+        return sendDm(arg, text, false);
+      case "query":
+        switchTo(queryView(arg).key);
+        if (text) sendDm(arg, text, false);
         return;
-      case "/msg": {
-        const cut = rest.indexOf(" ");
-        const name = cut < 0 ? rest : rest.slice(0, cut);
-        const text = cut < 0 ? "" : rest.slice(cut + 1);
-        if (!name || !text.trim()) errorLine("usage: /msg NAME TEXT");
-        else request({ type: "dm", to: name, text }, false);
-        return;
+      case "join":
+        askNotifications();
+        return joinRoom(arg);
+      case "leave":
+        if (!arg && view && view.kind === "query") return closeView(view.key); // /leave in a conversation closes it
+        if (!(arg || room)) return errorLine("usage: /leave ROOM");
+        return send({ type: "leave", room: arg || room });
+      case "who":
+        if (!(arg || room)) return errorLine("usage: /who ROOM");
+        return send({ type: "who", room: arg || room });
+      case "rooms":
+        return systemLine(
+          "rooms: " + (S.wanted.map((r) => "#" + r + (r === S.current ? " (current)" : "")).join(", ") || "none"),
+        );
+      case "topic":
+        return topicCommand(room, text);
+      case "nick":
+        return ask({ type: "nick", name: arg }, "/nick");
+      case "away":
+      case "back": {
+        const reason = name === "away" ? text : "";
+        if (Array.from(reason).length > MAX_NOTE_CHARS) return errorLine(`a reason is at most ${MAX_NOTE_CHARS} characters`);
+        return ask({ type: "away", reason }, "/away");
       }
-      case "/me":
-        if (!rest) errorLine("usage: /me ACTION");
-        else if (S.current === null) errorLine("you are in no room; /join one");
-        else say(S.current, rest, true);
-        return;
-      case "/join":
-        return joinRoom(roomArg);
-      case "/leave": {
-        const room = roomArg || S.current;
-        if (!room) errorLine("usage: /leave ROOM");
-        else send({ type: "leave", room });
-        return;
+      case "window": {
+        const key = viewOrder()[Number(arg) - 1];
+        return key === undefined ? errorLine(`no view ${arg}; there are ${viewOrder().length}`) : switchTo(key);
       }
-      case "/who": {
-        const room = roomArg || S.current;
-        if (!room) errorLine("usage: /who ROOM");
-        else send({ type: "who", room });
+      case "clear":
+        if (view) view.log.replaceChildren();
+        else noViewLog().replaceChildren();
         return;
-      }
-      case "/rooms":
-        systemLine("rooms: " + (S.wanted.map((r) => "#" + r + (r === S.current ? " (current)" : "")).join(", ") || "none"));
+      case "help":
+        for (const line of HELP) systemLine(line, "help");
         return;
-      case "/quit":
-      case "/exit":
+      case "quit":
         return quit();
-      default:
-        errorLine(`unknown command ${safeText(command)}; /help lists the commands`);
     }
+  }
+
+  function topicCommand(room, text) {
+    if (room === null) return errorLine("topics are a room's; switch to a room first");
+    if (!text) {
+      const topic = S.views.get(room).topic;
+      return systemLine(topic ? `topic of #${room}: ${safeText(topic)}` : `#${room} has no topic; /topic TEXT sets one`);
+    }
+    const topic = text === "-" ? "" : text; // "/topic -" clears it
+    if (Array.from(topic).length > MAX_NOTE_CHARS) return errorLine(`a topic is at most ${MAX_NOTE_CHARS} characters`);
+    ask({ type: "topic", room, topic }, "/topic");
   }
 
   function joinRoom(room) {
@@ -911,10 +1445,67 @@
     S.welcomed = false;
     $("app").hidden = true;
     $("login").hidden = false;
+    document.body.classList.remove("signed-in");
     $("login-error").textContent = error || "";
     $("login-button").disabled = false;
     $("name").focus();
     refresh();
+  }
+
+  // --- the input line: Tab completion, typed-line history ------------------------------------
+
+  /** Names Tab offers: the current room's members; for /msg and /query everyone we know of. */
+  function completionNames(before) {
+    const first = before.trimStart().split(" ", 1)[0].toLowerCase();
+    const view = currentView();
+    if (NAME_ARGUMENT.has(first) && before.trimStart().includes(" ")) {
+      const all = new Map();
+      for (const v of S.views.values()) for (const u of v.kind === "room" ? v.users : [v.name]) all.set(fold(u), u);
+      return [...all.values()].sort(byName);
+    }
+    if (!view) return [];
+    return view.kind === "room" ? view.users : [view.name];
+  }
+
+  /** Tab: complete the word at the cursor; Tab again: the next candidate (Shift-Tab: the previous).
+   *  False when there is nothing to complete, so that Tab in an empty input still moves the focus. */
+  function onTab(input, backwards) {
+    let tab = S.tab;
+    if (!tab || tab.value !== input.value || tab.caret !== input.selectionStart) {
+      const before = input.value.slice(0, input.selectionStart);
+      const { start, candidates } = complete(before, completionNames(before), S.wanted, myName());
+      if (!candidates.length || input.value === "") return input.value !== ""; // empty: Tab moves the focus
+      tab = S.tab = { start, candidates, index: -1, after: input.value.slice(input.selectionEnd) };
+    }
+    const n = tab.candidates.length;
+    if (tab.index < 0) tab.index = backwards ? n - 1 : 0; // Shift-Tab first: the last candidate
+    else tab.index = (tab.index + (backwards ? n - 1 : 1)) % n;
+    let word = tab.candidates[tab.index];
+    if (!word.endsWith(" ") && !tab.after.startsWith(" ")) word += " ";
+    const head = input.value.slice(0, tab.start) + word;
+    input.value = head + tab.after;
+    input.setSelectionRange(head.length, head.length);
+    tab.value = input.value;
+    tab.caret = head.length;
+    return true;
+  }
+
+  /** ArrowUp/ArrowDown: the lines typed before, as in a terminal; only from an empty or recalled line. */
+  function onRecall(input, older) {
+    const recalled = S.recall !== null && input.value === S.typed[S.recall];
+    if (input.value !== "" && !recalled) return false;
+    if (!recalled) S.recall = older ? S.typed.length : null;
+    if (S.recall === null) return false;
+    S.recall = older ? Math.max(0, S.recall - 1) : S.recall + 1;
+    if (S.recall >= S.typed.length) {
+      S.recall = null;
+      input.value = "";
+    } else {
+      input.value = S.typed[S.recall];
+    }
+    const end = input.value.length;
+    input.setSelectionRange(end, end);
+    return true;
   }
 
   // --- wiring --------------------------------------------------------------------------------
@@ -924,6 +1515,7 @@
       e.preventDefault();
       const name = $("name").value.trim();
       if (!name) return;
+      askNotifications(); // a user's gesture: the one moment a browser lets a page ask
       S.name = name;
       S.retryUntil = 0;
       $("login-error").textContent = "";
@@ -936,26 +1528,71 @@
       const input = $("input");
       const line = input.value;
       input.value = "";
+      S.tab = null;
+      S.recall = null;
+      if (line.trim() && S.typed[S.typed.length - 1] !== line) {
+        S.typed.push(line);
+        if (S.typed.length > MAX_TYPED) S.typed.shift();
+      }
       onLine(line);
+    });
+    $("input").addEventListener("keydown", (e) => {
+      const input = e.target;
+      if (e.key === "Tab" && !e.altKey && !e.ctrlKey && !e.metaKey) {
+        if (onTab(input, e.shiftKey)) e.preventDefault();
+      } else if ((e.key === "ArrowUp" || e.key === "ArrowDown") && !e.shiftKey && !e.altKey) {
+        if (onRecall(input, e.key === "ArrowUp")) e.preventDefault();
+      }
     });
     $("join-form").addEventListener("submit", (e) => {
       e.preventDefault();
+      askNotifications();
       const input = $("join-room");
       joinRoom(input.value.trim().replace(/^#/, "").toLowerCase());
       input.value = "";
     });
-    $("rooms").addEventListener("click", (e) => {
+    const onViewList = (e) => {
       const button = e.target.closest("button");
       if (!button) return;
-      if (button.dataset.leave) send({ type: "leave", room: button.dataset.leave });
-      else if (button.dataset.room && S.rooms.has(button.dataset.room)) switchTo(button.dataset.room);
-    });
+      const { leave, room, query } = button.dataset;
+      if (leave && isQuery(leave)) closeView(leave);
+      else if (leave) send({ type: "leave", room: leave });
+      else if (room && S.views.has(room)) switchTo(room);
+      else if (query && S.views.has(QUERY + query)) switchTo(QUERY + query);
+    };
+    $("rooms").addEventListener("click", onViewList);
+    $("queries").addEventListener("click", onViewList);
     $("members").addEventListener("click", (e) => {
       const li = e.target.closest("li");
-      if (!li || li.dataset.user === S.user) return;
-      const input = $("input");
-      input.value = `/msg ${li.dataset.user} `;
-      input.focus();
+      if (!li || li.dataset.user === myName()) return;
+      switchTo(queryView(li.dataset.user).key);
+      $("input").focus();
+    });
+    $("messages").addEventListener("click", (e) => {
+      const line = e.target.closest("li.dm");
+      if (line && line.dataset.query && S.views.has(QUERY + line.dataset.query)) switchTo(QUERY + line.dataset.query);
+    });
+    $("room-topic").addEventListener("click", (e) => e.currentTarget.classList.toggle("open"));
+    for (const which of DRAWERS) $(which + "-toggle").addEventListener("click", () => toggleDrawer(which));
+    // A tap anywhere outside an open drawer (on the scrim, the header) closes it; so does Escape.
+    document.addEventListener("click", (e) => {
+      if (drawerOpen() && !e.target.closest(".drawer, .toggle")) closeDrawers();
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.key !== "Escape" || !drawerOpen()) return;
+      const which = DRAWERS.find((w) => $(w + "-pane").classList.contains("open"));
+      closeDrawers();
+      $(which + "-toggle").focus();
+    });
+    // A drawer left open as the window widens would leave its scrim over the page.
+    if (typeof window.matchMedia === "function") {
+      window.matchMedia("(max-width: 980px)").addEventListener("change", closeDrawers);
+      window.matchMedia("(max-width: 700px)").addEventListener("change", closeDrawers);
+    }
+    document.addEventListener("visibilitychange", () => {
+      if (pageHidden()) return;
+      S.unseen = S.unseenMentions = 0;
+      renderTitle();
     });
     try {
       const saved = JSON.parse(sessionStorage.getItem("zmq-chat") || "null");
@@ -965,6 +1602,8 @@
         $("name").value = saved.name;
         if (Array.isArray(saved.rooms)) S.wanted = saved.rooms.filter((r) => typeof r === "string");
         S.retryUntil = Date.now() + (S.sessionTimeout + 4) * 1000;
+      } else {
+        $("name").value = localStorage.getItem("zmq-chat-name") || "";
       }
     } catch {
       /* no storage: pick a name */
@@ -975,6 +1614,6 @@
   }
 
   // For tests and curious people in the devtools console; nothing here reads it back.
-  window.zmqChat = { FeedSequencer, safeText, state: S };
+  window.zmqChat = { FeedSequencer, safeText, parse, complete, splitText, mentions, COMMAND_WORDS, HELP, state: S };
   start();
 })();

@@ -100,9 +100,9 @@ class ChatPage:
     def status(self) -> Locator:
         return self.page.locator("#status")
 
-    @property
-    def dms(self) -> Locator:
-        return self.page.locator("#dms")
+    def query(self, peer: str) -> Locator:
+        """The private conversation with ``peer`` (its case-folded name)."""
+        return self.page.locator(f'.log[data-query="{peer}"]')
 
 
 def open_page(browser: Browser, url: str, name: str) -> ChatPage:
@@ -145,23 +145,25 @@ def test_two_browsers_and_a_console_chat(harness: Harness, browser: Browser, tmp
     expect(alice.log()).to_contain_text("carol: Nice work, both of you")
     expect(bob.log()).to_contain_text("carol: Nice work, both of you")
 
-    # Private messages reach only their target, in every direction.
+    # Private messages reach only their target, in every direction: each in a conversation view of its own.
     alice.type("/msg bob lunch at noon?")
-    expect(bob.dms).to_contain_text("alice → you: lunch at noon?")
-    expect(alice.dms).to_contain_text("you → bob: lunch at noon?")
+    expect(bob.query("alice")).to_contain_text("alice: lunch at noon?")
+    expect(bob.page.locator('#queries button[data-query="alice"] .unread')).to_have_text("1")
+    expect(alice.query("bob")).to_contain_text("alice: lunch at noon?")
+    expect(alice.log()).to_contain_text("[dm → bob] lunch at noon?")  # typed in #general: said where it went
     bob.type("/msg alice sure, see you there")
-    expect(alice.dms).to_contain_text("bob → you: sure, see you there")
+    expect(alice.query("bob")).to_contain_text("bob: sure, see you there")
     carol.send("/msg bob the console can whisper too")
-    expect(bob.dms).to_contain_text("carol → you: the console can whisper too")
+    expect(bob.query("carol")).to_contain_text("carol: the console can whisper too")
     alice.type("/msg carol and the web can whisper back")
     carol.expect(r"^\[dm\] alice: and the web can whisper back$")
     alice.type("back to the room")
     carol.expect(r"^alice: back to the room$")  # everything alice sent before this has reached carol
     expect(bob.log()).to_contain_text("alice: back to the room")
     assert not [line for line in carol.lines if "lunch" in line or "see you there" in line]
-    expect(alice.dms).not_to_contain_text("the console can whisper")
-    for page in (alice, bob):
-        expect(page.page.locator("#messages")).not_to_contain_text("lunch at noon")
+    expect(alice.page.locator("#messages")).not_to_contain_text("the console can whisper")
+    expect(bob.page.locator(".log[data-room]", has_text="lunch at noon")).to_have_count(0)
+    expect(alice.page.locator(".log[data-room] li", has_text="see you there")).to_have_count(0)
 
     # Rooms: join with the form, /join by command, switch by click; each room's events stay in its log.
     alice.page.fill("#join-room", "dev")
@@ -195,7 +197,7 @@ def test_two_browsers_and_a_console_chat(harness: Harness, browser: Browser, tmp
         # Its own line, the text whole (a "connection restored" line may follow it on a loaded machine).
         mine = page.log().locator("li.msg", has_text="alice: <img")
         expect(mine).to_have_text(re.compile(re.escape(f"alice: {img}") + "$"))
-        assert page.page.locator("#messages script, #messages img, #dms img").count() == 0
+        assert page.page.locator("#messages script, #messages img").count() == 0
         assert page.dialogs == [] and page.errors == []
     carol.expect(re.escape(f"alice: {img}"))
 
