@@ -36,8 +36,7 @@ import keys
 import messages as m
 import transport
 from console import Console
-from display import undelivered_line
-from safe_text import safe_text
+from display import error_text, undelivered_line
 from sequencer import FeedSequencer
 from session import MAX_UNACKED, ChatError, ClientSession, Event, Said, State
 
@@ -341,7 +340,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tui", action="store_true", help="full screen: a view per room, a room list and a member list (tui.py)"
     )
-    parser.add_argument("--no-timestamps", action="store_true", help="no HH:MM before each line")
+    parser.add_argument(
+        "--no-timestamps",
+        action="store_true",
+        help="no HH:MM before each line on a terminal (a pipe never gets timestamps, colours or bells: "
+        "its lines stay plain, for scripts)",
+    )
     return parser.parse_args(argv)
 
 
@@ -386,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
         except ChatError as exc:
             client.close(flush_timeout=0)
-            print(f"[error] {safe_text(exc.detail)} ({exc.code})", flush=True)
+            print(error_text(exc.code, exc.detail), flush=True)
             if not interactive or exc.code not in ("name_taken", "bad_name"):
                 return 2
             name = None
@@ -398,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client.close(flush_timeout=0)
             return 130
     print(f"[system] connected to {conn['router']} as {client.user}; /help lists the commands", flush=True)
-    console = Console(client)
+    console = Console(client, timestamps=not args.no_timestamps)
     console.run(interactive)
     for event in client.close():
         console.on_event(event)

@@ -14,6 +14,9 @@ narrower than counted ends the row early, never wraps it.  Runs of more than thr
 (a tab is four, ``safe_text``) are shown as `` ⋯ ``, and the Hangul filler letters,
 printable characters that show nothing, are escaped like control characters.
 
+``lay_out_styled`` does the same for a line in coloured parts (the console's time, names, labels):
+the same rows, each part in its SGR style, every styled row reset at its end.
+
 A pipe or a file gets lines exactly as they are: one line per event, for scripts.
 """
 
@@ -65,22 +68,37 @@ def lay_out(line: str, width: int, *, squeeze: bool = True) -> str:
 
 def visible(text: str, *, squeeze: bool = True) -> str:
     """``text`` with nothing that moves the cursor or hides: ``safe_text``, escaped fillers, squeezed spaces."""
+    text = _escaped(text)
+    if squeeze and text.count(" ") > MAX_SPACES:
+        text = "".join(cluster for cluster, _ in _squeezed([(cluster, "") for cluster, _ in _clusters(text)]))
+    return text
+
+
+def _escaped(text: str) -> str:
+    """``safe_text``, and the invisible letters escaped too: character by character."""
     text = safe_text(text)
     if not _INVISIBLE.isdisjoint(text):
         text = "".join(f"\\u{ord(c):04x}" if c in _INVISIBLE else c for c in text)
-    if squeeze and text.count(" ") > MAX_SPACES:
-        out: list[str] = []
-        run: list[str] = []  # spaces, each with any marks on it (a way around a squeeze on spaces alone)
-        for cluster, _ in _clusters(text):
-            if cluster[0] == " ":
-                run.append(cluster)
-                continue
-            out.append(SQUEEZED if len(run) > MAX_SPACES else "".join(run))
-            out.append(cluster)
-            run = []
-        out.append(SQUEEZED if len(run) > MAX_SPACES else "".join(run))
-        text = "".join(out)
     return text
+
+
+def _squeezed(clusters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(cluster, style) with each run of more than ``MAX_SPACES`` spaces (each with any marks on it: a way
+    around a squeeze on spaces alone) as ``SQUEEZED``, in the style of the run's first space."""
+    out: list[tuple[str, str]] = []
+    run: list[tuple[str, str]] = []
+    for cluster in [*clusters, ("", "")]:  # the end flushes the last run
+        if cluster[0][:1] == " ":
+            run.append(cluster)
+            continue
+        if len(run) > MAX_SPACES:
+            out += [(char, run[0][1]) for char in SQUEEZED]
+        else:
+            out += run
+        if cluster[0]:
+            out.append(cluster)
+        run = []
+    return out
 
 
 def wrap(text: str, width: int) -> list[str]:
@@ -89,11 +107,17 @@ def wrap(text: str, width: int) -> list[str]:
     Breaks at the last space of a row when there is one past its first third (the spaces at a break
     are not shown), else between two characters; a character never straddles the edge.
     """
+    clusters = _clusters(text)
+    rows = _rows(clusters, width)
+    return [marker + "".join(c for c, _ in clusters[start:end]).rstrip(" ") for marker, start, end in rows]
+
+
+def _rows(clusters: list[tuple[str, int]], width: int) -> list[tuple[str, int, int]]:
+    """Where ``wrap`` breaks: each row as (its continuation marker, first cluster, end)."""
     width = max(width, 1)
     usable = width - 1 if width > 3 else width  # the last column stays free (see the module's doc)
     marker = CONTINUATION if width >= CONTINUATION_MIN_WIDTH else NARROW_CONTINUATION if width >= 6 else "│"
-    clusters = _clusters(text)
-    rows: list[str] = []
+    rows: list[tuple[str, int, int]] = []
     prefix, limit = "", usable
     start = 0
     while True:
@@ -108,13 +132,78 @@ def wrap(text: str, width: int) -> list[str]:
             end += 1
         if end < len(clusters) and space is not None and space > start:
             end = space  # break at the last space of the row
-        rows.append(prefix + "".join(c for c, _ in clusters[start:end]).rstrip(" "))
+        rows.append((prefix, start, end))
         start = end
         while start < len(clusters) and clusters[start][0][0] == " ":
             start += 1  # the spaces at a break
         if start >= len(clusters):
             return rows
         prefix, limit = marker, max(usable - width_of(marker), 1)
+
+
+#: A run of text and how it is drawn: SGR parameters (``"1;31"``, bold red), "" for the terminal's default.
+Segment = tuple[str, str]
+#: How continuation markers are drawn: grey.
+MARKER_STYLE = "90"
+RESET = "\x1b[0m"
+
+
+def lay_out_styled(segments: list[Segment], width: int, *, squeeze: bool = True) -> str:
+    """``lay_out`` of the segments' text joined, each drawn in its style (SGR colours and attributes).
+
+    The text is made ``visible`` and broken into rows exactly as ``lay_out`` does it for the same text
+    unstyled; each character keeps the style of the segment it came from.  Every row that sets a style
+    ends with a reset, so nothing bleeds into the next row (or the prompt).  The styles are the
+    console's own, never from the text.
+    """
+    lines: list[list[Segment]] = [[]]
+    for text, style in segments:
+        for i, part in enumerate(text.split("\n")):
+            if i:
+                lines.append([])
+            if part:
+                lines[-1].append((_escaped(part), style))
+    out: list[str] = []
+    for line in lines:
+        text = "".join(part for part, _ in line)
+        char_styles = [style for part, style in line for _ in part]
+        clusters = _clusters(text)
+        if squeeze and text.count(" ") > MAX_SPACES:
+            squeezed = _squeezed(list(zip([c for c, _ in clusters], _styles(clusters, char_styles), strict=True)))
+            char_styles = [style for chunk, style in squeezed for _ in chunk]
+            clusters = _clusters("".join(chunk for chunk, _ in squeezed))
+        styles = _styles(clusters, char_styles)
+        for marker, start, end in _rows(clusters, width):
+            while end > start and clusters[end - 1][0] == " ":
+                end -= 1  # as ``wrap`` strips them
+            row = [(marker, MARKER_STYLE)] if marker else []
+            row += [(clusters[i][0], styles[i]) for i in range(start, end)]
+            out.append(_sgr(row))
+    return "\n".join(out)
+
+
+def _styles(clusters: list[tuple[str, int]], char_styles: list[str]) -> list[str]:
+    """The style of each cluster: its first character's (``char_styles`` has one per character)."""
+    styles: list[str] = []
+    at = 0
+    for chunk, _ in clusters:
+        styles.append(char_styles[at])
+        at += len(chunk)
+    return styles
+
+
+def _sgr(parts: list[Segment]) -> str:
+    """Text with an SGR sequence wherever the style changes, and a reset at the end if any was set."""
+    text: list[str] = []
+    current = ""
+    for chunk, style in parts:
+        if style != current:
+            text.append(f"\x1b[0;{style}m" if style else RESET)
+            current = style
+        text.append(chunk)
+    if current:
+        text.append(RESET)
+    return "".join(text)
 
 
 def width_of(text: str) -> int:

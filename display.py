@@ -117,7 +117,7 @@ def line_of(event: Event, me: str | None = None) -> Line | None:
         case Failed(retrying=True):
             return _system("[system] sending too fast; your message will be sent in a moment")
         case Failed(error=error):
-            return Line("error", f"[error] {safe_text(error.detail)} ({safe_text(error.code)})", ts=time.time())
+            return Line("error", error_text(error.code, error.detail), ts=time.time())
         case m.Who():
             users = [f"{u} (away)" if u in event.away else u for u in event.users]
             return Line("who", f"[who] #{event.room}: {', '.join(users) if users else 'nobody'} ({len(users)})")
@@ -156,6 +156,25 @@ def render(event: Event, me: str | None = None, current: str | None = m.DEFAULT_
 def label(line: Line, current: str | None) -> str:
     """``#room `` before a room's line when another room is current (a ``[system]`` line names its room)."""
     return f"#{line.room} " if line.room is not None and line.room != current and line.kind != "system" else ""
+
+
+#: How the broker's details name the request field they are about: ``'user': a name is ...``, ``'text' must ...``.
+_FIELD = re.compile(r"^'([a-z_]+)'(:?) ")
+
+
+def readable(detail: str) -> str:
+    """An error's detail as people read it: without the protocol's field names (``'user': a name is ...`` is
+    ``a name is ...``; ``'text' must not be empty`` is ``the text must not be empty``)."""
+    match = _FIELD.match(detail)
+    if match is None:
+        return detail
+    rest = detail[match.end() :]
+    return rest if match.group(2) else f"the {match.group(1).replace('_', ' ')} {rest}"
+
+
+def error_text(code: str, detail: str) -> str:
+    """``[error] DETAIL (CODE)``: a refusal as every client shows it, safe and without field names."""
+    return f"[error] {safe_text(readable(detail))} ({safe_text(code)})"
 
 
 def undelivered_line(count: int) -> str:

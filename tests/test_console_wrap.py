@@ -19,7 +19,16 @@ from wcwidth import wcwidth
 
 import messages as m
 from console import Console
-from console_text import CONTINUATION, NARROW_CONTINUATION, SQUEEZED, lay_out, visible, width_of
+from console_text import (
+    CONTINUATION,
+    NARROW_CONTINUATION,
+    RESET,
+    SQUEEZED,
+    lay_out,
+    lay_out_styled,
+    visible,
+    width_of,
+)
 from display import HELP, render
 from safe_text import safe_text
 from session import Event
@@ -29,6 +38,8 @@ pytestmark = pytest.mark.timeout(60)
 WIDTHS = [6, 10, 20, 40, 80, 132]
 #: What a row that starts a message (or a line of the console's own) looks like.
 LINE_START = re.compile(r"[\[#*]|[A-Za-z0-9_][A-Za-z0-9_.\-]*: ")
+#: A colour or attribute change.
+SGR = re.compile(r"\x1b\[[0-9;]*m")
 #: What the console shows for the invisible letters it escapes.
 ESCAPED = {"\u3164": "\\u3164", "\u115f": "\\u115f", "\u1160": "\\u1160", "\uffa0": "\\uffa0"}
 
@@ -54,12 +65,13 @@ class Tty(io.StringIO):
         return True
 
 
-def console_output(events: list[Event], width: int, monkeypatch: pytest.MonkeyPatch) -> str:
-    """What the console prints for ``events`` on a terminal ``width`` columns wide."""
+def console_output(events: list[Event], width: int, monkeypatch: pytest.MonkeyPatch, timestamps: bool = False) -> str:
+    """What the console prints for ``events`` on a terminal ``width`` columns wide (coloured; no timestamps
+    unless asked, so that rows start as the lines do)."""
     monkeypatch.setenv("COLUMNS", str(width))  # shutil.get_terminal_size() reads it first
     monkeypatch.setenv("LINES", "24")
     out = Tty()
-    con = Console(StubClient("me"), out=out)  # type: ignore[arg-type]
+    con = Console(StubClient("me"), out=out, timestamps=timestamps)  # type: ignore[arg-type]
     for event in events:
         con.on_event(event)
     return out.getvalue()
@@ -179,6 +191,19 @@ def test_an_ordinary_message_wraps_at_spaces(width: int, monkeypatch: pytest.Mon
     assert all(len(row) < width for row in rows)
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_styled_rows_are_the_plain_rows_coloured(width: int) -> None:
+    """``lay_out_styled`` breaks and escapes a line exactly as ``lay_out`` does, whatever its parts hold."""
+    for text in hostile_texts(width):
+        for head in ("12:34 ", "12:34 #dev * alice ", ""):
+            for cut in (0, 1, len(text) // 2):  # the parts may end anywhere, mid-run of spaces or marks
+                segments = [(head, "90"), (text[:cut], "1;31"), (text[cut:], "")]
+                styled = lay_out_styled(segments, width)
+                assert SGR.sub("", styled) == lay_out(head + text, width), (head, text, cut)
+                for row in styled.split("\n"):  # nothing bleeds into the next row: each ends in the default style
+                    assert SGR.findall(row)[-1:] in ([], [RESET]), row
+
+
 def test_runs_of_spaces_are_squeezed_and_tabs_are_spaces() -> None:
     assert visible("a    b") == f"a{SQUEEZED}b"
     assert visible("a   b") == "a   b"  # three are left alone
@@ -211,8 +236,38 @@ def test_very_narrow_terminals_still_get_everything(width: int) -> None:
 def test_help_keeps_its_alignment_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "132")
     out = Tty()
-    Console(StubClient("me"), out=out).on_line("/help")  # type: ignore[arg-type]
+    Console(StubClient("me"), out=out, timestamps=False).on_line("/help")  # type: ignore[arg-type]
     assert out.getvalue() == HELP + "\n"
+
+
+def test_help_keeps_its_alignment_with_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "132")
+    out = Tty()
+    Console(StubClient("me"), out=out).on_line("/help")  # type: ignore[arg-type]
+    rows, _ = on_screen(out.getvalue(), 132)
+    rows = [row for row in rows if row]
+    assert all(re.match(r"\d\d:\d\d ", row) for row in rows), rows  # every row: the same time, then the help
+    assert [row[6:] for row in rows] == HELP.split("\n")
+
+
+@pytest.mark.parametrize("width", [20, 80])
+def test_timestamps_and_colours_leave_no_row_that_starts_like_a_message(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, with each line's time before it: the rows a hostile text makes still carry the marker."""
+    events = [event for text in hostile_texts(width) for event, _ in events_for(text)]
+    output = console_output(events, width, monkeypatch, timestamps=True)
+    assert "\x1b[" in output  # coloured
+    rows, screen = on_screen(output, width)
+    assert screen.cursor.y == output.count("\n")
+    starts = [row for row in rows if row and not row.startswith(marker(width))]
+    assert len(starts) == len(events), "\n".join(starts)
+    stamped = re.compile(r"\d\d:\d\d ")
+    for row in starts:
+        assert stamped.match(row) or width < 12, row
+    for row in rows:
+        assert not LINE_START.match(row) or row in starts, row
+        assert not stamped.match(row) or row in starts, row
 
 
 def test_a_pipe_gets_each_line_exactly_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,7 +302,7 @@ def test_the_real_console_on_a_narrow_pty(harness: Harness) -> None:
     columns, lines = 24, 60
     broker = harness.broker()
     bob = harness.client(broker, "bob")
-    alice = Terminal(["client.py", *broker.endpoints, "--name", "alice"], columns, lines)
+    alice = Terminal(["client.py", *broker.endpoints, "--name", "alice", "--no-timestamps"], columns, lines)
     try:
         expect_rows(alice, lambda rows: any(r.startswith("[system] you are in") for r in rows), columns, lines)
         os.write(alice.master, b"half")  # typed, not sent: the console prints above it
@@ -268,7 +323,9 @@ def test_the_real_console_on_a_narrow_pty(harness: Harness) -> None:
             assert not LINE_START.match(row), rows
         assert bare("".join(row.removeprefix(CONTINUATION) for row in rows[first + 1 : done])) == bare("bob: " + wide)
         assert rows[done + 1 :] == ["> half"], rows  # the line being typed is still there, under the messages
-        os.write(alice.master, b"\x03")  # Ctrl-C
+        os.write(alice.master, b"\x03")  # Ctrl-C: clears the half-typed line...
+        expect_rows(alice, lambda rows: "> half" not in rows and ">" in rows, columns, lines)
+        os.write(alice.master, b"\x03")  # ...and on an empty line, quits
         assert alice.proc.wait(WAIT) == 0
     finally:
         alice.close()

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pytest
 from conftest import StubClient
 
 import messages as m
-from console import Console
-from display import HELP, render
+from console import (
+    BELL,
+    CLEAR_SCREEN,
+    NAME_COLOURS,
+    Console,
+    Snapshot,
+    history_rule,
+    name_style,
+    status_line,
+    styled,
+)
+from display import HELP, Line, clock, colour_of, error_text, label, line_of, readable, render
 from session import Acked, Change, Failed, Rejoined, Said, Status
+from views import Views
 
 FakeClient = StubClient  # the shared stand-in (conftest)
 
@@ -607,3 +619,412 @@ def test_a_dm_to_myself_is_shown_once() -> None:
     con.on_event(m.Dm(user=me, to=me, text="note", id="d", ts=0.0))
     con.on_event(dm_acked("note", to=me, ack_to=me))
     assert out.getvalue() == f"[dm -> {me}] note\n"
+
+
+# --- The console on a terminal: how lines look (``styled``), and what only a terminal gets -------------
+
+T = 1_700_000_000.0  # a wall-clock time
+HHMM = clock(T) + " "
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Client(StubClient):
+    """The stand-in, with the requests the lead's commands make."""
+
+    def topic(self, room: str, topic: str) -> None:
+        self.calls.append(("topic", room, topic))
+
+    def nick(self, name: str) -> None:
+        self.calls.append(("nick", name))
+
+    def away(self, reason: str = "") -> None:
+        self.calls.append(("away", reason))
+
+
+def tty_console(user: str = "me", rooms: tuple[str, ...] = ("general",), **kw: Any) -> tuple[Console, Client, Tty]:
+    fake = Client(user, rooms)
+    out = Tty()
+    return Console(fake, out=out, **kw), fake, out  # type: ignore[arg-type]
+
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain(text: str) -> str:
+    return SGR.sub("", text)
+
+
+def msg_line(user: str = "bob", text: str = "hi", room: str = "general", **extra: Any) -> Line:
+    """The line of ``user``'s message as ``me`` sees it."""
+    line = line_of(m.MsgEvent(room=room, user=user, text=text, id="x", seq=1, ts=T, **extra), "me")
+    assert line is not None
+    return line
+
+
+def test_a_name_has_one_of_twelve_colours_always_the_same() -> None:
+    assert len(NAME_COLOURS) == 12 == len(set(NAME_COLOURS))
+    assert name_style("bob") == NAME_COLOURS[colour_of("bob")] == name_style("Bob")
+    assert len({name_style(f"user{i}") for i in range(200)}) == 12
+
+
+def test_styled_msg_time_grey_name_in_its_colour_text_plain() -> None:
+    assert styled(msg_line(), "general") == [(HHMM, "90"), ("bob", name_style("bob")), (": ", ""), ("hi", "")]
+
+
+def test_styled_without_timestamps() -> None:
+    assert styled(msg_line(), "general", timestamps=False)[0] == ("bob", name_style("bob"))
+
+
+def test_styled_labels_another_rooms_line() -> None:
+    assert styled(msg_line(room="dev"), "general")[:2] == [(HHMM, "90"), ("#dev ", "1")]
+    assert styled(msg_line(room="dev"), "dev")[1] == ("bob", name_style("bob"))
+
+
+def test_styled_action() -> None:
+    line = msg_line(text="waves", me=True)
+    assert styled(line, "general")[1:] == [("* ", ""), ("bob", name_style("bob")), (" ", ""), ("waves", "")]
+
+
+def test_styled_own_line_bold_in_the_terminals_colour() -> None:
+    line = Line("msg", "hello", "me: ", "general", None, "me", T, mine=True)
+    assert styled(line, "general")[1:] == [("me", "1"), (": ", ""), ("hello", "")]
+
+
+def test_styled_mention_name_reversed_text_bold() -> None:
+    line = msg_line(text="hey me, look")
+    assert line.mention
+    assert styled(line, "general")[1:] == [("bob", "7;" + name_style("bob")), (": ", ""), ("hey me, look", "1")]
+
+
+def test_styled_private_messages_both_ways() -> None:
+    incoming = line_of(m.Dm(user="bob", to="me", text="psst", ts=T), "me")
+    assert incoming is not None
+    assert styled(incoming, "general")[1:] == [
+        ("[dm] ", "36"),
+        ("bob", "7;" + name_style("bob")),  # a private message to me is a mention
+        (": ", "36"),
+        ("psst", "1"),
+    ]
+    sent = line_of(dm_acked("psst", to="bob", ack_to="bob"), "me")
+    assert sent is not None
+    assert styled(sent, "general", timestamps=False) == [
+        ("[dm -> ", "36"),
+        ("bob", name_style("bob")),
+        ("] ", "36"),
+        ("psst", ""),
+    ]
+
+
+@pytest.mark.parametrize("name", ["d", "m", "dm", "-"])
+def test_styled_finds_a_short_name_as_a_word_not_inside_the_tag(name: str) -> None:
+    incoming = Line("dm", "psst", f"[dm] {name}: ", None, name, name, T, mention=False)
+    assert (name, name_style(name)) in styled(incoming, None, timestamps=False)
+    assert styled(incoming, None, timestamps=False)[0] == ("[dm] ", "36")
+    sent = Line("dm", "psst", f"[dm -> {name}] ", None, name, "me", T, mine=True)
+    assert styled(sent, None, timestamps=False)[:2] == [("[dm -> ", "36"), (name, name_style(name))]
+
+
+def test_styled_notices_grey_errors_red_tags_coloured() -> None:
+    join = line_of(m.JoinEvent(room="general", user="bob", ts=T), "me")
+    assert join is not None
+    assert styled(join, "general") == [(HHMM, "90"), ("[join] bob joined the chat", "90")]
+    error = Line("error", "[error] nope (x)", ts=T)
+    assert styled(error, "general")[1:] == [("[error] nope (x)", "91")]
+    system = Line("system", "[system] you are in #dev", room="dev", ts=T)
+    assert styled(system, "general")[1:] == [("[system] ", "36"), ("you are in #dev", "")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        msg_line(),
+        msg_line(room="dev", text="x me y"),
+        msg_line(text="waves", me=True, room="ops"),
+        Line("dm", "a", "[dm] * me ", None, "me", "me", T, mine=True),
+        Line("system", "[system] x", ts=T),
+        Line("system", HELP, ts=T),
+        Line("who", "[who] #general: a, b (2)", ts=T),
+    ],
+    ids=repr,
+)
+def test_styled_text_is_the_time_the_label_and_the_line(line: Line) -> None:
+    for stamp in (True, False):
+        text = "".join(text for text, _ in styled(line, "general", stamp))
+        expected = label(line, "general") + line.text
+        if stamp:
+            expected = "\n".join(clock(line.ts) + " " + row for row in expected.split("\n"))
+        assert text == expected
+
+
+def test_help_on_a_terminal_has_the_time_on_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "132")  # wide enough for the help's rows
+    con, _, out = tty_console()
+    con.on_line("/help")
+    rows = plain(out.getvalue()).rstrip("\n").split("\n")
+    assert len(rows) == len(HELP.split("\n"))
+    assert all(re.match(r"\d\d:\d\d ", row) for row in rows)
+    assert [row[6:] for row in rows] == HELP.split("\n")
+
+
+# --- on a terminal and in a pipe ---
+
+
+def test_a_terminal_gets_the_time_and_colours_a_pipe_the_plain_line() -> None:
+    con, _, out = tty_console()
+    con.on_event(msg(text="hi there"))
+    shown = out.getvalue()
+    assert "\x1b[" in shown
+    assert re.fullmatch(r"\d\d:\d\d bob: hi there\n", plain(shown).replace("alice", "bob"))
+    piped, _, pipe_out = console()
+    piped.on_event(msg(text="hi there"))
+    assert pipe_out.getvalue() == "alice: hi there\n"
+
+
+def test_no_timestamps_on_a_terminal() -> None:
+    con, _, out = tty_console(timestamps=False)
+    con.on_event(msg(text="hi"))
+    assert plain(out.getvalue()) == "alice: hi\n"
+
+
+def test_a_mention_rings_the_bell_on_a_terminal_only() -> None:
+    con, _, out = tty_console()
+    con.on_event(msg(text="me: are you there?"))
+    con.on_event(msg(text="no one here"))
+    con.on_event(msg(text="meh, not a mention"))
+    con.on_event(m.Dm(user="bob", to="me", text="psst"))
+    assert out.getvalue().count(BELL) == 2
+    piped, _, pipe_out = console()
+    piped.on_event(msg(text="me: are you there?"))
+    assert BELL not in pipe_out.getvalue()
+
+
+def test_a_mention_in_history_rings_no_bell() -> None:
+    con, fake, out = tty_console()
+    con.on_event(fake.joined("general", history=[msg(text="me: earlier")]))
+    assert BELL not in out.getvalue()
+
+
+def test_hostile_text_cannot_ring_the_bell_or_colour_anything() -> None:
+    con, _, out = tty_console()
+    con.on_event(msg(text="\x07\x1b[31mred\x1b[0m"))
+    shown = out.getvalue()
+    assert BELL not in shown
+    assert "\\x07\\x1b[31mred\\x1b[0m" in plain(shown)
+
+
+def test_the_history_shown_on_joining_ends_with_a_rule_on_a_terminal() -> None:
+    con, fake, out = tty_console()
+    con.on_line("/join dev")
+    con.on_event(fake.joined("dev", users=["bob", "me"], history=[msg("bob", "earlier", room="dev")]))
+    con.on_event(msg("bob", "live", room="dev"))
+    rows = [row[6:] if re.match(r"\d\d:\d\d ", row) else row for row in plain(out.getvalue()).splitlines()]
+    assert rows == ["[system] you are in #dev (2 here: bob, me)", "bob: earlier", history_rule("dev"), "bob: live"]
+
+
+def test_no_rule_without_history_and_none_in_a_pipe() -> None:
+    con, fake, out = tty_console()
+    con.on_event(fake.joined("dev"))
+    assert "──" not in out.getvalue()
+    piped, fake, pipe_out = console()
+    piped.on_event(fake.joined("dev", history=[msg("bob", "earlier", room="dev")]))
+    assert "──" not in pipe_out.getvalue()
+    assert lines(pipe_out)[-1] == "#dev bob: earlier"
+
+
+def test_lines_are_labelled_unless_they_are_the_current_rooms() -> None:
+    for con, fake, out in (console(), tty_console(timestamps=False)):
+        con.on_line("/join dev")
+        con.on_event(fake.joined("dev"))
+        con.on_event(msg("bob", "in dev", room="dev"))
+        con.on_event(msg("bob", "in general"))
+        con.on_line("/join general")  # already in it: switches at once
+        con.on_event(msg("bob", "in general again"))
+        con.on_event(msg("bob", "in dev again", room="dev"))
+        assert [plain(line) for line in lines(out)][1:] == [  # type: ignore[arg-type]
+            "bob: in dev",
+            "#general bob: in general",
+            "[system] now talking in #general",
+            "bob: in general again",
+            "#dev bob: in dev again",
+        ]
+
+
+def test_clear_clears_the_view_and_a_terminals_screen() -> None:
+    con, _, out = tty_console()
+    con.on_event(msg(text="old"))
+    con.on_line("/clear")
+    assert out.getvalue().endswith(CLEAR_SCREEN)
+    assert not con.views.views["general"].lines
+    piped, _, pipe_out = console()
+    piped.on_event(msg(text="old"))
+    piped.on_line("/clear")
+    assert pipe_out.getvalue() == "alice: old\n"
+
+
+def test_what_i_say_comes_back_as_my_line_when_echoing() -> None:
+    con, fake, out = tty_console(timestamps=False)
+    con.echo = True  # run() on a terminal: the prompt is erased, so the line is shown as a chat line
+    con.on_line("hello all")
+    con.on_line("/me waves")
+    assert fake.calls == [("say", "general", "hello all", False), ("say", "general", "waves", True)]
+    assert [plain(line) for line in lines(out)] == ["me: hello all", "* me waves"]  # type: ignore[arg-type]
+    assert all(line.mine for line in con.views.views["general"].lines)
+    assert con.views.views["general"].unread == 0
+
+
+def test_no_echo_in_a_pipe_or_a_conversation() -> None:
+    con, _, out = console()
+    con.on_line("hello all")
+    assert out.getvalue() == ""
+    con, fake, out = tty_console()
+    con.echo = True
+    con.on_line("/query bob")
+    con.on_line("psst")
+    assert fake.calls == [("dm", "bob", "psst", False)]
+    assert out.getvalue() == ""  # the ack shows it, "[dm -> bob] psst"
+
+
+def test_a_long_line_goes_as_several_messages_cut_at_spaces() -> None:
+    con, fake, _ = console()
+    text = " ".join(f"word{i:04d}" for i in range(900))[:9000]
+    con.on_line(text)
+    parts = [call[2] for call in fake.calls]
+    assert len(parts) == 3
+    assert all(len(part) <= m.MAX_TEXT_CHARS for part in parts)
+    assert " ".join(parts) == text
+
+
+def test_query_switches_the_prompt_and_where_text_goes() -> None:
+    con, fake, _ = console()
+    con.on_line("/query bob")
+    assert con.prompt() == "@bob> "
+    con.on_line("hi")
+    con.on_line("/query carol how are you")
+    assert con.prompt() == "@carol> "
+    assert fake.calls == [("dm", "bob", "hi", False), ("dm", "carol", "how are you", False)]
+    con.on_line("/window 1")
+    assert con.prompt() == "> "
+
+
+def test_the_leads_commands_reach_the_client() -> None:
+    con, fake, out = console(rooms=("general",))
+    con.client = fake = Client("me", ("general",))
+    con.on_line("/topic release day")
+    con.on_line("/topic -")
+    con.on_line("/nick alicia")
+    con.on_line("/away lunch")
+    con.on_line("/back")
+    con.on_line("/names")
+    assert fake.calls == [
+        ("topic", "general", "release day"),
+        ("topic", "general", ""),
+        ("nick", "alicia"),
+        ("away", "lunch"),
+        ("away", ""),
+        ("who", "general"),
+    ]
+    con.on_line("/topic")
+    assert lines(out)[-1] == "[topic] #general has no topic"
+
+
+# --- errors in words ---
+
+
+@pytest.mark.parametrize(
+    ("detail", "shown"),
+    [
+        ("'user': a name is 1-32 of A-Z", "a name is 1-32 of A-Z"),
+        ("'room': a room name is 1-32", "a room name is 1-32"),
+        ("'text' must not be empty", "the text must not be empty"),
+        ("'topic' is 400 characters; the limit is 300", "the topic is 400 characters; the limit is 300"),
+        ("no user bob", "no user bob"),
+        ("", ""),
+    ],
+)
+def test_errors_read_without_the_protocols_field_names(detail: str, shown: str) -> None:
+    assert readable(detail) == shown
+
+
+def test_a_refusal_shows_no_field_name() -> None:
+    event = Failed(error=m.Error(code="bad_name", detail="'name': a name is 1-32 of A-Z", id="n"))
+    assert render(event, "me") == "[error] a name is 1-32 of A-Z (bad_name)"
+    assert error_text("bad_name", "'user': a name\x1b") == "[error] a name\\x1b (bad_name)"
+
+
+# --- the status line and Tab ---
+
+
+def status_text(views: Views, me: str = "me", away: str = "") -> str:
+    return "".join(text for _, text in status_line(views, me, away))
+
+
+def test_the_status_line_lists_the_views_the_current_one_news_and_mentions() -> None:
+    views = Views(["general", "dev"])
+    assert status_text(views) == " me │ [1:#general] 2:#dev "
+    views.add(msg_line(room="dev"))
+    views.add(msg_line(room="dev", text="me: look"))
+    views.add(line_of(m.Dm(user="bob", to="me", text="psst"), "me"))  # type: ignore[arg-type]
+    assert status_text(views) == " me │ [1:#general] 2:#dev +2 !1 3:@bob +1 !1 "
+    views.switch("dev")
+    assert status_text(views, away="lunch") == " me (away: lunch) │ 1:#general [2:#dev] 3:@bob +1 !1 "
+
+
+def test_the_status_line_styles_mentions_apart() -> None:
+    views = Views(["general", "dev"])
+    views.add(msg_line(room="dev", text="me: look"))
+    styles = dict((text, style) for style, text in status_line(views, "me"))
+    assert styles[" !1"] == "class:status.mention"
+    assert styles[" +1"] == "class:status.unread"
+    assert styles[" [1:#general]"] == "class:status.current"
+
+
+def test_the_console_keeps_its_status_line_and_away() -> None:
+    con, _, _ = console(rooms=("general", "dev"))
+    con.on_event(m.Away(reason="lunch"))
+    con.on_event(msg("bob", "in dev", room="dev"))
+    con.refresh()
+    assert "".join(text for _, text in con.snapshot.status) == " me (away: lunch) │ [1:#general] 2:#dev +1 "
+    con.on_event(m.Away(reason=""))
+    con.refresh()
+    assert "away" not in "".join(text for _, text in con.snapshot.status)
+
+
+def completions(con: Console, typed: str) -> list[str]:
+    con.refresh()
+    return con.completions(typed).candidates
+
+
+def test_tab_completes_commands_rooms_and_the_current_rooms_members() -> None:
+    con, fake, _ = console(rooms=("general", "dev"))
+    con.on_event(fake.joined("general", users=["bob", "bobby", "carol", "me"]))
+    con.on_event(fake.joined("dev", users=["dave", "me"]))
+    assert completions(con, "/jo") == ["/join"]
+    assert completions(con, "/join #d") == ["#dev"]
+    assert completions(con, "see #ge") == ["#general"]
+    assert completions(con, "bo") == ["bob: ", "bobby: "]
+    assert completions(con, "thanks ca") == ["carol"]
+    assert completions(con, "da") == []  # dave is in #dev, not here
+    assert completions(con, "/msg da") == ["dave"]  # any name I know
+    assert completions(con, "m") == []  # not me
+    con.on_event(m.JoinEvent(room="general", user="carla"))
+    assert completions(con, "hi car") == ["carla", "carol"]
+
+
+def test_tab_in_a_conversation_offers_its_other_party() -> None:
+    con, _, _ = console()
+    con.on_line("/query bob")
+    assert completions(con, "b") == ["bob: "]
+
+
+def test_the_snapshot_is_what_the_reader_thread_reads() -> None:
+    con, fake, _ = console()
+    before = con.snapshot
+    con.on_event(fake.joined("general", users=["bob", "me"]))
+    assert con.snapshot is before  # swapped whole, only by refresh (the main thread)
+    con.refresh()
+    assert con.snapshot.names == ["bob", "me"]
+    assert isinstance(con.snapshot, Snapshot)
