@@ -362,11 +362,12 @@ def _ask_name(interactive: bool) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """0: said bye with everything delivered; 1: no broker, or lines not delivered; 2: refused or bad options."""
-    args = parse_args(argv)
-    if args.gui or args.tui:  # another program: run it in this process's place, no import between them
-        program = Path(__file__).with_name("gui.py" if args.gui else "tui.py")
-        argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--gui", "--tui")]
-        os.execv(sys.executable, [sys.executable, str(program), *argv])
+    given = list(sys.argv[1:] if argv is None else argv)
+    other = "gui.py" if "--gui" in given else "tui.py" if "--tui" in given else None
+    if other is not None:  # another program, with options of its own: it reads them, in this process's place
+        rest = [a for a in given if a not in ("--gui", "--tui")]
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).with_name(other)), *rest])
+    args = parse_args(given)
     try:
         conn = cli.connection(args)
     except (OSError, ValueError) as exc:
