@@ -158,8 +158,10 @@ def label(line: Line, current: str | None) -> str:
     return f"#{line.room} " if line.room is not None and line.room != current and line.kind != "system" else ""
 
 
-#: How the broker's details name the request field they are about: ``'user': a name is ...``, ``'text' must ...``.
-_FIELD = re.compile(r"^'([a-z_]+)'(:?) ")
+#: How the broker's details name the request field they are about: ``'user': a name is ...``, ``'text' must ...``,
+#: ``'topic' is 301 characters``; but ``'bob' is taken`` is about a name, and keeps it.
+_FIELD_NAMES = "|".join(sorted({field for fields in m.REQUESTS.values() for field in fields}))
+_FIELD = re.compile(rf"^'({_FIELD_NAMES})'(?:(:) |(?= (?:must|has|is \d)))")
 
 
 def readable(detail: str) -> str:
@@ -168,7 +170,7 @@ def readable(detail: str) -> str:
     match = _FIELD.match(detail)
     if match is None:
         return detail
-    rest = detail[match.end() :]
+    rest = detail[match.end() :].lstrip()
     return rest if match.group(2) else f"the {match.group(1).replace('_', ' ')} {rest}"
 
 
