@@ -216,3 +216,12 @@ def test_a_resend_after_a_nick_is_recognised_by_the_next_broker_run(tmp_path: ob
     out = say(again, A, "once", room="dev")
     assert publishes(out) == [] and replies(out) == [first]
     again.store.close()
+
+
+def test_nick_to_a_name_bound_to_another_curve_key_is_refused() -> None:
+    core = ChatCore(epoch="e", bindings={"KEY-A": None, "KEY-B": "bob"})
+    core.handle(A, [msgspec.json.encode({"type": "hello", "user": "alice"})], 0.0, key="KEY-A")
+    out = core.handle(A, [msgspec.json.encode({"type": "nick", "name": "Bob", "id": "n1"})], 0.0, key="KEY-A")
+    assert [(r["code"], r["id"]) for r in replies(out)] == [("name_reserved", "n1")]
+    out = core.handle(A, [msgspec.json.encode({"type": "nick", "name": "carol"})], 0.0, key="KEY-A")
+    assert replies(out)[0]["type"] == "renamed"  # an unbound key may take any free name
