@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import re
 import signal
 import sys
 import threading
@@ -688,6 +689,37 @@ class ChatInput(Input):
         self.recalled = 0
         self._cycle: Cycle | None = None
 
+    async def _on_key(self, event: events.Key) -> None:
+        """Enter is taken here, in order with the keys around it.  As a binding it ran later than the keys typed
+        right after it, which joined the line being sent ("/query bob", "hi" went out as "/query bobhi")."""
+        if event.key == "enter":  # (other keys: Textual calls Input's own handler after this one)
+            event.stop()
+            event.prevent_default()
+            await self.action_submit()
+
+    async def action_submit(self) -> None:
+        """The line goes, and the input is empty at once."""
+        line, self.value = self.value, ""
+        app = self.app
+        if isinstance(app, ChatApp):
+            app.submit(self, line)
+
+    def _on_paste(self, event: events.Paste) -> None:
+        """Several lines pasted (or typed faster than the screen reads them) are sent one by one, as typed:
+        Textual's own Input keeps the first line of a paste and drops the others."""
+        parts = re.split(r"\r\n|\r|\n", event.text)
+        app = self.app
+        if len(parts) == 1 or not isinstance(app, ChatApp):
+            return  # one line: Input's own handler, which Textual calls after this one
+        event.stop()
+        event.prevent_default()
+        before, after = self.value[: self.cursor_position], self.value[self.cursor_position :]
+        parts[0] = before + parts[0]
+        for line in parts[:-1]:
+            app.submit(self, line)
+        self.value = parts[-1] + after
+        self.cursor_position = len(parts[-1])
+
     def action_complete(self) -> None:
         app = self.app
         if not isinstance(app, ChatApp):
@@ -979,12 +1011,9 @@ class ChatApp(App[Outcome]):
 
     # --- what the user does ---------------------------------------------------------------------------------
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if not isinstance(event.input, ChatInput):
-            return
-        line = event.value
-        event.input.value = ""
-        event.input.remember(line)
+    def submit(self, input_line: ChatInput, line: str) -> None:
+        """Send a typed (or pasted) line: a command or chat text."""
+        input_line.remember(line)
         if self.backend is None:
             return
         if line.strip().lower() in commands.QUIT_COMMANDS:

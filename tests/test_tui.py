@@ -21,6 +21,7 @@ import pyte
 import pytest
 from conftest import WAIT, Harness, StubClient, Terminal
 from rich.text import Text
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Input
 from wcwidth import wcwidth
@@ -606,6 +607,22 @@ def test_ctrl_c_on_a_half_typed_line_clears_it_and_only_then_leaves() -> None:
     assert app.return_value == tui.Outcome(0, ("[system] bye",))
 
 
+def test_lines_pasted_together_go_one_by_one() -> None:
+    app, chats = make_app()
+
+    async def scenario(pilot: Pilot) -> None:
+        chat = chats["chat"]
+        chat.feed(joined(chat.client, "general", ["alice", "bob"], []))
+        await typing(pilot, "first ")
+        line = app.query_one(tui.ChatInput)
+        line.post_message(events.Paste("line one\nsecond line\r\nthird, still typing"))
+        await pilot.pause()
+        assert [call[2] for call in chat.client.calls] == ["first line one", "second line"]
+        assert line.value == "third, still typing"
+
+    run(app, scenario)
+
+
 def test_a_goodbye_that_never_comes_does_not_hold_the_screen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tui, "CLOSE_GRACE", 0.2)
 
@@ -749,9 +766,24 @@ def test_client_tui_chats_through_a_real_broker(harness: Harness) -> None:
         term.type("hi bob\r")
         bob.expect(r"^alice: hi bob$")
         screen.expect("alice │ hi bob")  # as the broker stored it
+        # The chat features through the real broker: topic, nick, away, and a private conversation.
+        term.type("/topic deploy at noon\r")
+        bob.expect(r"^\[topic\] alice set the topic: deploy at noon$")
+        screen.until(lambda rows: rows[0].startswith(" #general  deploy at noon"), "the topic bar")
+        term.type("/nick alicia\r")
+        bob.expect(r"^\[nick\] alice is now known as alicia$")
+        screen.expect("you are now known as alicia")
+        term.type("/away lunch\r")
+        screen.expect("you are marked as away: lunch")
+        bob.send("/msg alicia are you there?")
+        bob.expect(r"^\[dm -> alicia\] are you there\? \(alicia is away: lunch\)$")
+        screen.until(lambda rows: any(row.startswith(" 3 @bob") for row in rows), "bob's conversation in the list")
+        term.type("/query bob\r")
+        term.type("back in 5\r")  # at once, as a fast typist: it must not join the line before it
+        bob.expect(r"^\[dm\] alicia: back in 5$")
         term.type("\x03")  # Ctrl-C
         assert term.proc.wait(WAIT) == 0
-        bob.expect(r"^\[leave\] alice left the chat$")
+        bob.expect(r"^\[leave\] alicia left the chat$")
         assert "[system] bye" in term.screen
     finally:
         term.close()
