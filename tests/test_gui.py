@@ -642,12 +642,24 @@ def test_the_window_chats_with_console_clients(
     if target := os.environ.get("CHAT_GUI_SCREENSHOT"):
         shutil.copyfile(shot, ROOT / target)
 
+    # Topic, nick and away typed in the window, through the broker to the others.
+    desktop.type(wid, "/topic release on Friday")
+    bob.expect(r"^\[topic\] alice set the topic: release on Friday$")
+    window.expect(r"^\[topic\] #general: release on Friday$")
+    desktop.type(wid, "/nick alicia")
+    window.expect(r"^\[system\] you are now known as alicia$")
+    bob.expect(r"^\[nick\] alice is now known as alicia$")
+    desktop.type(wid, "/away in a meeting")
+    window.expect(r"^\[system\] you are marked as away: in a meeting$")
+    bob.send("/msg alicia got a minute?")
+    bob.expect(r"^\[dm -> alicia\] got a minute\? \(alicia is away: in a meeting\)$")
+
     # /quit in the window leaves cleanly (bye, not a timeout) and closes it.
     desktop.type(wid, "/quit")
     window.expect(r"^\[system\] bye$")
     assert window.wait() == 0
-    bob.expect(r"\[leave\] alice left the chat$")  # "(timed out)" would mean no bye was sent
-    bob.expect(r"\[leave\] alice left the room$")
+    bob.expect(r"\[leave\] alicia left the chat$")  # "(timed out)" would mean no bye was sent
+    bob.expect(r"\[leave\] alicia left the room$")
 
 
 def test_closing_the_window_by_signal_says_bye(harness: Harness, display: str, monkeypatch: pytest.MonkeyPatch) -> None:
