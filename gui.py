@@ -47,7 +47,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ import zmq
 import cli
 import commands
 import messages as m
-from client import ChatClient, ChatError
+from chat_thread import ChatThread, Closed, Connected, Refused
 from console import Console
 from display import Line, clock, colour_of, label, line_of, mentions, undelivered_line
 from session import Event, Failed, Status
@@ -371,6 +370,16 @@ class GuiConsole(Console):
         """What the console writes only to a terminal (the rule after history, a clear screen): not to the one
         the window may have been started from.  The window draws its own rule (``View.history_end``)."""
 
+    def handle(self, kind: str, arg: str) -> bool:
+        """A request from the window: ``line`` (typed) or ``view`` (a view picked).  False: leave."""
+        if kind == "view":
+            self.pick(arg)
+            return True
+        return self.on_line(arg)
+
+    def closing(self) -> None:
+        """The goodbye starts: nothing to show until it ends (``Closed``)."""
+
     def pick(self, name: str) -> None:
         """The user clicked a view in the room list: show it, and make it where typed text goes."""
         if name in self.views.views:
@@ -400,83 +409,6 @@ class GuiConsole(Console):
             self.post(("state", state))
 
 
-class Network(threading.Thread):
-    """Owns the ``ChatClient``: connects, then runs the chat until /quit or the window closes.
-
-    ``inbox`` is the receiving end of the window's PAIR; it is created in the Tk
-    thread but used only here from ``start()`` on (the thread start is the memory
-    barrier ZeroMQ asks for when a socket changes threads).  Each message on it is two
-    frames: ``line`` and a typed line, or ``view`` and the name of the view picked.
-    """
-
-    def __init__(self, name: str, args: argparse.Namespace, inbox: zmq.Socket, post: Post, ctx: zmq.Context) -> None:
-        super().__init__(name="chat-network", daemon=True)
-        self.user_name = name
-        self.args = args
-        self.inbox = inbox
-        self.post = post
-        self.ctx = ctx
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except Exception:  # a crash here would leave a window that silently stopped chatting
-            self.post(("failed", "internal error: " + traceback.format_exc().strip().splitlines()[-1], "crash"))
-            traceback.print_exc()
-        finally:
-            self.inbox.close(linger=0)
-
-    def _run(self) -> None:
-        rooms = self.args.room or [m.DEFAULT_ROOM]
-        client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **cli.connection(self.args))
-        try:
-            client.connect(timeout=self.args.timeout)
-        except ChatError as exc:
-            client.close(flush_timeout=0)
-            self.post(("failed", exc.detail, exc.code))
-            return
-        except TimeoutError as exc:
-            client.close(flush_timeout=0)
-            self.post(("failed", str(exc), "timeout"))
-            return
-        self.post(("connected", client.user, client.router_endpoint))
-        console = GuiConsole(client, self.post)
-        console.show(f"[system] connected to {client.router_endpoint} as {client.user}; /help lists the commands")
-        console.publish()
-        client.poller.register(self.inbox, zmq.POLLIN)
-        try:
-            self._loop(client, console)
-        finally:
-            client.poller.unregister(self.inbox)
-            for event in client.close():  # says bye; shows late acks and errors
-                self._handle(console, event)
-            if client.undelivered:
-                console.show(undelivered_line(len(client.undelivered)))
-            self.post(("closed",))
-
-    def _loop(self, client: ChatClient, console: GuiConsole) -> None:
-        while True:
-            for event in client.poll(1.0):
-                self._handle(console, event)
-            while True:
-                try:
-                    kind, data = self.inbox.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                text = data.decode("utf-8", "replace")
-                if kind == b"view":
-                    console.pick(text)
-                elif not console.on_line(text):
-                    return
-
-    @staticmethod
-    def _handle(console: GuiConsole, event: Event) -> None:
-        try:
-            console.on_event(event)
-        except Exception:  # one odd event must not end the session
-            traceback.print_exc()
-
-
 # --- The window (Tk main thread only) ----------------------------------------------------------
 
 #: Fonts the window prefers, the first one installed wins (else Tk's default).
@@ -495,8 +427,8 @@ class ChatWindow:
         self.echo = echo
         self.timestamps = not getattr(args, "no_timestamps", False)
         self.ctx = zmq.Context.instance()
-        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.network: Network | None = None
+        self.events: queue.Queue[Any] = queue.Queue()  # from the network thread: tuples, and Connected and the like
+        self.network: ChatThread | None = None
         self.pipe: zmq.Socket | None = None  # the sending end of the PAIR to the network thread
         self._addresses = (f"inproc://gui-input-{os.getpid()}-{n}" for n in itertools.count())
         self.user: str | None = None
@@ -505,7 +437,7 @@ class ChatWindow:
         self.lines: list[tuple[Line, bool]] = []  # those lines (and whether each came from history)
         self.history_end = 0  # lines[:history_end] came from history on joining: the separator goes after
         self.was_connected = False
-        self.session_live = False  # between "connected" and "closed"/"failed": a bye is owed
+        self.session_live = False  # between Connected and Closed or Refused: a bye is owed
         self.closing = False
         self.quit_requested = False  # set by a signal handler; acted on in the Tk loop
         self.destroyed = False
@@ -794,7 +726,8 @@ class ChatWindow:
         inbox.bind(address)
         self.pipe = self.ctx.socket(zmq.PAIR)
         self.pipe.connect(address)
-        self.network = Network(name, self.args, inbox, self.events.put, self.ctx)
+        post = self.events.put
+        self.network = ChatThread(name, self.args, inbox, post, self.ctx, lambda client: GuiConsole(client, post))
         self.prompt_error.configure(text="")
         router, _pub = cli.endpoints(self.args.host, self.args.router, self.args.pub)
         self.set_status(f"connecting to {router} as {name}…", alarm=None)
@@ -814,7 +747,10 @@ class ChatWindow:
         if not self.destroyed:
             self.root.after(POLL_MS, self.poll)
 
-    def handle(self, item: tuple[Any, ...]) -> None:
+    def handle(self, item: Any) -> None:
+        if isinstance(item, Connected | Refused | Closed):
+            self.handle_session(item)
+            return
         kind = item[0]
         if kind == "line":
             if item[1] == self.shown:
@@ -828,29 +764,32 @@ class ChatWindow:
             self.say_for_test(f"[bell] {Tab(item[1]).title}")
         elif kind == "status":
             self.set_status(STATUS_TEXT.get(item[1], str(item[1])), alarm=item[1] in ("lost", "shutdown"))
-        elif kind == "theme":
-            if item[1] != self.theme:
-                self.apply_theme(item[1])
-                self.redraw()
-                self.set_state(self.state, force=True)
-        elif kind == "connected":
-            self.user, router = item[1], item[2]
+        elif kind == "theme" and item[1] != self.theme:
+            self.apply_theme(item[1])
+            self.redraw()
+            self.set_state(self.state, force=True)
+
+    def handle_session(self, item: Connected | Refused | Closed) -> None:
+        """The network thread's session began, was refused, or ended."""
+        if isinstance(item, Connected):
+            self.user, router = item.user, item.endpoint
             self.was_connected = self.session_live = True
             self.prompt.pack_forget()
             self.chat.pack(fill="both", expand=True)
             self.root.title(f"chat — {self.user}")
             self.set_status(f"connected to {router} as {self.user}")
             self.entry.focus_set()
-        elif kind == "failed":
-            self._drop_network()
-            if self.closing:
-                self.destroy()
-            else:
-                self.show_prompt(f"{item[1]} ({item[2]})")
-        elif kind == "closed":
-            self._drop_network()
+            return
+        self._drop_network()
+        if isinstance(item, Closed) and item.error is None:
+            if item.undelivered:
+                self.add_line(Line("error", undelivered_line(item.undelivered), ts=time.time()))
             self.add_line(Line("system", "[system] bye", ts=time.time()))
             self.destroy()
+        elif self.closing:
+            self.destroy()
+        else:  # refused (a taken name, no broker), or the network thread crashed: ask again
+            self.show_prompt(f"{item.detail} ({item.code})" if isinstance(item, Refused) else f"{item.error} (crash)")
 
     def _drop_network(self) -> None:
         self.session_live = False

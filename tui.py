@@ -40,9 +40,7 @@ import dataclasses
 import re
 import signal
 import sys
-import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,11 +63,11 @@ from textual.widgets import Input, RichLog, Static
 import cli
 import commands
 import messages as m
-from client import ChatClient
+from chat_thread import ChatThread, Closed, Connected, Refused
 from console import Console
 from display import PALETTE_SIZE, Line, clock, colour_of, error_text, line_of, undelivered_line
 from safe_text import safe_text
-from session import Change, ChatError, Event, Status
+from session import Change, Event, Status
 from views import MAX_LINES, QUERY_PREFIX, Activity
 
 #: Nick colours, ``display.colour_of``'s palette: twelve hues that read well on a dark background.
@@ -158,28 +156,6 @@ class Lines:
     lines: tuple[Line, ...]
     history_end: int = 0  # lines[:history_end] of the whole view came from history on joining
     reset: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    user: str
-    endpoint: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """No session: the broker refused the name (``code``), or never answered (``timeout``)."""
-
-    code: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The network thread is done: bye said (or it crashed: ``error``)."""
-
-    undelivered: int = 0
-    error: str | None = None
 
 
 Post = Callable[[object], None]
@@ -277,6 +253,11 @@ class TuiConsole(Console):
             link=self.link,
         )
 
+    def closing(self) -> None:
+        """The goodbye starts: the status bar says so while late acks come in."""
+        self.link = "leaving…"
+        self.publish()
+
     def publish(self) -> None:
         """Tell the app what changed since the last time: the current view's lines, and the state around them,
         in one post, so the screen never shows one without the other."""
@@ -300,87 +281,6 @@ class TuiConsole(Console):
             self.post(tuple(update))
 
 
-class Network(threading.Thread):
-    """Owns the ``ChatClient``: connects, then runs the chat until /quit or the app goes.
-
-    ``inbox`` is the receiving end of the app's PAIR; it was made in the app's thread and is used only here
-    from ``start()`` on (the thread start is the memory barrier ZeroMQ asks for when a socket changes threads).
-    A plain daemon thread rather than a Textual worker: a worker runs in the event loop's executor, which the
-    app waits for on its way out, and a goodbye to a broker that is gone must never hold the terminal.
-    """
-
-    def __init__(self, name: str, args: argparse.Namespace, inbox: zmq.Socket, post: Post, ctx: zmq.Context) -> None:
-        super().__init__(name="chat-network", daemon=True)
-        self.user_name = name
-        self.args = args
-        self.inbox = inbox
-        self.post = post
-        self.ctx = ctx
-
-    def run(self) -> None:
-        closed: Closed | None = None
-        try:
-            closed = self._run()
-        except Exception:  # a crash here would leave a screen that silently stopped chatting
-            closed = Closed(error="internal error: " + traceback.format_exc().strip().splitlines()[-1])
-        finally:
-            self.inbox.close(linger=0)
-            if closed is not None:
-                self.post(closed)
-
-    def _run(self) -> Closed | None:
-        """The chat, then how it ended; None when there was no session (``Refused`` said why)."""
-        rooms = self.args.room or [m.DEFAULT_ROOM]
-        client = ChatClient(self.user_name, rooms=rooms, context=self.ctx, **cli.connection(self.args))
-        try:
-            client.connect(timeout=self.args.timeout)
-        except ChatError as exc:
-            client.close(flush_timeout=0)
-            self.post(Refused(exc.code, exc.detail))
-            return None
-        except TimeoutError as exc:
-            client.close(flush_timeout=0)
-            conn = cli.connection(self.args)
-            self.post(Refused("timeout", f"{exc} ({cli.no_broker_hint(conn)})"))
-            return None
-        self.post(Connected(client.user or self.user_name, client.router_endpoint))
-        console = TuiConsole(client, self.post)
-        console.show(f"[system] connected to {client.router_endpoint} as {client.user}; /help lists the commands")
-        client.poller.register(self.inbox, zmq.POLLIN)
-        try:
-            self._loop(client, console)
-        finally:
-            client.poller.unregister(self.inbox)
-            console.link = "leaving…"
-            console.publish()
-            for event in client.close():  # says bye; shows late acks and errors
-                self._handle(console, event)
-            console.publish()
-        return Closed(undelivered=len(client.undelivered))
-
-    def _loop(self, client: Any, console: TuiConsole) -> None:
-        console.publish()
-        while True:
-            for event in client.poll(1.0):
-                self._handle(console, event)
-            while True:
-                try:
-                    kind, arg = (f.decode("utf-8", "replace") for f in self.inbox.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                if not console.handle(kind, arg):
-                    return
-            console.publish()
-
-    @staticmethod
-    def _handle(console: TuiConsole, event: Event) -> None:
-        try:
-            console.on_event(event)
-        except Exception:  # one odd event must not end the session
-            last = traceback.format_exc().strip().splitlines()[-1]
-            console.show(f"[error] internal error while showing an event: {last}")  # stderr is Textual's now
-
-
 class Backend(Protocol):
     """Where the app's requests go: the network thread (``NetworkBackend``), or a test's console."""
 
@@ -398,7 +298,7 @@ class NetworkBackend:
         self.outbox = self.ctx.socket(zmq.PAIR)
         self.outbox.connect(address)
         self.app = app
-        self.thread = Network(name, app.args, inbox, app.post, self.ctx)
+        self.thread = ChatThread(name, app.args, inbox, app.post, self.ctx, lambda client: TuiConsole(client, app.post))
         self.thread.start()
 
     def send(self, kind: str, arg: str = "") -> None:

@@ -392,7 +392,7 @@ def window(tk_display: str) -> Iterator[gui.ChatWindow]:
     sent: list[tuple[str, str]] = []
     win.to_network = lambda kind, text: sent.append((kind, text))  # type: ignore[method-assign]
     win.sent = sent  # type: ignore[attr-defined]
-    win.handle(("connected", "me", "tcp://test"))
+    win.handle(gui.Connected("me", "tcp://test"))
     pump(root, lambda: win.text.winfo_width() > 300, "the window on screen")
     try:
         yield win
