@@ -78,6 +78,15 @@ class StubClient:
     def who(self, room: str) -> None:
         self.calls.append(("who", room))
 
+    def topic(self, room: str, topic: str) -> None:
+        self.calls.append(("topic", room, topic))
+
+    def nick(self, name: str) -> None:
+        self.calls.append(("nick", name))
+
+    def away(self, reason: str = "") -> None:
+        self.calls.append(("away", reason))
+
     # What ChatClient does on the broker's replies, for the UI to see:
 
     def joined(self, room: str, users: list[str] | None = None, history: list[m.RoomEvent] | None = None) -> m.Joined:

@@ -51,17 +51,7 @@ def utc(ts: float) -> str:
     return time.strftime("%H:%M", time.gmtime(ts))
 
 
-class Client(StubClient):
-    """The conftest stand-in, with the requests of topic, nick and away too."""
-
-    def topic(self, room: str, topic: str) -> None:
-        self.calls.append(("topic", room, topic))
-
-    def nick(self, name: str) -> None:
-        self.calls.append(("nick", name))
-
-    def away(self, reason: str = "") -> None:
-        self.calls.append(("away", reason))
+Client = StubClient  # the shared stand-in (conftest), topic, nick and away included
 
 
 class LocalChat:

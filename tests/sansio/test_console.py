@@ -632,17 +632,7 @@ class Tty(io.StringIO):
         return True
 
 
-class Client(StubClient):
-    """The stand-in, with the requests the lead's commands make."""
-
-    def topic(self, room: str, topic: str) -> None:
-        self.calls.append(("topic", room, topic))
-
-    def nick(self, name: str) -> None:
-        self.calls.append(("nick", name))
-
-    def away(self, reason: str = "") -> None:
-        self.calls.append(("away", reason))
+Client = StubClient  # the shared stand-in (conftest), topic, nick and away included
 
 
 def tty_console(user: str = "me", rooms: tuple[str, ...] = ("general",), **kw: Any) -> tuple[Console, Client, Tty]:
