@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a wait on a child's output takes before it fails, unless the child or the call says otherwise.
@@ -82,6 +82,8 @@ class Child:
     - ``tty=(columns, lines)``: output (and input) on a pseudo-terminal of that size, its controlling terminal
       in a session of its own, as in a terminal emulator; ``master`` is our side.  Its output is kept as bytes
       (``raw``); ``text()`` is the same without escape sequences.  Otherwise output is kept as lines.
+    - ``answers``: on a tty, the terminal answers cursor-position requests (whoever reads ``on_output`` does:
+      a terminal emulator model); ``on_output``: called with each chunk the tty gives, as it comes.
     - ``log``: a file every line is also appended to; ``keep``: the most lines held in memory.
     - ``die_with_parent``: killed by the kernel if the thread that started it ends first (benchmarks).
     - ``setup``: more to do in the child before exec.  SIGINT is always set back to its default there: a shell
@@ -103,6 +105,8 @@ class Child:
         cwd: Path = ROOT,
         env: dict[str, str] | None = None,
         tty: tuple[int, int] | None = None,
+        answers: bool = False,
+        on_output: Callable[[bytes], None] | None = None,
         log: Path | None = None,
         keep: int | None = None,
         die_with_parent: bool = False,
@@ -119,6 +123,7 @@ class Child:
         self._keep = keep
         self._ended = False
         self._cond = threading.Condition()
+        self._on_output = on_output
         self._log = open(log, "a", buffering=1, encoding="utf-8") if log else None  # noqa: SIM115 (the pump closes it)
         env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
 
@@ -135,8 +140,9 @@ class Child:
             columns, rows = tty
             master, slave = pty.openpty()
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-            # Nobody answers cursor-position requests here: each would wait for its time-out.
-            env.update(TERM="xterm", COLUMNS=str(columns), LINES=str(rows), PROMPT_TOOLKIT_NO_CPR="1")
+            env.update(TERM="xterm", COLUMNS=str(columns), LINES=str(rows))
+            if not answers:  # nobody answers cursor-position requests: each would wait for its time-out
+                env["PROMPT_TOOLKIT_NO_CPR"] = "1"
             try:
                 self.popen = subprocess.Popen(
                     self.argv,
@@ -203,6 +209,8 @@ class Child:
                 self._log.write(data.decode("utf-8", "replace"))
             with self._cond:
                 self._raw += data
+                if self._on_output is not None:
+                    self._on_output(data)
                 self._cond.notify_all()
 
     def _end(self) -> None:
@@ -272,6 +280,18 @@ class Child:
                 if match or left <= 0 or self._ended:
                     return match
                 self._cond.wait(left)
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """``predicate()`` once it is true, asked as output comes (holding the output's lock, so what ``on_output``
+        builds is whole); None at the deadline, or once the output ended without it."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._cond:
+            while True:
+                result = predicate()
+                left = deadline - time.monotonic()
+                if result or left <= 0 or self._ended:
+                    return result or None
+                self._cond.wait(min(left, 0.5))
 
     def output(self, settle: float = 0.0) -> list[str]:
         """All lines so far, after waiting ``settle`` s for stragglers (only ever needed to prove an absence)."""

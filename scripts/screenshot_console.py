@@ -14,15 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
-import pty
-import signal
-import struct
-import subprocess
 import sys
-import termios
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +25,8 @@ import pyte
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.procs import Child, python  # noqa: E402 (the project's root is on the path first)
 
 #: Seconds a wait for the screen takes before it fails.
 WAIT = 10.0
@@ -48,93 +43,62 @@ class _Screen(pyte.Screen):
         self._answer(data)
 
 
-def _take_terminal() -> None:
-    """In the child, before exec: the pty is its controlling terminal (Ctrl-C is SIGINT), SIGINT as default."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class PtyScreen:
-    """A program on a pseudo-terminal ``columns`` x ``lines``, in a session of its own, its output drawn on
-    a pyte screen as it comes (a thread reads it).  ``rows()`` is the screen's text, ``char(y, x)`` one
-    cell with its colours; ``raw`` every byte written (bells included); ``wait`` waits for the screen."""
+    """A program on a pseudo-terminal ``columns`` x ``lines`` (``benchmarks.procs.Child``: in a session of its own,
+    the pty its controlling terminal), its output drawn on a pyte screen as it comes, which answers its
+    cursor-position requests.  ``rows()`` is the screen's text, ``char(y, x)`` one cell with its colours; ``raw``
+    every byte written (bells included); ``wait`` waits for the screen."""
 
     def __init__(
         self, argv: Sequence[str], columns: int = 100, lines: int = 30, cwd: Path = ROOT, timeout: float = WAIT
     ) -> None:
         self.columns, self.lines, self.timeout = columns, lines, timeout
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
-        env = dict(os.environ, TERM="xterm", COLUMNS=str(columns), LINES=str(lines), PYTHONUNBUFFERED="1")
-        env.pop("PROMPT_TOOLKIT_NO_CPR", None)  # this terminal answers
-        try:
-            self.proc = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env=env,
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                close_fds=True,
-                start_new_session=True,
-                preexec_fn=_take_terminal,
-            )
-        finally:
-            os.close(slave)
-        self.master = master
         self.raw = bytearray()
-        self.ended = False
-        self._cond = threading.Condition()
         self.screen = _Screen(columns, lines, self._answer)
         self._stream = pyte.ByteStream(self.screen)
-        self._reader = threading.Thread(target=self._pump, name="pty screen", daemon=True)
-        self._reader.start()
+        self.child = Child(
+            list(argv),
+            "pty screen",
+            cwd=cwd,
+            tty=(columns, lines),
+            answers=True,
+            on_output=self._output,
+            timeout=timeout,
+        )
+        assert self.child.master is not None
+        self.master = self.child.master
+        self.proc = self.child.popen
+
+    def _output(self, data: bytes) -> None:
+        self.raw += data
+        self._stream.feed(data)
 
     def _answer(self, data: str) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.master, data.encode())
-
-    def _pump(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:  # EIO: the program's side is closed
-                data = b""
-            with self._cond:
-                if not data:
-                    self.ended = True
-                    self._cond.notify_all()
-                    return
-                self.raw += data
-                self._stream.feed(data)
-                self._cond.notify_all()
+        child = getattr(self, "child", None)  # a request before the child is ours: prompt_toolkit asks again
+        if child is not None and child.master is not None:
+            with contextlib.suppress(OSError):
+                os.write(child.master, data.encode())
 
     # --- the screen ---
 
     def rows(self) -> list[str]:
-        with self._cond:
-            return [row.rstrip() for row in self.screen.display]
+        return self.child.wait_until(self._rows, 0) or []
+
+    def _rows(self) -> list[str]:
+        return [row.rstrip() for row in self.screen.display]
 
     def text(self) -> str:
         return "\n".join(self.rows())
 
     def char(self, y: int, x: int) -> pyte.screens.Char:
-        with self._cond:
-            return self.screen.buffer[y][x]
+        return self.child.wait_until(lambda: self.screen.buffer[y][x], 0)
 
     def wait(self, predicate: Callable[[list[str]], object], what: str = "the screen", timeout: float | None = None):
         """Wait until ``predicate(rows)`` is true (returns what it returned); AssertionError at the deadline."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        with self._cond:
-            while True:
-                rows = [row.rstrip() for row in self.screen.display]
-                result = predicate(rows)
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0 or self.ended:
-                    raise AssertionError(f"{what} never showed; the screen:\n" + "\n".join(rows))
-                self._cond.wait(min(left, 0.5))
+        result = self.child.wait_until(lambda: predicate(self._rows()), self.timeout if timeout is None else timeout)
+        if not result:
+            raise AssertionError(f"{what} never showed; the screen:\n" + "\n".join(self.rows()))
+        return result
 
     def expect(self, text: str, timeout: float | None = None) -> tuple[int, int]:
         """Wait until ``text`` is on the screen; where it is then (row, column; the lowest row first)."""
@@ -162,11 +126,7 @@ class PtyScreen:
         return self.proc.wait(self.timeout if timeout is None else timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._reader.join(2)
+        self.child.stop()
         with contextlib.suppress(OSError):
             os.close(self.master)
 
@@ -221,7 +181,6 @@ def svg_of(screen: pyte.Screen, title: str) -> str:
 
 
 def _conversation(columns: int, lines: int, out: Path) -> None:
-    from benchmarks.procs import Child, python
     from client import ChatClient
 
     broker = Child(
