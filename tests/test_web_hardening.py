@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import ROOT, Broker, Harness, Proc
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, Broker, Harness, Proc
 
 import messages as m
 import web
@@ -540,7 +539,6 @@ def test_new_options_are_documented() -> None:
 
 # --- 5. the page: unpredictable ids, the new error codes, history in pieces (headless Chromium) -------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -604,7 +602,7 @@ def test_the_page_draws_random_ids_and_handles_the_new_replies(harness: Harness)
         server.on_message(from_server)
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = chromium.new_page()
             if not hasattr(page, "route_web_socket"):

@@ -14,15 +14,14 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ROOT, Harness
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from test_web import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, start_gateway
+from playwright.sync_api import Browser, Locator, Page, expect
+from test_web import WAIT_MS, ChatPage, start_gateway
 
 import commands
 import display
@@ -105,29 +104,10 @@ HEADER = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @dataclass
-class Chat:
-    """One person's page (a browser context of its own: its own storage and WebSocket)."""
-
-    page: Page
-    errors: list[str] = field(default_factory=list)
-
-    def type(self, line: str) -> None:
-        self.page.fill("#input", line)
-        self.page.press("#input", "Enter")
-
-    def log(self, room: str = "general") -> Locator:
-        return self.page.locator(f'.log[data-room="{room}"]')
+class Chat(ChatPage):
+    """One person's page (a browser context of its own: its own storage and WebSocket), with what these tests
+    ask of it besides."""
 
     def query(self, peer: str) -> Locator:
         return self.page.locator(f'.log[data-query="{peer}"]')
