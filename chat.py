@@ -860,6 +860,8 @@ class ChatCore:
             self.by_name[folded] = session
             if session.away:
                 self.away[folded] = self.away.pop(old.casefold())
+            if len(session.rooms) > 1:  # an event in each room: it costs what as many requests would
+                self._spend(session.conn, now, len(session.rooms) - 1, debt=True)
             for room_name in session.rooms:
                 room = self.rooms[room_name]
                 room.remove(old.casefold())

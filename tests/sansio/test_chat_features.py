@@ -225,3 +225,13 @@ def test_nick_to_a_name_bound_to_another_curve_key_is_refused() -> None:
     assert [(r["code"], r["id"]) for r in replies(out)] == [("name_reserved", "n1")]
     out = core.handle(A, [msgspec.json.encode({"type": "nick", "name": "carol"})], 0.0, key="KEY-A")
     assert replies(out)[0]["type"] == "renamed"  # an unbound key may take any free name
+
+
+def test_a_nick_costs_a_token_per_room_it_is_announced_in() -> None:
+    core = make(rate_limit=1.0, rate_burst=40.0, source_rate=0.0)
+    rooms = [f"r{i}" for i in range(m.MAX_ROOMS_PER_SESSION)]
+    hello(core, A, "alice", rooms=rooms)
+    first = send(core, A, {"type": "nick", "name": "alice2"})
+    assert len(publishes(first)) == len(rooms)
+    again = replies(send(core, A, {"type": "nick", "name": "alice3", "id": "n2"}))
+    assert [(r["type"], r.get("code")) for r in again] == [("error", "rate_limited")]  # 32 events were 32 requests
