@@ -827,10 +827,20 @@ class ChatCore:
             reply["topic"] = room.topic
 
     def _away_in(self, room: Room | None) -> dict[str, str]:
-        """Who in ``room`` is away, and why: found among the sessions that are away, not by walking the room."""
+        """Who in ``room`` is away, and why: found among the sessions that are away, not by walking the room.
+        At most ``max_reply_bytes`` of names and reasons: 300 characters each would make every join into a big
+        room cost megabytes; past it some are not listed (a marker in a member list, not a message)."""
+        away: dict[str, str] = {}
         if room is None:
-            return {}
-        return {s.user: s.away for s in self.away.values() if room.name in s.rooms}
+            return away
+        budget = self.config.max_reply_bytes
+        for session in self.away.values():
+            if room.name in session.rooms:
+                budget -= len(session.user) + len(session.away.encode()) + 6  # "name":"reason",
+                if budget < 0:
+                    break
+                away[session.user] = session.away
+        return away
 
     def _topic(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         """Set a room's topic: a room event like any other (kept in history, so it survives a restart).

@@ -235,3 +235,14 @@ def test_a_nick_costs_a_token_per_room_it_is_announced_in() -> None:
     assert len(publishes(first)) == len(rooms)
     again = replies(send(core, A, {"type": "nick", "name": "alice3", "id": "n2"}))
     assert [(r["type"], r.get("code")) for r in again] == [("error", "rate_limited")]  # 32 events were 32 requests
+
+
+def test_the_away_list_in_a_reply_is_bounded_in_bytes() -> None:
+    core = make(max_reply_bytes=2048, rate_limit=0.0, source_rate=0.0)
+    for i in range(40):
+        peer = f"peer-{i}".encode()
+        hello(core, peer, f"user{i}")
+        send(core, peer, {"type": "away", "reason": "x" * m.MAX_AWAY_CHARS})
+    who = replies(send(core, b"peer-0", {"type": "who", "room": "general"}))[0]
+    assert len(who["users"]) == 40 and 0 < len(who["away"]) < 40
+    assert sum(len(k) + len(v) for k, v in who["away"].items()) <= 2048
