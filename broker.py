@@ -2,9 +2,11 @@
 
 One poller loop, no locks (the zguide way).  Everything the broker decides is
 decided by ``chat.ChatCore``; this file only moves bytes and time.  With a
-database file, SQLite commits in a writer process (``store_writer``): the loop
-hands it each batch, goes on handling, and sends a batch's acks and events when
-the writer says (over an ipc PAIR) that the batch is committed.
+database file, the loop puts each batch in the journal (``journal``: one
+append to a file, which a kill cannot undo) and sends its acks and events at
+once; a writer process (``store_writer``) copies batches into SQLite later.
+With ``--sync full`` the loop instead sends a batch's acks and events when the
+writer says (over an ipc PAIR) that the batch is committed and flushed.
 
     python broker.py                       # tcp://*:5555 inbox, tcp://*:5556 feed
     python broker.py --router ipc:///tmp/chat-in --pub ipc:///tmp/chat-feed
@@ -44,9 +46,9 @@ DRAIN_LIMIT = 10_000
 #: Outputs gathered before one commit and send: the group-commit size.  Small enough that a
 #: busy loop still publishes every few hundred microseconds, large enough to amortise the commit.
 COMMIT_BATCH = 512
-#: Batches handed to the store's writer and not yet committed, at most: past this the loop waits for the
-#: disk, so what a slow disk makes the broker hold stays bounded (each batch at most COMMIT_BATCH outputs).
-MAX_WAITING_BATCHES = 32
+#: Bytes of events handed to the store's writer and not yet in SQLite, at most: past this the loop waits for
+#: the disk, so what a slow disk makes the broker hold stays bounded (``--max-unstored-bytes``).
+MAX_UNSTORED_BYTES = 16 * 1024 * 1024
 #: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
 #: history requests) must not hold back everyone's replies until the burst is drained.
 FLUSH_AFTER_S = 0.01
@@ -104,8 +106,16 @@ def bind_sockets(
 class Broker:
     """Owns the sockets and the core; ``run`` is the whole event loop."""
 
-    def __init__(self, router: zmq.Socket, pub: zmq.Socket, core: ChatCore, secure: bool = False) -> None:
+    def __init__(
+        self,
+        router: zmq.Socket,
+        pub: zmq.Socket,
+        core: ChatCore,
+        secure: bool = False,
+        max_unstored_bytes: int = MAX_UNSTORED_BYTES,
+    ) -> None:
         self.router = router
+        self.max_unstored_bytes = max_unstored_bytes
         self.pub = pub
         self.core = core
         self.secure = secure  # CURVE: read each request's authenticated key (User-Id) from its frame
@@ -126,9 +136,10 @@ class Broker:
     def flush(self, outputs: list[Output]) -> None:
         """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
 
-        With a ``Writer`` the commit happens off the loop: the batch is handed over and its outputs wait
-        (in order, behind earlier ones) until the writer says it is done (``on_written``).  Without one
-        (no database file) the commit is here and now.  If a commit fails (a full or read-only disk), its
+        With a ``Writer`` the commit happens off the loop: the batch is handed over, and its outputs go
+        once it is durable: at once if the journal took it (``--sync normal``), else (in order, behind
+        earlier ones) when the writer says it is committed (``on_written``).  Without a writer (no database
+        file) the commit is here and now.  If a commit fails (a full or read-only disk), its
         outputs are held and the core refuses writes (``unavailable``) until ``retry_storage`` succeeds;
         reads go on meanwhile.  While it is unavailable nothing new needs storing, so what comes out is
         sent as soon as nothing is ahead of it."""
@@ -144,7 +155,13 @@ class Broker:
         else:
             batch = self.core.seal()
             if batch is not None:
-                self.writer.submit(batch)
+                try:
+                    if self.writer.submit(batch):
+                        batch = None  # durable in the journal: nothing to wait for
+                except OSError as exc:  # the journal could not take it (a full disk)
+                    self.writer.idle()
+                    self._writer_failed(self._take_answers() or exc, outputs)
+                    return
         if batch is None and not self.waiting:
             self.dispatch(outputs)  # nothing to wait for: at once, no thread hop
         else:
@@ -152,38 +169,56 @@ class Broker:
 
     def on_written(self) -> None:
         """The writer finished batches: send what each held back, in order, up to one still being written."""
-        if self.writer is not None:
-            self.writer.collect()
+        error = self._take_answers()
+        if error is not None:
+            self._writer_failed(error)
+            return
         while self.waiting:
             batch, outputs = self.waiting[0]
             if batch is not None and batch.result is None:
                 return  # still being written
-            if batch is not None and batch.result is not True:
-                self._writer_failed(batch.result)
-                return
             self.waiting.popleft()
-            if batch is not None:
-                self.core.store.written(batch)
             self.dispatch(outputs)
+
+    def _take_answers(self) -> BaseException | None:
+        """Batches the writer answered leave the store's memory, oldest first; the first failure is returned
+        (it and the batches after it stay, for ``_writer_failed``)."""
+        if self.writer is None:
+            return None
+        self.writer.collect()
+        store = self.core.store
+        while store.sealed and store.sealed[0].result is not None:  # type: ignore[union-attr]
+            batch = store.sealed[0]  # type: ignore[union-attr]
+            if batch.result is not True:
+                return batch.result
+            store.written(batch)  # type: ignore[union-attr]
+        return None
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait until every batch handed to the writer was committed and its outputs sent (or held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.waiting and self.written is not None:
+        if self.writer is not None:
+            self.writer.hand_over()
+        while (self.waiting or self.unstored()) and self.written is not None:
             left = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
             if not self.written.poll(left) and deadline is not None and time.monotonic() >= deadline:
                 return
             self.on_written()
 
-    def _writer_failed(self, exc: BaseException) -> None:
-        """A batch could not be stored: it and every batch after it go back to pending, their outputs (and
-        those waiting behind them) are held, and writes are refused until ``retry_storage`` works."""
+    def unstored(self) -> int:
+        """Bytes of events handed to the writer and not yet known to be in SQLite."""
+        return getattr(self.core.store, "unstored_bytes", 0)
+
+    def _writer_failed(self, exc: BaseException, outputs: Sequence[Output] = ()) -> None:
+        """A batch could not be stored: it and every batch after it go back to pending, the outputs not yet
+        sent (those waiting for the writer, and ``outputs``) are held, and writes are refused until
+        ``retry_storage`` works.  What the journal has is durable already: its acks went out."""
         if self.writer is not None:
             self.writer.idle()  # later batches were failed without touching the database
         self.core.store.unseal()  # type: ignore[union-attr]
-        held = [output for _, outputs in self.waiting for output in outputs]
+        held = [output for _, waiting in self.waiting for output in waiting]
         self.waiting.clear()
-        self._cannot_store(exc, held)
+        self._cannot_store(exc, held + list(outputs))
 
     def _cannot_store(self, exc: BaseException, outputs: list[Output]) -> None:
         self.held += outputs
@@ -252,6 +287,8 @@ class Broker:
             now = clock()
             if now >= core.next_heartbeat:
                 self._check_writer()
+                if self.writer is not None:
+                    self.writer.hand_over(now)  # what the journal took since the last hand-over
                 if core.unavailable is not None:
                     self.retry_storage()
                 self.flush(core.tick(now))
@@ -265,10 +302,10 @@ class Broker:
             "the store's writer process ended (%s); committing on the loop from now on", self.writer.process.poll()
         )
         self.writer.abandon()
+        self.on_written()  # every batch it had not answered failed: to be stored on the loop
         if self.written is not None:
             self.poller.unregister(self.written)
         self.writer = self.written = None
-        self.on_written()
 
     def drain(self) -> None:
         """Handle what is waiting, without blocking: one poll per burst, one commit per batch."""
@@ -301,14 +338,15 @@ class Broker:
                 self.flush(pending)
                 pending = []
                 flush_at = now + FLUSH_AFTER_S
-                if len(self.waiting) >= MAX_WAITING_BATCHES:  # the disk is behind: let it catch up
+                if self.unstored() >= self.max_unstored_bytes:  # the disk is behind: let it catch up
                     self._catch_up_with_writer()
         self.flush(pending)
 
     def _catch_up_with_writer(self) -> None:
-        """Wait for the oldest batch: requests stay in libzmq's queues meanwhile (and TCP pushes back)."""
-        assert self.written is not None
-        while len(self.waiting) >= MAX_WAITING_BATCHES and self.written.poll(1000):
+        """Wait for the oldest batches: requests stay in libzmq's queues meanwhile (and TCP pushes back)."""
+        if self.writer is not None:
+            self.writer.hand_over()
+        while self.written is not None and self.unstored() >= self.max_unstored_bytes and self.written.poll(1000):
             self.on_written()
 
     def stop(self) -> None:
@@ -397,6 +435,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="normal",
         help="normal: commits survive a broker crash; full: also a power loss, at a disk flush per batch "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-unstored-bytes",
+        type=int,
+        default=MAX_UNSTORED_BYTES,
+        metavar="BYTES",
+        help="events accepted and not yet in SQLite, at most; past it the broker waits for the disk before it "
+        "reads more requests (default: %(default)s)",
     )
     parser.add_argument(
         "--feed-hwm",
@@ -597,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Timers run on the monotonic clock (a wall-clock step can neither expire nor freeze sessions);
     # event ts are that clock plus a fixed offset to Unix time taken now.
     core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic(), bindings=allowed)
-    broker = Broker(router, pub, core, secure=curve is not None)
+    broker = Broker(router, pub, core, secure=curve is not None, max_unstored_bytes=args.max_unstored_bytes)
     gc.freeze()  # what start-up made (modules, the restored rooms) is never walked by the GC again
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")

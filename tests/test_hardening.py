@@ -5,6 +5,7 @@ that stop acks but lose nothing, one broker per database, and sessions bound to 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -220,11 +221,12 @@ def test_other_users_cannot_push_a_recent_id_out(tmp_path: Path) -> None:
 # --- storage faults ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def wired(tmp_path: Path):
-    """A real ``Broker`` with a SQLite store, on inproc sockets, and a DEALER and SUB to talk to it."""
+@pytest.fixture(params=["normal", "full"])
+def wired(tmp_path: Path, request: pytest.FixtureRequest):
+    """A real ``Broker`` with a SQLite store (``--sync normal``: the journal makes a batch durable; ``full``:
+    the writer's commit does), on inproc sockets, and a DEALER and SUB to talk to it."""
     ctx = zmq.Context()
-    store = SqliteStore(tmp_path / "c.db")
+    store = SqliteStore(tmp_path / "c.db", request.param)
     broker, sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(**UNLIMITED), store=store), b"room/", A)
     yield broker, dealer, sub
     if broker.writer is not None:
@@ -244,12 +246,34 @@ def ask(broker: Broker, dealer: zmq.Socket, env: dict) -> list[dict]:
     return got
 
 
+class Disk:
+    """Breaks and mends the broker's storage as a disk would: SQLite (its writer's connection) and the
+    journal (its file descriptor swapped for one the kernel refuses writes on: read-only, or /dev/full)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.journal = broker.writer.journal
+        self.fd = -1
+
+    def break_journal(self, device: str) -> None:
+        if self.journal is not None:  # its segment is open: the session's join is in it
+            flags = os.O_WRONLY if device == "/dev/full" else os.O_RDONLY
+            self.fd, self.journal._fd = self.journal._fd, os.open(device, flags)
+
+    def mend_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal._fd = self.fd
+
+
 def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     broker, dealer, sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     while sub.poll(200):  # alice's join
         sub.recv_multipart()
+    disk = Disk(broker)
     broker.writer.execute("PRAGMA query_only = ON")  # every write now fails, as on a read-only disk
+    disk.break_journal("/dev/null")
     assert ask(broker, dealer, msg("kept?", "k1")) == []  # accepted, but neither acked nor published
     assert broker.core.unavailable is not None
     assert [r["code"] for r in ask(broker, dealer, msg("later", "k2"))] == ["unavailable"]
@@ -260,6 +284,7 @@ def test_a_failing_disk_stops_acks_keeps_reads_and_loses_nothing(wired) -> None:
     assert [r["type"] for r in ask(broker, dealer, {"type": "ping"})] == ["pong"]
     assert not sub.poll(100)
     broker.writer.execute("PRAGMA query_only = OFF")  # the disk is back
+    disk.mend_journal()
     broker.retry_storage()
     assert broker.core.unavailable is None
     got = []
@@ -280,14 +305,18 @@ def test_a_full_disk_is_the_same(wired) -> None:
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     pages = broker.core.store.db.execute("PRAGMA page_count").fetchone()[0]
     broker.writer.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page (for the writer)
+    disk = Disk(broker)
+    disk.break_journal("/dev/full")
     got = []
     for i in range(200):
         got += ask(broker, dealer, msg("w" * 2000, f"f{i}"))
         if broker.core.unavailable:
             break
-    assert broker.core.unavailable is not None and "full" in broker.core.unavailable
+    assert broker.core.unavailable is not None
+    assert "full" in broker.core.unavailable or "No space left" in broker.core.unavailable
     acked = {r["id"] for r in got if r["type"] == "ack"}
     broker.writer.execute("PRAGMA max_page_count = 1000000")
+    disk.mend_journal()
     broker.retry_storage()
     while dealer.poll(500):
         acked |= {r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import msgspec
 import pytest
 import zmq
 
+import journal
 import messages as m
 import store as store_module
 from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
@@ -385,13 +387,21 @@ def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
     assert isinstance(batch.result, sqlite3.Error)
 
 
-def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path) -> None:
-    """The guarantee, end to end through the broker's loop and its writer: every ack names a row on disk."""
+def on_disk(path: Path) -> list[tuple[str, int]]:
+    """What a broker starting now would find: SQLite's rows and the journal's (another process's reading)."""
+    journaled = journal.Journal(path).pending(0)
+    return rows_on_disk(path) + [(r[0], r[1]) for _, frame in journaled for r in store_module.read_batch(frame)[1]]
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path, sync: str) -> None:
+    """The guarantee, end to end through the broker's loop and its writer: every ack names an event on disk
+    (``normal``: in the journal or SQLite; ``full``: in SQLite, flushed)."""
     from conftest import inproc_broker
 
     ctx = zmq.Context()
     path = tmp_path / "b.db"
-    store = SqliteStore(path)
+    store = SqliteStore(path, sync)
     broker, _sub, dealer = inproc_broker(ctx, ChatCore(ChatConfig(rate_limit=0, source_rate=0), store=store), b"", A)
     assert broker.writer is not None
     dealer.send(msgspec.json.encode({"type": "hello", "user": "alice"}))
@@ -406,7 +416,7 @@ def test_a_broker_acks_only_what_another_process_can_already_read(tmp_path: Path
         while dealer.poll(0):
             for env in m.feed_events(dealer.recv()):
                 if env["type"] == "ack":
-                    assert ("general", env["seq"]) in rows_on_disk(path), env
+                    assert ("general", env["seq"]) in (on_disk(path) if sync == "normal" else rows_on_disk(path)), env
                     acked.append(env["seq"])
     assert acked == sorted(acked)
     broker.stop()
@@ -432,10 +442,10 @@ def test_a_commit_stores_each_rooms_consecutive_events_as_one_row_and_reads_them
 def test_runs_are_cut_at_a_gap_and_at_their_byte_bound() -> None:
     big = b"x" * (store_module.RUN_BYTES // 2)
     rows = [("a", 1, b"1"), ("a", 2, b"2"), ("a", 5, b"5"), ("b", 1, big), ("b", 2, big), ("b", 3, b"3")]
-    assert store_module.runs(rows) == [
+    assert sorted(store_module.runs(rows)) == [
         ("a", 2, b"1\n2", 1),
-        ("b", 1, big, None),
         ("a", 5, b"5", None),
+        ("b", 1, big, None),
         ("b", 3, big + b"\n3", 2),
     ]
 
@@ -461,3 +471,94 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     store.commit()
     assert store.read("general", 1, 10) == [b"[]", b"3", b"4"]
     store.close()
+
+
+# --- the journal (``--sync normal``): durable before SQLite has it ------------------------------------
+
+
+def killed(store: SqliteStore) -> None:
+    """What a kill -9 leaves: nothing committed or cleared on the way out; only the kernel's locks go."""
+    if store.journal is not None:
+        store.journal.close()
+    store.db.close()
+    os.close(store._lock)
+
+
+def test_a_journaled_batch_sqlite_never_got_is_stored_by_the_next_broker(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    store = SqliteStore(path)
+    assert store.journal is not None and store.stored_batch == 0
+    for number in (1, 2):
+        rows = [("general", number, b'{"seq":%d}' % number)]
+        store.journal.append(number, store_module.batch_frame(number, rows))
+    killed(store)  # acked (the journal had them), never committed to SQLite
+    assert rows_on_disk(path) == []
+    again = SqliteStore(path)
+    assert rows_on_disk(path) == [("general", 1), ("general", 2)]
+    assert again.stored_batch == 2 and list(tmp_path.glob("j.db-log.*")) == []
+    killed(again)
+    third = SqliteStore(path)  # taken in once: nothing twice
+    assert rows_on_disk(path) == [("general", 1), ("general", 2)] and third.stored_batch == 2
+    third.close()
+
+
+def test_a_torn_record_ends_its_segment_and_what_sqlite_has_is_not_stored_again(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    store = SqliteStore(path)
+    assert store.journal is not None
+    frame = store_module.batch_frame
+    store.journal.append(1, frame(1, [("general", 1, b"{}")]))
+    store.db.execute("BEGIN")
+    store_module.write(store.db, [("general", 1, b"{}")], 1)  # the writer had committed batch 1
+    store.db.execute("COMMIT")
+    store.journal.append(2, frame(2, [("general", 2, b"{}")]))
+    killed(store)
+    (segment,) = tmp_path.glob("j.db-log.*")
+    with segment.open("ab") as f:  # a power cut's torn tail: a header and part of its payload
+        f.write(journal.HEADER.pack(3, 100, 12345) + b"x" * 10)
+    again = SqliteStore(path)
+    assert rows_on_disk(path) == [("general", 1), ("general", 2)] and again.stored_batch == 2
+    again.close()
+
+
+def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 200)
+    path = tmp_path / "w.db"
+    ctx = zmq.Context()
+    store = SqliteStore(path)
+    store.stored_batch = 40  # as if 40 batches had been stored before
+    w = Writer(store, ctx)
+    batches = []
+    for seq in range(1, 31):
+        store.append("general", seq, b'{"text":"%s"}' % (b"x" * 50))
+        batches.append(store.seal())
+        assert w.submit(batches[-1]) is True  # durable at once: in the journal
+    assert [b.number for b in batches] == list(range(41, 71))
+    assert len(list(tmp_path.glob("w.db-log.*"))) > 5
+    w.idle()
+    for batch in batches:
+        store.written(batch)
+    assert rows_on_disk(path) == [("general", seq) for seq in range(1, 31)]
+    assert len(list(tmp_path.glob("w.db-log.*"))) == 1  # the one being written to
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone() == ("70",)
+    db.close()
+    w.stop()
+    store.close()
+    assert list(tmp_path.glob("w.db-log.*")) == []  # a clean stop leaves no journal
+    ctx.term()
+
+
+def test_with_sync_full_the_commit_makes_a_batch_durable_and_no_journal_is_written(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    store = SqliteStore(tmp_path / "f.db", "full")
+    w = Writer(store, ctx)
+    store.append("general", 1, b"{}")
+    batch = store.seal()
+    assert w.submit(batch) is False  # its answer will say it is durable
+    w.idle()
+    assert batch.result is True and list(tmp_path.glob("f.db-log.*")) == []
+    store.written(batch)
+    w.stop()
+    store.close()
+    ctx.term()

@@ -1,0 +1,112 @@
+"""The journal: where a batch becomes durable before its ack, so that SQLite is off the loop's critical path.
+
+With ``--sync normal`` (the default) the broker's loop appends each sealed batch here as one record: one
+``write`` to an append-only file, whose bytes are in the OS's page cache when it returns, so they survive
+the broker being killed at any moment (the promise of ``--sync normal``: not a power cut).  The batch's acks
+and events go out at once; the store's writer process copies batches into SQLite in its own time, in big
+transactions, and a segment whose every batch SQLite has is deleted.  A broker that starts stores the
+batches SQLite does not have yet (``pending``), then deletes the segments.
+
+Measured before this: the loop handed each batch to the writer process and waited for its commit, and
+at 10,000 msgs/s SQLite committed a few events at a time, rewriting whole pages into its WAL and
+checkpointing it several times a second; with the hop to the writer on two busy cores, p99 was 30 times
+``:memory:``'s.  A record here costs one ``write`` of the batch's own bytes.
+
+A segment is ``DB-log.N`` (N: the number of its first batch); a record is a header ``<QII`` (the batch's
+number, the payload's length, CRC-32 of the payload) and the payload.  A record cut short or failing its
+check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+HEADER = struct.Struct("<QII")
+#: A segment is closed (and a new one begun) past this size: what one batch's deletion waits for at most.
+SEGMENT_BYTES = 8 * 1024 * 1024
+
+
+class Journal:
+    """Append-only segments beside the database: ``append`` on the loop, ``stored`` when SQLite has caught up."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.folder = db_path.parent
+        self.prefix = db_path.name + "-log."
+        self._fd = -1
+        self._size = 0
+        #: Segments written to, oldest first: (number of its first batch, path).
+        self._segments: list[tuple[int, Path]] = sorted(
+            (int(path.name[len(self.prefix) :]), path)
+            for path in self.folder.glob(self.prefix + "*")
+            if path.name[len(self.prefix) :].isdigit()
+        )
+
+    def pending(self, stored: int) -> Iterator[tuple[int, bytes]]:
+        """Every intact record with a number above ``stored`` (what SQLite does not have), oldest first."""
+        for _, path in self._segments:
+            data = path.read_bytes()
+            at = 0
+            while at + HEADER.size <= len(data):
+                number, length, crc = HEADER.unpack_from(data, at)
+                payload = data[at + HEADER.size : at + HEADER.size + length]
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break  # a torn tail: never acked
+                at += HEADER.size + length
+                if number > stored:
+                    yield number, payload
+
+    def last(self) -> int:
+        """The highest batch number in the journal (0: none)."""
+        return max((number for number, _ in self.pending(0)), default=0)
+
+    def append(self, number: int, payload: bytes) -> None:
+        """Make batch ``number`` durable (for ``--sync normal``): once this returns, a kill cannot lose it.
+        Raises ``OSError`` (a full disk) with nothing of the record left behind."""
+        if self._fd < 0 or self._size >= SEGMENT_BYTES:
+            self._begin(number)
+        record = HEADER.pack(number, len(payload), zlib.crc32(payload)) + payload
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):  # a short write to a file: the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._size)  # no torn record in the middle of the journal
+            except OSError:
+                self.close()  # or none after it: the next record begins a segment of its own
+            raise
+        self._size += len(record)
+
+    def _begin(self, number: int) -> None:
+        path = self.folder / f"{self.prefix}{number}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._size = fd, 0
+        self._segments.append((number, path))
+
+    def stored(self, number: int) -> None:
+        """SQLite has every batch up to ``number``: delete the segments that hold nothing after it."""
+        while len(self._segments) > 1 and self._segments[1][0] <= number + 1:
+            _, path = self._segments.pop(0)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def clear(self) -> None:
+        """SQLite has everything: delete every segment (the next ``append`` begins a new one)."""
+        self.close()
+        for _, path in self._segments:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._segments = []
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,98 @@
+"""The journal (``journal.py``) under a hypothesis state machine: appends, SQLite catching up, restarts,
+failed writes and torn tails.  Whatever happens, a restart finds exactly the records appended and not yet
+stored, in order."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+import journal
+
+
+class JournalMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = Path(tempfile.mkdtemp(prefix="journal-"))
+        self.db = self.folder / "c.db"
+        self.journal = journal.Journal(self.db)
+        self.number = 0
+        self.stored = 0
+        self.appended: dict[int, bytes] = {}  # what an append returned from: durable
+
+    def teardown(self) -> None:
+        self.journal.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @rule(payload=st.binary(max_size=300))
+    def append(self, payload: bytes) -> None:
+        self.number += 1
+        self.journal.append(self.number, payload)
+        self.appended[self.number] = payload
+
+    @rule(payload=st.binary(min_size=1, max_size=300), device=st.sampled_from(["/dev/full", "/dev/null"]))
+    def append_fails(self, payload: bytes, device: str) -> None:
+        """A full disk (or a file that cannot be written): the append raises and leaves nothing behind."""
+        self.append(b"")  # a segment is open
+        fd = self.journal._fd
+        self.journal._fd = os.open(device, os.O_WRONLY if device == "/dev/full" else os.O_RDONLY)
+        self.number += 1
+        try:
+            self.journal.append(self.number, payload)
+            raise AssertionError("the append should have failed")
+        except OSError as exc:
+            assert exc.errno in (errno.ENOSPC, errno.EBADF)
+        if self.journal._fd >= 0:
+            os.close(self.journal._fd)
+        self.journal._fd = fd
+
+    @rule(data=st.data())
+    def sqlite_catches_up(self, data: st.DataObject) -> None:
+        if self.number > self.stored:
+            self.stored = data.draw(st.integers(self.stored, self.number))
+            self.journal.stored(self.stored)
+
+    @rule(cut=st.integers(1, 40))
+    def killed_while_writing(self, cut: int) -> None:
+        """A power cut in the middle of a record: part of it reached the file, and it was never acked."""
+        self.journal.close()
+        segments = sorted(self.folder.glob("c.db-log.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+        if segments:
+            record = journal.HEADER.pack(self.number + 1, 30, 0) + b"y" * 30
+            with segments[-1].open("ab") as f:
+                f.write(record[:cut])
+        self.restart()
+
+    @rule()
+    def restart(self) -> None:
+        self.journal.close()
+        self.journal = journal.Journal(self.db)
+        found = list(self.journal.pending(self.stored))
+        assert found == [(n, p) for n, p in self.appended.items() if n > self.stored]
+        # What a starting store does: takes them in, then starts the journal afresh.
+        self.stored = max([self.stored, *self.appended])
+        self.number = max(self.number, self.stored) + 1  # a torn record's number is never reused
+        self.journal.clear()
+        self.appended = {}
+
+
+JournalMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_the_journal_keeps_what_was_appended_and_not_stored = JournalMachine.TestCase
+
+
+def test_segments_roll_over_and_go_once_stored(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 100)
+    j = journal.Journal(tmp_path / "c.db")
+    for number in range(1, 21):
+        j.append(number, b"x" * 40)
+    assert len(list(tmp_path.glob("c.db-log.*"))) == 10
+    j.stored(13)  # segments wholly at or below 13 go; the one holding 13 and 14 stays
+    assert [n for n, _ in journal.Journal(tmp_path / "c.db").pending(0)] == list(range(13, 21))
+    j.close()
