@@ -313,6 +313,8 @@ class Broker:
         recv, more, known = router.recv, router.getsockopt, core.peers
         pending: list[Output] = []
         key = address = None
+        if self.unstored() >= self.max_unstored_bytes:  # the disk is behind: let it catch up before reading
+            self._catch_up_with_writer()
         flush_at = clock() + FLUSH_AFTER_S
         for _ in range(DRAIN_LIMIT):
             try:

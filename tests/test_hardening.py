@@ -631,3 +631,27 @@ def test_a_dead_store_writer_costs_no_acked_message_and_the_broker_commits_itsel
     assert ask(broker, dealer, msg("and after", "w2"))[0]["type"] == "ack"  # committed on the loop now
     stored = [m.decode(p).get("id") for p in broker.core.store.read("general", 0, 100) if b'"msg"' in p]
     assert stored == ["w1", "w2"]
+
+
+def test_what_waits_for_sqlite_is_bounded_in_bytes_and_the_loop_waits_for_the_writer_past_it(wired) -> None:
+    """``--max-unstored-bytes``: past it the loop reads no more requests until the writer has caught up, so a
+    disk slower than the inbox costs memory up to the bound (and one batch), then pushes back; nothing is lost
+    or reordered."""
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    broker.max_unstored_bytes = 1
+    acked = []
+    for i in range(30):
+        dealer.send(msgspec.json.encode(msg("x" * 200, f"u{i}")))
+        assert broker.router.poll(WAIT * 1000)
+        broker.drain()  # waits for the writer to store the batch before, then reads this one
+        assert len(broker.core.store.sealed) <= 1
+        broker.on_written()
+        while dealer.poll(0 if broker.writer.journal else 50):
+            acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
+    broker.settle(WAIT)
+    while dealer.poll(200):
+        acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
+    assert acked == [f"u{i}" for i in range(30)] and broker.unstored() == 0
+    stored = [m.decode(p).get("id") for p in broker.core.store.read("general", 0, 100) if b'"msg"' in p]
+    assert stored == acked
