@@ -176,7 +176,8 @@ class SqliteStore:
                 self.db.execute("ROLLBACK")
                 raise
             self.stored_batch = batches[-1][0]
-            log.warning("stored %d batches from the journal that SQLite did not have yet", len(batches))
+            count = f"{len(batches)} batch" + ("es" if len(batches) > 1 else "")
+            log.warning("stored %s from the journal that SQLite did not have yet", count)
         journal.clear()
 
     @property

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -349,3 +351,37 @@ def test_no_session_answers_to_a_whole_frame_keep_every_message_for_the_resend()
     bot.reply(m.encode(dict(welcome, epoch="e2")), 0.5)
     resent = [json.loads(frame) for frame in bot.outbox]
     assert [env["id"] for frame in resent for env in (frame if isinstance(frame, list) else [frame])] == ids
+
+
+def test_a_kill_9_while_sqlite_lags_behind_the_journal_loses_nothing_acknowledged(harness: Harness) -> None:
+    """The worst moment for ``--sync normal``: messages acked from the journal, none of them in SQLite yet (its
+    writer process is stopped), and the broker is killed.  The next broker stores them from the journal first."""
+    ends = fixed_endpoints()
+    db = harness.tmp_path / "chat.db"
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=str(db), **ends)
+    (writer_pid,) = [
+        int(p) for p in Path(f"/proc/{broker.popen.pid}/task/{broker.popen.pid}/children").read_text().split()
+    ]
+    raw = harness.raw(broker)
+    raw.request({"type": "hello", "user": "bot"})
+    assert raw.reply()["type"] == "welcome"
+    os.kill(writer_pid, signal.SIGSTOP)  # SQLite gets nothing from now on
+    for i in range(50):
+        raw.request({"type": "msg", "room": "general", "text": f"journaled {i}", "id": f"j{i}"})
+    acks: list[dict] = []
+    while len(acks) < 50:
+        acks += [r for r in raw.replies() if r["type"] == "ack"]
+    assert [a["id"] for a in acks] == [f"j{i}" for i in range(50)]
+    assert list(db.parent.glob("chat.db-log.*")), "the acked batches are in the journal"
+    broker.kill()  # the writer dies with it (PR_SET_PDEATHSIG), stopped or not
+    broker.wait()
+    wait_for(lambda: not Path(f"/proc/{writer_pid}").exists(), what="the writer process to be gone")
+    again = harness.broker(db=str(db), **ends)
+    assert any(re.search(r"stored \d+ batch(es)? from the journal that SQLite", line) for line in again.output())
+    assert not list(db.parent.glob("chat.db-log.*"))
+    peer = harness.raw(again)
+    peer.request({"type": "history", "room": "general", "after": 0, "limit": 100})
+    history = peer.reply()
+    said = [e["id"] for e in history["events"] if e["type"] == "msg"]
+    assert said == [f"j{i}" for i in range(50)]
+    assert {e["seq"] for e in history["events"] if e["type"] == "msg"} == {a["seq"] for a in acks}
