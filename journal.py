@@ -61,10 +61,6 @@ class Journal:
                 if number > stored:
                     yield number, payload
 
-    def last(self) -> int:
-        """The highest batch number in the journal (0: none)."""
-        return max((number for number, _ in self.pending(0)), default=0)
-
     def append(self, number: int, payload: bytes) -> None:
         """Make batch ``number`` durable (for ``--sync normal``): once this returns, a kill cannot lose it.
         Raises ``OSError`` (a full disk) with nothing of the record left behind."""
