@@ -120,7 +120,9 @@ class Broker:
         self.core = core
         self.secure = secure  # CURVE: read each request's authenticated key (User-Id) from its frame
         self.dropped_replies = 0
-        self.poller = zmq.Poller()  # made by ``run``
+        self.poller = zmq.Poller()
+        self._reading = False  # whether the poller has the inbox (``_read_within_bound``)
+        self._paused_at = -math.inf  # when reading last stopped for the disk: logged at most once a minute
         #: What a failed commit would have announced: sent when the storage works again, never before.
         self.held: list[Output] = []
         #: Outputs waiting for their batch's commit (None: a batch that stored nothing, behind one that did),
@@ -132,6 +134,7 @@ class Broker:
         if isinstance(store, SqliteStore) and store.file is not None:
             self.writer = Writer(store, router.context)
             self.written = self.writer.sock
+            self.poller.register(self.written, zmq.POLLIN)
 
     def flush(self, outputs: list[Output]) -> None:
         """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
@@ -195,15 +198,19 @@ class Broker:
         return None
 
     def settle(self, timeout: float | None = None) -> None:
-        """Wait until every batch handed to the writer was committed and its outputs sent (or held)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait until every batch handed to the writer was committed and its outputs sent (or held), or the
+        writer is found dead (then what it had not answered is held, for ``retry_storage``)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         if self.writer is not None:
             self.writer.hand_over()
         while (self.waiting or self.unstored()) and self.written is not None:
-            left = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            if not self.written.poll(left) and deadline is not None and time.monotonic() >= deadline:
+            left = max(0, math.ceil(min(0.1, deadline - time.monotonic()) * 1000))
+            if self.written.poll(left):
+                self.on_written()
+                continue
+            self._check_writer()
+            if time.monotonic() >= deadline:
                 return
-            self.on_written()
 
     def unstored(self) -> int:
         """Bytes of events handed to the writer and not yet known to be in SQLite."""
@@ -271,27 +278,48 @@ class Broker:
 
     def run(self) -> None:
         """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
-        self.poller = poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        if self.written is not None:
-            poller.register(self.written, zmq.POLLIN)
-        core, clock = self.core, time.monotonic
-        self.flush(core.tick(clock()))
+        self.flush(self.core.tick(time.monotonic()))
         while True:
-            wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
-            ready = dict(poller.poll(wait_ms))
-            if self.written in ready:
-                self.on_written()
-            if self.router in ready:
-                self.drain()
-            now = clock()
-            if now >= core.next_heartbeat:
-                self._check_writer()
-                if self.writer is not None:
-                    self.writer.hand_over(now)  # what the journal took since the last hand-over
-                if core.unavailable is not None:
-                    self.retry_storage()
-                self.flush(core.tick(now))
+            self.turn()
+
+    def turn(self) -> None:
+        """One pass of the loop: wait for requests, the writer's answers or the next heartbeat; handle them."""
+        core, clock = self.core, time.monotonic
+        self._read_within_bound()
+        wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
+        ready = dict(self.poller.poll(wait_ms))
+        if self.written in ready:
+            self.on_written()
+        if self.router in ready:
+            self.drain()
+        now = clock()
+        if now >= core.next_heartbeat:
+            self._check_writer()
+            if self.writer is not None:
+                self.writer.hand_over(now)  # what the journal took since the last hand-over
+            if core.unavailable is not None:
+                self.retry_storage()
+            self.flush(core.tick(now))
+
+    def _read_within_bound(self) -> None:
+        """Poll the inbox only while the events waiting for SQLite are under ``max_unstored_bytes``.  Past it
+        requests wait in libzmq's bounded queues (then TCP pushes back on their senders) until the writer
+        catches up, however long that takes: a slow or hung disk costs memory up to the bound and one batch,
+        no more.  Heartbeats, expiry and the writer's answers go on meanwhile."""
+        reading = self.unstored() < self.max_unstored_bytes
+        if reading == self._reading:
+            return
+        self._reading = reading
+        if reading:
+            self.poller.register(self.router, zmq.POLLIN)
+            return
+        self.poller.unregister(self.router)
+        if self.writer is not None:
+            self.writer.hand_over()  # all of it, now: the writer has to catch up before anything else
+        now = time.monotonic()
+        if now - self._paused_at >= 60:
+            log.warning("SQLite is %d bytes behind: reading no requests until it catches up", self.unstored())
+        self._paused_at = now
 
     def _check_writer(self) -> None:
         """If the writer process died (killed, out of memory), what it had not answered failed: the broker
@@ -303,7 +331,7 @@ class Broker:
         )
         self.writer.abandon()
         self.on_written()  # every batch it had not answered failed: to be stored on the loop
-        if self.written is not None:
+        if self.written in self.poller:
             self.poller.unregister(self.written)
         self.writer = self.written = None
 
@@ -313,8 +341,6 @@ class Broker:
         recv, more, known = router.recv, router.getsockopt, core.peers
         pending: list[Output] = []
         key = address = None
-        if self.unstored() >= self.max_unstored_bytes:  # the disk is behind: let it catch up before reading
-            self._catch_up_with_writer()
         flush_at = clock() + FLUSH_AFTER_S
         for _ in range(DRAIN_LIMIT):
             try:
@@ -340,16 +366,9 @@ class Broker:
                 self.flush(pending)
                 pending = []
                 flush_at = now + FLUSH_AFTER_S
-                if self.unstored() >= self.max_unstored_bytes:  # the disk is behind: let it catch up
-                    self._catch_up_with_writer()
+                if self.unstored() >= self.max_unstored_bytes:
+                    break  # the disk is behind: read no more until it catches up (``_read_within_bound``)
         self.flush(pending)
-
-    def _catch_up_with_writer(self) -> None:
-        """Wait for the oldest batches: requests stay in libzmq's queues meanwhile (and TCP pushes back)."""
-        if self.writer is not None:
-            self.writer.hand_over()
-        while self.written is not None and self.unstored() >= self.max_unstored_bytes and self.written.poll(1000):
-            self.on_written()
 
     def stop(self) -> None:
         self.settle()

@@ -19,13 +19,15 @@ check ends what is read of that segment (the tail a power cut can leave; nothing
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import logging
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger("chat-broker")
 
 HEADER = struct.Struct("<QII")
 #: A segment is closed (and a new one begun) past this size: what one batch's deletion waits for at most.
@@ -91,18 +93,27 @@ class Journal:
         """SQLite has every batch up to ``number``: delete the segments that hold nothing after it."""
         while len(self._segments) > 1 and self._segments[1][0] <= number + 1:
             _, path = self._segments.pop(0)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _delete(path)
 
     def clear(self) -> None:
         """SQLite has everything: delete every segment (the next ``append`` begins a new one)."""
         self.close()
         for _, path in self._segments:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _delete(path)
         self._segments = []
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _delete(path: Path) -> None:
+    """Delete a segment SQLite has every batch of.  If that fails (a read-only folder), the segment stays and
+    costs disk space, nothing else: the next start skips what SQLite has (by number) and tries again."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("cannot delete the journal segment %s (%s); SQLite has all of it", path, exc)

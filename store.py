@@ -154,11 +154,11 @@ class SqliteStore:
         self._rows: list[Row] = []  # appended, not yet sealed
         #: Sealed batches the writer is committing, oldest first, until the broker hears they are done.
         self.sealed: deque[Sealed] = deque()
+        #: Batches the writer failed or was lost with, oldest first: ``commit`` stores those SQLite lacks.
+        self.failed: list[Sealed] = []
         self.unstored_bytes = 0  # the events' bytes in ``sealed``
         #: The number of the last journaled batch SQLite has: the writer numbers batches on from it.
-        stored = self.db.execute("SELECT value FROM meta WHERE key = ?", (STORED_BATCH,)).fetchone()
-        self.stored_batch = 0 if stored is None else int(stored[0])
-        self._numbered = 0  # the highest batch number among the rows unsealed for ``commit`` (0: none)
+        self.stored_batch = self._stored_batch()
         self.journal = Journal(self.path) if self.file is not None else None
         if self.journal is not None:
             self._take_in_journal(self.journal)
@@ -186,8 +186,8 @@ class SqliteStore:
         return None if str(self.path) == ":memory:" else self.path
 
     def _unstored(self) -> Iterator[Row]:
-        """Rows appended but not known to be committed: those being written, then those not yet sealed."""
-        for batch in self.sealed:
+        """Rows appended but not known to be committed, oldest first: failed, being written, not yet sealed."""
+        for batch in itertools.chain(self.failed, self.sealed):
             yield from batch.rows
         yield from self._rows
 
@@ -217,8 +217,11 @@ class SqliteStore:
             yield payload
 
     def first_pending(self, room: str) -> int | None:
-        """The seq of ``room``'s oldest event not yet committed, if any: where what is durable ends."""
-        return next((seq for name, seq, _ in self._unstored() if name == room), None)
+        """The seq of ``room``'s oldest event not yet durable (in neither SQLite nor the journal), if any:
+        what a crash could take back."""
+        batches = (batch.rows for batch in itertools.chain(self.failed, self.sealed) if not batch.durable)
+        rows = itertools.chain(itertools.chain.from_iterable(batches), self._rows)
+        return next((seq for name, seq, _ in rows if name == room), None)
 
     def last_seq(self, room: str) -> int:
         """The last seq of ``room`` (0 for a room it has no event of), pending events included."""
@@ -263,7 +266,7 @@ class SqliteStore:
     @property
     def pending(self) -> int:
         """Events appended but not yet committed."""
-        return len(self._rows) + sum(len(batch.rows) for batch in self.sealed)
+        return len(self._rows) + sum(len(batch.rows) for batch in itertools.chain(self.failed, self.sealed))
 
     def seal(self) -> Sealed | None:
         """Everything appended since the last seal, as one batch for the writer to commit (None: nothing).
@@ -283,28 +286,36 @@ class SqliteStore:
         self.unstored_bytes -= batch.size
 
     def unseal(self) -> None:
-        """The writer failed: every sealed batch is pending again, in order, for ``commit`` to retry."""
-        rows = [row for batch in self.sealed for row in batch.rows]
-        self._numbered = max([self._numbered] + [batch.number for batch in self.sealed])
+        """The writer failed (or died): every sealed batch goes to ``failed``, in order, for ``commit``."""
+        self.failed += self.sealed
         self.sealed.clear()
         self.unstored_bytes = 0
-        self._rows = rows + self._rows
 
     def commit(self) -> None:
-        """One transaction for everything appended since the last commit.  If it fails (a full or
-        read-only disk: ``sqlite3.Error``), nothing is lost: the rows stay pending for the next try."""
-        if not self._rows:
+        """One transaction for the failed batches SQLite does not have and everything appended since the last
+        commit.  If it fails (a full or read-only disk: ``sqlite3.Error``), nothing is lost: the rows stay
+        pending for the next try.  Which failed batches SQLite has is read in the same transaction: a writer
+        killed between its commit and its answer leaves batches that look failed and are stored."""
+        if not self._rows and not self.failed:
             return
         self.db.execute("BEGIN")
         try:
-            write(self.db, self._rows, self._numbered)
+            stored = self._stored_batch()
+            retried = [batch for batch in self.failed if not 0 < batch.number <= stored]  # 0: never numbered
+            rows = [row for batch in retried for row in batch.rows] + self._rows
+            write(self.db, rows, max([stored] + [batch.number for batch in self.failed]))
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
         self._rows = []
-        self._numbered = 0
+        self.failed = []
+
+    def _stored_batch(self) -> int:
+        """The number of the last batch SQLite has (``meta``), as committed by whoever wrote last."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (STORED_BATCH,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         try:
@@ -312,6 +323,8 @@ class SqliteStore:
             if self.journal is not None and not self.sealed:
                 self.journal.clear()  # SQLite has everything
         finally:
+            if self.journal is not None:
+                self.journal.close()
             self.db.close()
             if self._lock >= 0:
                 os.close(self._lock)
@@ -418,13 +431,14 @@ def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> 
 class Sealed:
     """A batch of rows the store's writer (``store_writer``) commits; its ``result``: True, or the error."""
 
-    __slots__ = ("number", "result", "rows", "size")
+    __slots__ = ("durable", "number", "result", "rows", "size")
 
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
         self.size = sum(map(len, map(_PAYLOAD, rows)))
         self.number = 0  # given by the writer: batches are numbered in order, on from ``stored_batch``
         self.result: bool | BaseException | None = None
+        self.durable = False  # in the journal: a crash cannot take it back (``--sync normal``)
 
 
 def _lock(path: Path) -> int:

@@ -82,6 +82,7 @@ class Writer:
             self._send([frame])
             return False
         self.journal.append(batch.number, frame)
+        batch.durable = True
         self._sent[batch.number] = batch
         self._unsent.append(frame)
         now = time.monotonic()
@@ -158,7 +159,8 @@ class Writer:
             os.rmdir(self._dir)
 
     def _lost(self) -> None:
-        """The writer process died: every batch it had not answered failed."""
+        """The writer process died: every batch it had not answered failed (those it had committed, SQLite
+        says: ``SqliteStore.commit`` skips them)."""
         self._unsent = []
         for batch in self._sent.values():
             batch.result = sqlite3.OperationalError("the store's writer process ended")
@@ -225,7 +227,10 @@ def _commit(db: sqlite3.Connection, batches: list[tuple[int, list[Row]]], failed
 
 def main(argv: list[str] | None = None) -> Any:
     path, sync, endpoint = (sys.argv[1:] if argv is None else argv)[:3]
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the broker stops us
+    # Ctrl-C (and a SIGTERM to the whole group) reaches us too: the broker, stopping, sends us "stop" once
+    # everything is handed over; if the broker dies instead, PR_SET_PDEATHSIG kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(path, sync, endpoint)
 
 

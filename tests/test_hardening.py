@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -614,8 +615,6 @@ def test_a_dead_store_writer_costs_no_acked_message_and_the_broker_commits_itsel
     then committed on the broker's loop, and acked; the broker goes on without a writer."""
     broker, dealer, _sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
-    broker.poller = zmq.Poller()
-    broker.poller.register(broker.written, zmq.POLLIN)
     broker.writer.process.kill()
     broker.writer.process.wait()
     dealer.send(msgspec.json.encode(msg("after the writer died", "w1")))
@@ -633,6 +632,14 @@ def test_a_dead_store_writer_costs_no_acked_message_and_the_broker_commits_itsel
     assert stored == ["w1", "w2"]
 
 
+def acks(dealer: zmq.Socket) -> list[str]:
+    """The ids of the acks waiting on ``dealer``."""
+    acked = []
+    while dealer.poll(0):
+        acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
+    return acked
+
+
 def test_what_waits_for_sqlite_is_bounded_in_bytes_and_the_loop_waits_for_the_writer_past_it(wired) -> None:
     """``--max-unstored-bytes``: past it the loop reads no more requests until the writer has caught up, so a
     disk slower than the inbox costs memory up to the bound (and one batch), then pushes back; nothing is lost
@@ -640,18 +647,95 @@ def test_what_waits_for_sqlite_is_bounded_in_bytes_and_the_loop_waits_for_the_wr
     broker, dealer, _sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     broker.max_unstored_bytes = 1
-    acked = []
     for i in range(30):
         dealer.send(msgspec.json.encode(msg("x" * 200, f"u{i}")))
-        assert broker.router.poll(WAIT * 1000)
-        broker.drain()  # waits for the writer to store the batch before, then reads this one
+    acked: list[str] = []
+    deadline = time.monotonic() + WAIT
+    while len(acked) < 30 and time.monotonic() < deadline:
+        broker.turn()  # reads only once the writer stored the batch before
         assert len(broker.core.store.sealed) <= 1
-        broker.on_written()
-        while dealer.poll(0 if broker.writer.journal else 50):
-            acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
+        acked += acks(dealer)
     broker.settle(WAIT)
-    while dealer.poll(200):
-        acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
     assert acked == [f"u{i}" for i in range(30)] and broker.unstored() == 0
     stored = [m.decode(p).get("id") for p in broker.core.store.read("general", 0, 100) if b'"msg"' in p]
     assert stored == acked
+
+
+def test_a_hung_writer_stops_the_reading_not_the_heartbeats(wired) -> None:
+    """A writer that never answers (SIGSTOP: a hung disk) holds the loop at the byte bound for as long as it
+    hangs: requests wait in libzmq's queues, the loop's timers go on, and everything is answered, in order,
+    once the writer moves again."""
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    broker.max_unstored_bytes = 1
+    broker.writer.process.send_signal(signal.SIGSTOP)
+    try:
+        dealer.send(msgspec.json.encode(msg("first", "h0")))
+        assert broker.router.poll(WAIT * 1000)
+        broker.drain()  # one batch, and the bound is passed
+        held = broker.unstored()
+        for i in range(1, 6):
+            dealer.send(msgspec.json.encode(msg("later", f"h{i}")))
+        heartbeat = broker.core.next_heartbeat
+        while broker.core.next_heartbeat == heartbeat:  # the loop goes on until a heartbeat is due and sent
+            broker.turn()
+        assert broker.unstored() == held and broker.router.poll(0)  # nothing more read; the rest still queued
+    finally:
+        broker.writer.process.send_signal(signal.SIGCONT)
+    acked: list[str] = []
+    deadline = time.monotonic() + WAIT
+    while len(acked) < 6 and time.monotonic() < deadline:
+        broker.turn()
+        acked += acks(dealer)
+    assert acked == [f"h{i}" for i in range(6)]
+
+
+def test_a_writer_killed_between_its_commit_and_its_answer_stores_nothing_twice(wired) -> None:
+    """The writer commits, then dies before the broker read its answer: the broker sees those batches as
+    failed and stores them on its loop, but SQLite (read in the same transaction) says it has them: no event
+    twice, writes accepted again at once, every ack sent once."""
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    for i in range(3):
+        dealer.send(msgspec.json.encode(msg("committed", f"c{i}")))
+    assert broker.router.poll(WAIT * 1000)
+    broker.drain()
+    broker.writer.hand_over()
+    assert broker.written.poll(WAIT * 1000)  # committed and answered; the answer is left unread
+    broker.writer.process.kill()
+    broker.writer.process.wait()
+    broker._check_writer()
+    assert broker.writer is None and broker.core.unavailable is not None
+    broker.retry_storage()
+    assert broker.core.unavailable is None
+    acked = []
+    while dealer.poll(200):
+        acked += [r["id"] for r in m.feed_events(dealer.recv()) if r["type"] == "ack"]
+    assert [i for i in acked if i.startswith("c")] == ["c0", "c1", "c2"]
+    assert ask(broker, dealer, msg("then", "c3"))[0]["type"] == "ack"
+    ids = [m.decode(p).get("id") for p in broker.core.store.events("general", 0) if b'"msg"' in p]
+    assert ids == ["c0", "c1", "c2", "c3"]
+
+
+def test_stopping_after_the_writer_died_ends_and_keeps_every_acked_event(wired) -> None:
+    """The writer died (killed) with batches not yet in SQLite: ``stop`` finds it dead, stores them on the
+    loop and ends, instead of waiting for an answer that never comes."""
+    broker, dealer, _sub = wired
+    ask(broker, dealer, {"type": "hello", "user": "alice"})
+    broker.writer.process.send_signal(signal.SIGSTOP)  # nothing reaches SQLite from here on
+    for i in range(3):
+        dealer.send(msgspec.json.encode(msg("late", f"d{i}")))
+    assert broker.router.poll(WAIT * 1000)
+    broker.drain()
+    assert broker.unstored() > 0
+    broker.writer.process.kill()
+    broker.writer.process.wait()
+    path = broker.core.store.path
+    broker.stop()
+    assert broker.writer is None
+    reopened = SqliteStore(path)
+    try:
+        ids = [m.decode(p).get("id") for p in reopened.events("general", 0) if b'"msg"' in p]
+    finally:
+        reopened.close()
+    assert ids == ["d0", "d1", "d2"]

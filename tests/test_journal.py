@@ -96,3 +96,21 @@ def test_segments_roll_over_and_go_once_stored(tmp_path: Path, monkeypatch) -> N
     j.stored(13)  # segments wholly at or below 13 go; the one holding 13 and 14 stays
     assert [n for n, _ in journal.Journal(tmp_path / "c.db").pending(0)] == list(range(13, 21))
     j.close()
+
+
+def test_a_segment_that_cannot_be_deleted_is_logged_and_kept(tmp_path: Path, monkeypatch, caplog) -> None:
+    """``unlink`` refused (a read-only folder: EROFS, EACCES) costs disk space and a log line, never the
+    broker's loop; a later start skips what SQLite has, by number."""
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 1)  # a segment per record
+    log = journal.Journal(tmp_path / "c.db")
+    for number in (1, 2, 3):
+        log.append(number, b"x")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    log.stored(2)
+    log.clear()
+    assert "cannot delete the journal segment" in caplog.text
+    assert [number for number, _ in journal.Journal(tmp_path / "c.db").pending(2)] == [3]

@@ -562,3 +562,21 @@ def test_with_sync_full_the_commit_makes_a_batch_durable_and_no_journal_is_writt
     w.stop()
     store.close()
     ctx.term()
+
+
+def test_after_a_failure_what_the_journal_has_counts_as_durable(tmp_path: Path) -> None:
+    """While storage is failing, rooms and history show events up to the first one a crash could take
+    back: journaled batches are not among them (a restart stores them), the batch the journal refused is."""
+    store = SqliteStore(tmp_path / "c.db")
+    try:
+        store.append("general", 1, b"{}")
+        journaled = store.seal()
+        journaled.durable = True
+        store.append("general", 2, b"{}")
+        store.seal()  # the journal refused this one
+        store.unseal()
+        assert store.first_pending("general") == 2 and store.pending == 2
+        store.commit()
+        assert store.first_pending("general") is None and rows_on_disk(store.path) == [("general", 1), ("general", 2)]
+    finally:
+        store.close()
