@@ -17,18 +17,41 @@ def endpoints(host: str, router: str | None = None, pub: str | None = None) -> t
     return (router or f"tcp://{host}:{m.DEFAULT_ROUTER_PORT}", pub or f"tcp://{host}:{m.DEFAULT_PUB_PORT}")
 
 
+def brokers(host: str, router: str | None = None, pub: str | None = None) -> tuple[list[str], list[str]]:
+    """Every broker's (inbox, feed) endpoints, in the order to try them: each option may list several, comma
+    separated (front doors of one cluster); ``router``/``pub`` win over ``host``, as in ``endpoints``."""
+    hosts = [h.strip() for h in host.split(",") if h.strip()] or ["localhost"]
+    defaults = [endpoints(h) for h in hosts]
+    routers = _listed(router) or [inbox for inbox, _ in defaults]
+    pubs = _listed(pub) or [feed for _, feed in defaults]
+    if len(routers) != len(pubs):
+        raise ValueError(
+            f"{len(routers)} inbox endpoint(s) and {len(pubs)} feed endpoint(s): give one of each per broker"
+        )
+    return routers, pubs
+
+
+def _listed(endpoints: str | None) -> list[str]:
+    return [e.strip() for e in (endpoints or "").split(",") if e.strip()]
+
+
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     """--host/--router/--pub and the CURVE keys."""
     parser.add_argument(
-        "--host", default="localhost", help="broker host, for tcp at the default ports (default: localhost)"
+        "--host",
+        default="localhost",
+        help="broker host, for tcp at the default ports; several, comma separated, are tried in turn when one "
+        "is silent (default: localhost)",
     )
     parser.add_argument(
         "--router",
         metavar="ENDPOINT",
-        help=f"broker inbox, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})",
+        help=f"broker inbox, any ZeroMQ endpoint, or several, comma separated (default: tcp://HOST:{m.DEFAULT_ROUTER_PORT})",
     )
     parser.add_argument(
-        "--pub", metavar="ENDPOINT", help=f"broker feed, any ZeroMQ endpoint (default: tcp://HOST:{m.DEFAULT_PUB_PORT})"
+        "--pub",
+        metavar="ENDPOINT",
+        help=f"broker feed, any ZeroMQ endpoint, or several, as many as inboxes (default: tcp://HOST:{m.DEFAULT_PUB_PORT})",
     )
     parser.add_argument(
         "--server-key", metavar="FILE", help="the broker's public certificate (broker.key), for a CURVE broker"
@@ -37,14 +60,23 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
 
 
 def connection(args: argparse.Namespace) -> dict[str, Any]:
-    """``router``, ``pub`` and ``curve`` for ``ChatClient(**connection(args))``, from ``add_endpoint_args``."""
-    router, pub = endpoints(args.host, args.router, args.pub)
+    """``router``, ``pub`` (lists: one entry per broker) and ``curve`` for ``ChatClient(**connection(args))``,
+    from ``add_endpoint_args``."""
+    router, pub = brokers(args.host, args.router, args.pub)
     curve = None
     if args.server_key or args.key:
         if not (args.server_key and args.key):
             raise ValueError("--server-key and --key go together")
         curve = keys.client_keys(args.server_key, args.key)
     return {"router": router, "pub": pub, "curve": curve}
+
+
+def single_broker(conn: dict[str, Any], program: str) -> tuple[str, str]:
+    """The one broker of a program that follows one (the relay, the gateway): several are refused, not
+    half-served."""
+    if len(conn["router"]) > 1:
+        raise ValueError(f"{program} follows one broker; give one --host (or --router and --pub)")
+    return conn["router"][0], conn["pub"][0]
 
 
 def no_broker_hint(conn: dict[str, Any]) -> str:

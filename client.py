@@ -21,6 +21,7 @@ does the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
@@ -63,8 +64,8 @@ class ChatClient:
         self,
         name: str | None,
         *,
-        router: str,
-        pub: str,
+        router: str | Sequence[str],
+        pub: str | Sequence[str],
         rooms: Iterable[str] | None = None,
         context: zmq.Context | None = None,
         ping_interval: float = 1.0,
@@ -73,10 +74,15 @@ class ChatClient:
         history_id: str | None = None,
         curve: keys.CurveKeys | None = None,
     ) -> None:
-        """``positions``/``history_id``: where an observer starts (see ``ClientSession``).
+        """``router``/``pub``: one broker's inbox and feed, or lists of several brokers' (front doors of one
+        cluster, in the same order): when ours goes silent the session moves to the next.
+        ``positions``/``history_id``: where an observer starts (see ``ClientSession``).
         ``curve``: talk to a CURVE broker (both sockets encrypted and authenticated with these keys)."""
-        self.router_endpoint = router
-        self.pub_endpoint = pub
+        self.routers = [router] if isinstance(router, str) else list(router)
+        self.pubs = [pub] if isinstance(pub, str) else list(pub)
+        if len(self.routers) != len(self.pubs) or not self.routers:
+            raise ValueError("give one feed endpoint for each inbox endpoint")
+        self._at = 0  # the broker our sockets are connected to (the session's ``broker``)
         self.ctx = context or zmq.Context.instance()
         self.session = ClientSession(
             name,
@@ -86,6 +92,7 @@ class ChatClient:
             ack_timeout=ack_timeout,
             positions=positions,
             history_id=history_id,
+            brokers=len(self.routers),
         )
         self._backlog: list[Event] = []
         self.dealer = self.ctx.socket(zmq.DEALER)
@@ -99,13 +106,22 @@ class ChatClient:
         for sock in (self.dealer, self.sub):
             transport.tune_connecting(sock, curve)
         self._apply_subscriptions()
-        self.dealer.connect(router)
-        self.sub.connect(pub)
+        self.dealer.connect(self.router_endpoint)
+        self.sub.connect(self.pub_endpoint)
         self.poller = zmq.Poller()  # callers may register their own sockets too
         self.poller.register(self.dealer, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
 
     # --- the session's state, read-only -----------------------------------------------------
+
+    @property
+    def router_endpoint(self) -> str:
+        """The inbox of the broker we are connected to (or trying)."""
+        return self.routers[self._at]
+
+    @property
+    def pub_endpoint(self) -> str:
+        return self.pubs[self._at]
 
     @property
     def name(self) -> str | None:
@@ -295,8 +311,18 @@ class ChatClient:
         if self.sub in ready:
             self._drain(self.sub, session.feed)
         session.tick(time.monotonic())
+        if session.broker != self._at:
+            self._move_to(session.broker)
         self._flush()
         return backlog + session.take_events()
+
+    def _move_to(self, broker: int) -> None:
+        """Our broker went silent: the same sockets (our routing id, our subscriptions) to the next one."""
+        for sock, endpoints in ((self.dealer, self.routers), (self.sub, self.pubs)):
+            with contextlib.suppress(zmq.ZMQError):  # not connected (any more): nothing to undo
+                sock.disconnect(endpoints[self._at])
+            sock.connect(endpoints[broker])
+        self._at = broker
 
     def _drain(self, sock: zmq.Socket, handle: Callable[[bytes, float], None]) -> None:
         while True:
@@ -385,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not name:
                 return 1
         client = ChatClient(name, rooms=rooms, **conn)
-        print(f"[system] connecting to {conn['router']} as {name}…", flush=True)
+        print(f"[system] connecting to {', '.join(conn['router'])} as {name}…", flush=True)
         try:
             client.connect(timeout=args.timeout)
             break
@@ -402,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             client.close(flush_timeout=0)
             return 130
-    print(f"[system] connected to {conn['router']} as {client.user}; /help lists the commands", flush=True)
+    print(f"[system] connected to {client.router_endpoint} as {client.user}; /help lists the commands", flush=True)
     console = Console(client, timestamps=not args.no_timestamps)
     console.run(interactive)
     for event in client.close():

@@ -31,6 +31,7 @@ STATUS_LINES = {
     Change.FEED_LOST: "[system] no news from the feed (a relay down?); what is said meanwhile comes when it is back",
     Change.FEED_RESTORED: "[system] the feed is back; fetching what was missed",
     Change.RECONNECTED: "[system] reconnected",
+    Change.MOVED: "[system] no answer from this broker; trying the next one…",
     Change.SHUTDOWN: "[system] the broker is shutting down; waiting for it to come back…",
 }
 

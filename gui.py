@@ -77,7 +77,8 @@ SEPARATOR = "─────  earlier messages above  ─────"
 STATUS_TEXT = {
     "lost": "connection lost, reconnecting…",
     "restored": "connection restored",
-    "reconnected": "reconnected (the broker restarted)",
+    "reconnected": "reconnected (the broker restarted, or another took over)",
+    "moved": "no answer from this broker; trying the next one…",
     "shutdown": "the broker is shutting down; waiting for it to come back…",
 }
 
@@ -729,8 +730,8 @@ class ChatWindow:
         post = self.events.put
         self.network = ChatThread(name, self.args, inbox, post, self.ctx, lambda client: GuiConsole(client, post))
         self.prompt_error.configure(text="")
-        router, _pub = cli.endpoints(self.args.host, self.args.router, self.args.pub)
-        self.set_status(f"connecting to {router} as {name}…", alarm=None)
+        routers, _pubs = cli.brokers(self.args.host, self.args.router, self.args.pub)
+        self.set_status(f"connecting to {', '.join(routers)} as {name}…", alarm=None)
         self.network.start()
 
     # --- events from the network thread ----------------------------------------------------
@@ -763,7 +764,7 @@ class ChatWindow:
             self.root.bell()
             self.say_for_test(f"[bell] {Tab(item[1]).title}")
         elif kind == "status":
-            self.set_status(STATUS_TEXT.get(item[1], str(item[1])), alarm=item[1] in ("lost", "shutdown"))
+            self.set_status(STATUS_TEXT.get(item[1], str(item[1])), alarm=item[1] in ("lost", "shutdown", "moved"))
         elif kind == "theme" and item[1] != self.theme:
             self.apply_theme(item[1])
             self.redraw()

@@ -137,7 +137,7 @@ def wait_for_broker(client: ChatClient, conn: dict) -> None:
                 else "is it running, and are --server-key and --key its and yours?"
             )
             print(
-                f"chat-logger: no answer yet from a broker at {conn['router']} / {conn['pub']}: {hint}; still waiting",
+                f"chat-logger: no answer yet from a broker at {', '.join(conn['router'])}: {hint}; still waiting",
                 file=sys.stderr,
                 flush=True,
             )
@@ -151,7 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"chat-logger: {exc}", file=sys.stderr)
         return 2
-    pub = conn["pub"]
     rooms = args.room
     for room in rooms or []:
         if not m.valid_room(room):
@@ -173,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             connected = True
             where = ", ".join(f"#{r}" for r in rooms) if rooms else "all rooms"
             resumed = f", resuming {len(positions)} rooms from {args.out}" if positions else ""
-            print(f"chat-logger: following {where} on {pub}{resumed}", file=sys.stderr, flush=True)
+            print(f"chat-logger: following {where} on {client.pub_endpoint}{resumed}", file=sys.stderr, flush=True)
             follow(client, out, args.heartbeats, path)
         except KeyboardInterrupt:
             pass

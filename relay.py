@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         conn = cli.connection(args)
+        feed = cli.single_broker(conn, "the relay")[1]
         downstream_keys = keys.server_keys(args.curve) if args.curve else None
         allowed = keys.allowed_keys(args.curve) if args.curve else None
     except (OSError, ValueError) as exc:
@@ -112,13 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         transport.curve_server(downstream, downstream_keys)
     try:
         downstream.bind(args.listen)
-        upstream.connect(conn["pub"])
+        upstream.connect(feed)
     except zmq.ZMQError as exc:
         print(f"chat-relay: cannot start: {exc}", file=sys.stderr)
         ctx.destroy(linger=0)
         return 1
     print(f"chat relay (protocol v{m.PROTOCOL_VERSION})")
-    print(f"  from the broker's feed: {conn['pub']}" + (" (CURVE)" if curve is not None else ""))
+    print(f"  from the broker's feed: {feed}" + (" (CURVE)" if curve is not None else ""))
     print(f"  feed for subscribers:   {downstream.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  security:               {transport.security_mode(downstream_keys is not None, allowed)}")
     print("Ctrl-C stops it.", flush=True)

@@ -20,6 +20,10 @@ What it guarantees, and how:
   Messages written meanwhile travel together in the next batch.
 - **Feed events come out once each, in ``seq`` order per room**
   (``sequencer.FeedSequencer`` fills the holes from ``history``).
+- **Several brokers (front doors) are tried in turn.**  Given ``brokers=N``,
+  a link silent for ``MISSED_HEARTBEATS`` heartbeats moves ``broker`` to the
+  next one (the I/O layer reconnects its sockets there), and the session says
+  hello again, re-joins, fills gaps and resends exactly as after a restart.
 - **Every timer is computed from ``now``**; ``next_deadline`` is never in the
   past while work is waiting, so a loop around it never spins.
 """
@@ -105,6 +109,7 @@ class Change(str, Enum):
     LOST = "lost"  # no heartbeat from the broker
     RESTORED = "restored"  # the same broker run is back
     RECONNECTED = "reconnected"  # a new broker run: session re-established, rooms re-joined, resends sent
+    MOVED = "moved"  # ours was silent: trying the next broker address (``broker``)
     SHUTDOWN = "shutdown"  # the broker said it is stopping
     FEED_LOST = "feed_lost"  # the inbox answers but the feed is silent (a relay down?)
     FEED_RESTORED = "feed_restored"
@@ -179,10 +184,11 @@ class ClientSession:
         ack_timeout: float = 3.0,
         positions: dict[str, int] | None = None,
         history_id: str | None = None,
+        brokers: int = 1,
     ) -> None:
         """An observer may start from ``positions`` (room -> last seq it has) of the broker history
         ``history_id``: if the broker's history is another one they are void, and every room is taken
-        from its first event."""
+        from its first event.  ``brokers``: how many addresses the caller has; ``broker`` says which to use."""
         self.name = name
         self.observer = name is None
         wanted = list(rooms) if rooms is not None else ([] if self.observer else [m.DEFAULT_ROOM])
@@ -191,6 +197,9 @@ class ClientSession:
         self.state = State.STARTING
         self.link = Link.UP
         self.feed_link = Link.UP
+        self.brokers = max(1, brokers)
+        self.broker = 0  # which of them to talk to: the I/O layer connects there when this changes
+        self._moved_at = now
         self.user: str | None = None  # the name the broker welcomed (None while there is no session)
         self.epoch: str | None = None
         self.history_id = history_id
@@ -270,6 +279,8 @@ class ClientSession:
             due.append(self._last_heard + self.heartbeat * MISSED_HEARTBEATS)
             if self.feed_link is Link.UP:
                 due.append(self._feed_heard + self.heartbeat * MISSED_HEARTBEATS)
+        elif self.brokers > 1:  # when to move on to the next broker
+            due.append(max(self._last_heard, self._moved_at) + self.heartbeat * MISSED_HEARTBEATS)
         if self._hello_at is not None:
             due.append(self._hello_at)
         if self.in_flight:
@@ -449,9 +460,25 @@ class ClientSession:
             self.link = Link.LOST
             self._restoring = False
             self._emit(Status(Change.LOST))
+        if self.link is Link.LOST and self.brokers > 1 and now - max(self._last_heard, self._moved_at) >= limit:
+            self._move(now)
         if self.link is Link.UP and self.feed_link is Link.UP and now - self._feed_heard >= limit:
             self.feed_link = Link.LOST  # the inbox answers, the feed says nothing
             self._emit(Status(Change.FEED_LOST))
+
+    def _move(self, now: float) -> None:
+        """Ours is silent: on to the next broker, as to a restarted one (a session there is a new one)."""
+        self.broker = (self.broker + 1) % self.brokers
+        self._moved_at = now
+        self._hello_wait = HELLO_RETRY_S[0]
+        self._emit(Status(Change.MOVED))
+        if self.state is State.READY:
+            self._fills.clear()
+            self._histories.clear()
+            self._lose_session(now)
+        elif self.state is not State.CLOSED:
+            self.in_flight.clear()
+            self._hello(now)
 
     def _heard(self, now: float, feed: bool) -> None:
         self._last_heard = now

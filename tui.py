@@ -93,6 +93,7 @@ LINK_TEXT = {
     Change.LOST: "reconnecting…",
     Change.RESTORED: "connected",
     Change.RECONNECTED: "connected",
+    Change.MOVED: "trying the next broker…",
     Change.FEED_LOST: "feed lost",
     Change.FEED_RESTORED: "connected",
     Change.SHUTDOWN: "broker restarting…",

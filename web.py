@@ -995,7 +995,7 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 async def serve(args: argparse.Namespace, sock: socket.socket, conn: dict[str, Any]) -> int:
     """Serve on the bound ``sock`` until SIGINT or SIGTERM; ``conn`` is ``cli.connection(args)``."""
-    router, pub, curve = conn["router"], conn["pub"], conn["curve"]
+    (router, pub), curve = cli.single_broker(conn, "the gateway"), conn["curve"]
     port = sock.getsockname()[1]
     origins = (
         {_normalise_origin(o) for o in args.allowed_origin}
@@ -1053,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         static_dir()
         conn = cli.connection(args)
+        cli.single_broker(conn, "the gateway")
     except (OSError, ValueError) as exc:
         print(f"chat-web: {exc}", file=sys.stderr)
         return 1

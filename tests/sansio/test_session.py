@@ -356,3 +356,33 @@ def test_an_observer_asks_a_few_histories_at_a_time() -> None:
     assert len(fills) == MAX_FILLS
     reply(session, T0, {"type": "history", "room": fills[0]["room"], "events": [], "seq": 5})
     assert len([f for f in sent(session) if f["type"] == "history"]) == 1  # the next room's turn
+
+
+def test_a_silent_broker_is_left_for_the_next_one_where_the_session_resumes_and_resends() -> None:
+    """Given several brokers (front doors), a silence of MISSED_HEARTBEATS heartbeats moves ``broker`` on;
+    the session says hello (resume) there at once, and its unacked message goes again, same id, first."""
+    session = ClientSession("alice", T0, brokers=3)
+    sent(session)
+    reply(session, T0, welcome(), joined())
+    said = session.say("general", "typed as the broker died", T0)
+    sent(session)
+    late = T0 + session.heartbeat * MISSED_HEARTBEATS
+    assert session.next_deadline() <= late
+    session.tick(late)
+    assert session.take_events() == [Status(Change.LOST), Status(Change.MOVED)] and session.broker == 1
+    assert session.state is State.RESUMING and "hello" in kinds(sent(session))
+    # the next one is silent too: on again after another silence, and round to the first
+    session.tick(late + session.heartbeat * MISSED_HEARTBEATS - 0.01)
+    assert session.broker == 1
+    session.tick(late + session.heartbeat * MISSED_HEARTBEATS)
+    assert session.broker == 2 and Status(Change.MOVED) in session.take_events()
+    sent(session)
+    events = reply(session, late + 4, welcome(epoch="e2"), joined(seq=7))
+    assert Status(Change.RECONNECTED, "e2") in events
+    assert [f["id"] for f in sent(session) if f["type"] == "msg"] == [said]
+
+
+def test_with_one_broker_a_silence_never_moves_anything() -> None:
+    session = ready()
+    session.tick(T0 + 100)
+    assert session.broker == 0 and Status(Change.MOVED) not in session.take_events()
