@@ -574,7 +574,7 @@ class ChatCore:
                 # broker's throughput.  tests/sansio/test_fast_path.py holds this loop to the general path.
                 room = room_of[room_name]
                 seq = room.seq = room.seq + 1
-                payload = encode(event(room=room_name, user=user, text=text, id=msg_id, seq=seq, ts=ts))
+                payload = encode(event(room=room_name, user=user, text=text, id=msg_id, seq=seq, prev=seq - 1, ts=ts))
                 history, size = room.history, len(payload) + overhead
                 if len(history) == kept:  # the deque's bound drops its oldest on append
                     size -= len(history[0]) + overhead
@@ -1082,9 +1082,11 @@ class ChatCore:
                 del self.sessions_per_key[session.key]
 
     def _publish(self, room: Room, event: m.RoomEvent, now: float, out: list[Output]) -> int:
-        """Stamp ``event`` with the room's next seq and the time, keep it, and send it to the feed."""
+        """Stamp ``event`` with the room's next seq (and the one before it: a single broker's positions are
+        consecutive) and the time, keep it, and send it to the feed."""
         seq = room.seq = room.seq + 1
         event.seq = seq
+        event.prev = seq - 1
         event.ts = now + self.wall_offset
         payload = m.encode(event)
         self._keep(room, [payload])

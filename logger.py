@@ -137,7 +137,7 @@ def wait_for_broker(client: ChatClient, conn: dict) -> None:
                 else "is it running, and are --server-key and --key its and yours?"
             )
             print(
-                f"chat-logger: no answer yet from a broker at {', '.join(conn['router'])}: {hint}; still waiting",
+                f"chat-logger: no answer yet from a broker at {', '.join(client.routers)}: {hint}; still waiting",
                 file=sys.stderr,
                 flush=True,
             )

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_ROOM = "general"
 DEFAULT_ROUTER_PORT = 5555
 DEFAULT_PUB_PORT = 5556
@@ -150,6 +150,7 @@ class MsgEvent(msgspec.Struct, tag_field="type", tag="msg", kw_only=True, gc=Fal
     id: str
     me: bool | msgspec.UnsetType = msgspec.UNSET
     seq: int = 0
+    prev: int | msgspec.UnsetType = msgspec.UNSET
     ts: float = 0.0
 
 
@@ -158,6 +159,7 @@ class JoinEvent(msgspec.Struct, tag_field="type", tag="join", kw_only=True, gc=F
     user: str
     resumed: bool | msgspec.UnsetType = msgspec.UNSET  # back after the broker restarted: not news to show
     seq: int = 0
+    prev: int | msgspec.UnsetType = msgspec.UNSET
     ts: float = 0.0
 
 
@@ -166,6 +168,7 @@ class LeaveEvent(msgspec.Struct, tag_field="type", tag="leave", kw_only=True, gc
     user: str
     reason: str
     seq: int = 0
+    prev: int | msgspec.UnsetType = msgspec.UNSET
     ts: float = 0.0
 
 
@@ -176,6 +179,7 @@ class TopicEvent(msgspec.Struct, tag_field="type", tag="topic", kw_only=True, gc
     user: str
     topic: str
     seq: int = 0
+    prev: int | msgspec.UnsetType = msgspec.UNSET
     ts: float = 0.0
 
 
@@ -186,6 +190,7 @@ class NickEvent(msgspec.Struct, tag_field="type", tag="nick", kw_only=True, gc=F
     user: str
     name: str
     seq: int = 0
+    prev: int | msgspec.UnsetType = msgspec.UNSET
     ts: float = 0.0
 
 

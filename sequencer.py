@@ -1,5 +1,10 @@
 """Gap filling: each room's feed events in ``seq`` order, exactly once (the zguide Clone pattern).
 
+An event follows the last one delivered when its ``prev`` (protocol version 2: the position of the room's
+previous event) is that one's ``seq``.  A single broker numbers a room 1, 2, 3...; a cluster's positions are
+its log's and skip numbers, so only ``prev`` tells a hole from none.  An event without ``prev`` (a version-1
+broker, history stored before version 2) has ``seq - 1`` as its ``prev``.
+
 Sans-I/O and shared in spirit with ``static/chat.js``: both run the vectors in
 ``tests/vectors/sequencer.json``.  Events go in (from the feed, or from a
 ``history`` reply), events in order come out, plus "fetch history after N"
@@ -31,7 +36,13 @@ HELD_OVERHEAD = 400
 
 class Sequenced(Protocol):
     room: str
-    seq: int
+    seq: int  # and ``prev``, where the broker sent it (``prev_of``)
+
+
+def prev_of(event: Sequenced) -> int:
+    """The position of the room's event before ``event``: its ``prev``, or ``seq - 1`` when it has none."""
+    prev = getattr(event, "prev", None)
+    return prev if type(prev) is int else event.seq - 1
 
 
 #: What to deliver now, in order, and the seq to fetch history after (None: no hole).
@@ -51,7 +62,8 @@ class FeedSequencer:
     def __init__(self, unknown_baseline: int | None = None) -> None:
         self.unknown_baseline = unknown_baseline
         self.last: dict[str, int] = {}
-        self.held: dict[str, dict[int, Sequenced]] = {}
+        self.held: dict[str, dict[int, Sequenced]] = {}  # room -> seq -> event
+        self.chain: dict[str, dict[int, int]] = {}  # room -> prev -> seq, of the held events
         self.held_bytes: dict[str, int] = {}  # per room, estimated (``_cost``)
         self.total_bytes = 0
         self.lost = 0  # events skipped because the broker no longer had them
@@ -71,8 +83,7 @@ class FeedSequencer:
             for seq in [s for s in held if s <= head]:
                 self._drop(room, seq)  # held before the baseline, and older than it: known already
             if not held:
-                self.held.pop(room, None)
-                self.total_bytes -= self.held_bytes.pop(room, 0)
+                self._let_go(room)
         ready, fetch = self._settle(room)
         if fetch is None and head > self.last[room]:
             fetch = self.last[room]
@@ -80,13 +91,13 @@ class FeedSequencer:
 
     def forget(self, room: str) -> None:
         self.last.pop(room, None)
-        self.held.pop(room, None)
-        self.total_bytes -= self.held_bytes.pop(room, 0)
+        self._let_go(room)
 
     def reset(self) -> None:
         """The broker's history started over (a new database, or none): every seq we hold is void."""
         self.last.clear()
         self.held.clear()
+        self.chain.clear()
         self.held_bytes.clear()
         self.total_bytes = 0
 
@@ -100,7 +111,7 @@ class FeedSequencer:
             self.last[room] = last = self.unknown_baseline
         if seq <= last:
             return [], None  # already delivered
-        if seq == last + 1 and room not in self.held:
+        if room not in self.held and prev_of(event) == last:
             self.last[room] = seq  # the common case: in order, nothing held
             return [event], None
         self._hold(room, event)
@@ -125,10 +136,11 @@ class FeedSequencer:
         while fetch is not None:
             # The broker no longer keeps what we missed up to its head: skip over that hole rather than wait
             # forever.  A hole past the head (the reply is older than what the feed brought) is asked again.
-            skip_to = min(min(self.held[room]), head + 1)
-            if skip_to <= self.last[room] + 1:
+            held = self.held[room]
+            skip_past = min(prev_of(held[min(held)]), head)
+            if skip_past <= self.last[room]:
                 break
-            self._skip_to(room, skip_to)
+            self._skip_past(room, skip_past)
             later, fetch = self._settle(room)
             ready += later
         return ready, fetch
@@ -138,10 +150,11 @@ class FeedSequencer:
         if event.seq in held:
             return
         held[event.seq] = event
+        self.chain.setdefault(room, {})[prev_of(event)] = event.seq
         self._count(room, _cost(event))
         if len(held) > MAX_HELD_PER_ROOM:
             if room in self.last:
-                self._skip_to(room, min(held))
+                self._skip_past(room, prev_of(held[min(held)]))
             else:
                 self._drop(room, min(held))  # no baseline yet: the oldest can be fetched again once there is one
         while self.held_bytes[room] > MAX_HELD_BYTES_PER_ROOM and len(held) > 1:
@@ -161,27 +174,37 @@ class FeedSequencer:
 
     def _drop(self, room: str, seq: int) -> Sequenced:
         event = self.held[room].pop(seq)
+        chain = self.chain[room]
+        if chain.get(prev_of(event)) == seq:
+            del chain[prev_of(event)]
         self._count(room, -_cost(event))
         return event
 
-    def _skip_to(self, room: str, first: int) -> None:
-        self.lost += max(0, first - self.last[room] - 1)
-        self.last[room] = max(self.last[room], first - 1)
+    def _let_go(self, room: str) -> None:
+        self.held.pop(room, None)
+        self.chain.pop(room, None)
+        self.total_bytes -= self.held_bytes.pop(room, 0)
+
+    def _skip_past(self, room: str, position: int) -> None:
+        """Take everything up to ``position`` as delivered (the broker no longer has it); ``lost`` counts the
+        positions skipped (events, on a single broker)."""
+        self.lost += max(0, position - self.last[room])
+        self.last[room] = max(self.last[room], position)
 
     def _settle(self, room: str) -> Settled:
         held = self.held.get(room)
         if not held:
             return [], None
-        nxt = self.last[room] + 1
+        chain, last = self.chain[room], self.last[room]
         ready = []
-        while nxt in held:
-            ready.append(self._drop(room, nxt))
-            nxt += 1
-        self.last[room] = nxt - 1  # nothing at or below it is held: push and fill hold only what is newer
+        while last in chain:
+            seq = chain[last]
+            ready.append(self._drop(room, seq))
+            last = seq
+        self.last[room] = last  # nothing at or below it is held: push and fill hold only what is newer
         if held:
-            return ready, self.last[room]
-        del self.held[room]
-        self.total_bytes -= self.held_bytes.pop(room, 0)
+            return ready, last
+        self._let_go(room)
         return ready, None
 
 

@@ -42,13 +42,20 @@
     return !more && (events.length === 0 || events[events.length - 1].seq >= head);
   }
 
+  /** The position of the room's event before this one: its prev (protocol 2), or seq - 1 without one. */
+  function prevOf(event) {
+    return typeof event.prev === "number" ? event.prev : event.seq - 1;
+  }
+
   /** Puts each room's feed events in seq order, exactly once; says "fetch history after N" on a hole.
+   *  An event follows the last one delivered when its prev is that one's seq (a cluster's seqs skip).
    *  The rules are sequencer.FeedSequencer's: both run the vectors in tests/vectors/sequencer.json. */
   class FeedSequencer {
     constructor(unknownBaseline = null) {
       this.unknownBaseline = unknownBaseline;
       this.last = new Map(); // room -> last seq delivered
       this.held = new Map(); // room -> Map(seq -> event)
+      this.chain = new Map(); // room -> Map(prev -> seq), of the held events
       this.lost = 0; // events skipped because the broker no longer had them
       this.filled = 0; // events that came from history, not the feed
     }
@@ -64,10 +71,12 @@
     forget(room) {
       this.last.delete(room);
       this.held.delete(room);
+      this.chain.delete(room);
     }
     reset() {
       this.last.clear();
       this.held.clear();
+      this.chain.clear();
     }
     push(event) {
       const room = event.room;
@@ -82,7 +91,7 @@
         this.last.set(room, last);
       }
       if (seq <= last) return [[], null]; // already delivered
-      if (seq === last + 1 && !this.held.has(room)) {
+      if (!this.held.has(room) && prevOf(event) === last) {
         this.last.set(room, seq);
         return [[event], null];
       }
@@ -106,9 +115,10 @@
       while (fetch !== null) {
         // The broker no longer keeps what we missed up to its head: skip that hole rather than wait forever.
         // A hole past the head (the reply is older than what the feed brought) is asked again.
-        const skipTo = Math.min(Math.min(...this.held.get(room).keys()), head + 1);
-        if (skipTo <= this.last.get(room) + 1) break;
-        this.skipTo(room, skipTo);
+        const held = this.held.get(room);
+        const skipPast = Math.min(prevOf(held.get(Math.min(...held.keys()))), head);
+        if (skipPast <= this.last.get(room)) break;
+        this.skipPast(room, skipPast);
         let later;
         [later, fetch] = this.settle(room);
         ready = ready.concat(later);
@@ -119,30 +129,43 @@
       if (!this.held.has(room)) this.held.set(room, new Map());
       const held = this.held.get(room);
       held.set(event.seq, event);
+      if (!this.chain.has(room)) this.chain.set(room, new Map());
+      this.chain.get(room).set(prevOf(event), event.seq);
       if (held.size > MAX_HELD_PER_ROOM) {
-        if (this.last.has(room)) this.skipTo(room, Math.min(...held.keys()));
-        else held.delete(Math.min(...held.keys())); // no baseline yet: fetched again once there is one
+        const oldest = Math.min(...held.keys());
+        if (this.last.has(room)) this.skipPast(room, prevOf(held.get(oldest)));
+        else this.drop(room, oldest); // no baseline yet: fetched again once there is one
       }
     }
-    skipTo(room, first) {
+    drop(room, seq) {
+      const event = this.held.get(room).get(seq);
+      this.held.get(room).delete(seq);
+      const chain = this.chain.get(room);
+      if (chain && chain.get(prevOf(event)) === seq) chain.delete(prevOf(event));
+      return event;
+    }
+    /** Take everything up to position as delivered (the broker no longer has it); lost counts positions. */
+    skipPast(room, position) {
       const last = this.last.get(room);
-      this.lost += Math.max(0, first - last - 1);
-      this.last.set(room, Math.max(last, first - 1));
+      this.lost += Math.max(0, position - last);
+      this.last.set(room, Math.max(last, position));
     }
     settle(room) {
       const held = this.held.get(room);
       if (!held || held.size === 0) return [[], null];
-      let next = this.last.get(room) + 1;
+      const chain = this.chain.get(room) || new Map();
+      let last = this.last.get(room);
       const ready = [];
-      while (held.has(next)) {
-        ready.push(held.get(next));
-        held.delete(next);
-        next += 1;
+      while (chain.has(last)) {
+        const seq = chain.get(last);
+        ready.push(this.drop(room, seq));
+        last = seq;
       }
-      this.last.set(room, next - 1);
-      for (const seq of [...held.keys()]) if (seq < next) held.delete(seq); // duplicates of what was delivered
-      if (held.size > 0) return [ready, this.last.get(room)];
+      this.last.set(room, last);
+      for (const seq of [...held.keys()]) if (seq <= last) this.drop(room, seq); // duplicates of what was delivered
+      if (held.size > 0) return [ready, last];
       this.held.delete(room);
+      this.chain.delete(room);
       return [ready, null];
     }
   }

@@ -383,10 +383,14 @@ SEQUENCER_VECTORS: list[dict[str, Any]] = msgspec.json.decode(
 RUN_SEQUENCER_VECTORS = """(cases) => cases.map((vector) => {
     const rooms = new Set(vector.steps.filter((step) => "room" in step).map((step) => step.room));
     const s = new window.zmqChat.FeedSequencer(vector.unknown_baseline ?? null);
-    const event = (room, seq) => ({ type: "msg", room, user: "u", text: "t", id: "i", seq });
+    const event = (room, seq, prev) => {
+        if (Array.isArray(seq)) [seq, prev] = seq;  // a fill's [seq, prev]
+        return prev === undefined ? { type: "msg", room, user: "u", text: "t", id: "i", seq }
+            : { type: "msg", room, user: "u", text: "t", id: "i", seq, prev };
+    };
     const steps = vector.steps.map((step) => {
         const [ready, fetch] =
-            step.op === "push" ? s.push(event(step.room, step.seq))
+            step.op === "push" ? s.push(event(step.room, step.seq, step.prev))
             : step.op === "expect" ? s.expect(step.room, step.head)
             : step.op === "fill"
             ? s.fill(step.room, step.events.map((seq) => event(step.room, seq)), step.head, step.more)

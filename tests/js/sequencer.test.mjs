@@ -60,13 +60,18 @@ export function runCase(FeedSequencer, vector) {
   const rooms = new Set(vector.steps.filter((step) => "room" in step).map((step) => step.room));
   const multi = rooms.size > 1;
   const s = new FeedSequencer(vector.unknown_baseline ?? null);
-  const event = (room, seq) => ({ type: "msg", room, user: "u", text: "t", id: "i", seq });
+  const event = (room, seq, prev) => {
+    if (Array.isArray(seq)) [seq, prev] = seq; // a fill's [seq, prev]
+    const e = { type: "msg", room, user: "u", text: "t", id: "i", seq };
+    if (prev !== undefined) e.prev = prev;
+    return e;
+  };
   const outs = vector.steps.map((step) => {
     let ready = [];
     let fetch = null;
     switch (step.op) {
       case "push":
-        [ready, fetch] = s.push(event(step.room, step.seq));
+        [ready, fetch] = s.push(event(step.room, step.seq, step.prev));
         break;
       case "expect":
         [ready, fetch] = s.expect(step.room, step.head);

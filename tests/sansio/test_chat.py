@@ -86,6 +86,7 @@ def test_hello_publishes_join_on_the_general_topic() -> None:
         "room": "general",
         "user": "alice",
         "seq": 1,
+        "prev": 0,
         "ts": 3.5,
     }
 
@@ -213,6 +214,7 @@ def test_msg_is_published_on_the_room_topic() -> None:
         "text": "hello",
         "id": "id-hello",
         "seq": 2,
+        "prev": 1,
         "ts": 2.0,
     }
 
@@ -366,7 +368,9 @@ def test_join_publishes_join_and_replies_joined() -> None:
     core = make()
     hello(core, A, "alice")
     out = send(core, A, {"type": "join", "room": "dev"})
-    assert publishes(out, b"room/dev/") == [{"type": "join", "room": "dev", "user": "alice", "seq": 1, "ts": 0.0}]
+    assert publishes(out, b"room/dev/") == [
+        {"type": "join", "room": "dev", "user": "alice", "seq": 1, "prev": 0, "ts": 0.0}
+    ]
     assert replies(out, A)[0]["type"] == "joined"
 
 
@@ -382,7 +386,7 @@ def test_leave_replies_left_and_publishes_leave_reason_left() -> None:
     hello(core, A, "alice")
     out = send(core, A, {"type": "leave", "room": "general"}, now=1.0)
     assert publishes(out, GENERAL) == [
-        {"type": "leave", "room": "general", "user": "alice", "reason": "left", "seq": 2, "ts": 1.0}
+        {"type": "leave", "room": "general", "user": "alice", "reason": "left", "seq": 2, "prev": 1, "ts": 1.0}
     ]
     assert replies(out, A) == [{"type": "left", "room": "general"}]
     assert core.sessions[A].rooms == {}
@@ -585,7 +589,7 @@ def test_joined_history_zero_is_empty() -> None:
 def test_joined_history_of_a_new_room_is_only_the_own_join() -> None:
     core = make()
     recent = replies(hello(core, A, "alice"))[1]["history"]
-    assert recent == [{"type": "join", "room": "general", "user": "alice", "seq": 1, "ts": 0.0}]
+    assert recent == [{"type": "join", "room": "general", "user": "alice", "seq": 1, "prev": 0, "ts": 0.0}]
 
 
 # --- rate limit ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def test_topic_is_a_room_event_acked_with_its_seq() -> None:
         "user": "alice",
         "topic": "release on Friday",
         "seq": 2,
+        "prev": 1,
         "ts": 0,
     }
     assert replies(out, A) == [{"type": "ack", "id": "t1", "room": "general", "seq": 2}]

@@ -25,8 +25,13 @@ CASES: list[dict[str, Any]] = VECTORS["cases"]
 NODE_TEST = ROOT / "tests" / "js" / "sequencer.test.mjs"
 
 
-def event(room: str, seq: int) -> m.MsgEvent:
-    return m.MsgEvent(room=room, user="u", text="t", id="i", seq=seq)
+def event(room: str, seq: int | list[int], prev: int | None = None) -> m.MsgEvent:
+    """A vector's event: its seq, and its prev if it has one (``[seq, prev]`` in a fill's events)."""
+    if isinstance(seq, list):
+        seq, prev = seq
+    if prev is None:
+        return m.MsgEvent(room=room, user="u", text="t", id="i", seq=seq)
+    return m.MsgEvent(room=room, user="u", text="t", id="i", seq=seq, prev=prev)
 
 
 def run_case(case: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -39,7 +44,7 @@ def run_case(case: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, int]
         fetch = None
         match step["op"]:
             case "push":
-                ready, fetch = s.push(event(step["room"], step["seq"]))
+                ready, fetch = s.push(event(step["room"], step["seq"], step.get("prev")))
             case "expect":
                 ready, fetch = s.expect(step["room"], step["head"])
             case "fill":
