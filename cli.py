@@ -71,14 +71,6 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     return {"router": router, "pub": pub, "curve": curve}
 
 
-def single_broker(conn: dict[str, Any], program: str) -> tuple[str, str]:
-    """The one broker of a program that follows one (the relay, the gateway): several are refused, not
-    half-served."""
-    if len(conn["router"]) > 1:
-        raise ValueError(f"{program} follows one broker; give one --host (or --router and --pub)")
-    return conn["router"][0], conn["pub"][0]
-
-
 def no_broker_hint(conn: dict[str, Any]) -> str:
     """What to check when no broker answers: a CURVE broker says nothing to a client without its keys."""
     if conn["curve"] is None:

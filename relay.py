@@ -10,6 +10,9 @@ broker's inbox, only the feed is relayed.
     python client.py --router tcp://BROKER_HOST:5555 --pub tcp://RELAY_HOST:5557 --name alice
 
 The relay holds no chat state and parses nothing: ``zmq.proxy`` runs in C.  See docs/scaling.md.
+Given several brokers (``--host A,B``), it watches their ``sys/`` heartbeats on a SUB of its own and, after
+``--failover-after`` seconds of silence, stops the proxy, moves its upstream to the next broker (the XSUB
+sends that one every subscription it holds) and starts the proxy again: subscribers stay connected.
 The feed of a CURVE broker (``--server-key``/``--key``) is served with CURVE too (``--curve``); the
 relay refuses to serve it in clear unless told ``--serve-plaintext``.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +35,9 @@ import transport
 from broker import FEED_HWM
 
 DEFAULT_RELAY_PORT = 5557
+#: With several brokers: seconds without a heartbeat from ours before the relay moves to the next (three of
+#: the broker's default heartbeats).
+FAILOVER_AFTER_S = 3.0
 #: Largest frame a subscriber may send (a subscription is 1 byte + a topic, ``room/NAME/`` is at most 38).
 #: libzmq drops the connection of a peer that sends more: a subscription of megabytes, stored in the
 #: upstream socket's prefix trie, crashes libzmq 4.3 (a stack overflow) when it is removed again.
@@ -54,6 +62,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve the relayed feed with CURVE, keys and allow-list from KEYDIR (as the broker's --curve)",
     )
     parser.add_argument(
+        "--failover-after",
+        type=float,
+        default=FAILOVER_AFTER_S,
+        metavar="SECONDS",
+        help="with several brokers: move to the next after this long without a heartbeat (default: %(default)s)",
+    )
+    parser.add_argument(
         "--serve-plaintext",
         action="store_true",
         help="serve the feed unencrypted even though the broker's feed is encrypted (--server-key/--key "
@@ -76,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         conn = cli.connection(args)
-        feed = cli.single_broker(conn, "the relay")[1]
+        feeds = conn["pub"]
         downstream_keys = keys.server_keys(args.curve) if args.curve else None
         allowed = keys.allowed_keys(args.curve) if args.curve else None
     except (OSError, ValueError) as exc:
@@ -113,19 +128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         transport.curve_server(downstream, downstream_keys)
     try:
         downstream.bind(args.listen)
-        upstream.connect(feed)
+        upstream.connect(feeds[0])
     except zmq.ZMQError as exc:
         print(f"chat-relay: cannot start: {exc}", file=sys.stderr)
         ctx.destroy(linger=0)
         return 1
     print(f"chat relay (protocol v{m.PROTOCOL_VERSION})")
-    print(f"  from the broker's feed: {feed}" + (" (CURVE)" if curve is not None else ""))
+    print(f"  from the broker's feed: {', '.join(feeds)}" + (" (CURVE)" if curve is not None else ""))
     print(f"  feed for subscribers:   {downstream.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  security:               {transport.security_mode(downstream_keys is not None, allowed)}")
     print("Ctrl-C stops it.", flush=True)
     transport.stop_on_sigterm()
     try:
-        zmq.proxy(upstream, downstream)  # events come down, subscriptions go up; all in C
+        if len(feeds) == 1:
+            zmq.proxy(upstream, downstream)  # events come down, subscriptions go up; all in C
+        else:
+            Failover(ctx, upstream, downstream, feeds, curve, args.failover_after).run()
     except (KeyboardInterrupt, zmq.ContextTerminated):
         pass
     finally:
@@ -136,6 +154,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.term()
     print("chat relay stopped", flush=True)
     return 0
+
+
+class Failover:
+    """The proxy in a thread of its own, which this one stops (``TERMINATE`` on its control socket) to move
+    the upstream to the next broker when the one it follows has sent no heartbeat for ``after`` seconds."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        upstream: zmq.Socket,
+        downstream: zmq.Socket,
+        feeds: list[str],
+        curve: keys.CurveKeys | None,
+        after: float,
+    ) -> None:
+        self.ctx, self.upstream, self.downstream, self.feeds, self.after = ctx, upstream, downstream, feeds, after
+        self.at = 0
+        self.watch = ctx.socket(zmq.SUB)  # the heartbeats of the broker we follow, nothing else
+        transport.tune_connecting(self.watch, curve)
+        self.watch.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
+        self.watch.connect(feeds[0])
+        self.control = ctx.socket(zmq.PAIR)
+        self.control.bind("inproc://relay-control")
+
+    def run(self) -> None:
+        proxy: threading.Thread | None = None
+        try:
+            heard = time.monotonic()
+            while True:
+                proxy = threading.Thread(target=self._proxy, name="proxy", daemon=True)
+                proxy.start()
+                while self.watch.poll(max(1, int((heard + self.after - time.monotonic()) * 1000))):
+                    self.watch.recv_multipart()
+                    heard = time.monotonic()
+                self._stop(proxy)
+                self._move((self.at + 1) % len(self.feeds))
+                heard = time.monotonic()  # give the next one as long
+        finally:
+            if proxy is not None and proxy.is_alive():
+                self._stop(proxy)
+            self.watch.close(linger=0)
+            self.control.close(linger=0)
+
+    def _stop(self, proxy: threading.Thread) -> None:
+        """Stop the proxy and wait for it: only then may this thread touch its sockets."""
+        self.control.send(b"TERMINATE")
+        proxy.join()
+
+    def _proxy(self) -> None:
+        control = self.ctx.socket(zmq.PAIR)
+        control.connect("inproc://relay-control")
+        try:
+            zmq.proxy_steerable(self.upstream, self.downstream, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            control.close(linger=0)
+
+    def _move(self, at: int) -> None:
+        old, new = self.feeds[self.at], self.feeds[at]
+        print(f"chat-relay: no heartbeat from {old} for {self.after:g} s; relaying {new}", flush=True)
+        for sock in (self.upstream, self.watch):
+            sock.disconnect(old)
+            sock.connect(new)
+        self.at = at
 
 
 if __name__ == "__main__":

@@ -339,8 +339,8 @@ class Gateway:
 
     def __init__(
         self,
-        router: str,
-        pub: str,
+        router: str | Sequence[str],
+        pub: str | Sequence[str],
         origins: set[str] | None,
         max_connections: int = MAX_CONNECTIONS,
         curve: Any = None,
@@ -351,8 +351,13 @@ class Gateway:
         rate_per_address: float = RATE_PER_ADDRESS,
         burst_per_address: float = BURST_PER_ADDRESS,
     ) -> None:
-        self.router = router
-        self.pub = pub
+        #: Every broker's inbox and feed, in the order to try them: the gateway moves all its sockets to the
+        #: next one when its broker's heartbeats stop (``_failover``); each page then says hello there.
+        self.routers = [router] if isinstance(router, str) else list(router)
+        self.pubs = [pub] if isinstance(pub, str) else list(pub)
+        self._at = 0
+        self.heartbeat = 1.0  # the broker's, from the last welcome: how soon a silence means it is gone
+        self._heard_at = self._moved_at = 0.0  # the last heartbeat on the feed; the last move (loop time)
         self.curve = curve  # keys.CurveKeys for a CURVE broker: every socket of the gateway uses them
         self.origins = origins  # None until the port is known; {"*"} allows any origin
         self.max_connections = max_connections
@@ -369,7 +374,7 @@ class Gateway:
         self.sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
         self._tune(self.sub)
         self.sub.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
-        self.sub.connect(pub)
+        self.sub.connect(self.pub)
         self.browsers: set[Browser] = set()
         self.connections = 0  # WebSockets open or opening (slots taken)
         self.addresses: dict[str, Address] = {}  # connections and request budget per address
@@ -378,6 +383,16 @@ class Gateway:
         self.internal_errors: Counter[str] = Counter()
         self.slow_consumers = 0
         self._feed_task: asyncio.Task[None] | None = None
+        self._failover_task: asyncio.Task[None] | None = None
+
+    @property
+    def router(self) -> str:
+        """The inbox of the broker the gateway uses now."""
+        return self.routers[self._at]
+
+    @property
+    def pub(self) -> str:
+        return self.pubs[self._at]
 
     def _tune(self, sock: zmq.Socket) -> None:
         transport.tune_connecting(sock, self.curve, DEALER_LINGER_MS)
@@ -737,6 +752,7 @@ class Gateway:
                 value = env.get(name)
                 number = float(value) if type(value) in (int, float) and 0 < value < 86400 else default
                 setattr(browser, name, number)
+            self.heartbeat = browser.heartbeat
             if type(env.get("rooms")) is list:
                 for room in env["rooms"][: m.MAX_HELLO_ROOM_ITEMS]:
                     if m.valid_room(room):
@@ -824,6 +840,7 @@ class Gateway:
                 return
             for event in events:
                 if event["type"] == "heartbeat":
+                    self._heard_at = asyncio.get_running_loop().time()
                     self._saw_epoch(event.get("epoch"))
             targets = list(self.browsers)
         else:
@@ -885,6 +902,30 @@ class Gateway:
 
     async def _start(self, app: web.Application) -> None:
         self._feed_task = asyncio.create_task(self._feed())
+        if len(self.routers) > 1:
+            self._heard_at = self._moved_at = asyncio.get_running_loop().time()
+            self._failover_task = asyncio.create_task(self._failover())
+
+    async def _failover(self) -> None:
+        """With several brokers: when ours has sent no heartbeat for 3 of its heartbeats, move every socket
+        to the next (and on, after each further silence as long).  The pages see a new epoch there and say
+        hello again, re-join and resend, as after a restart."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            now = loop.time()
+            if now - max(self._heard_at, self._moved_at) >= 3 * self.heartbeat:
+                self._move_to((self._at + 1) % len(self.routers), now)
+
+    def _move_to(self, at: int, now: float) -> None:
+        """The feed and every browser's DEALER (same routing ids, same subscriptions) to broker ``at``."""
+        log.warning("no heartbeat from %s; moving to %s", self.router, self.routers[at])
+        moves = [(self.sub, self.pubs)] + [(browser.dealer, self.routers) for browser in self.browsers]
+        for sock, endpoints in moves:
+            with contextlib.suppress(zmq.ZMQError):  # not connected (any more): nothing to undo
+                sock.disconnect(endpoints[self._at])
+            sock.connect(endpoints[at])
+        self._at, self._moved_at = at, now
 
     async def _shutdown(self, app: web.Application) -> None:
         browsers = list(self.browsers)
@@ -897,8 +938,9 @@ class Gateway:
                 task.cancel()
 
     def close(self) -> None:
-        if self._feed_task is not None:
-            self._feed_task.cancel()
+        for task in (self._feed_task, self._failover_task):
+            if task is not None:
+                task.cancel()
         for browser in self.browsers:
             browser.dealer.close(linger=0)
         self.sub.close(linger=0)
@@ -995,7 +1037,7 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 async def serve(args: argparse.Namespace, sock: socket.socket, conn: dict[str, Any]) -> int:
     """Serve on the bound ``sock`` until SIGINT or SIGTERM; ``conn`` is ``cli.connection(args)``."""
-    (router, pub), curve = cli.single_broker(conn, "the gateway"), conn["curve"]
+    router, pub, curve = conn["router"], conn["pub"], conn["curve"]
     port = sock.getsockname()[1]
     origins = (
         {_normalise_origin(o) for o in args.allowed_origin}
@@ -1019,8 +1061,8 @@ async def serve(args: argparse.Namespace, sock: socket.socket, conn: dict[str, A
     await web.SockSite(runner, sock).start()
     shown = "localhost" if args.listen in WILDCARD else _url_host(args.listen)
     print(f"chat gateway (protocol v{m.PROTOCOL_VERSION}): open http://{shown}:{port}/")
-    print(f"  broker inbox: {router}")
-    print(f"  broker feed:  {pub}" + (" (CURVE)" if curve is not None else ""))
+    print(f"  broker inbox: {', '.join(router)}")
+    print(f"  broker feed:  {', '.join(pub)}" + (" (CURVE)" if curve is not None else ""))
     print(f"  allowed page origins: {', '.join(sorted(origins))}")
     per_address = args.max_connections_per_address or "any number"
     rate = f"{args.rate_per_address:g}" if args.rate_per_address else "any number of"
@@ -1053,7 +1095,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         static_dir()
         conn = cli.connection(args)
-        cli.single_broker(conn, "the gateway")
     except (OSError, ValueError) as exc:
         print(f"chat-web: {exc}", file=sys.stderr)
         return 1

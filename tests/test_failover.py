@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import Harness, Proc
+from conftest import Harness, Proc, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,6 +44,29 @@ def test_a_client_whose_broker_is_killed_chats_through_the_next_without_typing_a
     assert alice.wait(timeout=30) == 0, "\n".join(alice.output())
 
 
+def test_a_relay_follows_the_next_broker_and_its_subscribers_stay_connected(harness: Harness) -> None:
+    """A relay given two brokers' feeds moves its upstream when the first goes silent; a client reading the
+    feed through it (and sending to the brokers directly) chats on through the second."""
+    first, second = harness.broker(), harness.broker()
+    relayed = f"tcp://127.0.0.1:{free_port()}"
+    relay = Proc(["relay.py", *both(first, second), "--listen", relayed, "--failover-after", "1"], "relay", stdin=False)
+    harness.procs.append(relay)
+    relay.expect(r"Ctrl-C stops it")
+    through_relay = ["--router", f"{first.router},{second.router}", "--pub", f"{relayed},{relayed}"]
+    alice = Proc(["client.py", *through_relay, "--name", "alice"], "alice")
+    harness.procs.append(alice)
+    alice.expect(r"\[system\] you are in #general")
+    bob = harness.client(second, "bob")
+    first.kill()
+    first.wait()
+    relay.expect(r"relaying " + re.escape(second.pub))
+    alice.expect(r"\[system\] reconnected")
+    bob.send("through the relay")
+    alice.expect(r"^bob: through the relay")
+    alice.send("and back")
+    bob.expect(r"^alice: and back")
+
+
 def test_several_brokers_are_given_as_lists_in_one_order() -> None:
     import cli
 
@@ -54,5 +77,3 @@ def test_several_brokers_are_given_as_lists_in_one_order() -> None:
     )
     with pytest.raises(ValueError, match="one of each per broker"):
         cli.brokers("a,b", "tcp://a:1")
-    with pytest.raises(ValueError, match="follows one broker"):
-        cli.single_broker({"router": ["r1", "r2"], "pub": ["p1", "p2"]}, "the relay")

@@ -180,6 +180,27 @@ def test_two_browsers_and_a_console_chat(harness: Harness, browser: Browser, tmp
     carol.expect(re.escape(f"alice: {img}"))
 
 
+def test_the_gateway_moves_to_the_next_broker_and_the_page_chats_on_without_a_reload(
+    harness: Harness, browser: Browser
+) -> None:
+    """Given two brokers (--router A,B --pub A,B), the gateway moves its feed and every page's connection to
+    the second when the first goes silent; the page says hello there and sends what was typed meanwhile."""
+    first, second = harness.broker(), harness.broker()
+    gateway, url = start_gateway(harness, f"{first.router},{second.router}", f"{first.pub},{second.pub}")
+    alice = open_page(browser, url, "alice")
+    carol = harness.client(second, "carol")
+    first.kill()
+    first.wait()
+    alice.type("typed while the first broker was dead")  # kept by the page until a broker acks it
+    gateway.expect(r"moving to " + re.escape(second.router))
+    expect(alice.log()).to_contain_text("the chat server restarted")  # a new epoch: hello again there
+    expect(alice.status).to_have_text("Connected as alice")
+    carol.expect(r"^alice: typed while the first broker was dead$")
+    carol.send("hello from the second broker")
+    expect(alice.log()).to_contain_text("carol: hello from the second broker")
+    expect(alice.log().locator("li.pending, li.sent")).to_have_count(0)
+
+
 @pytest.mark.parametrize("db", ["memory", "file"])
 def test_page_recovers_when_the_broker_restarts(harness: Harness, browser: Browser, tmp_path: Path, db: str) -> None:
     """With no database the new broker's rooms start over; with one they go on: the page copes with both."""
