@@ -43,6 +43,7 @@ def terminal(harness: Harness):
         screen = PtyScreen(argv, columns, lines, timeout=WAIT)
         screens.append(screen)
         screen.expect("[system] you are in #")
+        prompt_row(screen, ">")  # the input line is drawn: keys typed from now on reach it, not the tty's echo
         return screen
 
     yield start
