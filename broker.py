@@ -52,6 +52,8 @@ MAX_UNSTORED_BYTES = 16 * 1024 * 1024
 #: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
 #: history requests) must not hold back everyone's replies until the burst is drained.
 FLUSH_AFTER_S = 0.01
+#: How long a stopping broker waits for its writer; past it the writer is killed and the loop commits the rest.
+STOP_WAIT_S = 10.0
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
 #: frames (never blocks, never slows the others); the subscriber sees a seq gap and
 #: fetches what it missed with ``history``.  With frames of at most m.MAX_BATCH_BYTES
@@ -321,6 +323,16 @@ class Broker:
             log.warning("SQLite is %d bytes behind: reading no requests until it catches up", self.unstored())
         self._paused_at = now
 
+    def _settle_before_stop(self) -> None:
+        """``settle``, but a writer that does not answer in ``STOP_WAIT_S`` (a hung disk) is killed, and what
+        it had not answered is committed on the loop: a stop always ends."""
+        self.settle(STOP_WAIT_S)
+        if self.writer is not None and (self.waiting or self.unstored()):
+            log.error("the store's writer did not answer in %g s; stopping it, committing on the loop", STOP_WAIT_S)
+            self.writer.process.kill()
+            self.writer.process.wait()
+            self._check_writer()
+
     def _check_writer(self) -> None:
         """If the writer process died (killed, out of memory), what it had not answered failed: the broker
         refuses writes until a commit of its own works, and commits on its loop from then on."""
@@ -371,11 +383,13 @@ class Broker:
         self.flush(pending)
 
     def stop(self) -> None:
-        self.settle()
+        self._settle_before_stop()
         if self.core.unavailable is not None:
             self.retry_storage()
         self.flush(self.core.shutdown(time.monotonic()))
-        self.settle()
+        self._settle_before_stop()
+        if self.core.unavailable is not None:
+            self.retry_storage()
         if self.writer is not None:
             self.writer.stop()
         unstored = self.core.store.pending

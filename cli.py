@@ -8,6 +8,7 @@ from typing import Any
 
 import keys
 import messages as m
+import transport
 
 
 def endpoints(host: str, router: str | None = None, pub: str | None = None) -> tuple[str, str]:
@@ -28,6 +29,7 @@ def brokers(host: str, router: str | None = None, pub: str | None = None) -> tup
         raise ValueError(
             f"{len(routers)} inbox endpoint(s) and {len(pubs)} feed endpoint(s): give one of each per broker"
         )
+    transport.check_endpoints(routers + pubs)
     return routers, pubs
 
 

@@ -82,6 +82,7 @@ class ChatClient:
         self.pubs = [pub] if isinstance(pub, str) else list(pub)
         if len(self.routers) != len(self.pubs) or not self.routers:
             raise ValueError("give one feed endpoint for each inbox endpoint")
+        transport.check_endpoints(self.routers + self.pubs)
         self._at = 0  # the broker our sockets are connected to (the session's ``broker``)
         self.ctx = context or zmq.Context.instance()
         self.session = ClientSession(
@@ -199,7 +200,7 @@ class ChatClient:
                     raise ChatError(refused.code, refused.detail)
                 if first is not None and (self.observer or self.wanted_rooms.keys() <= self.rooms.keys()):
                     return first
-            raise TimeoutError(f"no answer from a broker at {self.router_endpoint} / {self.pub_endpoint}")
+            raise TimeoutError(f"no answer from a broker at {', '.join(self.routers)}")
         finally:
             self._backlog = seen + self._backlog
 

@@ -175,36 +175,39 @@ class Failover:
         transport.tune_connecting(self.watch, curve)
         self.watch.setsockopt(zmq.SUBSCRIBE, m.SYS_TOPIC)
         self.watch.connect(feeds[0])
-        self.control = ctx.socket(zmq.PAIR)
-        self.control.bind("inproc://relay-control")
+        self.runs = 0  # each run of the proxy gets a control pair of its own: a PAIR takes one peer, ever
 
     def run(self) -> None:
-        proxy: threading.Thread | None = None
         try:
             heard = time.monotonic()
             while True:
-                proxy = threading.Thread(target=self._proxy, name="proxy", daemon=True)
-                proxy.start()
-                while self.watch.poll(max(1, int((heard + self.after - time.monotonic()) * 1000))):
-                    self.watch.recv_multipart()
-                    heard = time.monotonic()
-                self._stop(proxy)
+                control, proxy = self._start()
+                try:
+                    while self.watch.poll(max(1, int((heard + self.after - time.monotonic()) * 1000))):
+                        self.watch.recv_multipart()
+                        heard = time.monotonic()
+                finally:
+                    control.send(b"TERMINATE")  # the proxy stops; only then may this thread touch its sockets
+                    proxy.join()
+                    control.close(linger=0)
                 self._move((self.at + 1) % len(self.feeds))
                 heard = time.monotonic()  # give the next one as long
         finally:
-            if proxy is not None and proxy.is_alive():
-                self._stop(proxy)
             self.watch.close(linger=0)
-            self.control.close(linger=0)
 
-    def _stop(self, proxy: threading.Thread) -> None:
-        """Stop the proxy and wait for it: only then may this thread touch its sockets."""
-        self.control.send(b"TERMINATE")
-        proxy.join()
-
-    def _proxy(self) -> None:
+    def _start(self) -> tuple[zmq.Socket, threading.Thread]:
+        """A proxy thread, and the bound end of its control pair (connected before the proxy starts)."""
+        self.runs += 1
+        endpoint = f"inproc://relay-control-{self.runs}"
         control = self.ctx.socket(zmq.PAIR)
-        control.connect("inproc://relay-control")
+        control.bind(endpoint)
+        peer = self.ctx.socket(zmq.PAIR)
+        peer.connect(endpoint)
+        proxy = threading.Thread(target=self._proxy, args=(peer,), name="proxy", daemon=True)
+        proxy.start()
+        return control, proxy
+
+    def _proxy(self, control: zmq.Socket) -> None:
         try:
             zmq.proxy_steerable(self.upstream, self.downstream, None, control)
         except zmq.ContextTerminated:

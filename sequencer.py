@@ -40,9 +40,10 @@ class Sequenced(Protocol):
 
 
 def prev_of(event: Sequenced) -> int:
-    """The position of the room's event before ``event``: its ``prev``, or ``seq - 1`` when it has none."""
+    """The position of the room's event before ``event``: its ``prev``, or ``seq - 1`` when it has none (or
+    one that is not before it: a chain must go forward)."""
     prev = getattr(event, "prev", None)
-    return prev if type(prev) is int else event.seq - 1
+    return prev if type(prev) is int and prev < event.seq else event.seq - 1
 
 
 #: What to deliver now, in order, and the seq to fetch history after (None: no hole).
@@ -201,7 +202,9 @@ class FeedSequencer:
             seq = chain[last]
             ready.append(self._drop(room, seq))
             last = seq
-        self.last[room] = last  # nothing at or below it is held: push and fill hold only what is newer
+        self.last[room] = last
+        for seq in [seq for seq in held if seq <= last]:  # off the chain (two events named one prev): passed
+            self._drop(room, seq)
         if held:
             return ready, last
         self._let_go(room)

@@ -409,8 +409,17 @@ class ClientSession:
 
     def blocked(self, now: float) -> None:
         """The transport took none of what is left in ``outbox`` (no connection yet, or its queue is full).
-        Dropped: messages are resent by their timer, and a hello is tried again soon, then more slowly."""
+        Dropped: messages are resent by their timer, a hello is tried again soon, then more slowly, and a
+        ``history`` is no longer awaited (a fill of ours is asked again; the caller's is said to have failed)."""
+        dropped = {_history_id(frame) for frame in self.outbox if frame.startswith(b'{"type":"history"')}
         self.outbox.clear()
+        for room in list(self._histories):
+            requests = self._histories[room]
+            for item in [item for item in requests if item[1] in dropped]:
+                requests.remove(item)
+                self._history_unanswered(*item)  # a fill stays in _fills: its timer asks again
+            if not requests:
+                del self._histories[room]
         if self._hello_at is not None:
             self._hello_at = now + self._hello_wait
             self._hello_wait = min(self._hello_wait * 2, HELLO_RETRY_S[1])
@@ -460,7 +469,12 @@ class ClientSession:
             self.link = Link.LOST
             self._restoring = False
             self._emit(Status(Change.LOST))
-        if self.link is Link.LOST and self.brokers > 1 and now - max(self._last_heard, self._moved_at) >= limit:
+        if (
+            self.link is Link.LOST
+            and self.brokers > 1
+            and self.state is not State.CLOSED
+            and now - max(self._last_heard, self._moved_at) >= limit
+        ):
             self._move(now)
         if self.link is Link.UP and self.feed_link is Link.UP and now - self._feed_heard >= limit:
             self.feed_link = Link.LOST  # the inbox answers, the feed says nothing
@@ -472,13 +486,23 @@ class ClientSession:
         self._moved_at = now
         self._hello_wait = HELLO_RETRY_S[0]
         self._emit(Status(Change.MOVED))
+        self._waiting_feed.clear()  # the silent broker's: the next one tells its own history
+        self._fills.clear()
+        for requests in self._histories.values():  # asked of the silent broker: no answer will come
+            for kind, request_id in requests:
+                self._history_unanswered(kind, request_id)
+        self._histories.clear()
         if self.state is State.READY:
-            self._fills.clear()
-            self._histories.clear()
             self._lose_session(now)
-        elif self.state is not State.CLOSED:
+        else:
             self.in_flight.clear()
             self._hello(now)
+
+    def _history_unanswered(self, kind: Control, request_id: str) -> None:
+        """A ``history`` the caller asked for will get no reply: say so (a fill of ours is asked again)."""
+        if kind is Control.HISTORY:
+            detail = "no answer from the broker; ask again"
+            self._emit(Failed(error=m.Error(code=m.ErrorCode.UNAVAILABLE.value, detail=detail, id=request_id)))
 
     def _heard(self, now: float, feed: bool) -> None:
         self._last_heard = now
@@ -748,13 +772,15 @@ class ClientSession:
             case m.Head() if not (self.state is State.RESUMING or self._restoring):
                 if env.room in self.sequencer.last:  # a room we follow: are we behind its head?
                     self._deliver(env.room, *self.sequencer.expect(env.room, env.seq), now)
-            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() if self.state is State.RESUMING or self._restoring:
+            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent() if (
+                self.state is State.RESUMING or self._restoring
+            ):
                 # Which history is this, the one our seqs are from or a new one?  After a silence, the next
                 # epoch tells (the same broker run, or a new one); while resuming, the welcome does.
                 self._waiting_feed.append(env)
                 if len(self._waiting_feed) > MAX_HELD_PER_ROOM:
                     del self._waiting_feed[0]  # its room's next hole is filled from history
-            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent():
+            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent():
                 room = env.room
                 if not self._follows(room):
                     return  # a late event for a room we left, or one we never asked for
@@ -940,6 +966,12 @@ class ClientSession:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
+
+
+def _history_id(frame: bytes) -> str | None:
+    """The id of a ``history`` request we encoded."""
+    request_id = msgspec.json.decode(frame).get("id")
+    return request_id if type(request_id) is str else None
 
 
 def _control_of(request_id: str | None) -> Control | None:

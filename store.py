@@ -300,7 +300,7 @@ class SqliteStore:
             return
         self.db.execute("BEGIN")
         try:
-            stored = self._stored_batch()
+            stored = self._stored_batch() if self.failed else 0  # only a failed writer leaves anything to check
             retried = [batch for batch in self.failed if not 0 < batch.number <= stored]  # 0: never numbered
             rows = [row for batch in retried for row in batch.rows] + self._rows
             write(self.db, rows, max([stored] + [batch.number for batch in self.failed]))

@@ -25,6 +25,21 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 2_000
 
 
+def check_endpoints(endpoints: list[str]) -> None:
+    """Raise ``ValueError`` naming the first endpoint libzmq would refuse to connect to (``tcp://host`` without
+    a port...): found at start, not when a later broker of a list is first needed."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        for endpoint in endpoints:
+            try:
+                sock.connect(endpoint)
+                sock.disconnect(endpoint)
+            except zmq.ZMQError as exc:
+                raise ValueError(f"{endpoint!r} is not an endpoint to connect to ({exc})") from None
+    finally:
+        sock.close(linger=0)
+
+
 def tune_bound(sock: zmq.Socket) -> None:
     """Options of a socket that peers connect to (the broker's inbox and feed, a relay's feed).
 

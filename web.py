@@ -840,7 +840,7 @@ class Gateway:
                 return
             for event in events:
                 if event["type"] == "heartbeat":
-                    self._heard_at = asyncio.get_running_loop().time()
+                    self._heard(asyncio.get_running_loop().time())
                     self._saw_epoch(event.get("epoch"))
             targets = list(self.browsers)
         else:
@@ -914,8 +914,23 @@ class Gateway:
         while True:
             await asyncio.sleep(self.heartbeat / 2)
             now = loop.time()
-            if now - max(self._heard_at, self._moved_at) >= 3 * self.heartbeat:
+            if now - max(self._heard_at, self._moved_at) < 3 * self.heartbeat:
+                continue
+            if self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue  # the feed task is behind (a busy loop), not the broker: heartbeats may be waiting
+            try:
                 self._move_to((self._at + 1) % len(self.routers), now)
+            except Exception as exc:  # the crash barrier: the gateway serves on, and tries again later
+                self._moved_at = now
+                self._internal("failover", self.routers[self._at], exc)
+
+    def _heard(self, now: float) -> None:
+        """A heartbeat on the feed: the broker is there, and the gap since the last one is its heartbeat
+        (the pages learn it from their welcome; the gateway may have none yet)."""
+        gap = now - self._heard_at
+        if 0.05 <= gap <= 60 and self._heard_at >= self._moved_at:
+            self.heartbeat = gap if gap < self.heartbeat else (self.heartbeat + gap) / 2
+        self._heard_at = now
 
     def _move_to(self, at: int, now: float) -> None:
         """The feed and every browser's DEALER (same routing ids, same subscriptions) to broker ``at``."""

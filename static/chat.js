@@ -44,7 +44,7 @@
 
   /** The position of the room's event before this one: its prev (protocol 2), or seq - 1 without one. */
   function prevOf(event) {
-    return typeof event.prev === "number" ? event.prev : event.seq - 1;
+    return typeof event.prev === "number" && event.prev < event.seq ? event.prev : event.seq - 1;
   }
 
   /** Puts each room's feed events in seq order, exactly once; says "fetch history after N" on a hole.

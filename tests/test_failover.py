@@ -9,6 +9,7 @@ them, not the moving.
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 from conftest import Harness, Proc, free_port
@@ -45,11 +46,16 @@ def test_a_client_whose_broker_is_killed_chats_through_the_next_without_typing_a
 
 
 def test_a_relay_follows_the_next_broker_and_its_subscribers_stay_connected(harness: Harness) -> None:
-    """A relay given two brokers' feeds moves its upstream when the first goes silent; a client reading the
-    feed through it (and sending to the brokers directly) chats on through the second."""
-    first, second = harness.broker(), harness.broker()
+    """A relay given three brokers' feeds moves its upstream when the first goes silent, and again when the
+    second does; a client reading the feed through it (and sending to the brokers directly) chats on through
+    the second; the relay stops when told, after moving twice."""
+    first, second, third = harness.broker(), harness.broker(), harness.broker()
     relayed = f"tcp://127.0.0.1:{free_port()}"
-    relay = Proc(["relay.py", *both(first, second), "--listen", relayed, "--failover-after", "1"], "relay", stdin=False)
+    brokers = [
+        *("--router", ",".join(b.router for b in (first, second, third))),
+        *("--pub", ",".join(b.pub for b in (first, second, third))),
+    ]
+    relay = Proc(["relay.py", *brokers, "--listen", relayed, "--failover-after", "1"], "relay", stdin=False)
     harness.procs.append(relay)
     relay.expect(r"Ctrl-C stops it")
     through_relay = ["--router", f"{first.router},{second.router}", "--pub", f"{relayed},{relayed}"]
@@ -65,6 +71,10 @@ def test_a_relay_follows_the_next_broker_and_its_subscribers_stay_connected(harn
     alice.expect(r"^bob: through the relay")
     alice.send("and back")
     bob.expect(r"^alice: and back")
+    second.kill()  # and again: the relay moves on to the third
+    relay.expect(r"relaying " + re.escape(third.pub))
+    relay.popen.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == 0, "\n".join(relay.output())
 
 
 def test_several_brokers_are_given_as_lists_in_one_order() -> None:
@@ -77,3 +87,5 @@ def test_several_brokers_are_given_as_lists_in_one_order() -> None:
     )
     with pytest.raises(ValueError, match="one of each per broker"):
         cli.brokers("a,b", "tcp://a:1")
+    with pytest.raises(ValueError, match="not an endpoint"):  # found at start, not when first needed
+        cli.brokers("a", "tcp://a:1,tcp://b", "tcp://a:2,tcp://b:2")

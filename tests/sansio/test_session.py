@@ -386,3 +386,41 @@ def test_with_one_broker_a_silence_never_moves_anything() -> None:
     session = ready()
     session.tick(T0 + 100)
     assert session.broker == 0 and Status(Change.MOVED) not in session.take_events()
+
+
+def test_topic_and_nick_events_on_the_feed_are_delivered_in_their_place() -> None:
+    """Every room event counts in the room's chain, whatever its type: a topic change on the feed is delivered
+    at once, and the message after it is not held for a fill."""
+    session = ready()
+    sent(session)
+    session.feed(b'{"type":"topic","room":"general","user":"bob","topic":"t","seq":1,"prev":0,"ts":1}', T0)
+    session.feed(b'{"type":"nick","room":"general","user":"bob","name":"rob","seq":2,"prev":1,"ts":1}', T0)
+    session.feed(b'{"type":"msg","room":"general","user":"rob","text":"hi","id":"i","seq":3,"prev":2,"ts":1}', T0)
+    assert [type(e).__name__ for e in session.take_events()] == ["TopicEvent", "NickEvent", "MsgEvent"]
+    assert "history" not in kinds(sent(session))
+
+
+def test_a_move_says_the_callers_history_request_failed_and_a_closed_session_stays_put() -> None:
+    session = ClientSession("alice", T0, brokers=2)
+    sent(session)
+    reply(session, T0, welcome(), joined())
+    session.history("general", T0)
+    [asked] = [f for f in sent(session) if f["type"] == "history"]
+    session.tick(T0 + session.heartbeat * MISSED_HEARTBEATS)
+    [failed] = [e for e in session.take_events() if isinstance(e, Failed)]
+    assert failed.error.id == asked["id"] and failed.error.code == "unavailable"
+
+    refused = ClientSession("bob", T0, brokers=2)
+    [hello] = sent(refused)
+    reply(refused, T0, {"type": "error", "code": "name_taken", "detail": "taken", "id": hello["id"]})
+    refused.tick(T0 + 100)
+    assert refused.closed and refused.broker == 0 and Status(Change.MOVED) not in refused.take_events()
+
+
+def test_a_history_request_the_transport_dropped_is_not_awaited() -> None:
+    session = ready()
+    sent(session)
+    session.history("general", T0)
+    session.blocked(T0)  # no connection: the request never left
+    [failed] = [e for e in session.take_events() if isinstance(e, Failed)]
+    assert failed.error.code == "unavailable" and not session._histories
