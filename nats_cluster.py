@@ -1,0 +1,168 @@
+"""Three nats-server nodes with JetStream on this machine: the replicated log a cluster of brokers shares.
+
+The cluster of issue 17 keeps the chat's history in one JetStream stream replicated on three NATS nodes,
+with brokers as front doors over it.  This starts the nodes (Debian's ``nats-server``; 27-55 MB each,
+healthy in well under a second on fresh folders) for trying the design out and for the tests:
+
+    python nats_cluster.py                      # three nodes on free ports; prints their URLs; Ctrl-C stops
+    python nats_cluster.py --dir /tmp/nats      # their data (stream files, logs) in /tmp/nats/n1..n3
+
+The brokers' ``--cluster`` mode, which would join them to these nodes, is not built yet (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+#: The cluster's name in every node's config (routes only join nodes of one name).
+CLUSTER_NAME = "chat"
+#: How long a node may take to answer ``/healthz`` (JetStream ready) before the start is given up.
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Node:
+    """One nats-server: its ports, its folder, its process."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name = name
+        self.folder = folder
+        self.client_port, self.route_port, self.monitor_port = free_port(), free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    def config(self, routes: list[str]) -> str:
+        routes_text = ", ".join(f'"{route}"' for route in routes)
+        return (
+            f'server_name: "{self.name}"\n'
+            f"listen: 127.0.0.1:{self.client_port}\n"
+            f"http: 127.0.0.1:{self.monitor_port}\n"
+            f'jetstream {{ store_dir: "{self.folder / "store"}" }}\n'
+            f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.route_port}, routes: [{routes_text}] }}\n'
+        )
+
+    def start(self, routes: list[str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "nats.conf"
+        conf.write_text(self.config(routes))
+        with open(self.folder / "nats.log", "ab") as log:
+            self.process = subprocess.Popen(["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy(self) -> bool:
+        """JetStream on this node is up and current (``/healthz`` answers 200)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """kill -9: what a crash of its host costs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class NatsCluster:
+    """``nodes`` nats-servers routed to each other, each with JetStream in a folder of its own."""
+
+    def __init__(self, folder: Path, nodes: int = 3) -> None:
+        self.folder = folder
+        self.nodes = [Node(f"n{i}", folder / f"n{i}") for i in range(1, nodes + 1)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> None:
+        """Start every node and wait until each says JetStream is ready; ``RuntimeError`` if one does not."""
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        self.wait_healthy()
+
+    def start_node(self, node: Node, wait: bool = True) -> None:
+        """(Re)start one node on its ports and folder, as after a crash."""
+        node.start([f"nats-route://127.0.0.1:{other.route_port}" for other in self.nodes if other is not node])
+        if wait:
+            self.wait_healthy([node])
+
+    def wait_healthy(self, nodes: Sequence[Node] | None = None, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        for node in nodes or self.nodes:
+            while not node.healthy():
+                if node.process is not None and node.process.poll() is not None:
+                    raise RuntimeError(f"nats-server {node.name} exited; see {node.folder / 'nats.log'}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nats-server {node.name} not healthy in {timeout:g} s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nats-cluster", description="Three nats-server nodes with JetStream.")
+    parser.add_argument("--dir", type=Path, help="where the nodes keep their data (default: a new temporary folder)")
+    parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if shutil.which("nats-server") is None:
+        print("nats-cluster: nats-server is not installed (Debian: apt-get install nats-server)", file=sys.stderr)
+        return 2
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="nats-cluster-"))
+    cluster = NatsCluster(folder, args.nodes)
+    try:
+        cluster.start()
+    except RuntimeError as exc:
+        cluster.stop()
+        print(f"nats-cluster: {exc}", file=sys.stderr)
+        return 1
+    print(f"NATS cluster {CLUSTER_NAME!r}: {', '.join(cluster.urls)} (data in {folder})")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            while all(node.process is not None and node.process.poll() is None for node in cluster.nodes):
+                time.sleep(0.5)
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
