@@ -717,9 +717,14 @@ def test_a_writer_killed_between_its_commit_and_its_answer_stores_nothing_twice(
     assert ids == ["c0", "c1", "c2", "c3"]
 
 
-def test_stopping_after_the_writer_died_ends_and_keeps_every_acked_event(wired) -> None:
-    """The writer died (killed) with batches not yet in SQLite: ``stop`` finds it dead, stores them on the
-    loop and ends, instead of waiting for an answer that never comes."""
+@pytest.mark.parametrize("writer", ["killed", "hung"])
+def test_stopping_with_a_dead_or_hung_writer_ends_and_keeps_every_acked_event(wired, monkeypatch, writer) -> None:
+    """The writer died (killed) or never answers (SIGSTOP: a hung disk) with batches not yet in SQLite: ``stop``
+    finds it dead, or kills it after ``STOP_WAIT_S``, stores the rest on the loop and ends, instead of waiting
+    for an answer that never comes."""
+    import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "STOP_WAIT_S", 0.3)
     broker, dealer, _sub = wired
     ask(broker, dealer, {"type": "hello", "user": "alice"})
     broker.writer.process.send_signal(signal.SIGSTOP)  # nothing reaches SQLite from here on
@@ -728,8 +733,9 @@ def test_stopping_after_the_writer_died_ends_and_keeps_every_acked_event(wired) 
     assert broker.router.poll(WAIT * 1000)
     broker.drain()
     assert broker.unstored() > 0
-    broker.writer.process.kill()
-    broker.writer.process.wait()
+    if writer == "killed":
+        broker.writer.process.kill()
+        broker.writer.process.wait()
     path = broker.core.store.path
     broker.stop()
     assert broker.writer is None
@@ -739,27 +745,3 @@ def test_stopping_after_the_writer_died_ends_and_keeps_every_acked_event(wired) 
     finally:
         reopened.close()
     assert ids == ["d0", "d1", "d2"]
-
-
-def test_stopping_with_a_hung_writer_kills_it_and_commits_on_the_loop(wired, monkeypatch) -> None:
-    """A writer that never answers (SIGSTOP: a hung disk) does not hold the stop: after ``STOP_WAIT_S`` it is
-    killed and what it had not answered is committed by the broker itself."""
-    import broker as broker_module
-
-    monkeypatch.setattr(broker_module, "STOP_WAIT_S", 0.3)
-    broker, dealer, _sub = wired
-    ask(broker, dealer, {"type": "hello", "user": "alice"})
-    broker.writer.process.send_signal(signal.SIGSTOP)
-    for i in range(3):
-        dealer.send(msgspec.json.encode(msg("hung", f"s{i}")))
-    assert broker.router.poll(WAIT * 1000)
-    broker.drain()
-    path = broker.core.store.path
-    broker.stop()
-    assert broker.writer is None
-    reopened = SqliteStore(path)
-    try:
-        ids = [m.decode(p).get("id") for p in reopened.events("general", 0) if b'"msg"' in p]
-    finally:
-        reopened.close()
-    assert ids == ["s0", "s1", "s2"]

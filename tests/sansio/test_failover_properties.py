@@ -18,6 +18,7 @@ from collections import defaultdict
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from test_session_properties import Published, assert_in_written_order, assert_once_per_history
 
 import messages as m
 from chat import ChatConfig, ChatCore, Publish, Reply
@@ -49,7 +50,7 @@ class SessionsOverTwoBrokers(RuleBasedStateMachine):
         self.cores = [self.new_core(), self.new_core()]
         self.alive = [True, True]
         #: (history_id, writer, text) -> seqs: what each broker history published.
-        self.published: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        self.published: Published = defaultdict(list)
         self.peers = {
             name: Peer(ClientSession(name, self.now, rooms=[ROOM], brokers=2), f"peer-{name}".encode())
             for name in NAMES
@@ -178,20 +179,11 @@ class SessionsOverTwoBrokers(RuleBasedStateMachine):
 
     @invariant()
     def nothing_is_published_twice_in_one_history(self) -> None:
-        doubled = {key: seqs for key, seqs in self.published.items() if len(seqs) > 1}
-        assert not doubled, doubled
+        assert_once_per_history(self.published)
 
     @invariant()
     def each_sender_is_stored_in_the_order_written(self) -> None:
-        for name, peer in self.peers.items():
-            order = {text: i for i, text in enumerate(peer.written)}
-            by_history: dict[str, list[tuple[int, int]]] = defaultdict(list)
-            for (history, writer, text), seqs in self.published.items():
-                if writer == name:
-                    by_history[history].append((seqs[0], order[text]))
-            for history, pairs in by_history.items():
-                written_order = [i for _, i in sorted(pairs)]
-                assert written_order == sorted(written_order), (name, history, written_order)
+        assert_in_written_order(self.published, {name: peer.written for name, peer in self.peers.items()})
 
     @invariant()
     def nothing_is_acked_twice(self) -> None:

@@ -59,6 +59,28 @@ class Peer:
     delivered: dict[tuple[str | None, str], list[int]] = dataclasses.field(default_factory=dict)  # ... -> seqs
 
 
+#: What brokers published, per history: (history_id, writer, text) -> the seqs it was given.
+Published = dict[tuple[str, str, str], list[int]]
+
+
+def assert_once_per_history(published: Published) -> None:
+    doubled = {key: seqs for key, seqs in published.items() if len(seqs) > 1}
+    assert not doubled, doubled
+
+
+def assert_in_written_order(published: Published, written: dict[str, list[str]]) -> None:
+    """In each history, every writer's messages are in the order it wrote them (``written``: texts per writer)."""
+    for name, texts in written.items():
+        order = {text: i for i, text in enumerate(texts)}
+        by_history: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for (history, user, text), seqs in published.items():
+            if user == name:
+                by_history[history].append((seqs[0], order[text]))
+        for history, pairs in by_history.items():
+            written_order = [i for _, i in sorted(pairs)]
+            assert written_order == sorted(written_order), (name, history, written_order)
+
+
 class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
     @initialize(persistent=st.booleans(), seed=st.integers(0, 2**16))
     def start(self, persistent: bool, seed: int) -> None:
@@ -291,20 +313,11 @@ class SessionsOverAFaultyNetwork(RuleBasedStateMachine):
 
     @invariant()
     def nothing_is_published_twice_in_one_history(self) -> None:
-        doubled = {key: seqs for key, seqs in self.published.items() if len(seqs) > 1}
-        assert not doubled, doubled
+        assert_once_per_history(self.published)
 
     @invariant()
     def each_sender_is_stored_in_the_order_written(self) -> None:
-        for name, peer in self.peers.items():
-            order = {text: i for i, text in enumerate(peer.written)}
-            by_history: dict[str, list[tuple[int, int]]] = defaultdict(list)
-            for (history, user, text), seqs in self.published.items():
-                if user == name:
-                    by_history[history].append((seqs[0], order[text]))
-            for history, pairs in by_history.items():
-                written_order = [i for _, i in sorted(pairs)]
-                assert written_order == sorted(written_order), (name, history, written_order)
+        assert_in_written_order(self.published, {name: peer.written for name, peer in self.peers.items()})
 
     @invariant()
     def what_is_held_stays_bounded(self) -> None:
