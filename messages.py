@@ -210,7 +210,9 @@ class Ack(msgspec.Struct, tag_field="type", tag="ack", kw_only=True, gc=False):
 
 # --- What the broker sends, as a client reads it ------------------------------------------
 # Every reply and feed envelope a client acts on, typed.  Unknown fields are ignored (a newer broker
-# may add some); an envelope of a type this module does not know is skipped by ``read_envelopes``.
+# may add some); an envelope of a type this module does not know is skipped by ``read_envelopes``, but for
+# a room event (it has a ``room`` and a ``seq``), which is read as an ``OtherEvent``: it counts in its room's
+# chain though nothing here shows it.
 
 
 class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True, gc=False):
@@ -263,11 +265,23 @@ class Away(msgspec.Struct, tag_field="type", tag="away", kw_only=True, gc=False)
     id: str | None = None
 
 
+class OtherEvent(msgspec.Struct, kw_only=True, gc=False):
+    """A room event of a type this client does not know (a newer broker's).  Kept for its place in the room's
+    chain (``seq``, ``prev``): a subscriber that dropped it would see a gap no ``history`` can fill."""
+
+    type: str
+    room: str
+    seq: int
+    prev: int | msgspec.UnsetType = msgspec.UNSET
+
+
 class History(msgspec.Struct, tag_field="type", tag="history", kw_only=True, gc=False):
     room: str
     events: list[RoomEvent] = []
     seq: int = 0
     more: bool = False
+    #: The events of types this client does not know (``read_envelopes`` puts them here, not in ``events``).
+    others: list[OtherEvent] = []
 
 
 class Rooms(msgspec.Struct, tag_field="type", tag="rooms", kw_only=True, gc=False):
@@ -352,8 +366,44 @@ def _read_one_by_one(payload: bytes) -> list[Envelope]:
         try:
             envelopes.append(msgspec.convert(item, Envelope))
         except (msgspec.ValidationError, ValueError, TypeError):
-            continue
+            envelope = _newer(item)
+            if envelope is not None:
+                envelopes.append(envelope)
     return envelopes
+
+
+#: The room event types this module reads; any other with a ``room`` and a ``seq`` is an ``OtherEvent``.
+ROOM_EVENT_TYPES = frozenset(
+    struct.__struct_config__.tag for struct in (MsgEvent, JoinEvent, LeaveEvent, TopicEvent, NickEvent)
+)
+#: Every envelope type this module reads.
+ENVELOPE_TYPES = frozenset(struct.__struct_config__.tag for struct in Envelope.__args__)
+_ENVELOPE_ERRORS = (msgspec.ValidationError, ValueError, TypeError)
+
+
+def _newer(item: Any) -> OtherEvent | History | Joined | None:
+    """What a newer broker sent that ``Envelope`` cannot hold: a room event of an unknown type, or a
+    ``history``/``joined`` reply with such events (those are kept apart, or left out of a joined's recent
+    history, which sets no chain).  None: not that, skipped."""
+    if type(item) is not dict or type(item.get("type")) is not str:
+        return None
+    kind = item["type"]
+    try:
+        if kind in ("history", "joined"):
+            field = "events" if kind == "history" else "history"
+            if type(item.get(field)) is not list:
+                return None
+            events = [e for e in item[field] if type(e) is dict]
+            known = [e for e in events if e.get("type") in ROOM_EVENT_TYPES]
+            reply = msgspec.convert({**item, field: known}, History if kind == "history" else Joined)
+            if isinstance(reply, History):
+                reply.others = [msgspec.convert(e, OtherEvent) for e in events if e.get("type") not in ROOM_EVENT_TYPES]
+            return reply
+        if kind not in ENVELOPE_TYPES and type(item.get("room")) is str and type(item.get("seq")) is int:
+            return msgspec.convert(item, OtherEvent)
+    except _ENVELOPE_ERRORS:
+        return None
+    return None
 
 
 def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES, max_count: int = 0) -> list[bytes]:

@@ -31,6 +31,7 @@ What it guarantees, and how:
 from __future__ import annotations
 
 import itertools
+import operator
 import secrets
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -578,7 +579,8 @@ class ClientSession:
         if asked is None:
             return  # a room we stopped following meanwhile
         before = self.sequencer.last.get(room)
-        events = [event for event in env.events if event.room == room]  # only what belongs there
+        # Only what belongs there; events of types we do not know (``others``) are links of the chain too.
+        events = sorted((event for event in (*env.events, *env.others) if event.room == room), key=_SEQ)
         ready, fetch = self.sequencer.fill(room, events, env.seq, env.more)
         if fetch is not None and self.sequencer.last.get(room) == before and len(ready) == 0 and not events:
             self._fills[room] = asked  # no progress: its timer asks again, not a loop of requests
@@ -772,7 +774,7 @@ class ClientSession:
             case m.Head() if not (self.state is State.RESUMING or self._restoring):
                 if env.room in self.sequencer.last:  # a room we follow: are we behind its head?
                     self._deliver(env.room, *self.sequencer.expect(env.room, env.seq), now)
-            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent() if (
+            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent() | m.OtherEvent() if (
                 self.state is State.RESUMING or self._restoring
             ):
                 # Which history is this, the one our seqs are from or a new one?  After a silence, the next
@@ -780,8 +782,8 @@ class ClientSession:
                 self._waiting_feed.append(env)
                 if len(self._waiting_feed) > MAX_HELD_PER_ROOM:
                     del self._waiting_feed[0]  # its room's next hole is filled from history
-            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent():
-                room = env.room
+            case m.MsgEvent() | m.JoinEvent() | m.LeaveEvent() | m.TopicEvent() | m.NickEvent() | m.OtherEvent():
+                room = env.room  # an OtherEvent too: a newer broker's type, not shown, still a link of the chain
                 if not self._follows(room):
                     return  # a late event for a room we left, or one we never asked for
                 self._deliver(room, *self.sequencer.push(env), now)
@@ -966,6 +968,9 @@ class ClientSession:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
+
+
+_SEQ = operator.attrgetter("seq")
 
 
 def _history_id(frame: bytes) -> str | None:

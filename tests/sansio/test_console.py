@@ -203,6 +203,7 @@ def test_render_status(state: Change, line: str) -> None:
         m.Rooms(rooms={"general": 3}),
         m.Shutdown(epoch="e"),  # the session turns it into Status(SHUTDOWN)
         Rejoined(m.Joined(room="general", users=["me"])),
+        m.OtherEvent(type="poll", room="general", seq=3),  # a newer broker's room event
         object(),  # something newer
         None,
     ],

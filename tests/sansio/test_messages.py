@@ -581,3 +581,18 @@ def test_batch_frames_are_the_greedy_split(payloads: list[bytes], limit: int, ma
 )
 def test_an_event_struct_encodes_to_the_bytes_of_the_dict_it_stands_for(struct: Any, same_dict: dict) -> None:
     assert m.encode(struct) == m.encode(same_dict)  # same keys, same order; an unset field is left out
+
+
+def test_a_newer_brokers_room_events_are_read_as_other_events_not_dropped() -> None:
+    """A room event of an unknown type keeps its room and place (``OtherEvent``); a ``history`` holding one keeps
+    its known events in ``events`` and the rest in ``others``; a ``joined`` keeps its known recent history;
+    an unknown envelope that is no room event is still skipped."""
+    poll = {"type": "poll", "room": "general", "user": "bob", "seq": 4, "prev": 3, "ts": 1.0}
+    msg = {"type": "msg", "room": "general", "user": "bob", "text": "t", "id": "i", "seq": 3, "prev": 2, "ts": 1.0}
+    assert m.read_envelopes(msgspec.json.encode(poll)) == [m.OtherEvent(type="poll", room="general", seq=4, prev=3)]
+    [history] = m.read_envelopes(msgspec.json.encode({"type": "history", "room": "general", "events": [msg, poll]}))
+    assert isinstance(history, m.History) and [e.seq for e in history.events] == [3]
+    assert [e.seq for e in history.others] == [4]
+    [joined] = m.read_envelopes(msgspec.json.encode({"type": "joined", "room": "general", "history": [msg, poll]}))
+    assert isinstance(joined, m.Joined) and [e.seq for e in joined.history] == [3]
+    assert m.read_envelopes(b'[{"type":"sparkle","at":1},' + msgspec.json.encode(msg) + b"]")[0].seq == 3

@@ -424,3 +424,22 @@ def test_a_history_request_the_transport_dropped_is_not_awaited() -> None:
     session.blocked(T0)  # no connection: the request never left
     [failed] = [e for e in session.take_events() if isinstance(e, Failed)]
     assert failed.error.code == "unavailable" and not session._histories
+
+
+def test_a_room_event_of_a_type_we_do_not_know_keeps_its_place_in_the_chain() -> None:
+    """A newer broker's event type (here ``poll``) is not shown, but counts: the message after it is delivered
+    at once, and a history reply holding one fills the gap it was part of."""
+    session = ready()
+    sent(session)
+    session.feed(b'{"type":"poll","room":"general","user":"bob","question":"?","seq":1,"prev":0,"ts":1}', T0)
+    session.feed(b'{"type":"msg","room":"general","user":"bob","text":"hi","id":"i","seq":2,"prev":1,"ts":1}', T0)
+    assert [e.seq for e in session.take_events() if isinstance(e, m.MsgEvent)] == [2]
+    assert "history" not in kinds(sent(session))
+    session.feed(b'{"type":"msg","room":"general","user":"bob","text":"later","id":"j","seq":5,"prev":4,"ts":1}', T0)
+    [fill] = [f for f in sent(session) if f["type"] == "history"]
+    events = [
+        {"type": "poll", "room": "general", "user": "bob", "seq": 3, "prev": 2, "ts": 1},
+        {"type": "msg", "room": "general", "user": "bob", "text": "x", "id": "k", "seq": 4, "prev": 3, "ts": 1},
+    ]
+    got = reply(session, T0, {"type": "history", "room": "general", "events": events, "seq": 5})
+    assert fill["after"] == 2 and [e.seq for e in got if isinstance(e, m.MsgEvent)] == [4, 5]
