@@ -14,6 +14,10 @@
   const DEFAULT_ROOM = "general";
   const MAX_HISTORY_LIMIT = 500;
   const MAX_HELD_PER_ROOM = 10000;
+  // What held events may cost (sequencer.py's bounds and estimate): per room and for all rooms together.
+  const MAX_HELD_BYTES_PER_ROOM = 16 * 1024 * 1024;
+  const MAX_HELD_BYTES = 64 * 1024 * 1024;
+  const HELD_OVERHEAD = 400;
   const MAX_TEXT_CHARS = 4000; // messages.MAX_TEXT_CHARS: a longer line goes as several messages
   const MAX_NOTE_CHARS = 300; // messages.MAX_TOPIC_CHARS and MAX_AWAY_CHARS
   const MAX_LINES = 2000; // lines a view keeps (views.MAX_LINES); older ones scroll away for good
@@ -42,6 +46,11 @@
     return !more && (events.length === 0 || events[events.length - 1].seq >= head);
   }
 
+  /** What holding an event costs, estimated as sequencer._cost does: its text at up to 4 bytes a character. */
+  function heldCost(event) {
+    return HELD_OVERHEAD + (typeof event.text === "string" ? 4 * event.text.length : 0);
+  }
+
   /** The position of the room's event before this one: its prev (protocol 2), or seq - 1 without one. */
   function prevOf(event) {
     return typeof event.prev === "number" && event.prev < event.seq ? event.prev : event.seq - 1;
@@ -56,6 +65,8 @@
       this.last = new Map(); // room -> last seq delivered
       this.held = new Map(); // room -> Map(seq -> event)
       this.chain = new Map(); // room -> Map(prev -> seq), of the held events
+      this.heldBytes = new Map(); // room -> what its held events cost (estimated, as sequencer.py does)
+      this.totalBytes = 0;
       this.lost = 0; // events skipped because the broker no longer had them
       this.filled = 0; // events that came from history, not the feed
     }
@@ -70,13 +81,24 @@
     }
     forget(room) {
       this.last.delete(room);
-      this.held.delete(room);
-      this.chain.delete(room);
+      this.letGo(room);
     }
     reset() {
       this.last.clear();
       this.held.clear();
       this.chain.clear();
+      this.heldBytes.clear();
+      this.totalBytes = 0;
+    }
+    letGo(room) {
+      this.held.delete(room);
+      this.chain.delete(room);
+      this.totalBytes -= this.heldBytes.get(room) || 0;
+      this.heldBytes.delete(room);
+    }
+    count(room, cost) {
+      this.heldBytes.set(room, (this.heldBytes.get(room) || 0) + cost);
+      this.totalBytes += cost;
     }
     push(event) {
       const room = event.room;
@@ -128,13 +150,28 @@
     hold(room, event) {
       if (!this.held.has(room)) this.held.set(room, new Map());
       const held = this.held.get(room);
+      if (held.has(event.seq)) return;
       held.set(event.seq, event);
       if (!this.chain.has(room)) this.chain.set(room, new Map());
       this.chain.get(room).set(prevOf(event), event.seq);
+      this.count(room, heldCost(event));
       if (held.size > MAX_HELD_PER_ROOM) {
         const oldest = Math.min(...held.keys());
         if (this.last.has(room)) this.skipPast(room, prevOf(held.get(oldest)));
         else this.drop(room, oldest); // no baseline yet: fetched again once there is one
+      }
+      // Past a byte bound the newest held events go: the room's first hole stays, and its fill brings them.
+      while (this.heldBytes.get(room) > MAX_HELD_BYTES_PER_ROOM && held.size > 1) {
+        this.drop(room, Math.max(...held.keys()));
+      }
+      while (this.totalBytes > MAX_HELD_BYTES) {
+        let largest = null;
+        for (const [name, bytes] of this.heldBytes) {
+          if (largest === null || bytes > this.heldBytes.get(largest)) largest = name;
+        }
+        const most = this.held.get(largest);
+        if (!most || most.size <= 1) break;
+        this.drop(largest, Math.max(...most.keys()));
       }
     }
     drop(room, seq) {
@@ -142,6 +179,7 @@
       this.held.get(room).delete(seq);
       const chain = this.chain.get(room);
       if (chain && chain.get(prevOf(event)) === seq) chain.delete(prevOf(event));
+      this.count(room, -heldCost(event));
       return event;
     }
     /** Take everything up to position as delivered (the broker no longer has it); lost counts positions. */
@@ -164,8 +202,7 @@
       this.last.set(room, last);
       for (const seq of [...held.keys()]) if (seq <= last) this.drop(room, seq); // duplicates of what was delivered
       if (held.size > 0) return [ready, last];
-      this.held.delete(room);
-      this.chain.delete(room);
+      this.letGo(room);
       return [ready, null];
     }
   }

@@ -434,6 +434,18 @@ def test_page_helpers_match_the_python_ones(harness: Harness, browser: Browser) 
         {"name": c["name"], "steps": [step["out"] for step in c["steps"]], "lost": c["lost"], "filled": c["filled"]}
         for c in SEQUENCER_VECTORS
     ]
+    # Held events are bounded in bytes as in sequencer.py: 300 events of 100,000 characters behind a hole
+    # (120 MB by the estimate) leave at most 16 MiB and one event held, and the hole's fill brings the rest.
+    held = page.evaluate(
+        """() => {
+            const s = new window.zmqChat.FeedSequencer();
+            s.expect("r", 0);
+            const text = "x".repeat(100000);
+            for (let seq = 2; seq < 302; seq++) s.push({ type: "msg", room: "r", user: "u", text, id: "i", seq });
+            return [s.heldBytes.get("r"), s.totalBytes, s.held.get("r").size];
+        }"""
+    )
+    assert held[0] == held[1] <= 16 * 1024 * 1024 + 400 + 400_000 and held[2] < 300
     hostile = "a\x1b[2J\u202eb\tc\nd\u00a0e\u200bf\U000e0001 😀 👨\u200d👩\u200d👧 <b>"
     assert page.evaluate("(text) => window.zmqChat.safeText(text)", hostile) == safe_text(hostile)
 
