@@ -25,12 +25,7 @@ def brokers(host: str, router: str | None = None, pub: str | None = None) -> tup
     defaults = [endpoints(h) for h in hosts]
     routers = _listed(router) or [inbox for inbox, _ in defaults]
     pubs = _listed(pub) or [feed for _, feed in defaults]
-    if len(routers) != len(pubs):
-        raise ValueError(
-            f"{len(routers)} inbox endpoint(s) and {len(pubs)} feed endpoint(s): give one of each per broker"
-        )
-    transport.check_endpoints(routers + pubs)
-    return routers, pubs
+    return transport.broker_endpoints(routers, pubs)
 
 
 def _listed(endpoints: str | None) -> list[str]:

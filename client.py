@@ -21,7 +21,6 @@ does the rest.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import math
 import os
@@ -78,11 +77,7 @@ class ChatClient:
         cluster, in the same order): when ours goes silent the session moves to the next.
         ``positions``/``history_id``: where an observer starts (see ``ClientSession``).
         ``curve``: talk to a CURVE broker (both sockets encrypted and authenticated with these keys)."""
-        self.routers = [router] if isinstance(router, str) else list(router)
-        self.pubs = [pub] if isinstance(pub, str) else list(pub)
-        if len(self.routers) != len(self.pubs) or not self.routers:
-            raise ValueError("give one feed endpoint for each inbox endpoint")
-        transport.check_endpoints(self.routers + self.pubs)
+        self.routers, self.pubs = transport.broker_endpoints(router, pub)
         self._at = 0  # the broker our sockets are connected to (the session's ``broker``)
         self.ctx = context or zmq.Context.instance()
         self.session = ClientSession(
@@ -319,10 +314,8 @@ class ChatClient:
 
     def _move_to(self, broker: int) -> None:
         """Our broker went silent: the same sockets (our routing id, our subscriptions) to the next one."""
-        for sock, endpoints in ((self.dealer, self.routers), (self.sub, self.pubs)):
-            with contextlib.suppress(zmq.ZMQError):  # not connected (any more): nothing to undo
-                sock.disconnect(endpoints[self._at])
-            sock.connect(endpoints[broker])
+        transport.move(self.dealer, self.routers[self._at], self.routers[broker])
+        transport.move(self.sub, self.pubs[self._at], self.pubs[broker])
         self._at = broker
 
     def _drain(self, sock: zmq.Socket, handle: Callable[[bytes, float], None]) -> None:

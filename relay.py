@@ -219,8 +219,7 @@ class Failover:
         old, new = self.feeds[self.at], self.feeds[at]
         print(f"chat-relay: no heartbeat from {old} for {self.after:g} s; relaying {new}", flush=True)
         for sock in (self.upstream, self.watch):
-            sock.disconnect(old)
-            sock.connect(new)
+            transport.move(sock, old, new)
         self.at = at
 
 

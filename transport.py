@@ -7,8 +7,10 @@ One home, so the broker, the relay, the web gateway and the clients make their s
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
@@ -25,9 +27,27 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 2_000
 
 
-def check_endpoints(endpoints: list[str]) -> None:
-    """Raise ``ValueError`` naming the first endpoint libzmq would refuse to connect to (``tcp://host`` without
-    a port...): found at start, not when a later broker of a list is first needed."""
+def broker_endpoints(router: str | Sequence[str], pub: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """One broker's inbox and feed, or lists of several brokers' in the same order, as two checked lists:
+    ``ValueError`` for lists of different lengths or an endpoint libzmq would refuse (``tcp://host`` without a
+    port...), found at start, not when a later broker of a list is first needed."""
+    routers = [router] if isinstance(router, str) else list(router)
+    pubs = [pub] if isinstance(pub, str) else list(pub)
+    if len(routers) != len(pubs) or not routers:
+        raise ValueError(f"{len(routers)} inbox and {len(pubs)} feed endpoint(s): give one of each per broker")
+    _check_endpoints(routers + pubs)
+    return routers, pubs
+
+
+def move(sock: zmq.Socket, old: str, new: str) -> None:
+    """Connect ``sock`` to ``new`` instead of ``old``: the same socket, so its routing id and subscriptions
+    go along (a SUB or XSUB sends the new peer every subscription it holds)."""
+    with contextlib.suppress(zmq.ZMQError):  # not connected (any more): nothing to undo
+        sock.disconnect(old)
+    sock.connect(new)
+
+
+def _check_endpoints(endpoints: list[str]) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     try:
         for endpoint in endpoints:

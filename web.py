@@ -353,8 +353,7 @@ class Gateway:
     ) -> None:
         #: Every broker's inbox and feed, in the order to try them: the gateway moves all its sockets to the
         #: next one when its broker's heartbeats stop (``_failover``); each page then says hello there.
-        self.routers = [router] if isinstance(router, str) else list(router)
-        self.pubs = [pub] if isinstance(pub, str) else list(pub)
+        self.routers, self.pubs = transport.broker_endpoints(router, pub)
         self._at = 0
         self.heartbeat = 1.0  # the broker's, from the last welcome: how soon a silence means it is gone
         self._heard_at = self._moved_at = 0.0  # the last heartbeat on the feed; the last move (loop time)
@@ -935,11 +934,9 @@ class Gateway:
     def _move_to(self, at: int, now: float) -> None:
         """The feed and every browser's DEALER (same routing ids, same subscriptions) to broker ``at``."""
         log.warning("no heartbeat from %s; moving to %s", self.router, self.routers[at])
-        moves = [(self.sub, self.pubs)] + [(browser.dealer, self.routers) for browser in self.browsers]
-        for sock, endpoints in moves:
-            with contextlib.suppress(zmq.ZMQError):  # not connected (any more): nothing to undo
-                sock.disconnect(endpoints[self._at])
-            sock.connect(endpoints[at])
+        transport.move(self.sub, self.pub, self.pubs[at])
+        for browser in self.browsers:
+            transport.move(browser.dealer, self.router, self.routers[at])
         self._at, self._moved_at = at, now
 
     async def _shutdown(self, app: web.Application) -> None:
