@@ -330,13 +330,15 @@ class Broker:
 
     def _settle_before_stop(self) -> None:
         """``settle``, but a writer that does not answer in ``STOP_WAIT_S`` (a hung disk) is killed, and what
-        it had not answered is committed on the loop: a stop always ends."""
+        it had not answered (or what failed) is committed on the loop: a stop always ends."""
         self.settle(STOP_WAIT_S)
         if self.writer is not None and (self.waiting or self.unstored()):
             log.error("the store's writer did not answer in %g s; stopping it, committing on the loop", STOP_WAIT_S)
             self.writer.process.kill()
             self.writer.process.wait()
             self._check_writer()
+        if self.core.unavailable is not None:
+            self.retry_storage()
 
     def _check_writer(self) -> None:
         """If the writer process died (killed, out of memory), what it had not answered failed: the broker
@@ -389,12 +391,8 @@ class Broker:
 
     def stop(self) -> None:
         self._settle_before_stop()
-        if self.core.unavailable is not None:
-            self.retry_storage()
         self.flush(self.core.shutdown(time.monotonic()))
         self._settle_before_stop()
-        if self.core.unavailable is not None:
-            self.retry_storage()
         if self.writer is not None:
             self.writer.stop()
         unstored = self.core.store.pending
