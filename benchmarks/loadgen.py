@@ -453,9 +453,11 @@ def sub_zmq(args: argparse.Namespace) -> None:
 
 
 def _read_greeting(sock: socket.socket) -> None:
-    """The thread relay greets each client with one line once it is in the broadcast list."""
+    """The thread relay greets each client with one line once it is in the broadcast list.  Broadcast lines
+    follow it at once, in the same reads: wait for the greeting's newline, not for a read that ends in one
+    (under load none may, and a stuck reader then read on and never said READY)."""
     data = b""
-    while not data.endswith(b"\n"):
+    while b"\n" not in data:
         chunk = sock.recv(4096)
         if not chunk:
             raise SystemExit("the relay closed the connection")
