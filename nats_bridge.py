@@ -1,0 +1,348 @@
+"""A front door's way to NATS (issue 17): nats-py in a thread of its own, spoken to over an inproc PAIR.
+
+The broker is one ZeroMQ poller loop; nats-py runs only on asyncio.  So, as libzmq keeps its sockets in an
+I/O thread of its own, the bridge keeps the NATS connection in one: its thread runs an asyncio loop and
+shares nothing with the broker's but messages on a PAIR socket, which the broker's poller watches like any
+other.  The loop never blocks on NATS and no lock is needed.
+
+Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
+
+- ``publish``: a JetStream publish under a ``Nats-Msg-Id``.  A publish that gets no answer (the stream has
+  no leader during an election, which took ~5 s on nats-server 2.9) is sent again under the same id until
+  ``retry_s``; the stream stores it once.  Publishes leave in the order given, but a retried one can land
+  behind later ones: a caller that needs an order (one person's lines) keeps one outstanding per order.
+  Answer: ``Acked`` (with the stream sequence and whether it was a duplicate) or ``Failed``.  At most
+  ``MAX_IN_FLIGHT`` are outstanding; later ones wait in the bridge.
+- ``subscribe``: a core NATS subscription; each message comes back as ``Message`` (subject, headers,
+  payload) on a socket of its own, ``feed``, that holds at most ``feed_frames``: what the loop does not read
+  in time is dropped here and counted (``Dropped``), never queued without bound.  Answers come on ``sock``,
+  which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
+- ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket.  ``kv``: create, update
+  (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
+
+``Status`` says when the connection is up, down (nats-py reconnects on its own, to any server given) or
+closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from typing import Any
+
+import msgspec
+import zmq
+
+#: How long a publish is retried (under its one Nats-Msg-Id) while the stream answers nothing.
+RETRY_S = 15.0
+#: JetStream publishes outstanding at once (each costs the bridge a future and its payload).
+MAX_IN_FLIGHT = 1_000
+#: Subscription messages the bridge may have queued for the loop before it drops them.
+FEED_FRAMES = 10_000
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_bridges = itertools.count(1)
+
+
+class Acked(msgspec.Struct, array_like=True, tag="acked"):
+    token: int
+    seq: int
+    duplicate: bool
+
+
+class Failed(msgspec.Struct, array_like=True, tag="failed"):
+    token: int
+    reason: str
+
+
+class Message(msgspec.Struct, array_like=True, tag="msg"):
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+class KvResult(msgspec.Struct, array_like=True, tag="kv"):
+    token: int
+    revision: int  # 0: none (the error says why)
+    value: bytes | None
+    error: str | None  # "exists", "wrong_revision", "not_found", or what NATS said
+
+
+class Dropped(msgspec.Struct, array_like=True, tag="dropped"):
+    count: int  # subscription messages dropped since the last Dropped: the loop read too slowly
+
+
+class Status(msgspec.Struct, array_like=True, tag="status"):
+    state: str  # "connected", "disconnected", "closed", "error"
+    detail: str
+
+
+Event = Acked | Failed | Message | KvResult | Dropped | Status
+_decode_event = msgspec.msgpack.Decoder(Event).decode
+
+
+class NatsBridge:
+    """The loop's end: orders go out on ``sock``; ``events()`` reads what came back.  Register ``sock`` and
+    ``feed`` in the loop's poller for POLLIN."""
+
+    def __init__(
+        self, ctx: zmq.Context, servers: list[str], name: str = "chat-broker", feed_frames: int = FEED_FRAMES
+    ) -> None:
+        endpoint = f"inproc://nats-bridge-{next(_bridges)}"
+        self.sock = ctx.socket(zmq.PAIR)
+        self.feed = ctx.socket(zmq.PAIR)
+        for sock in (self.sock, self.feed):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)  # orders: bounded by the loop (its own in-flight bounds)
+        self.sock.setsockopt(zmq.RCVHWM, 0)  # answers: as many as the orders
+        # An inproc pipe holds the sum of both ends' marks (unbounded if either is 0): the bridge's feed_frames.
+        self.feed.setsockopt(zmq.RCVHWM, 1)
+        self.sock.bind(endpoint)
+        self.feed.bind(endpoint + "-feed")
+        self._tokens = itertools.count(1)
+        self._thread = threading.Thread(
+            target=_serve, args=(ctx, endpoint, servers, name, feed_frames), name="nats-bridge", daemon=True
+        )
+        self._thread.start()
+
+    def publish(self, subject: str, payload: bytes, msg_id: str, retry_s: float = RETRY_S) -> int:
+        """A JetStream publish; returns the token its ``Acked`` or ``Failed`` will carry."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["publish", token, subject, payload, msg_id, retry_s]))
+        return token
+
+    def subscribe(self, subject: str) -> None:
+        self.sock.send(_encode(["subscribe", subject]))
+
+    def stream(self, config: dict[str, Any]) -> int:
+        """Create or update a stream (``nats.js.api.StreamConfig`` fields); answered by a ``KvResult``."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["stream", token, config]))
+        return token
+
+    def kv_bucket(self, config: dict[str, Any]) -> int:
+        """Create a key-value bucket (``nats.js.api.KeyValueConfig`` fields); answered by a ``KvResult``."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["kv_bucket", token, config]))
+        return token
+
+    def kv(self, op: str, bucket: str, key: str, value: bytes = b"", revision: int = 0) -> int:
+        """``op``: "create" (fails if the key lives), "update" (only at ``revision``), "delete" (at
+        ``revision``, or any if 0), "get"."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["kv", token, op, bucket, key, value, revision]))
+        return token
+
+    def events(self) -> list[Event]:
+        """Every answer waiting, then every feed message waiting, without blocking."""
+        return self.answers() + _read_all(self.feed)
+
+    def answers(self) -> list[Event]:
+        """Every answer (and ``Status``, ``Dropped``) waiting, without blocking."""
+        return _read_all(self.sock)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the bridge (its connection drains and closes) and wait for its thread."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.send(_encode(["stop"]))
+        self._thread.join(timeout)
+        self.sock.close(linger=0)
+        self.feed.close(linger=0)
+
+
+def _read_all(sock: zmq.Socket) -> list[Event]:
+    out = []
+    while True:
+        try:
+            out.append(_decode_event(sock.recv(zmq.NOBLOCK)))
+        except zmq.Again:
+            return out
+
+
+# --- the bridge's thread ---------------------------------------------------------------------------
+
+
+def _serve(ctx: zmq.Context, endpoint: str, servers: list[str], name: str, feed_frames: int) -> None:
+    asyncio.run(_Bridge(ctx, endpoint, feed_frames).run(servers, name))
+
+
+class _Bridge:
+    def __init__(self, ctx: zmq.Context, endpoint: str, feed_frames: int) -> None:
+        self.sock = ctx.socket(zmq.PAIR)
+        self.feed = ctx.socket(zmq.PAIR)
+        for sock in (self.sock, self.feed):
+            sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # answers: no more than the orders
+        self.feed.setsockopt(zmq.SNDHWM, feed_frames)
+        self.sock.connect(endpoint)
+        self.feed.connect(endpoint + "-feed")
+        self.dropped = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def tell(self, event: Event) -> None:
+        """An answer or a status: never dropped, never blocks (the answer socket has no high-water mark)."""
+        self.sock.send(msgspec.msgpack.encode(event))
+
+    def _say_dropped(self) -> None:
+        if self.dropped:
+            self.tell(Dropped(self.dropped))
+            self.dropped = 0
+
+    async def run(self, servers: list[str], name: str) -> None:
+        import nats  # only a front door needs it (pip install nats-py)
+
+        async def disconnected() -> None:
+            self.tell(Status("disconnected", ""))
+
+        async def reconnected() -> None:
+            self.tell(Status("connected", self.nc.connected_url.netloc))
+
+        async def closed() -> None:
+            self.tell(Status("closed", ""))
+
+        async def error(exc: Exception) -> None:
+            self.tell(Status("error", str(exc) or type(exc).__name__))
+
+        try:
+            self.nc = await nats.connect(
+                servers=servers,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,
+                connect_timeout=2,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                closed_cb=closed,
+                error_cb=error,
+            )
+        except Exception as exc:  # whatever it was, the loop hears it and the thread ends
+            self.tell(Status("closed", f"cannot connect to {', '.join(servers)}: {exc}"))
+            self.sock.close()
+            self.feed.close()
+            return
+        self.js = self.nc.jetstream()
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.tell(Status("connected", self.nc.connected_url.netloc))
+        readable = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.sock.getsockopt(zmq.FD), readable.set)
+        try:
+            while await self._orders(readable):
+                pass
+        finally:
+            loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            for task in self.tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.sock.close()
+            self.feed.close()
+
+    async def _orders(self, readable: asyncio.Event) -> bool:
+        """Take every order waiting (ZeroMQ's FD is edge-triggered: read until EAGAIN); False on stop."""
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            order = _decode(self.sock.recv())
+            if order[0] == "stop":
+                return False
+            if order[0] == "subscribe":
+                await self.nc.subscribe(order[1], cb=self._on_message)
+            else:
+                task = asyncio.create_task(getattr(self, "_" + order[0])(*order[1:]))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        readable.clear()
+        self._say_dropped()  # what was dropped since the last feed message that got through
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(readable.wait(), 0.5)  # and look again: an edge may have come meanwhile
+        return True
+
+    async def _on_message(self, msg: Any) -> None:
+        """A subscription message to the loop, or dropped (counted, and said on the answer socket) if the loop
+        has ``feed_frames`` of them unread."""
+        try:
+            self.feed.send(msgspec.msgpack.encode(Message(msg.subject, dict(msg.headers or {}), msg.data)), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return
+        self._say_dropped()
+
+    async def _publish(self, token: int, subject: str, payload: bytes, msg_id: str, retry_s: float) -> None:
+        from nats.errors import NoRespondersError, TimeoutError
+        from nats.js.errors import NoStreamResponseError
+
+        deadline = time.monotonic() + retry_s
+        async with self.in_flight:
+            while True:
+                try:
+                    ack = await self.js.publish(subject, payload, timeout=2, headers={"Nats-Msg-Id": msg_id})
+                    self.tell(Acked(token, ack.seq, bool(ack.duplicate)))
+                    return
+                except (NoRespondersError, NoStreamResponseError, TimeoutError) as exc:
+                    if time.monotonic() > deadline:  # no leader, or no NATS, for that long
+                        self.tell(Failed(token, f"unavailable: {type(exc).__name__}"))
+                        return
+                    await asyncio.sleep(0.2)
+                except Exception as exc:  # the stream refused it: one answer, no retry
+                    self.tell(Failed(token, str(exc) or type(exc).__name__))
+                    return
+
+    async def _stream(self, token: int, config: dict[str, Any]) -> None:
+        from nats.js.api import RePublish, StorageType, StreamConfig
+
+        config = dict(config)  # StreamConfig's own fields; the two that are objects there, built here
+        if "republish" in config:
+            config["republish"] = RePublish(**config["republish"])
+        if "storage" in config:
+            config["storage"] = StorageType(config["storage"])
+        await self._answer(token, self._add_stream(StreamConfig(**config)))
+
+    async def _add_stream(self, config: Any) -> tuple[int, bytes | None]:
+        from nats.js.errors import BadRequestError
+
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:  # it exists with another configuration: make it this one
+            await self.js.update_stream(config)
+        return 1, None
+
+    async def _kv_bucket(self, token: int, config: dict[str, Any]) -> None:
+        from nats.js.api import KeyValueConfig
+
+        async def create() -> tuple[int, bytes | None]:
+            await self.js.create_key_value(KeyValueConfig(**config))
+            return 1, None
+
+        await self._answer(token, create())
+
+    async def _kv(self, token: int, op: str, bucket: str, key: str, value: bytes, revision: int) -> None:
+        async def run() -> tuple[int, bytes | None]:
+            kv = await self.js.key_value(bucket)
+            if op == "create":
+                return await kv.create(key, value), None
+            if op == "update":
+                return await kv.update(key, value, last=revision), None
+            if op == "delete":
+                await kv.delete(key, last=revision or None)
+                return 1, None
+            entry = await kv.get(key)
+            return entry.revision or 0, entry.value
+
+        await self._answer(token, run(), op)
+
+    async def _answer(self, token: int, work: Any, op: str = "") -> None:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        try:
+            revision, value = await work
+        except KeyWrongLastSequenceError:  # create finds the key alive; update or delete, a newer revision
+            self.tell(KvResult(token, 0, None, "exists" if op == "create" else "wrong_revision"))
+        except KeyNotFoundError:
+            self.tell(KvResult(token, 0, None, "not_found"))
+        except Exception as exc:  # an answer, whatever went wrong
+            self.tell(KvResult(token, 0, None, str(exc) or type(exc).__name__))
+        else:
+            self.tell(KvResult(token, revision, value, None))
