@@ -17,6 +17,8 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   payload) on a socket of its own, ``feed``, that holds at most ``feed_frames``: what the loop does not read
   in time is dropped here and counted (``Dropped``), never queued without bound.  Answers come on ``sock``,
   which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
+- ``next``: the first message stored in a stream on a subject after a position (what fills a hole in a
+  room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.
 - ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket.  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
 
@@ -59,6 +61,13 @@ class Failed(msgspec.Struct, array_like=True, tag="failed"):
     reason: str
 
 
+class Stored(msgspec.Struct, array_like=True, tag="stored"):
+    token: int
+    seq: int
+    subject: str
+    data: bytes
+
+
 class Message(msgspec.Struct, array_like=True, tag="msg"):
     subject: str
     headers: dict[str, str]
@@ -81,7 +90,7 @@ class Status(msgspec.Struct, array_like=True, tag="status"):
     detail: str
 
 
-Event = Acked | Failed | Message | KvResult | Dropped | Status
+Event = Acked | Failed | Stored | Message | KvResult | Dropped | Status
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
@@ -113,6 +122,12 @@ class NatsBridge:
         """A JetStream publish; returns the token its ``Acked`` or ``Failed`` will carry."""
         token = next(self._tokens)
         self.sock.send(_encode(["publish", token, subject, payload, msg_id, retry_s]))
+        return token
+
+    def next(self, stream: str, subject: str, after: int) -> int:
+        """Ask for the first message of ``stream`` on ``subject`` stored after position ``after``."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["next", token, stream, subject, after]))
         return token
 
     def subscribe(self, subject: str) -> None:
@@ -289,6 +304,18 @@ class _Bridge:
                 except Exception as exc:  # the stream refused it: one answer, no retry
                     self.tell(Failed(token, str(exc) or type(exc).__name__))
                     return
+
+    async def _next(self, token: int, stream: str, subject: str, after: int) -> None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            msg = await self.js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+        except NotFoundError:
+            self.tell(Failed(token, "not_found"))
+        except Exception as exc:  # an answer, whatever went wrong (no leader: the caller asks again)
+            self.tell(Failed(token, str(exc) or type(exc).__name__))
+        else:
+            self.tell(Stored(token, msg.seq or 0, msg.subject or subject, msg.data or b""))
 
     async def _stream(self, token: int, config: dict[str, Any]) -> None:
         from nats.js.api import RePublish, StorageType, StreamConfig

@@ -212,6 +212,10 @@ class FeedSequencer:
 
 
 def _cost(event: Sequenced) -> int:
-    """What holding ``event`` costs, estimated: its text at up to 4 bytes a character, and the rest."""
+    """What holding ``event`` costs, estimated: its text at up to 4 bytes a character (or, for an event
+    still in its stored bytes, as a front door holds them: ``cluster_feed``, those bytes), and the rest."""
     text = getattr(event, "text", "")
-    return HELD_OVERHEAD + 4 * len(text) if type(text) is str else HELD_OVERHEAD
+    if type(text) is str:
+        return HELD_OVERHEAD + 4 * len(text)
+    data = getattr(event, "data", b"")
+    return HELD_OVERHEAD + len(data) if type(data) is bytes else HELD_OVERHEAD

@@ -1,0 +1,129 @@
+"""A front door's feed from the log (issue 17): each room's events as the stream stored them, in order and
+exactly once, holes filled from the stream itself.
+
+JetStream RePublishes every event it stores to ``feed.room.<room>``, with ``Nats-Sequence`` (its position)
+and ``Nats-Last-Sequence`` (the position of the same room's previous event: protocol version 2's ``prev``).
+A front door follows each room's chain with the clients' own ``sequencer.FeedSequencer``.  A hole (the bridge
+dropped feed messages while the loop was busy, a reconnect to NATS lost some) is filled by walking the room's
+subject in the stream: ``Fetch(room, after)`` asks for the first event stored after ``after``, whose ``prev``
+is therefore ``after``, until the chain closes.  After the bridge says it dropped messages, every room is
+checked that way once (a room with no later event would show its hole to nobody).
+
+A room seen for the first time starts at its first event's ``prev``: a front door follows rooms from when it
+started, and reads older history on demand.  Sans-I/O: the bridge's messages and answers in; events in
+order, and fetches to make, out.  At most one fetch per room is outstanding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sequencer import FeedSequencer, Sequenced
+
+#: Where the stream republishes room events: ``feed.room.<room>``.
+FEED_PREFIX = "feed.room."
+#: Where room events are stored: ``chat.room.<room>``, one subject per room in one stream.
+LOG_PREFIX = "chat.room."
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """A room event as the log stored it: its position, the room's previous position, the stored bytes."""
+
+    room: str
+    seq: int
+    prev: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask the stream for ``room``'s first event stored after position ``after`` (``nats_bridge.next``)."""
+
+    room: str
+    after: int
+
+    @property
+    def subject(self) -> str:
+        return LOG_PREFIX + self.room
+
+
+Out = tuple[list[LogEvent], list[Fetch]]
+
+
+class ClusterFeed:
+    """Per room: the chain followed so far, events held beyond a hole, and the fetch filling it."""
+
+    def __init__(self) -> None:
+        self.sequencer = FeedSequencer()
+        self.fetching: dict[str, int] = {}  # room -> the ``after`` of its outstanding fetch
+        #: Rooms checked after a drop: their walk goes on to the stream's end (``missing``), not only until
+        #: their chain closes, as a hole at a room's end shows in no later event.
+        self.walking: set[str] = set()
+
+    def message(self, subject: str, headers: dict[str, str], data: bytes) -> Out:
+        """A republished event arrived (``nats_bridge.Message``); anything else on the feed is ignored."""
+        try:
+            seq, prev = int(headers["Nats-Sequence"]), int(headers["Nats-Last-Sequence"])
+        except (KeyError, ValueError):
+            return [], []
+        if not subject.startswith(FEED_PREFIX) or not 0 <= prev < seq:
+            return [], []
+        event = LogEvent(subject[len(FEED_PREFIX) :], seq, prev, data)
+        if event.room not in self.sequencer.last:
+            self.sequencer.expect(event.room, prev)  # first sight: the room starts here for us
+        return self._out(event.room, *self.sequencer.push(event))
+
+    def stored(self, fetch: Fetch, seq: int, data: bytes) -> Out:
+        """The answer to ``fetch``: the event stored at ``seq``, the first of the room after ``fetch.after``."""
+        if self.fetching.get(fetch.room) != fetch.after:
+            return [], []  # not the outstanding fetch (the room was forgotten meanwhile)
+        del self.fetching[fetch.room]
+        if seq <= fetch.after:
+            return self._out(fetch.room, [], fetch.after)  # not what was asked: ask again
+        event = LogEvent(fetch.room, seq, fetch.after, data)
+        ready, after = self.sequencer.fill(fetch.room, [event], head=seq)
+        if after is None and fetch.room in self.walking:
+            after = self.sequencer.last[fetch.room]
+        return self._out(fetch.room, ready, after)
+
+    def missing(self, fetch: Fetch) -> Out:
+        """The stream has nothing of the room after ``fetch.after``: what the hole held is gone (limits,
+        a purge), so it is skipped (``sequencer.lost`` counts it)."""
+        if self.fetching.get(fetch.room) != fetch.after:
+            return [], []
+        del self.fetching[fetch.room]
+        self.walking.discard(fetch.room)
+        held = self.sequencer.held.get(fetch.room)
+        head = max(held) if held else fetch.after
+        return self._out(fetch.room, *self.sequencer.fill(fetch.room, [], head=head))
+
+    def failed(self, fetch: Fetch) -> list[Fetch]:
+        """A fetch got no answer (no leader just now): it is made again."""
+        if self.fetching.get(fetch.room) != fetch.after:
+            return []
+        del self.fetching[fetch.room]
+        return self._out(fetch.room, [], fetch.after)[1]
+
+    def dropped(self) -> list[Fetch]:
+        """The bridge dropped feed messages: every room followed is checked for events after its last."""
+        fetches = []
+        self.walking.update(self.sequencer.last)
+        for room, last in self.sequencer.last.items():
+            if room not in self.fetching:
+                self.fetching[room] = last
+                fetches.append(Fetch(room, last))
+        return fetches
+
+    def forget(self, room: str) -> None:
+        """The front door stops following ``room`` (no local member): its chain and held events go."""
+        self.sequencer.forget(room)
+        self.fetching.pop(room, None)
+        self.walking.discard(room)
+
+    def _out(self, room: str, ready: list[Sequenced], fetch_after: int | None) -> Out:
+        events: list[LogEvent] = ready  # type: ignore[assignment]  # what went in: LogEvents
+        if fetch_after is None or room in self.fetching:
+            return events, []
+        self.fetching[room] = fetch_after
+        return events, [Fetch(room, fetch_after)]
