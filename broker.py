@@ -32,7 +32,8 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import ChatConfig, ChatCore, Output, Publish
+from chat import Append, ChatConfig, ChatCore, Output, Publish
+from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
 
@@ -117,8 +118,11 @@ class Broker:
         core: ChatCore,
         secure: bool = False,
         max_unstored_bytes: int = MAX_UNSTORED_BYTES,
+        front_door: FrontDoor | None = None,
     ) -> None:
         self.router = router
+        #: ``--cluster``: room events go to the cluster's log and come back from it (``front_door``).
+        self.front_door = front_door
         self.max_unstored_bytes = max_unstored_bytes
         self.pub = pub
         self.core = core
@@ -139,6 +143,8 @@ class Broker:
             self.writer = Writer(store, router.context)
             self.written = self.writer.sock
             self.poller.register(self.written, zmq.POLLIN)
+        for sock in front_door.sockets if front_door is not None else ():
+            self.poller.register(sock, zmq.POLLIN)
 
     def flush(self, outputs: list[Output]) -> None:
         """Commit, then send: nobody is told of (acked, or shown on the feed) what is not yet durable.
@@ -217,7 +223,10 @@ class Broker:
                 return
 
     def unstored(self) -> int:
-        """Bytes of events handed to the writer and not yet known to be in SQLite."""
+        """Bytes of events handed to the writer and not yet known to be in SQLite (a front door: handed to the
+        cluster's log and not yet answered)."""
+        if self.front_door is not None:
+            return self.front_door.pending_bytes
         return getattr(self.core.store, "unstored_bytes", 0)
 
     def _writer_failed(self, exc: BaseException, outputs: Sequence[Output] = ()) -> None:
@@ -267,6 +276,8 @@ class Broker:
                     batches[out.topic] = [out.payload]
                 else:
                     batch.append(out.payload)
+            elif type(out) is Append:
+                self.front_door.append(out)  # type: ignore[union-attr]  # only a front door's core makes them
             else:
                 replies.append(out)
         send_feed = self.pub.send
@@ -297,6 +308,8 @@ class Broker:
         ready = dict(self.poller.poll(wait_ms))
         if self.written in ready:
             self.on_written()
+        if self.front_door is not None and ready:
+            self.flush(self.front_door.handle(clock()))
         if self.router in ready:
             self.drain()
         now = clock()
@@ -325,7 +338,8 @@ class Broker:
             self.writer.hand_over()  # all of it, now: the writer has to catch up before anything else
         now = time.monotonic()
         if now - self._paused_at >= 60:
-            log.warning("SQLite is %d bytes behind: reading no requests until it catches up", self.unstored())
+            behind = "the cluster's log" if self.front_door is not None else "SQLite"
+            log.warning("%s is %d bytes behind: reading no requests until it catches up", behind, self.unstored())
         self._paused_at = now
 
     def _settle_before_stop(self) -> None:
@@ -339,6 +353,15 @@ class Broker:
             self._check_writer()
         if self.core.unavailable is not None:
             self.retry_storage()
+
+    def _settle_with_the_log(self) -> None:
+        """Stopping a front door: wait (up to ``STOP_WAIT_S``) for the log to answer what was handed to it, the
+        leaves of our sessions among it, and send those answers."""
+        door, deadline = self.front_door, time.monotonic() + STOP_WAIT_S
+        assert door is not None
+        while door.pending() and time.monotonic() < deadline:
+            if door.bridge.sock.poll(100):
+                self.dispatch(door.handle(time.monotonic()))
 
     def _check_writer(self) -> None:
         """If the writer process died (killed, out of memory), what it had not answered failed: the broker
@@ -393,6 +416,9 @@ class Broker:
         self._settle_before_stop()
         self.flush(self.core.shutdown(time.monotonic()))
         self._settle_before_stop()
+        if self.front_door is not None:
+            self._settle_with_the_log()
+            self.front_door.close()
         if self.writer is not None:
             self.writer.stop()
         unstored = self.core.store.pending
@@ -468,6 +494,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="SQLite file for room history and seqs; ':memory:' keeps nothing (default: %(default)s)",
     )
     parser.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="be a front door of a cluster: room events go to a JetStream stream on these NATS servers "
+        "(comma-separated, e.g. nats://h1:4222,nats://h2:4222), not to --db (see docs/scaling.md)",
+    )
+    parser.add_argument(
+        "--cluster-replicas",
+        type=int,
+        default=3,
+        metavar="N",
+        help="copies of the stream the cluster keeps, one per NATS node (default: %(default)s)",
+    )
+    parser.add_argument(
         "--sync",
         choices=SYNC_LEVELS,
         default="normal",
@@ -479,8 +518,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=MAX_UNSTORED_BYTES,
         metavar="BYTES",
-        help="events accepted and not yet in SQLite, at most; past it the broker waits for the disk before it "
-        "reads more requests (default: %(default)s)",
+        help="events accepted and not yet in SQLite (a front door: not yet answered by the cluster's log), at most; "
+        "past it the broker waits for the disk (the log) before it reads more requests (default: %(default)s)",
     )
     parser.add_argument(
         "--feed-hwm",
@@ -652,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="chat-broker: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        store = open_store(args.db, args.sync)
+        store = open_store(":memory:" if args.cluster else args.db, args.sync)  # a cluster's history: its log
     except StoreInUse as exc:
         print(f"chat-broker: the database {args.db} is in use: {exc}", file=sys.stderr)
         return 1
@@ -680,13 +719,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # Timers run on the monotonic clock (a wall-clock step can neither expire nor freeze sessions);
     # event ts are that clock plus a fixed offset to Unix time taken now.
-    core = ChatCore(config, store, now=time.monotonic(), wall_offset=time.time() - time.monotonic(), bindings=allowed)
-    broker = Broker(router, pub, core, secure=curve is not None, max_unstored_bytes=args.max_unstored_bytes)
+    core = ChatCore(
+        config,
+        store,
+        now=time.monotonic(),
+        wall_offset=time.time() - time.monotonic(),
+        bindings=allowed,
+        clustered=bool(args.cluster),
+    )
+    door = None
+    if args.cluster:
+        try:
+            servers = [url.strip() for url in args.cluster.split(",") if url.strip()]
+            door = FrontDoor(ctx, servers, core, args.cluster_replicas)
+            store.history_id = door.start()  # the cluster's history: every front door names it alike
+        except ClusterUnavailable as exc:
+            print(f"chat-broker: cannot reach the cluster at {args.cluster}: {exc}", file=sys.stderr)
+            if door is not None:
+                door.close()
+            ctx.destroy(linger=0)
+            return 1
+    broker = Broker(
+        router, pub, core, secure=curve is not None, max_unstored_bytes=args.max_unstored_bytes, front_door=door
+    )
     gc.freeze()  # what start-up made (modules, the restored rooms) is never walked by the GC again
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
     where = f"{args.db} ({len(core.rooms)} rooms, sync={args.sync})" if store.persistent else "memory only"
+    if door is not None:
+        where = f"the cluster's log, stream {store.history_id} at {door.connected}"
     print(f"  history:        {where}")
     print(f"  security:       {transport.security_mode(curve is not None, allowed)}")
     print(f"  capacity:       about {max(0, open_files - 64):,} connections (open files limit {open_files:,})")

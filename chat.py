@@ -10,6 +10,7 @@ sleeping, and any other front end (a web gateway, a test) can reuse the logic.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import ipaddress
 import itertools
@@ -26,7 +27,7 @@ import msgspec
 
 import messages as m
 from messages import ErrorCode, ProtocolError
-from store import MemoryStore, Sealed, SqliteStore
+from store import TOPIC_EVENT, MemoryStore, Sealed, SqliteStore
 
 
 class Reply(NamedTuple):
@@ -43,7 +44,22 @@ class Publish(NamedTuple):
     payload: bytes
 
 
-Output = Reply | Publish
+class Append(NamedTuple):
+    """A front door (``--cluster``): hand a room event to the cluster's log, which gives it its position.  It
+    comes back through ``ChatCore.applied``, from every front door alike; ``ack`` (peer, request id) is
+    answered once the log confirms it (``confirmed``) or gives up (``refused``)."""
+
+    room: str
+    payload: bytes  # the event with seq and prev 0: the log's position is set when it comes back
+    log_id: str  # the log's deduplication id (Nats-Msg-Id): a resend, through any front door, is stored once
+    sender: str  # the folded user whose event it is: one sender's events reach the log in their order
+    ack: tuple[bytes, str] | None  # (peer, request id)
+
+
+Output = Reply | Publish | Append
+_decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
+#: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
+MSG_EVENT = b'{"type":"msg",'
 _new_tuple = tuple.__new__  # builds a NamedTuple at half the cost of calling it: once per event, it shows
 log = logging.getLogger("chat")
 
@@ -333,14 +349,20 @@ class ChatCore:
         now: float = 0.0,
         wall_offset: float = 0.0,
         bindings: dict[str, str | None] | None = None,
+        clustered: bool = False,
     ) -> None:
         """``now`` (here and in every call) is a monotonic clock; ``ts`` stamps are ``now + wall_offset``.
+
+        ``clustered``: a front door of a cluster.  Room events are not numbered here but handed to the
+        cluster's log (``Append``) and kept and published when the log hands them back (``applied``), with
+        the log's positions, which skip within a room; acks wait for the log (``confirmed``).
 
         ``bindings`` maps CURVE client keys to the one name each may use (None: any free name); a bound
         name is then reserved for its key, even while nobody uses it.
         """
         self.config = config or ChatConfig()
         self.store = store or MemoryStore()
+        self.clustered = clustered
         self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
@@ -554,8 +576,8 @@ class ChatCore:
         encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
         ts, persistent = now + self.wall_offset, self.store.persistent
         end, grown, added, first, overhead = len(envelopes), 0, 0, True, EVENT_OVERHEAD
-        if self.unavailable is not None:
-            return at  # nothing can be stored: the general path refuses each
+        if self.unavailable is not None or self.clustered:
+            return at  # nothing can be stored (the general path refuses each), or the log numbers events
         try:
             while at < end:
                 req = envelopes[at]
@@ -784,6 +806,9 @@ class ChatCore:
         event = m.MsgEvent(room=room_name, user=session.user, text=req["text"], id=msg_id)
         if req.get("me"):
             event.me = True
+        if self.clustered:  # acked once the log has it
+            self._append(self.rooms[room_name], event, session, now, out, (peer, msg_id))
+            return
         seq = self._publish(self.rooms[room_name], event, now, out)
         ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
         self.said.remember(session.folded, msg_id, ack, now)
@@ -850,8 +875,12 @@ class ChatCore:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"join {name!r} before setting its topic", req["id"])
         room = self.rooms[name]
         if text != room.topic:
+            event = m.TopicEvent(room=name, user=session.user, topic=text)
+            if self.clustered:  # acked once the log has it; the topic is the room's when it comes back
+                self._append(room, event, session, now, out, (peer, req["id"]))
+                return
             room.topic = text
-            room.topic_seq = self._publish(room, m.TopicEvent(room=name, user=session.user, topic=text), now, out)
+            room.topic_seq = self._publish(room, event, now, out)
         out.append(Reply(peer, m.encode(m.Ack(id=req["id"], room=name, seq=room.topic_seq))))
 
     def _nick(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
@@ -1083,7 +1112,10 @@ class ChatCore:
 
     def _publish(self, room: Room, event: m.RoomEvent, now: float, out: list[Output]) -> int:
         """Stamp ``event`` with the room's next seq (and the one before it: a single broker's positions are
-        consecutive) and the time, keep it, and send it to the feed."""
+        consecutive) and the time, keep it, and send it to the feed.  A front door hands it to the log."""
+        if self.clustered:
+            self._append(room, event, self.by_name.get(event.user.casefold()), now, out, None)
+            return room.seq
         seq = room.seq = room.seq + 1
         event.seq = seq
         event.prev = seq - 1
@@ -1094,6 +1126,63 @@ class ChatCore:
             self.store.append(room.name, seq, payload)
         out.append(_new_tuple(Publish, (room.feed, payload)))  # Publish(...) without its Python-level __new__
         return seq
+
+    def _append(
+        self,
+        room: Room,
+        event: m.RoomEvent,
+        session: Session | None,
+        now: float,
+        out: list[Output],
+        ack: tuple[bytes, str] | None,
+    ) -> None:
+        """Hand ``event`` to the cluster's log.  An acked event's log id is its user's and request id's, so a
+        resend through any front door is stored once; other events are each new (a random id)."""
+        event.seq, event.prev, event.ts = 0, 0, now + self.wall_offset
+        sender = session.folded if session is not None else event.user.casefold()
+        key = f"{sender} {ack[1]}" if ack else os.urandom(16).hex()  # a name has no space
+        log_id = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        out.append(Append(room.name, m.encode(event), log_id, sender, ack))
+
+    def applied(self, room_name: str, seq: int, prev: int, payload: bytes) -> list[Output]:
+        """The log's next event of ``room_name`` (``cluster_feed``: each room in order, once), from any front
+        door: stamped with its position, kept if the room is in memory, and published.  What is not a room
+        event of that room (the log is shared infrastructure, not a peer, but a bug or a stray publisher
+        could put anything there) is logged and skipped: the chain moves past it."""
+        payload = payload.replace(b'"seq":0,"prev":0', b'"seq":%d,"prev":%d' % (seq, prev), 1)
+        try:
+            event = _decode_room_event(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            event = None
+        if event is None or event.room != room_name:
+            log.error("the cluster's log holds something that is not an event of %s at %d; skipped", room_name, seq)
+            return []
+        room = self.rooms.get(room_name)
+        if room is None:
+            self._rest(room_name, seq)  # a join brings it back at this position
+        else:
+            room.seq = seq
+            if payload.startswith(TOPIC_EVENT):
+                room.set_topic(payload)
+            self._keep(room, [payload])
+        return [Publish(m.room_topic(room_name), payload)]
+
+    def confirmed(self, append: Append, seq: int, now: float) -> list[Output]:
+        """The log stored ``append`` at ``seq``: its ack (a msg's is kept, for a resend of its id)."""
+        if append.ack is None:
+            return []
+        peer, msg_id = append.ack
+        reply = m.encode(m.Ack(id=msg_id, room=append.room, seq=seq))
+        if append.payload.startswith(MSG_EVENT):
+            self.said.remember(append.sender, msg_id, reply, now)
+        return [Reply(peer, reply)]
+
+    def refused(self, append: Append, reason: str) -> list[Output]:
+        """The log did not store ``append`` (no quorum for that long): the sender hears it was not sent."""
+        if append.ack is None:
+            return []
+        error = ProtocolError(ErrorCode.UNAVAILABLE, f"the cluster's log did not store it ({reason})", append.ack[1])
+        return [Reply(append.ack[0], m.encode(error.envelope()))]
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
         """A message we already accepted (its ack was lost): ack it again, publish nothing.  The same id
@@ -1125,7 +1214,7 @@ class ChatCore:
             return False
         room = self.rooms.get(name)
         if room is not None and seq >= _first_kept(room):
-            payloads = [room.history[seq - _first_kept(room)]]
+            payloads = _after(room, seq - 1, 1)
         else:
             payloads = self.store.read(name, seq - 1, 1)
         event = m.decode(payloads[0]) if payloads else {}
@@ -1218,16 +1307,24 @@ def _seq_of(payload: bytes) -> int:
 
 
 def _first_kept(room: Room) -> int:
-    """The seq of the oldest event kept in memory (seqs in a room's history are contiguous)."""
-    return room.seq - len(room.history) + 1
+    """The seq of the oldest event kept in memory (``room.seq + 1``: none)."""
+    return _seq_of(room.history[0]) if room.history else room.seq + 1
 
 
 def _after(room: Room, after: int, limit: int) -> list[bytes]:
-    """The first ``limit`` kept events with ``seq > after``."""
-    start = max(0, after + 1 - _first_kept(room))
-    if start >= len(room.history):
+    """The first ``limit`` kept events with ``seq > after``.  A single broker's seqs are consecutive, and
+    where ``after`` falls is a subtraction; a cluster's skip, and it is found by bisection."""
+    history = room.history
+    if not history:
         return []
-    return list(itertools.islice(room.history, start, start + limit))
+    first = _seq_of(history[0])
+    start = after + 1 - first
+    if start >= len(history) or (start > 0 and _seq_of(history[start - 1]) != after):
+        start = bisect.bisect_right(history, after, key=_seq_of)
+    start = max(0, start)
+    if start >= len(history):
+        return []
+    return list(itertools.islice(history, start, start + limit))
 
 
 def _fit(payloads: list[bytes], budget: int, newest: bool = False) -> list[bytes]:

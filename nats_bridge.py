@@ -19,7 +19,8 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
 - ``next``: the first message stored in a stream on a subject after a position (what fills a hole in a
   room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.
-- ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket.  ``kv``: create, update
+- ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket (a stream's answer holds
+  when it was made).  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
 
 ``Status`` says when the connection is up, down (nats-py reconnects on its own, to any server given) or
@@ -331,10 +332,10 @@ class _Bridge:
         from nats.js.errors import BadRequestError
 
         try:
-            await self.js.add_stream(config)
+            info = await self.js.add_stream(config)
         except BadRequestError:  # it exists with another configuration: make it this one
-            await self.js.update_stream(config)
-        return 1, None
+            info = await self.js.update_stream(config)
+        return 1, str(info.created or config.name).encode()  # when it was made: names the history it holds
 
     async def _kv_bucket(self, token: int, config: dict[str, Any]) -> None:
         from nats.js.api import KeyValueConfig

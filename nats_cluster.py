@@ -6,8 +6,10 @@ healthy in well under a second on fresh folders) for trying the design out and f
 
     python nats_cluster.py                      # three nodes on free ports; prints their URLs; Ctrl-C stops
     python nats_cluster.py --dir /tmp/nats      # their data (stream files, logs) in /tmp/nats/n1..n3
+    python nats_cluster.py --brokers 2          # and two brokers as front doors (``broker.py --cluster``)
 
-The brokers' ``--cluster`` mode, which would join them to these nodes, is not built yet (docs/scaling.md).
+With ``--brokers N`` it also starts N brokers on 127.0.0.1 (inbox/feed ports 5555/5556, 5565/5566, ...) and
+prints the command that connects a console client to all of them (it moves on when its door goes).
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nats-cluster", description="Three nats-server nodes with JetStream.")
     parser.add_argument("--dir", type=Path, help="where the nodes keep their data (default: a new temporary folder)")
     parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default: %(default)s)")
+    parser.add_argument("--brokers", type=int, default=0, help="front doors to start on them (default: none)")
     args = parser.parse_args(argv)
     if shutil.which("nats-server") is None:
         print("nats-cluster: nats-server is not installed (Debian: apt-get install nats-server)", file=sys.stderr)
@@ -153,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nats-cluster: {exc}", file=sys.stderr)
         return 1
     print(f"NATS cluster {CLUSTER_NAME!r}: {', '.join(cluster.urls)} (data in {folder})")
+    brokers = [start_broker(cluster, 5555 + 10 * i, folder / f"broker{i + 1}.log") for i in range(args.brokers)]
+    if brokers:
+        routers = ",".join(f"tcp://127.0.0.1:{5555 + 10 * i}" for i in range(args.brokers))
+        pubs = ",".join(f"tcp://127.0.0.1:{5556 + 10 * i}" for i in range(args.brokers))
+        print(f"{len(brokers)} front doors (logs in {folder}); chat through them with:")
+        print(f"  python client.py --router {routers} --pub {pubs}")
     print("Ctrl-C stops it.", flush=True)
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -160,8 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             while all(node.process is not None and node.process.poll() is None for node in cluster.nodes):
                 time.sleep(0.5)
     finally:
+        for broker in brokers:
+            broker.send_signal(signal.SIGTERM)
+        for broker in brokers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                broker.wait(timeout=15)
         cluster.stop()
     return 0
+
+
+def start_broker(cluster: NatsCluster, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A broker as a front door of ``cluster``, inbox on ``port`` and feed on ``port + 1``."""
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "broker.py"), "--cluster", ",".join(cluster.urls)]
+    argv += ["--router", f"tcp://127.0.0.1:{port}", "--pub", f"tcp://127.0.0.1:{port + 1}"]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 if __name__ == "__main__":

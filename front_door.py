@@ -1,0 +1,183 @@
+"""A broker as a front door of a cluster (``--cluster nats://...``, issue 17): the chat core's room events go
+to one replicated JetStream stream, and come back from it, with its positions, to every front door alike.
+
+- **Out:** each ``chat.Append`` the core makes is published to ``chat.room.<room>`` under its log id
+  (``Nats-Msg-Id``: a resend through any front door is stored once).  One sender's events go one at a time,
+  so a retry through a leader election cannot put a person's lines out of order; different senders'
+  go side by side.  The log's answer acks the request (``ChatCore.confirmed``) or refuses it
+  (``refused``: ``unavailable``).
+- **Back:** the stream RePublishes what it stores to ``feed.room.<room>``; ``cluster_feed`` puts each room in
+  order (its ``prev`` chain), fills holes from the stream, and the core keeps and publishes each event
+  (``ChatCore.applied``) on this broker's PUB, as a single broker does.
+
+Not yet a whole cluster (docs/scaling.md): names, ``who``, ``rooms`` and DMs are still this front door's own,
+history is what it saw since it started, and a dead front door's members are not announced as gone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections import deque
+
+import zmq
+
+from chat import Append, ChatCore, Output
+from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
+from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
+
+log = logging.getLogger("chat-broker")
+
+#: The stream every room's events are in.
+STREAM = "CHAT"
+#: How long a front door waits at start for NATS and its stream before it gives up.
+START_TIMEOUT_S = 20.0
+
+
+def stream_config(replicas: int) -> dict:
+    """One stream for every room (a stream per room costs NATS a share of a core per idle room), file
+    storage, ``replicas`` copies, ten minutes of deduplication (the resend window clients are promised), and
+    RePublish, whose ``Nats-Last-Sequence`` header is the room's ``prev``."""
+    return {
+        "name": STREAM,
+        "subjects": [LOG_PREFIX + ">"],
+        "num_replicas": replicas,
+        "storage": "file",
+        "duplicate_window": 600,
+        "republish": {"src": LOG_PREFIX + ">", "dest": FEED_PREFIX + ">"},
+    }
+
+
+class ClusterUnavailable(RuntimeError):
+    """NATS, or the stream, could not be reached at start."""
+
+
+class FrontDoor:
+    """The broker's side of the cluster: the bridge, the appends awaiting the log, the feed coming back."""
+
+    def __init__(self, ctx: zmq.Context, servers: list[str], core: ChatCore, replicas: int = 3) -> None:
+        if importlib.util.find_spec("nats") is None:
+            raise ClusterUnavailable("nats-py is not installed (pip install 'zmq-chat[cluster]')")
+        self.core = core
+        self.bridge = NatsBridge(ctx, servers)
+        self.feed = ClusterFeed()
+        self.sent: dict[int, Append] = {}  # bridge token -> the append it carries
+        self.fetches: dict[int, Fetch] = {}  # bridge token -> the fetch it carries
+        self.queues: dict[str, deque[Append]] = {}  # per sender: the first is with the log, the rest wait
+        #: The bytes of the events in ``queues``: the broker reads no requests past ``--max-unstored-bytes``
+        #: (NATS down, an election), so what the log has not answered is bounded like what a disk has not.
+        self.pending_bytes = 0
+        self.connected = ""  # the NATS server we are connected to ("": none)
+        self.replicas = replicas
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """What the broker's poller watches."""
+        return self.bridge.sock, self.bridge.feed
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> str:
+        """Connect, make (or update) the stream, subscribe to its feed; returns the history id (when the
+        stream was made), or raises ``ClusterUnavailable``."""
+        deadline = time.monotonic() + timeout
+        token = None
+        poller = zmq.Poller()
+        poller.register(self.bridge.sock, zmq.POLLIN)
+        while time.monotonic() < deadline:
+            poller.poll(100)
+            for event in self.bridge.answers():
+                if isinstance(event, Status):
+                    self._status(event)
+                    if event.state == "closed":
+                        raise ClusterUnavailable(event.detail or "the connection to NATS closed")
+                    if event.state == "connected" and token is None:
+                        token = self.bridge.stream(stream_config(self.replicas))
+                elif isinstance(event, KvResult) and event.token == token:
+                    if event.error is not None:
+                        raise ClusterUnavailable(f"cannot make the stream {STREAM}: {event.error}")
+                    self.bridge.subscribe(FEED_PREFIX + ">")
+                    return f"nats:{STREAM}:{(event.value or b'').decode()}"
+        raise ClusterUnavailable(f"no answer from NATS in {timeout:g} s")
+
+    def append(self, append: Append) -> None:
+        """Hand ``append`` to the log, behind its sender's earlier ones."""
+        queue = self.queues.setdefault(append.sender, deque())
+        queue.append(append)
+        self.pending_bytes += len(append.payload)
+        if len(queue) == 1:
+            self._publish(append)
+
+    def _publish(self, append: Append) -> None:
+        token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
+        self.sent[token] = append
+
+    def pending(self) -> int:
+        """Appends not yet answered by the log."""
+        return sum(map(len, self.queues.values()))
+
+    def handle(self, now: float) -> list[Output]:
+        """Everything the bridge has for us: answers first, then the feed."""
+        out: list[Output] = []
+        for event in self.bridge.events():
+            if isinstance(event, Message):
+                ready, fetches = self.feed.message(event.subject, event.headers, event.data)
+                self._applied(ready, out)
+                self._fetch(fetches)
+            elif isinstance(event, Acked | Failed) and event.token in self.sent:
+                out += self._answered(event, now)
+            elif isinstance(event, Stored | Failed) and event.token in self.fetches:
+                self._filled(event, out)
+            elif isinstance(event, Dropped):
+                log.warning("the loop fell behind the cluster's feed: %d events to fetch again", event.count)
+                self._fetch(self.feed.dropped())
+            elif isinstance(event, Status):
+                self._status(event)
+                if event.state == "connected":  # what was republished while we were away: fetched
+                    self._fetch(self.feed.dropped())
+        return out
+
+    def _answered(self, event: Acked | Failed, now: float) -> list[Output]:
+        append = self.sent.pop(event.token)
+        queue = self.queues[append.sender]
+        queue.popleft()
+        self.pending_bytes -= len(append.payload)
+        if queue:
+            self._publish(queue[0])
+        else:
+            del self.queues[append.sender]
+        if isinstance(event, Acked):
+            return self.core.confirmed(append, event.seq, now)
+        log.warning("the cluster's log did not store an event of %s: %s", append.room, event.reason)
+        return self.core.refused(append, event.reason)
+
+    def _filled(self, event: Stored | Failed, out: list[Output]) -> None:
+        fetch = self.fetches.pop(event.token)
+        if isinstance(event, Stored):
+            ready, fetches = self.feed.stored(fetch, event.seq, event.data)
+        elif event.reason == "not_found":
+            ready, fetches = self.feed.missing(fetch)
+        else:
+            ready, fetches = [], self.feed.failed(fetch)
+        self._applied(ready, out)
+        self._fetch(fetches)
+
+    def _applied(self, ready: list, out: list[Output]) -> None:
+        for event in ready:
+            out += self.core.applied(event.room, event.seq, event.prev, event.data)
+
+    def _fetch(self, fetches: list[Fetch]) -> None:
+        for fetch in fetches:
+            self.fetches[self.bridge.next(STREAM, fetch.subject, fetch.after)] = fetch
+
+    def _status(self, event: Status) -> None:
+        if event.state == "connected":
+            self.connected = event.detail
+            log.info("cluster: connected to NATS at %s", event.detail)
+        elif event.state in ("disconnected", "closed"):
+            self.connected = ""
+            log.warning("cluster: %s from NATS %s", event.state, event.detail)
+        else:
+            log.warning("cluster: %s", event.detail)
+
+    def close(self) -> None:
+        self.bridge.close()

@@ -1,0 +1,129 @@
+"""ChatCore as a front door of a cluster (``clustered=True``): room events go to the log as ``Append`` and
+come back, numbered by the log (positions that skip within a room), through ``applied``; acks wait for
+``confirmed``.  Two cores share one simulated log here, as two front doors share the stream."""
+
+from __future__ import annotations
+
+import msgspec
+
+from chat import Append, ChatConfig, ChatCore, Publish, Reply
+
+A, B = b"peer-a", b"peer-b"
+
+
+class Log:
+    """One stream for every room: positions in arrival order, each room's previous position, dedupe by id."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bytes]] = []
+        self.by_id: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+
+    def store(self, append: Append) -> tuple[int, int, bool]:
+        """(seq, prev, duplicate)"""
+        if append.log_id in self.by_id:
+            seq = self.by_id[append.log_id]
+            return seq, 0, True
+        self.events.append((append.room, append.payload))
+        seq = self.by_id[append.log_id] = len(self.events)
+        prev, self.last[append.room] = self.last.get(append.room, 0), seq
+        return seq, prev, False
+
+
+def run(log: Log, doors: list[ChatCore], made: dict[ChatCore, list], now: float = 0.0) -> dict[ChatCore, list]:
+    """Store every Append the doors made, in order; each door applies every new event (all doors see the
+    stream's feed) and the door that made it confirms it.  Returns what each door sent."""
+    out: dict[ChatCore, list] = {door: [o for o in made.get(door, []) if not isinstance(o, Append)] for door in doors}
+    for door, outputs in made.items():
+        for append in [o for o in outputs if isinstance(o, Append)]:
+            seq, prev, duplicate = log.store(append)
+            if not duplicate:
+                for each in doors:
+                    out[each] += each.applied(append.room, seq, prev, append.payload)
+            out[door] += door.confirmed(append, seq, now)
+    return out
+
+
+def send(core: ChatCore, peer: bytes, env: dict, now: float = 0.0) -> list:
+    return core.handle(peer, [msgspec.json.encode(env)], now)
+
+
+def decoded(out: list, kind: type) -> list[dict]:
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, kind)]
+
+
+def door() -> ChatCore:
+    return ChatCore(ChatConfig(), epoch="e", clustered=True)
+
+
+def test_two_front_doors_show_one_room_alike_with_the_logs_positions() -> None:
+    log, one, two = Log(), door(), door()
+    run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "bob", "rooms": ["general"]})})
+    log.store(Append("other", b'{"type":"msg","room":"other","seq":0,"prev":0}', "x", "carol", None))  # skips
+    made = send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})
+    assert decoded(made, Reply) == [] and [type(o) for o in made] == [Append]  # no ack before the log has it
+    out = run(log, [one, two], {one: made})
+    ack = decoded(out[one], Reply)
+    assert ack == [{"type": "ack", "id": "m1", "room": "general", "seq": 4}]
+    for each in (one, two):  # both doors publish it, numbered alike: position 4, the room's previous 2
+        (event,) = [e for e in decoded(out[each], Publish) if e["type"] == "msg"]
+        assert (event["seq"], event["prev"], event["text"], event["user"]) == (4, 2, "hi", "alice")
+    # History from either door: the room's events with their positions, however they skip.
+    for each, peer in ((one, A), (two, B)):
+        (history,) = decoded(send(each, peer, {"type": "history", "room": "general", "after": 1}), Reply)
+        assert [(e["type"], e["seq"], e["prev"]) for e in history["events"]] == [("join", 2, 1), ("msg", 4, 2)]
+        assert history["seq"] == 4
+        (history,) = decoded(send(each, peer, {"type": "history", "room": "general", "after": 3}), Reply)
+        assert [e["seq"] for e in history["events"]] == [4]
+
+
+def test_a_resend_is_stored_once_and_acked_alike_through_either_door() -> None:
+    log, one, two = Log(), door(), door()
+    run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    first = run(log, [one, two], {one: send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})})
+    # Its ack was lost and the door died: alice says hello at the other door and sends it again.
+    send(one, A, {"type": "bye"})
+    run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    again = run(log, [one, two], {two: send(two, B, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})})
+    assert decoded(again[two], Reply) == decoded(first[one], Reply)  # the same seq
+    assert [e for e in decoded(again[two], Publish) if e["type"] == "msg"] == []  # published once, earlier
+    # Through the door that acked it (its said window has it), a resend is answered at once, no log round.
+    send(two, B, {"type": "bye"})
+    send(one, A, {"type": "hello", "user": "alice"})
+    out = send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})
+    assert not [o for o in out if isinstance(o, Append)] and decoded(out, Reply) == decoded(first[one], Reply)
+
+
+def test_a_refused_append_is_an_unavailable_error_and_a_topic_waits_for_the_log_too() -> None:
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    (append,) = send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})
+    (error,) = decoded(one.refused(append, "no quorum"), Reply)
+    assert (error["type"], error["code"], error["id"]) == ("error", "unavailable", "m1")
+    out = run(log, [one], {one: send(one, A, {"type": "topic", "room": "general", "topic": "news", "id": "t1"})})
+    assert decoded(out[one], Reply) == [{"type": "ack", "id": "t1", "room": "general", "seq": 2}]
+    (joined,) = decoded(send(one, A, {"type": "join", "room": "general"}), Reply)
+    assert joined["topic"] == "news"
+
+
+def test_the_fast_path_leaves_a_front_doors_msgs_to_the_log() -> None:
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    frames = [msgspec.json.encode({"type": "msg", "room": "general", "text": f"t{i}", "id": f"m{i}"}) for i in range(5)]
+    made = one.handle(A, [msgspec.json.encode([msgspec.json.decode(f) for f in frames])], 0.0)
+    assert [type(o) for o in made] == [Append] * 5
+    out = run(log, [one], {one: made})
+    assert [r["seq"] for r in decoded(out[one], Reply)] == [2, 3, 4, 5, 6]
+
+
+def test_what_is_not_an_event_of_the_room_in_the_log_is_skipped_not_a_crash() -> None:
+    one = door()
+    send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    assert one.applied("general", 5, 0, b"junk") == []
+    assert one.applied("general", 6, 0, b'{"type":"msg","room":"other","seq":0,"prev":0}') == []
+    assert one.applied("general", 7, 0, b'{"type":"topic","room":"general","topic":1,"seq":0,"prev":0}') == []
+    (out,) = one.applied(
+        "general", 8, 0, b'{"type":"msg","room":"general","user":"x","text":"t","id":"i","seq":0,"prev":0}'
+    )
+    assert msgspec.json.decode(out.payload)["seq"] == 8

@@ -1,0 +1,105 @@
+"""Brokers as front doors of a cluster (issue 17, ``--cluster``): three nats-server nodes, two or three
+brokers, console clients and a logger, all real processes on real sockets.
+
+What holds today: people on different front doors chat in one room, and every front door shows its events
+alike, with the stream's positions; a client whose front door is killed moves to another by itself, and
+what it had sent is shown once.  Skipped, with the reason, without nats-server or nats-py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import Harness, Proc
+
+from nats_cluster import NatsCluster
+
+pytest.importorskip("nats", reason="nats-py is not installed (pip install nats-py)")
+if shutil.which("nats-server") is None:
+    pytest.skip("nats-server is not installed (Debian: apt-get install nats-server)", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    with NatsCluster(tmp_path / "nats") as running:
+        yield running
+
+
+def doors(harness: Harness, cluster: NatsCluster, count: int) -> list:
+    return [harness.broker("--cluster", ",".join(cluster.urls)) for _ in range(count)]
+
+
+def test_people_on_two_front_doors_share_a_room_numbered_alike(harness: Harness, cluster: NatsCluster) -> None:
+    one, two = doors(harness, cluster, 2)
+    alice = harness.client(one, "alice")
+    bob = harness.client(two, "bob")
+    logger_one, logger_two = harness.logger(one), harness.logger(two)
+    alice.expect(r"\[join\] bob")  # bob's join went through the log to alice's front door
+    alice.send("hello from the first door")
+    bob.expect(r"^alice: hello from the first door")
+    bob.send("and from the second")
+    alice.expect(r"^bob: and from the second")
+    # Both front doors published the same events with the same positions: the stream's.
+    seen = []
+    for logger in (logger_one, logger_two):
+        first = logger.expect(
+            r'"seq": ?(\d+).*"text": ?"hello from the first door"|"text": ?"hello from the first door".*"seq": ?(\d+)'
+        )
+        second = logger.expect(
+            r'"seq": ?(\d+).*"text": ?"and from the second"|"text": ?"and from the second".*"seq": ?(\d+)'
+        )
+        seen.append((first.group(1) or first.group(2), second.group(1) or second.group(2)))
+    assert seen[0] == seen[1] and int(seen[0][0]) < int(seen[0][1])
+
+
+def test_a_client_whose_front_door_is_killed_chats_through_another_without_typing(
+    harness: Harness, cluster: NatsCluster
+) -> None:
+    one, two = doors(harness, cluster, 2)
+    both = ["--router", f"{one.router},{two.router}", "--pub", f"{one.pub},{two.pub}"]
+    alice = Proc(["client.py", *both, "--name", "alice"], "alice")
+    harness.procs.append(alice)
+    alice.expect(rf"\[system\] connected to {re.escape(one.router)} as alice")
+    bob = harness.client(two, "bob")
+    alice.send("before the kill")
+    bob.expect(r"^alice: before the kill")
+    one.kill()  # SIGKILL: alice's front door is gone, the log and the other door are not
+    one.wait()
+    alice.expect(r"\[system\] no answer from this broker; trying the next one")
+    alice.expect(r"\[system\] reconnected")
+    bob.send("still here")
+    alice.expect(r"^bob: still here")
+    alice.send("after the kill")
+    bob.expect(r"^alice: after the kill")
+    alice.send("/quit")
+    assert alice.wait(timeout=30) == 0, "\n".join(alice.output())
+    assert sum("alice: before the kill" in line for line in bob.output()) == 1  # shown once, not resent twice
+
+
+def test_a_nats_outage_under_a_flood_holds_the_front_door_to_its_byte_bound_and_loses_nothing(
+    harness: Harness, cluster: NatsCluster
+) -> None:
+    """Every NATS node stopped (SIGSTOP: no answer, no error) while a client floods: the front door reads no
+    more requests past --max-unstored-bytes, and once NATS answers again every message is shown once, in the
+    order written."""
+    (door,) = [harness.broker("--cluster", ",".join(cluster.urls), "--max-unstored-bytes", "4000", heartbeat=1.0)]
+    alice = harness.client(door, "alice")
+    bob = harness.client(door, "bob")
+    for node in cluster.nodes:
+        node.process.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(60):
+            alice.send(f"line {i:02d} " + "x" * 100)
+        door.expect(r"the cluster's log is \d+ bytes behind: reading no requests until it catches up")
+    finally:
+        for node in cluster.nodes:
+            node.process.send_signal(signal.SIGCONT)
+    for i in range(60):
+        bob.expect(rf"^alice: line {i:02d} ", timeout=30)
+    assert sum(line.startswith("alice: line ") for line in bob.output()) == 60
