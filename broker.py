@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Output, Publish
+from chat import Append, ChatConfig, ChatCore, Output, Publish, ReadLog
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -278,6 +278,8 @@ class Broker:
                     batch.append(out.payload)
             elif type(out) is Append:
                 self.front_door.append(out)  # type: ignore[union-attr]  # only a front door's core makes them
+            elif type(out) is ReadLog:
+                replies += self.front_door.read(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send

@@ -56,7 +56,19 @@ class Append(NamedTuple):
     ack: tuple[bytes, str] | None  # (peer, request id)
 
 
-Output = Reply | Publish | Append
+class ReadLog(NamedTuple):
+    """A front door: a ``history`` request that memory cannot answer (older than what this front door has
+    seen) is answered from the cluster's log: ``room``'s events after ``after``, at most ``limit``, then
+    ``ChatCore.history_read`` makes the reply."""
+
+    peer: bytes
+    room: str
+    after: int
+    limit: int
+    head: int  # the room's last position as this front door knows it (0: none): the reply's ``seq``
+
+
+Output = Reply | Publish | Append | ReadLog
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -931,6 +943,9 @@ class ChatCore:
         after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
         limit = min(asked, self.config.max_history)
         seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
+        if self.clustered and (room is None or after + 1 < _first_kept(room)) and (after < seq or not seq):
+            out.append(ReadLog(peer, name, after, limit, seq))  # before what we have seen (or a room we have not)
+            return
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
         elif room is not None and (not self.store.persistent or after + 1 >= _first_kept(room)):
@@ -939,11 +954,21 @@ class ChatCore:
             payloads = self.store.read(name, after, limit, self.config.max_reply_bytes)
         if self.unavailable is not None:
             payloads = [p for p in payloads if _seq_of(p) <= seq]
+        out.append(self._history_reply(peer, name, payloads, seq, asked))
+
+    def _history_reply(self, peer: bytes, name: str, payloads: list[bytes], seq: int, asked: int) -> Reply:
         events = _fit(payloads, self.config.max_reply_bytes)
         reply: dict[str, Any] = {"type": "history", "room": name, "events": list(map(msgspec.Raw, events)), "seq": seq}
         if events and len(events) < asked and _seq_of(events[-1]) < seq:
             reply["more"] = True  # cut to fit (bytes, or --max-history): ask again after the last event
-        out.append(Reply(peer, m.encode(reply)))
+        return Reply(peer, m.encode(reply))
+
+    def history_read(self, read: ReadLog, events: list[tuple[int, int, bytes]]) -> list[Output]:
+        """The log's events for ``read`` ((seq, prev, stored bytes), oldest first): the ``history`` reply.
+        Fewer than asked and short of the head tells the client (``more``) to ask again after the last."""
+        payloads = [p for seq, prev, data in events if (p := self.stamped(read.room, seq, prev, data)) is not None]
+        head = read.head or (events[-1][0] if events else read.after)  # a room this door has not seen: the log's
+        return [self._history_reply(read.peer, read.room, payloads, head, read.limit)]
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
@@ -1149,13 +1174,8 @@ class ChatCore:
         door: stamped with its position, kept if the room is in memory, and published.  What is not a room
         event of that room (the log is shared infrastructure, not a peer, but a bug or a stray publisher
         could put anything there) is logged and skipped: the chain moves past it."""
-        payload = payload.replace(b'"seq":0,"prev":0', b'"seq":%d,"prev":%d' % (seq, prev), 1)
-        try:
-            event = _decode_room_event(payload)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            event = None
-        if event is None or event.room != room_name:
-            log.error("the cluster's log holds something that is not an event of %s at %d; skipped", room_name, seq)
+        payload = self.stamped(room_name, seq, prev, payload)  # type: ignore[assignment]
+        if payload is None:
             return []
         room = self.rooms.get(room_name)
         if room is None:
@@ -1166,6 +1186,25 @@ class ChatCore:
                 room.set_topic(payload)
             self._keep(room, [payload])
         return [Publish(m.room_topic(room_name), payload)]
+
+    def read_refused(self, read: ReadLog) -> list[Output]:
+        """Too many history reads are walking the log: this one is refused, to be asked again later."""
+        error = ProtocolError(ErrorCode.UNAVAILABLE, "too many history reads from the cluster's log; retry later")
+        return [Reply(read.peer, m.encode(error.envelope()))]
+
+    @staticmethod
+    def stamped(room_name: str, seq: int, prev: int, data: bytes) -> bytes | None:
+        """A room event as the log stored it (seq and prev 0), with its position; None (logged) if it is not
+        an event of ``room_name``."""
+        payload = data.replace(b'"seq":0,"prev":0', b'"seq":%d,"prev":%d' % (seq, prev), 1)
+        try:
+            event = _decode_room_event(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            event = None
+        if event is None or event.room != room_name:
+            log.error("the cluster's log holds something that is not an event of %s at %d; skipped", room_name, seq)
+            return None
+        return payload
 
     def confirmed(self, append: Append, seq: int, now: float) -> list[Output]:
         """The log stored ``append`` at ``seq``: its ack (a msg's is kept, for a resend of its id)."""

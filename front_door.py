@@ -23,7 +23,7 @@ from collections import deque
 
 import zmq
 
-from chat import Append, ChatCore, Output
+from chat import Append, ChatCore, Output, ReadLog
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
 from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
 
@@ -31,6 +31,9 @@ log = logging.getLogger("chat-broker")
 
 #: The stream every room's events are in.
 STREAM = "CHAT"
+#: History reads walking the log at once (each holds up to --max-history events): more are refused
+#: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
+MAX_READS = 64
 #: How long a front door waits at start for NATS and its stream before it gives up.
 START_TIMEOUT_S = 20.0
 
@@ -64,6 +67,8 @@ class FrontDoor:
         self.feed = ClusterFeed()
         self.sent: dict[int, Append] = {}  # bridge token -> the append it carries
         self.fetches: dict[int, Fetch] = {}  # bridge token -> the fetch it carries
+        #: bridge token -> a history read walking the log, and the events it found so far (seq, prev, bytes)
+        self.reads: dict[int, tuple[ReadLog, list[tuple[int, int, bytes]]]] = {}
         self.queues: dict[str, deque[Append]] = {}  # per sender: the first is with the log, the rest wait
         #: The bytes of the events in ``queues``: the broker reads no requests past ``--max-unstored-bytes``
         #: (NATS down, an election), so what the log has not answered is bounded like what a disk has not.
@@ -107,6 +112,28 @@ class FrontDoor:
         if len(queue) == 1:
             self._publish(append)
 
+    def read(self, read: ReadLog) -> list[Output]:
+        """Answer a ``history`` request from the log: walk the room's subject from ``read.after`` (or refuse
+        it, past ``MAX_READS`` walks at once)."""
+        if len(self.reads) >= MAX_READS:
+            return self.core.read_refused(read)
+        self._walk(read, [], read.after)
+        return []
+
+    def _walk(self, read: ReadLog, found: list[tuple[int, int, bytes]], after: int) -> None:
+        self.reads[self.bridge.next(STREAM, LOG_PREFIX + read.room, after)] = (read, found)
+
+    def _read_on(self, event: Stored | Failed) -> list[Output]:
+        """One more event for a history read (its ``prev`` is the one before: the walk follows the room), or
+        the end of it: the room has no more, the read has ``limit``, or the log did not answer."""
+        read, found = self.reads.pop(event.token)
+        if isinstance(event, Stored):
+            found.append((event.seq, found[-1][0] if found else read.after, event.data))
+            if len(found) < read.limit and (event.seq < read.head or not read.head):
+                self._walk(read, found, event.seq)
+                return []
+        return self.core.history_read(read, found)
+
     def _publish(self, append: Append) -> None:
         token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
         self.sent[token] = append
@@ -127,6 +154,8 @@ class FrontDoor:
                 out += self._answered(event, now)
             elif isinstance(event, Stored | Failed) and event.token in self.fetches:
                 self._filled(event, out)
+            elif isinstance(event, Stored | Failed) and event.token in self.reads:
+                out += self._read_on(event)
             elif isinstance(event, Dropped):
                 log.warning("the loop fell behind the cluster's feed: %d events to fetch again", event.count)
                 self._fetch(self.feed.dropped())

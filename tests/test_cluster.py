@@ -8,6 +8,7 @@ what it had sent is shown once.  Skipped, with the reason, without nats-server o
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import signal
@@ -103,3 +104,18 @@ def test_a_nats_outage_under_a_flood_holds_the_front_door_to_its_byte_bound_and_
     for i in range(60):
         bob.expect(rf"^alice: line {i:02d} ", timeout=30)
     assert sum(line.startswith("alice: line ") for line in bob.output()) == 60
+
+
+def test_a_front_door_started_later_answers_older_history_from_the_log(harness: Harness, cluster: NatsCluster) -> None:
+    (one,) = doors(harness, cluster, 1)
+    alice, bob = harness.client(one, "alice"), harness.client(one, "bob")
+    for i in range(5):
+        alice.send(f"early {i}")
+    bob.expect(r"^alice: early 4")
+    (two,) = doors(harness, cluster, 1)  # it never saw those events
+    peer = harness.raw(two)
+    peer.request({"type": "history", "room": "general", "after": 0})
+    reply = peer.reply()
+    events = reply["events"]
+    assert [e["text"] for e in events if e["type"] == "msg"] == [f"early {i}" for i in range(5)]
+    assert events[0]["prev"] == 0 and all(b["prev"] == a["seq"] for a, b in itertools.pairwise(events))

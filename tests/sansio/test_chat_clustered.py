@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from chat import Append, ChatConfig, ChatCore, Publish, Reply
+from chat import Append, ChatConfig, ChatCore, Publish, ReadLog, Reply
 
 A, B = b"peer-a", b"peer-b"
 
@@ -127,3 +127,21 @@ def test_what_is_not_an_event_of_the_room_in_the_log_is_skipped_not_a_crash() ->
         "general", 8, 0, b'{"type":"msg","room":"general","user":"x","text":"t","id":"i","seq":0,"prev":0}'
     )
     assert msgspec.json.decode(out.payload)["seq"] == 8
+
+
+def test_history_older_than_what_a_front_door_saw_is_read_from_the_log() -> None:
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    for i in range(3):
+        run(log, [one], {one: send(one, A, {"type": "msg", "room": "general", "text": f"t{i}", "id": f"m{i}"})})
+    late = door()  # started after all that: its memory has nothing of it
+    send(late, B, {"type": "hello", "user": "bob", "rooms": ["general"]})  # a member: the room is in memory
+    late.applied("general", 4, 3, log.events[3][1])  # it saw the last one live
+    (read,) = send(late, B, {"type": "history", "room": "general", "after": 0, "limit": 2})
+    assert isinstance(read, ReadLog) and (read.room, read.after, read.limit, read.head) == ("general", 0, 2, 4)
+    walked = [(seq, seq - 1, log.events[seq - 1][1]) for seq in (1, 2)]  # what walking the subject found
+    (history,) = decoded(late.history_read(read, walked), Reply)
+    assert [(e["seq"], e["prev"]) for e in history["events"]] == [(1, 0), (2, 1)] and history["seq"] == 4
+    # What memory has is answered at once, as on a single broker.
+    (history,) = decoded(send(late, B, {"type": "history", "room": "general", "after": 3}), Reply)
+    assert [e["seq"] for e in history["events"]] == [4]
