@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -125,6 +126,21 @@ class NatsCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"nats-server {node.name} not healthy in {timeout:g} s")
                 time.sleep(0.05)
+
+    def stream_leader(self, stream: str) -> Node | None:
+        """The node that leads ``stream`` now, as any live node's monitoring endpoint says (None: none yet)."""
+        for node in self.nodes:
+            try:
+                url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
+                with urllib.request.urlopen(url, timeout=1) as reply:
+                    accounts = json.load(reply).get("account_details", [])
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            for detail in (d for account in accounts for d in account.get("stream_detail", [])):
+                leader = detail.get("cluster", {}).get("leader") if detail.get("name") == stream else None
+                if leader:
+                    return next((n for n in self.nodes if n.name == leader), None)
+        return None
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -2,10 +2,18 @@
 
 At the end the logger's file is checked against every acknowledgement the bots
 received: each acknowledged message must be in the log exactly once, with the
-seq its ack gave, and each room's seqs must run without holes or repeats.
+seq its ack gave, and each room's events must chain without holes (each one's
+``prev`` the seq before it) or repeats.
 
     python benchmarks/soak.py --duration 300          # five minutes, the defaults otherwise
     python benchmarks/soak.py --duration 10 --bots 3  # a quick run (the test suite does this)
+    python benchmarks/soak.py --cluster 2             # a cluster: 3 NATS nodes, 2 front doors (issue 17)
+
+With ``--cluster N`` the broker is N front doors (``broker.py --cluster``) on three nats-server nodes; the
+faults are bots, front doors (each restarted) and NATS nodes (kill -9, the stream's leader among them,
+each restarted); every bot and every logger is given all front doors, each starting at another one, and
+there is a logger per front door: each acknowledged message must be in every logger's file once, and
+every logger must hold each room in one order.
 
 Exit status: 0 when nothing acknowledged was lost or repeated, 1 otherwise.
 (``soak.py bot ...`` is the bot process the soak starts; it is not meant to be run by hand.)
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import random
@@ -52,7 +61,8 @@ def run_bot(args: argparse.Namespace) -> int:
     rng = random.Random(args.name)
     rooms = args.rooms.split(",")
     record = open(args.record, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
-    bot = ChatClient(args.name, router=args.router, pub=args.pub, rooms=rooms, ack_timeout=1.0)
+    routers, pubs = args.router.split(","), args.pub.split(",")  # several: front doors, the first tried first
+    bot = ChatClient(args.name, router=routers, pub=pubs, rooms=rooms, ack_timeout=1.0)
 
     def note(events: list[session.Event]) -> None:
         for event in events:
@@ -89,12 +99,18 @@ class Soak:
         self.args = args
         self.work = workdir
         self.rng = random.Random(args.seed)
-        self.router = f"tcp://127.0.0.1:{free_port()}"
-        self.pub = f"tcp://127.0.0.1:{free_port()}"
+        doors = max(1, args.cluster)
+        self.routers = [f"tcp://127.0.0.1:{free_port()}" for _ in range(doors)]
+        self.pubs = [f"tcp://127.0.0.1:{free_port()}" for _ in range(doors)]
         self.db = workdir / "chat.db"
-        self.log = workdir / "chat.jsonl"
+        self.logs_out = [workdir / (f"chat-{i}.jsonl" if args.cluster else "chat.jsonl") for i in range(doors)]
         self.rooms = [f"room{i}" for i in range(args.rooms)]
-        self.broker: subprocess.Popen | None = None
+        self.brokers: list[subprocess.Popen | None] = [None] * doors
+        self.nats = None
+        if args.cluster:
+            from nats_cluster import NatsCluster
+
+            self.nats = NatsCluster(workdir / "nats")
         self.bots: dict[int, subprocess.Popen] = {}
         self.generation = collections.Counter()
         self.counts = collections.Counter()
@@ -105,28 +121,38 @@ class Soak:
         self.logs.append(log)
         return subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
-    def start_broker(self) -> None:
-        argv = ["broker.py", "--router", self.router, "--pub", self.pub, "--db", str(self.db)]
+    def start_broker(self, door: int = 0) -> None:
+        argv = ["broker.py", "--router", self.routers[door], "--pub", self.pubs[door]]
+        if self.nats is not None:
+            argv += ["--cluster", ",".join(self.nats.urls)]
+        else:
+            argv += ["--db", str(self.db)]
         argv += ["--rate-limit", "0", "--source-rate", "0", "--heartbeat", "0.5", "--session-timeout", "3"]
-        self.broker = self.spawn(argv, "broker")
+        self.brokers[door] = self.spawn(argv, f"broker{door}" if self.nats else "broker")
+
+    def endpoints(self, first: int) -> list[str]:
+        """Every front door, starting at ``first``: ``--router A,B --pub A,B``."""
+        order = [(first + i) % len(self.routers) for i in range(len(self.routers))]
+        return ["--router", ",".join(self.routers[i] for i in order), "--pub", ",".join(self.pubs[i] for i in order)]
 
     def start_bot(self, slot: int) -> None:
         self.generation[slot] += 1
         name = f"bot{slot}-{self.generation[slot]}"
-        argv = [__file__, "bot", "--name", name, "--router", self.router, "--pub", self.pub]
+        argv = [__file__, "bot", "--name", name, *self.endpoints(slot)]
         argv += ["--rooms", ",".join(self.rooms), "--rate", str(self.args.rate), "--record", str(self.work / "acks")]
         self.bots[slot] = self.spawn(argv, name)
 
-    def wait_for_logger(self, timeout: float = 30.0) -> None:
+    def wait_for_logger(self, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        out = self.work / "logger.out"
+        out = self.work / f"{name}.out"
         while b"chat-logger: following" not in (out.read_bytes() if out.exists() else b""):
             if time.monotonic() > deadline:
                 raise RuntimeError("the logger did not start")
             time.sleep(0.05)  # watching a file another process writes; the condition synchronises
 
     def chaos(self) -> None:
-        """One random fault: most often a bot dies, sometimes the broker (kill -9, or a clean stop)."""
+        """One random fault: most often a bot dies, sometimes a broker (kill -9, or a clean stop), in a cluster
+        sometimes a NATS node (kill -9: a follower, or the stream's leader)."""
         roll = self.rng.random()
         if roll < 0.6:
             slot = self.rng.randrange(len(self.bots))
@@ -134,19 +160,41 @@ class Soak:
             self.bots[slot].wait()
             self.counts["bot kill -9"] += 1
             self.start_bot(slot)
+        elif self.nats is not None and roll >= 0.85:
+            node = self.rng.choice(self.nats.nodes)
+            role = "leader" if node is self.nats.stream_leader("CHAT") else "follower"
+            node.kill()
+            self.counts[f"nats {role} kill -9"] += 1
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            self.nats.start_node(node)
         else:
-            assert self.broker is not None
-            hard = roll < 0.85
-            self.broker.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
-            self.broker.wait(10)
+            door = self.rng.randrange(len(self.brokers))
+            broker = self.brokers[door]
+            assert broker is not None
+            hard = roll < 0.85 if self.nats is None else roll < 0.75
+            broker.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+            broker.wait(20)
             self.counts["broker kill -9" if hard else "broker SIGTERM"] += 1
             time.sleep(self.rng.uniform(0.2, 1.5))  # the broker is down for a while: that is the fault
-            self.start_broker()
+            self.start_broker(door)
 
     def run(self) -> int:
-        self.start_broker()
-        logger = self.spawn(["logger.py", "--router", self.router, "--pub", self.pub, "--out", str(self.log)], "logger")
-        self.wait_for_logger()  # it logs from its snapshot on: the bots start after it has one
+        if self.nats is not None:
+            self.nats.start()
+        try:
+            return self._run()
+        finally:
+            if self.nats is not None:
+                self.nats.stop()
+
+    def _run(self) -> int:
+        for door in range(len(self.brokers)):
+            self.start_broker(door)
+        loggers = []
+        for door, out in enumerate(self.logs_out):
+            name = f"logger{door}" if self.nats else "logger"
+            loggers.append(self.spawn(["logger.py", *self.endpoints(door), "--out", str(out)], name))
+            self.wait_for_logger(name)  # it logs from its snapshot on: the bots start after it has one
         for slot in range(self.args.bots):
             self.start_bot(slot)
         end = time.monotonic() + self.args.duration
@@ -158,15 +206,17 @@ class Soak:
             bot.send_signal(signal.SIGTERM)  # a clean stop: each waits for its acks
         for bot in self.bots.values():
             bot.wait(60)
-        assert self.broker is not None
         acked = self.acked()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not acked.keys() <= self.logged_ids():
-            time.sleep(0.2)  # the logger catches up by itself; we only wait for it
-        logger.send_signal(signal.SIGTERM)
-        logger.wait(10)
-        self.broker.send_signal(signal.SIGTERM)
-        self.broker.wait(10)
+        while time.monotonic() < deadline and not all(acked.keys() <= self.logged_ids(out) for out in self.logs_out):
+            time.sleep(0.2)  # the loggers catch up by themselves; we only wait for them
+        for logger in loggers:
+            logger.send_signal(signal.SIGTERM)
+            logger.wait(10)
+        for broker in self.brokers:
+            assert broker is not None
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(20)
         for log in self.logs:
             log.close()
         return self.report(acked)
@@ -181,44 +231,59 @@ class Soak:
                 self.counts["sent"] += 1
         return acks
 
-    def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().split("\n")[:-1]] if self.log.exists() else []
+    @staticmethod
+    def events(out: Path) -> list[dict]:
+        return [json.loads(line) for line in out.read_text().split("\n")[:-1]] if out.exists() else []
 
-    def logged_ids(self) -> set[str]:
-        return {e["id"] for e in self.events() if e["type"] == "msg"}
+    def logged_ids(self, out: Path) -> set[str]:
+        return {e["id"] for e in self.events(out) if e["type"] == "msg"}
 
     def report(self, acked: dict[str, tuple[str, int]]) -> int:
-        events = self.events()
-        messages = collections.Counter(e["id"] for e in events if e["type"] == "msg")
-        where = {e["id"]: (e["room"], e["seq"]) for e in events if e["type"] == "msg"}
-        lost = [i for i in acked if i not in messages]
-        duplicated = sum(n - 1 for n in messages.values() if n > 1)
-        misplaced = [i for i, at in acked.items() if i in where and where[i] != at]
-        holes = repeats = 0
-        for room in {e["room"] for e in events}:
-            seqs = [e["seq"] for e in events if e["room"] == room]
-            repeats += len(seqs) - len(set(seqs))
-            holes += (max(seqs) - min(seqs) + 1) - len(set(seqs))
-            if seqs != sorted(seqs):
-                repeats += 1  # out of order counts as a fault too
+        """The checks, for every logger's file (summed over them); in a cluster also: each room in one order
+        in every file."""
+        lost = duplicated = misplaced = holes = repeats = logged = disagree = 0
+        orders: dict[str, list[list[int]]] = collections.defaultdict(list)
+        for out in self.logs_out:
+            events = self.events(out)
+            logged += len(events)
+            messages = collections.Counter(e["id"] for e in events if e["type"] == "msg")
+            where = {e["id"]: (e["room"], e["seq"]) for e in events if e["type"] == "msg"}
+            lost += sum(1 for i in acked if i not in messages)
+            duplicated += sum(n - 1 for n in messages.values() if n > 1)
+            misplaced += sum(1 for i, at in acked.items() if i in where and where[i] != at)
+            for room in {e["room"] for e in events}:
+                chain = [(e["seq"], e.get("prev", e["seq"] - 1)) for e in events if e["room"] == room]
+                seqs = [seq for seq, _ in chain]
+                repeats += len(seqs) - len(set(seqs))
+                if seqs != sorted(seqs):
+                    repeats += 1  # out of order counts as a fault too
+                holes += sum(1 for (before, _), (_, prev) in itertools.pairwise(chain) if prev != before)
+                orders[room].append(seqs)
+        for seen in orders.values():  # every file holds the room's events in one order (from its start)
+            start = max(seqs[0] for seqs in seen)
+            tails = {tuple(s for s in seqs if s >= start) for seqs in seen}
+            disagree += len(tails) - 1
+        messages = sum(1 for out in self.logs_out for e in self.events(out) if e["type"] == "msg")
         rows = [
             ("duration (s)", self.args.duration),
             ("bots (at once)", self.args.bots),
             ("bot incarnations", sum(self.generation.values())),
             *sorted(self.counts.items()),
             ("acked", len(acked)),
-            ("logged messages", sum(messages.values())),
-            ("logged events", len(events)),
-            ("lost (acked, not logged)", len(lost)),
+            ("loggers", len(self.logs_out)),
+            ("logged messages", messages),
+            ("logged events", logged),
+            ("lost (acked, not logged)", lost),
             ("duplicated", duplicated),
             ("seq holes", holes),
             ("seq repeats / disorder", repeats),
-            ("ack seq != logged seq", len(misplaced)),
+            ("ack seq != logged seq", misplaced),
+            ("rooms in another order", disagree),
         ]
         width = max(len(name) for name, _ in rows)
         for name, value in rows:
             print(f"{name:<{width}}  {value}")
-        failed = lost or duplicated or holes or repeats or misplaced
+        failed = lost or duplicated or holes or repeats or misplaced or disagree
         print("RESULT:", "FAIL" if failed else "PASS", f"(work files in {self.work})")
         return 1 if failed else 0
 
@@ -238,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="messages per second per bot (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, help="where to keep the database, logs and acks (default: a temp dir)")
+    parser.add_argument(
+        "--cluster", type=int, default=0, metavar="N", help="N front doors on 3 NATS nodes, not one broker (default: 0)"
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chat-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,8 @@ def test_publishes_are_stored_once_republished_in_a_prev_chain_and_survive_a_lea
     a3 = republished(third.seq)
     assert (a3.subject, a3.data, a3.headers["Nats-Last-Sequence"]) == ("feed.room.a", b"three", str(first.seq))
 
-    leader = next(node for node in cluster.nodes if node.name == _leader(cluster))
+    leader = cluster.stream_leader("CHAT")
+    assert leader is not None
     leader.kill()  # kill -9 of the stream's leader: publishes get no answer until a new one is elected
     after = loop.answer(bridge.publish("chat.room.a", b"four", "alice:3"), timeout=60)
     assert isinstance(after, Acked) and after.seq > third.seq and not after.duplicate
@@ -159,18 +160,3 @@ def test_a_loop_that_reads_no_feed_loses_feed_messages_counted_and_no_answer(clu
     finally:
         bridge.close()
         ctx.term()
-
-
-def _leader(cluster: NatsCluster) -> str:
-    """The CHAT stream's leader, from the monitoring endpoint of any node."""
-    import json
-    import urllib.request
-
-    for node in cluster.nodes:
-        url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            for account in json.load(reply).get("account_details", []):
-                for stream in account.get("stream_detail", []):
-                    if stream["name"] == "CHAT" and stream.get("cluster", {}).get("leader"):
-                        return stream["cluster"]["leader"]
-    raise AssertionError("no leader for CHAT")
