@@ -85,7 +85,7 @@ class FrontDoor:
         """Connect, make (or update) the stream, subscribe to its feed; returns the history id (when the
         stream was made), or raises ``ClusterUnavailable``."""
         deadline = time.monotonic() + timeout
-        token = None
+        token, error = None, ""
         poller = zmq.Poller()
         poller.register(self.bridge.sock, zmq.POLLIN)
         while time.monotonic() < deadline:
@@ -98,11 +98,14 @@ class FrontDoor:
                     if event.state == "connected" and token is None:
                         token = self.bridge.stream(stream_config(self.replicas))
                 elif isinstance(event, KvResult) and event.token == token:
-                    if event.error is not None:
-                        raise ClusterUnavailable(f"cannot make the stream {STREAM}: {event.error}")
-                    self.bridge.subscribe(FEED_PREFIX + ">")
-                    return f"nats:{STREAM}:{(event.value or b'').decode()}"
-        raise ClusterUnavailable(f"no answer from NATS in {timeout:g} s")
+                    if event.error is None:
+                        self.bridge.subscribe(FEED_PREFIX + ">")
+                        return f"nats:{STREAM}:{(event.value or b'').decode()}"
+                    # JetStream may be electing a leader (a node just restarted): ask again, until the deadline.
+                    error = event.error
+                    time.sleep(0.5)  # starting up: nothing else to do meanwhile
+                    token = self.bridge.stream(stream_config(self.replicas))
+        raise ClusterUnavailable(f"no stream {STREAM} in {timeout:g} s" + (f": {error}" if error else ""))
 
     def append(self, append: Append) -> None:
         """Hand ``append`` to the log, behind its sender's earlier ones."""

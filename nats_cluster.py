@@ -8,8 +8,9 @@ healthy in well under a second on fresh folders) for trying the design out and f
     python nats_cluster.py --dir /tmp/nats      # their data (stream files, logs) in /tmp/nats/n1..n3
     python nats_cluster.py --brokers 2          # and two brokers as front doors (``broker.py --cluster``)
 
-With ``--brokers N`` it also starts N brokers on 127.0.0.1 (inbox/feed ports 5555/5556, 5565/5566, ...) and
-prints the command that connects a console client to all of them (it moves on when its door goes).
+With ``--brokers N`` it also starts N brokers on 127.0.0.1 (inbox/feed ports 5555/5556, 5565/5566, ...; with
+``--port 0``, free ones), waits until each serves, prints where and the command that connects a console
+client to all of them (it moves on when its door goes).  Options after ``--`` go to every broker.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from lifeline import die_with_parent
 
 #: The cluster's name in every node's config (routes only join nodes of one name).
 CLUSTER_NAME = "chat"
@@ -69,7 +72,9 @@ class Node:
         conf = self.folder / "nats.conf"
         conf.write_text(self.config(routes))
         with open(self.folder / "nats.log", "ab") as log:
-            self.process = subprocess.Popen(["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                ["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
 
     def healthy(self) -> bool:
         """JetStream on this node is up and current (``/healthz`` answers 200)."""
@@ -159,7 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where the nodes keep their data (default: a new temporary folder)")
     parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default: %(default)s)")
     parser.add_argument("--brokers", type=int, default=0, help="front doors to start on them (default: none)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=5555,
+        help="the first front door's inbox port, its feed the next, the second "
+        "front door's 10 more, ... (0: free ports; default: %(default)s)",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if shutil.which("nats-server") is None:
         print("nats-cluster: nats-server is not installed (Debian: apt-get install nats-server)", file=sys.stderr)
         return 2
@@ -171,11 +185,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.stop()
         print(f"nats-cluster: {exc}", file=sys.stderr)
         return 1
-    print(f"NATS cluster {CLUSTER_NAME!r}: {', '.join(cluster.urls)} (data in {folder})")
-    brokers = [start_broker(cluster, 5555 + 10 * i, folder / f"broker{i + 1}.log") for i in range(args.brokers)]
+    print(f"NATS cluster {CLUSTER_NAME!r}: {', '.join(cluster.urls)} (data in {folder})", flush=True)
+    ports = [
+        (args.port + 10 * i, args.port + 10 * i + 1) if args.port else (free_port(), free_port())
+        for i in range(args.brokers)
+    ]
+    brokers: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(args.brokers):
+            brokers.append(start_broker(cluster, *ports[i], folder / f"broker{i + 1}.log", extra))
+    except RuntimeError as exc:
+        for broker in brokers:
+            broker.kill()
+        cluster.stop()
+        print(f"nats-cluster: {exc}", file=sys.stderr)
+        return 1
+    for i, (inbox, feed) in enumerate(ports):
+        print(f"front door {i + 1}: inbox tcp://127.0.0.1:{inbox} feed tcp://127.0.0.1:{feed}")
     if brokers:
-        routers = ",".join(f"tcp://127.0.0.1:{5555 + 10 * i}" for i in range(args.brokers))
-        pubs = ",".join(f"tcp://127.0.0.1:{5556 + 10 * i}" for i in range(args.brokers))
+        routers = ",".join(f"tcp://127.0.0.1:{inbox}" for inbox, _ in ports)
+        pubs = ",".join(f"tcp://127.0.0.1:{feed}" for _, feed in ports)
         print(f"{len(brokers)} front doors (logs in {folder}); chat through them with:")
         print(f"  python client.py --router {routers} --pub {pubs}")
     print("Ctrl-C stops it.", flush=True)
@@ -194,12 +223,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def start_broker(cluster: NatsCluster, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A broker as a front door of ``cluster``, inbox on ``port`` and feed on ``port + 1``."""
+def start_broker(
+    cluster: NatsCluster, inbox: int, feed: int, log_path: Path, extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """A broker as a front door of ``cluster`` on these ports, once it serves (``RuntimeError`` if it does not)."""
     argv = [sys.executable, str(Path(__file__).resolve().parent / "broker.py"), "--cluster", ",".join(cluster.urls)]
-    argv += ["--router", f"tcp://127.0.0.1:{port}", "--pub", f"tcp://127.0.0.1:{port + 1}"]
+    argv += ["--router", f"tcp://127.0.0.1:{inbox}", "--pub", f"tcp://127.0.0.1:{feed}", *extra]
     with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        broker = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while b"Ctrl-C stops it" not in log_path.read_bytes():  # what it prints once it serves
+        if broker.poll() is not None or time.monotonic() > deadline:
+            broker.kill()
+            raise RuntimeError(f"a front door did not start; see {log_path}")
+        time.sleep(0.05)
+    return broker
 
 
 if __name__ == "__main__":

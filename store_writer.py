@@ -27,7 +27,6 @@ it had not committed was never acked, and one it had is found in the database by
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sqlite3
@@ -41,6 +40,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from lifeline import die_with_parent
 from store import Row, Sealed, SqliteStore, batch_frame, read_batch, write
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -62,7 +62,7 @@ class Writer:
         here = Path(__file__).resolve().parent
         self.process = subprocess.Popen(
             [sys.executable, str(here / "store_writer.py"), str(store.path), store.sync, endpoint],
-            preexec_fn=_die_with_parent,  # one call, async-signal-safe
+            preexec_fn=die_with_parent,
         )
         self._numbers = store.stored_batch
         self._sent: dict[int, Sealed] = {}  # submitted, not yet answered, oldest first
@@ -165,12 +165,6 @@ class Writer:
         for batch in self._sent.values():
             batch.result = sqlite3.OperationalError("the store's writer process ended")
         self._sent.clear()
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the kernel kills the writer when the broker dies, however it dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 # --- the writer process ----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ installed; this is tooling.  It imports only the standard library, so either sid
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import pty
@@ -37,6 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
+
+import lifeline
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a wait on a child's output takes before it fails, unless the child or the call says otherwise.
@@ -66,12 +67,6 @@ class ExpectError(AssertionError):
 def python(*args: str | Path) -> list[str]:
     """The argv that runs a script of this project (``args[0]``, relative to the root) with this interpreter."""
     return [sys.executable, *map(str, args)]
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the kernel kills the child when the thread that started it ends (a benchmark killed)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class Child:
@@ -130,7 +125,7 @@ class Child:
         def preexec() -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if die_with_parent:
-                _die_with_parent()
+                lifeline.die_with_parent()
             if tty:
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             if setup:

@@ -189,6 +189,26 @@ def nats(jetstream: bool) -> Callable[[Path], Server]:
     return start
 
 
+def cluster(doors: int) -> Callable[[Path], Server]:
+    """Our brokers as front doors of a cluster (issue 17): ``nats_cluster.py`` starts three nats-server nodes
+    (an R3 file stream) and ``doors`` front doors, all its children, so the SUT's CPU is the whole cluster's.
+    With two, publishers send through the first and subscribers read the second: every event crosses."""
+
+    def start(work: Path) -> Server:
+        folder = work / f"cluster-{time.monotonic_ns()}"
+        limits = ["--rate-limit", "0", "--source-rate", "0", "--max-sessions-per-source", "0"]
+        argv = [PY, "nats_cluster.py", "--dir", str(folder), "--brokers", str(doors), "--port", "0"]
+        child = spawn([*argv, "--", *limits, "--max-rooms-per-source", "0", *BROKER_ARGS], "nats-cluster")
+        try:
+            found = [child.expect(r"front door \d+: inbox (\S+) feed (\S+)", 60) for _ in range(doors)]
+        except FAILURES:
+            child.stop()
+            raise
+        return Server(child, found[0].group(1), found[-1].group(2), [folder])
+
+    return start
+
+
 # --- the catalogue ----------------------------------------------------------------------------------
 
 ROOM = "room/general/"
@@ -295,6 +315,30 @@ CATALOGUE = (
         pub_args=("--in-flight", str(STREAMS_PIPELINE)),
         durable="append-only file, appendfsync everysec: written before the reply, flushed once a second",
         needs=("redis-server", "redis", "hiredis"),
+    ),
+    System(
+        "cluster-1",
+        "our brokers as a cluster: 1 front door, NATS JetStream R3 on 3 nodes",
+        "cluster, 1 front door",
+        "broker",
+        ROOM,
+        cluster(1),
+        ("1", "main"),
+        durable="JetStream file store, 3 replicas: on a quorum of 2 nodes before the ack; survives losing a node",
+        needs=("nats-server", "nats"),
+        quick=False,
+    ),
+    System(
+        "cluster-2",
+        "our brokers as a cluster: in through one front door, out through another",
+        "cluster, 2 front doors",
+        "broker",
+        ROOM,
+        cluster(2),
+        ("1", "main"),
+        durable="as the cluster with one front door; every event crosses from one front door to the other",
+        needs=("nats-server", "nats"),
+        quick=False,
     ),
     System(
         "redis",

@@ -27,9 +27,9 @@ from conftest import ROOT, WAIT, Harness, Proc, StubClient
 import client
 import gui
 import messages as m
-from benchmarks.procs import _die_with_parent
 from client import ChatClient
 from display import PALETTE_SIZE, Line, clock, colour_of
+from lifeline import die_with_parent
 from session import Acked, Change, Failed, Rejoined, Said, Status
 from views import Activity
 
@@ -301,7 +301,7 @@ def start_xvfb(die_with_us: bool = False) -> tuple[subprocess.Popen[bytes], str]
         pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if die_with_us else None,
+        preexec_fn=die_with_parent if die_with_us else None,
     )
     os.close(write_fd)
     try:
