@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Output, Publish, ReadLog
+from chat import Append, ChatConfig, ChatCore, Claim, Output, Publish, ReadLog, Release
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -280,6 +280,10 @@ class Broker:
                 self.front_door.append(out)  # type: ignore[union-attr]  # only a front door's core makes them
             elif type(out) is ReadLog:
                 replies += self.front_door.read(out)  # type: ignore[union-attr]
+            elif type(out) is Claim:
+                self.front_door.claim(out, time.monotonic())  # type: ignore[union-attr]
+            elif type(out) is Release:
+                self.front_door.release(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send
@@ -306,12 +310,15 @@ class Broker:
         """One pass of the loop: wait for requests, the writer's answers or the next heartbeat; handle them."""
         core, clock = self.core, time.monotonic
         self._read_within_bound()
-        wait_ms = max(0, math.ceil((core.next_heartbeat - clock()) * 1000))  # pyzmq truncates floats
+        due = core.next_heartbeat if self.front_door is None else min(core.next_heartbeat, self.front_door.due())
+        wait_ms = max(0, math.ceil((due - clock()) * 1000))  # pyzmq truncates floats
         ready = dict(self.poller.poll(wait_ms))
         if self.written in ready:
             self.on_written()
-        if self.front_door is not None and ready:
-            self.flush(self.front_door.handle(clock()))
+        if self.front_door is not None:
+            self.front_door.tick(clock())  # its lease, the claims waiting for another front door's to go
+            if ready:
+                self.flush(self.front_door.handle(clock()))
         if self.router in ready:
             self.drain()
         now = clock()

@@ -68,7 +68,23 @@ class ReadLog(NamedTuple):
     head: int  # the room's last position as this front door knows it (0: none): the reply's ``seq``
 
 
-Output = Reply | Publish | Append | ReadLog
+class Claim(NamedTuple):
+    """A front door: a session wants the name ``folded``, which must be free in the whole cluster, not only
+    here.  Answered by ``ChatCore.claimed``; ``resume``: a client back after a reconnect (its old front door
+    may not be known dead yet)."""
+
+    peer: bytes
+    folded: str
+    resume: bool
+
+
+class Release(NamedTuple):
+    """A front door: nobody here goes by ``folded`` any more; the cluster's claim on it goes."""
+
+    folded: str
+
+
+Output = Reply | Publish | Append | ReadLog | Claim | Release
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -375,6 +391,10 @@ class ChatCore:
         self.config = config or ChatConfig()
         self.store = store or MemoryStore()
         self.clustered = clustered
+        #: A front door: the names it holds in the cluster (claimed, not yet released), and the hello or nick
+        #: of each connection waiting for its claim (kind, request, key).
+        self.names_held: set[str] = set()
+        self.claiming: dict[bytes, tuple[str, dict, str | None]] = {}
         self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
@@ -727,6 +747,7 @@ class ChatCore:
             peer
             for peer, conn in self.peers.items()
             if peer not in sessions
+            and peer not in self.claiming  # a hello waiting for the cluster's word on its name
             and (not cfg.rate_limit or _refilled(conn.bucket, now, cfg.rate_limit, cfg.rate_burst))
         ]
         for peer in idle:
@@ -748,6 +769,10 @@ class ChatCore:
         holder = self.by_name.get(folded)
         if holder is not None and holder.peer != peer:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
+        if self.clustered and folded not in self.names_held:  # free here: is it free in the cluster?
+            self.claiming[peer] = ("hello", req, key)
+            out.append(Claim(peer, folded, bool(req.get("resume"))))
+            return
         rooms = req.get("rooms", [m.DEFAULT_ROOM])
         conn = self.peers[peer]
         self._check_room_capacity(session.rooms if session else {}, rooms, conn.source)
@@ -905,6 +930,12 @@ class ChatCore:
             holder = self.by_name.get(folded)
             if holder is not None and holder is not session:
                 raise ProtocolError(ErrorCode.NAME_TAKEN, f"{new!r} is taken; choose another name")
+            if self.clustered and folded not in self.names_held:
+                self.claiming[peer] = ("nick", req, session.key)
+                out.append(Claim(peer, folded, False))
+                return
+            if self.clustered and folded != session.folded:
+                self._release(session.folded, out)
             del self.by_name[session.folded]
             self.said.rename(session.folded, folded, now)
             session.user, session.folded = new, folded
@@ -1128,6 +1159,8 @@ class ChatCore:
             self._exit(session, room_name, reason, now, out)
         del self.sessions[session.peer]
         del self.by_name[session.folded]
+        if self.clustered:
+            self._release(session.folded, out)
         self.away.pop(session.folded, None)
         session.conn.source.sessions -= 1
         if session.key is not None:
@@ -1186,6 +1219,43 @@ class ChatCore:
                 room.set_topic(payload)
             self._keep(room, [payload])
         return [Publish(m.room_topic(room_name), payload)]
+
+    def claimed(self, peer: bytes, folded: str, error: ErrorCode | None, now: float) -> list[Output]:
+        """The cluster's answer to a ``Claim``: the name is ours (``error`` None), and the hello or nick that
+        waited for it goes on; or it is not (``name_taken``, or ``unavailable``: the cluster did not say)."""
+        out: list[Output] = []
+        kind, req, key = self.claiming.pop(peer, ("", {}, None))
+        wanted = (req.get("user") if kind == "hello" else req.get("name")) or ""
+        if error is None:
+            self.names_held.add(folded)
+        if not kind or wanted.casefold() != folded:  # the connection went, or asked for another name since
+            if error is None and folded not in self.by_name:
+                self._release(folded, out)
+            return out
+        if error is not None:
+            text = f"{wanted!r} is taken; choose another name" if error is ErrorCode.NAME_TAKEN else "try again"
+            out.append(Reply(peer, m.encode(ProtocolError(error, text, req.get("id")).envelope())))
+            return out
+        if peer not in self.peers:  # forgotten meanwhile (cannot be while it waits, but a crash barrier)
+            self._release(folded, out)
+            return out
+        try:
+            if kind == "hello":
+                self._hello(peer, self.sessions.get(peer), req, now, out, key)
+            elif (session := self.sessions.get(peer)) is not None:
+                self._nick(peer, session, req, now, out)
+        except ProtocolError as exc:
+            out.append(Reply(peer, m.encode(exc.envelope())))
+        except Exception as exc:  # the crash barrier
+            out.append(self._internal(peer, kind, exc, req.get("id")))
+        if folded not in self.by_name:  # the hello or nick failed after all: nobody here uses the name
+            self._release(folded, out)
+        return out
+
+    def _release(self, folded: str, out: list[Output]) -> None:
+        if folded in self.names_held:
+            self.names_held.discard(folded)
+            out.append(Release(folded))
 
     def read_refused(self, read: ReadLog) -> list[Output]:
         """Too many history reads are walking the log: this one is refused, to be asked again later."""

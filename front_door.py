@@ -10,21 +10,30 @@ to one replicated JetStream stream, and come back from it, with its positions, t
   order (its ``prev`` chain), fills holes from the stream, and the core keeps and publishes each event
   (``ChatCore.applied``) on this broker's PUB, as a single broker does.
 
-Not yet a whole cluster (docs/scaling.md): names, ``who``, ``rooms`` and DMs are still this front door's own,
-history is what it saw since it started, and a dead front door's members are not announced as gone.
+- **Names:** a name is claimed in the key-value bucket ``chat_names`` (its value: the front door's id) before
+  a hello or nick is answered.  Each front door holds a lease, its key in ``chat_doors``, renewed every
+  ``LEASE_RENEW_S`` and gone ``LEASE_S`` after the last renewal (the bucket's age limit): a name whose front
+  door has no lease is free, and is taken over by compare-and-set on its revision (two front doors trying
+  at once: one wins).  A client resuming after its front door died waits for that lease to go.
+
+Not yet a whole cluster (docs/scaling.md): ``who``, ``rooms`` and DMs are still this front door's own, and a
+dead front door's members are not announced as gone.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import zmq
 
-from chat import Append, ChatCore, Output, ReadLog
+from chat import Append, ChatCore, Claim, Output, ReadLog, Release
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
+from messages import ErrorCode
 from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
 
 log = logging.getLogger("chat-broker")
@@ -34,6 +43,14 @@ STREAM = "CHAT"
 #: History reads walking the log at once (each holds up to --max-history events): more are refused
 #: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
 MAX_READS = 64
+#: The key-value buckets of names and of front doors' leases.
+NAMES, DOORS = "chat_names", "chat_doors"
+#: A front door's lease: gone this long after its last renewal (the doors bucket's age limit) ...
+LEASE_S = 3.0
+#: ... and renewed this often.
+LEASE_RENEW_S = 1.0
+#: How long a resuming client's claim waits for the lease of the front door that had its name to go.
+RESUME_WAIT_S = LEASE_S + 1.5
 #: How long a front door waits at start for NATS and its stream before it gives up.
 START_TIMEOUT_S = 20.0
 
@@ -56,6 +73,27 @@ class ClusterUnavailable(RuntimeError):
     """NATS, or the stream, could not be reached at start."""
 
 
+@dataclass
+class _Claiming:
+    """A claim of a name on its way: which step's answer it waits for, what it found."""
+
+    claim: Claim
+    deadline: float  # until when a resuming client's claim waits for another front door's lease to go
+    step: str = "create"  # "create", "get" (who has it), "door" (is that door alive), "take" (compare-and-set)
+    holder: str = ""
+    revision: int = 0
+    attempts: int = 0
+
+    @property
+    def key(self) -> str:
+        return name_key(self.claim.folded)
+
+
+def name_key(folded: str) -> str:
+    """A name as a key-value key (which allows fewer characters than a name, and no final dot)."""
+    return folded.encode().hex()
+
+
 class FrontDoor:
     """The broker's side of the cluster: the bridge, the appends awaiting the log, the feed coming back."""
 
@@ -75,6 +113,11 @@ class FrontDoor:
         self.pending_bytes = 0
         self.connected = ""  # the NATS server we are connected to ("": none)
         self.replicas = replicas
+        self.door_id = os.urandom(8).hex()
+        self.claims: dict[int, _Claiming] = {}  # bridge token -> the claim waiting for that answer
+        self.waiting_claims: list[tuple[float, _Claiming]] = []  # (when to look again, claim): resuming
+        self.held: dict[str, int] = {}  # folded name -> the revision of our claim on it
+        self.next_renewal = 0.0
 
     @property
     def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -99,13 +142,102 @@ class FrontDoor:
                         token = self.bridge.stream(stream_config(self.replicas))
                 elif isinstance(event, KvResult) and event.token == token:
                     if event.error is None:
+                        history_id = f"nats:{STREAM}:{(event.value or b'').decode()}"
+                        self._make_buckets(deadline)
                         self.bridge.subscribe(FEED_PREFIX + ">")
-                        return f"nats:{STREAM}:{(event.value or b'').decode()}"
+                        return history_id
                     # JetStream may be electing a leader (a node just restarted): ask again, until the deadline.
                     error = event.error
                     time.sleep(0.5)  # starting up: nothing else to do meanwhile
                     token = self.bridge.stream(stream_config(self.replicas))
         raise ClusterUnavailable(f"no stream {STREAM} in {timeout:g} s" + (f": {error}" if error else ""))
+
+    def _make_buckets(self, deadline: float) -> None:
+        """The names and leases buckets (made by the first front door, found by the others), and our lease."""
+        orders = [
+            lambda: self.bridge.kv_bucket({"bucket": NAMES, "history": 1, "replicas": self.replicas}),
+            lambda: self.bridge.kv_bucket({"bucket": DOORS, "history": 1, "ttl": LEASE_S, "replicas": self.replicas}),
+            lambda: self.bridge.kv("put", DOORS, self.door_id),
+        ]
+        for order in orders:
+            token, error = order(), "no answer"
+            while time.monotonic() < deadline:
+                answer = self._answer_to(token, deadline)
+                if answer is not None and answer.error is None:
+                    break
+                error = answer.error if answer is not None else error
+                time.sleep(0.5)  # starting up: JetStream may be electing a leader
+                token = order()
+            else:
+                raise ClusterUnavailable(f"cannot make the key-value buckets: {error}")
+        self.next_renewal = time.monotonic() + LEASE_RENEW_S
+
+    def _answer_to(self, token: int, deadline: float) -> KvResult | None:
+        """Wait (at start only) for the answer to ``token``."""
+        while time.monotonic() < deadline:
+            if self.bridge.sock.poll(100):
+                for event in self.bridge.answers():
+                    if isinstance(event, KvResult) and event.token == token:
+                        return event
+                    if isinstance(event, Status):
+                        self._status(event)
+        return None
+
+    def due(self) -> float:
+        """When ``tick`` next has something to do: renew our lease, look again for a resuming claim."""
+        return min([self.next_renewal, *(at for at, _ in self.waiting_claims)])
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_renewal:
+            self.bridge.kv("put", DOORS, self.door_id)  # the answer is not awaited: the next renewal is
+            self.next_renewal = now + LEASE_RENEW_S
+        due = [claiming for at, claiming in self.waiting_claims if at <= now]
+        if due:
+            self.waiting_claims = [(at, claiming) for at, claiming in self.waiting_claims if at > now]
+            for claiming in due:
+                self._ask(claiming, "door", self.bridge.kv("get", DOORS, claiming.holder))
+
+    def claim(self, claim: Claim, now: float) -> None:
+        """Claim ``claim.folded`` for a hello or nick here: ``ChatCore.claimed`` hears how it went."""
+        claiming = _Claiming(claim, now + (RESUME_WAIT_S if claim.resume else 0.0))
+        self._ask(claiming, "create", self.bridge.kv("create", NAMES, claiming.key, self.door_id.encode()))
+
+    def release(self, release: Release) -> None:
+        revision = self.held.pop(release.folded, 0)
+        if revision:
+            self.bridge.kv("delete", NAMES, name_key(release.folded), revision=revision)
+
+    def _ask(self, claiming: _Claiming, step: str, token: int) -> None:
+        claiming.step = step
+        self.claims[token] = claiming
+
+    def _claim_answered(self, answer: KvResult, now: float) -> list[Output]:
+        """The next step of a claim: who has the name, whether that front door lives, take it over."""
+        claiming = self.claims.pop(answer.token)
+        step, error = claiming.step, answer.error
+        if (error is None and step in ("create", "take")) or (step == "get" and answer.value == self.door_id.encode()):
+            self.held[claiming.claim.folded] = answer.revision
+            return self.core.claimed(claiming.claim.peer, claiming.claim.folded, None, now)
+        if step == "create" and error == "exists":
+            self._ask(claiming, "get", self.bridge.kv("get", NAMES, claiming.key))
+        elif step == "get" and error is None:  # another front door's: is it alive?
+            claiming.holder, claiming.revision = (answer.value or b"").decode(), answer.revision
+            self._ask(claiming, "door", self.bridge.kv("get", DOORS, claiming.holder))
+        elif step == "door" and error is None:  # alive: taken, unless a resuming client waits for it to go
+            if now >= claiming.deadline:
+                return self.core.claimed(claiming.claim.peer, claiming.claim.folded, ErrorCode.NAME_TAKEN, now)
+            self.waiting_claims.append((now + 0.5, claiming))
+        elif step == "door" and error == "not_found":  # its front door is gone: take it over
+            update = self.bridge.kv("update", NAMES, claiming.key, self.door_id.encode(), claiming.revision)
+            self._ask(claiming, "take", update)
+        elif error in ("not_found", "wrong_revision") and claiming.attempts < 3:  # it changed meanwhile: again
+            claiming.attempts += 1
+            self._ask(claiming, "create", self.bridge.kv("create", NAMES, claiming.key, self.door_id.encode()))
+        else:
+            code = ErrorCode.NAME_TAKEN if error in ("not_found", "wrong_revision") else ErrorCode.UNAVAILABLE
+            log.warning("cluster: the claim of a name ended at %s: %s", step, error)
+            return self.core.claimed(claiming.claim.peer, claiming.claim.folded, code, now)
+        return []
 
     def append(self, append: Append) -> None:
         """Hand ``append`` to the log, behind its sender's earlier ones."""
@@ -159,6 +291,8 @@ class FrontDoor:
                 self._filled(event, out)
             elif isinstance(event, Stored | Failed) and event.token in self.reads:
                 out += self._read_on(event)
+            elif isinstance(event, KvResult) and event.token in self.claims:
+                out += self._claim_answered(event, now)
             elif isinstance(event, Dropped):
                 log.warning("the loop fell behind the cluster's feed: %d events to fetch again", event.count)
                 self._fetch(self.feed.dropped())

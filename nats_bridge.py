@@ -147,8 +147,9 @@ class NatsBridge:
         return token
 
     def kv(self, op: str, bucket: str, key: str, value: bytes = b"", revision: int = 0) -> int:
-        """``op``: "create" (fails if the key lives), "update" (only at ``revision``), "delete" (at
-        ``revision``, or any if 0), "get"."""
+        """``op``: "create" (fails if the key lives), "update" (only at ``revision``), "put" (whatever is
+        there), "delete" (at ``revision``, or any if 0), "get".
+        """
         token = next(self._tokens)
         self.sock.send(_encode(["kv", token, op, bucket, key, value, revision]))
         return token
@@ -353,6 +354,8 @@ class _Bridge:
                 return await kv.create(key, value), None
             if op == "update":
                 return await kv.update(key, value, last=revision), None
+            if op == "put":
+                return await kv.put(key, value), None
             if op == "delete":
                 await kv.delete(key, last=revision or None)
                 return 1, None

@@ -110,11 +110,22 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
-    def start(self) -> None:
-        """Start every node and wait until each says JetStream is ready; ``RuntimeError`` if one does not."""
-        for node in self.nodes:
-            self.start_node(node, wait=False)
-        self.wait_healthy()
+    def start(self, attempts: int = 3) -> None:
+        """Start every node and wait until each says JetStream is ready; ``RuntimeError`` if one does not.
+        A node that exits at once (most often: a port that ``free_port`` found free was taken before the node
+        bound it) makes every node start again, on new ports."""
+        for attempt in range(attempts):
+            for node in self.nodes:
+                self.start_node(node, wait=False)
+            try:
+                self.wait_healthy()
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                for node in self.nodes:
+                    node.client_port, node.route_port, node.monitor_port = free_port(), free_port(), free_port()
 
     def start_node(self, node: Node, wait: bool = True) -> None:
         """(Re)start one node on its ports and folder, as after a crash."""

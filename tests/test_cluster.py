@@ -119,3 +119,19 @@ def test_a_front_door_started_later_answers_older_history_from_the_log(harness: 
     events = reply["events"]
     assert [e["text"] for e in events if e["type"] == "msg"] == [f"early {i}" for i in range(5)]
     assert events[0]["prev"] == 0 and all(b["prev"] == a["seq"] for a, b in itertools.pairwise(events))
+
+
+def test_a_name_is_taken_on_every_front_door_and_a_dead_doors_names_come_free(
+    harness: Harness, cluster: NatsCluster
+) -> None:
+    one, two = doors(harness, cluster, 2)
+    harness.client(one, "alice")
+    peer = harness.raw(two)
+    peer.request({"type": "hello", "user": "Alice", "rooms": []})
+    reply = peer.reply()
+    assert (reply["type"], reply.get("code")) == ("error", "name_taken")
+    one.kill()  # kill -9: its lease is renewed no more; alice's name is free once the lease is gone
+    one.wait()
+    peer.request({"type": "hello", "user": "alice", "rooms": [], "resume": True})  # waits for the lease
+    reply = peer.reply(timeout=15)
+    assert (reply["type"], reply.get("user")) == ("welcome", "alice"), reply

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import msgspec
 
-from chat import Append, ChatConfig, ChatCore, Publish, ReadLog, Reply
+from chat import Append, ChatConfig, ChatCore, Claim, Publish, ReadLog, Release, Reply
+from messages import ErrorCode
 
 A, B = b"peer-a", b"peer-b"
 
@@ -18,6 +19,7 @@ class Log:
         self.events: list[tuple[str, bytes]] = []
         self.by_id: dict[str, int] = {}
         self.last: dict[str, int] = {}
+        self.names: dict[str, ChatCore] = {}  # the cluster's claims: name -> the front door holding it
 
     def store(self, append: Append) -> tuple[int, int, bool]:
         """(seq, prev, duplicate)"""
@@ -31,16 +33,28 @@ class Log:
 
 
 def run(log: Log, doors: list[ChatCore], made: dict[ChatCore, list], now: float = 0.0) -> dict[ChatCore, list]:
-    """Store every Append the doors made, in order; each door applies every new event (all doors see the
-    stream's feed) and the door that made it confirms it.  Returns what each door sent."""
-    out: dict[ChatCore, list] = {door: [o for o in made.get(door, []) if not isinstance(o, Append)] for door in doors}
-    for door, outputs in made.items():
-        for append in [o for o in outputs if isinstance(o, Append)]:
-            seq, prev, duplicate = log.store(append)
+    """Answer every Claim and Release the doors made (a name is free unless another door holds it), store
+    every Append, in order; each door applies every new event (all doors see the stream's feed) and the door
+    that made it confirms it.  Returns what each door sent."""
+    out: dict[ChatCore, list] = {door: [] for door in doors}
+    todo = [(door, o) for door, outputs in made.items() for o in outputs]
+    while todo:
+        door, o = todo.pop(0)
+        if isinstance(o, Claim):
+            taken = log.names.get(o.folded, door) is not door
+            if not taken:
+                log.names[o.folded] = door
+            todo += [(door, x) for x in door.claimed(o.peer, o.folded, ErrorCode.NAME_TAKEN if taken else None, now)]
+        elif isinstance(o, Release):
+            log.names.pop(o.folded, None)
+        elif isinstance(o, Append):
+            seq, prev, duplicate = log.store(o)
             if not duplicate:
                 for each in doors:
-                    out[each] += each.applied(append.room, seq, prev, append.payload)
-            out[door] += door.confirmed(append, seq, now)
+                    out[each] += each.applied(o.room, seq, prev, o.payload)
+            out[door] += door.confirmed(o, seq, now)
+        else:
+            out[door].append(o)
     return out
 
 
@@ -83,14 +97,14 @@ def test_a_resend_is_stored_once_and_acked_alike_through_either_door() -> None:
     run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
     first = run(log, [one, two], {one: send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})})
     # Its ack was lost and the door died: alice says hello at the other door and sends it again.
-    send(one, A, {"type": "bye"})
+    run(log, [one, two], {one: send(one, A, {"type": "bye"})})  # her name is free again in the cluster
     run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "alice", "rooms": ["general"]})})
     again = run(log, [one, two], {two: send(two, B, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})})
     assert decoded(again[two], Reply) == decoded(first[one], Reply)  # the same seq
     assert [e for e in decoded(again[two], Publish) if e["type"] == "msg"] == []  # published once, earlier
     # Through the door that acked it (its said window has it), a resend is answered at once, no log round.
-    send(two, B, {"type": "bye"})
-    send(one, A, {"type": "hello", "user": "alice"})
+    run(log, [one, two], {two: send(two, B, {"type": "bye"})})
+    run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice"})})
     out = send(one, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})
     assert not [o for o in out if isinstance(o, Append)] and decoded(out, Reply) == decoded(first[one], Reply)
 
@@ -135,7 +149,8 @@ def test_history_older_than_what_a_front_door_saw_is_read_from_the_log() -> None
     for i in range(3):
         run(log, [one], {one: send(one, A, {"type": "msg", "room": "general", "text": f"t{i}", "id": f"m{i}"})})
     late = door()  # started after all that: its memory has nothing of it
-    send(late, B, {"type": "hello", "user": "bob", "rooms": ["general"]})  # a member: the room is in memory
+    (claim,) = send(late, B, {"type": "hello", "user": "bob", "rooms": ["general"]})
+    late.claimed(claim.peer, claim.folded, None, 0.0)  # bob is a member: the room is in memory
     late.applied("general", 4, 3, log.events[3][1])  # it saw the last one live
     (read,) = send(late, B, {"type": "history", "room": "general", "after": 0, "limit": 2})
     assert isinstance(read, ReadLog) and (read.room, read.after, read.limit, read.head) == ("general", 0, 2, 4)
@@ -145,3 +160,19 @@ def test_history_older_than_what_a_front_door_saw_is_read_from_the_log() -> None
     # What memory has is answered at once, as on a single broker.
     (history,) = decoded(send(late, B, {"type": "history", "room": "general", "after": 3}), Reply)
     assert [e["seq"] for e in history["events"]] == [4]
+
+
+def test_a_name_is_one_persons_in_the_whole_cluster_and_free_again_when_they_go() -> None:
+    log, one, two = Log(), door(), door()
+    made = send(one, A, {"type": "hello", "user": "alice"})
+    assert [type(o) for o in made] == [Claim] and made[0].folded == "alice"  # no welcome before the claim
+    assert decoded(run(log, [one, two], {one: made})[one], Reply)[0]["type"] == "welcome"
+    out = run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "Alice"})})
+    assert [(r["type"], r.get("code")) for r in decoded(out[two], Reply)] == [("error", "name_taken")]
+    out = run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "bob"})})
+    out = run(log, [one, two], {two: send(two, B, {"type": "nick", "name": "alice", "id": "n1"})})
+    assert [(r["type"], r.get("code")) for r in decoded(out[two], Reply)] == [("error", "name_taken")]
+    run(log, [one, two], {one: send(one, A, {"type": "bye"})})
+    out = run(log, [one, two], {two: send(two, B, {"type": "nick", "name": "alice", "id": "n2"})})
+    assert [r["type"] for r in decoded(out[two], Reply)] == ["renamed"]
+    assert log.names == {"alice": two}  # bob's claim went with the rename
