@@ -123,6 +123,7 @@ class Broker:
         self.router = router
         #: ``--cluster``: room events go to the cluster's log and come back from it (``front_door``).
         self.front_door = front_door
+        self.cluster_errors = 0  # unforeseen exceptions on the cluster's side (``_with_the_cluster``)
         self.max_unstored_bytes = max_unstored_bytes
         self.pub = pub
         self.core = core
@@ -316,9 +317,7 @@ class Broker:
         if self.written in ready:
             self.on_written()
         if self.front_door is not None:
-            self.front_door.tick(clock())  # its lease, the claims waiting for another front door's to go
-            if ready:
-                self.flush(self.front_door.handle(clock()))
+            self._with_the_cluster(ready)
         if self.router in ready:
             self.drain()
         now = clock()
@@ -362,6 +361,20 @@ class Broker:
             self._check_writer()
         if self.core.unavailable is not None:
             self.retry_storage()
+
+    def _with_the_cluster(self, ready: dict) -> None:
+        """A front door's turn: its timers, then what the bridge brought.  An unforeseen exception here (what
+        NATS sent is not a peer's request, but it is input too) costs what it was handling, not the process."""
+        door = self.front_door
+        assert door is not None
+        try:
+            door.tick(time.monotonic())  # its lease, the claims waiting for another front door's to go
+            if ready:
+                self.flush(door.handle(time.monotonic()))
+        except Exception:  # the crash barrier
+            self.cluster_errors += 1
+            if self.cluster_errors == 1 or self.cluster_errors % 1000 == 0:
+                log.exception("cluster: failed on what the bridge brought (%d times so far)", self.cluster_errors)
 
     def _settle_with_the_log(self) -> None:
         """Stopping a front door: wait (up to ``STOP_WAIT_S``) for the log to answer what was handed to it, the

@@ -66,6 +66,7 @@ class ReadLog(NamedTuple):
     after: int
     limit: int
     head: int  # the room's last position as this front door knows it (0: none): the reply's ``seq``
+    request_id: str | None = None  # echoed by an error about it
 
 
 class Claim(NamedTuple):
@@ -974,8 +975,11 @@ class ChatCore:
         after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
         limit = min(asked, self.config.max_history)
         seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
-        if self.clustered and (room is None or after + 1 < _first_kept(room)) and (after < seq or not seq):
-            out.append(ReadLog(peer, name, after, limit, seq))  # before what we have seen (or a room we have not)
+        seen = room is not None and room.seq > 0  # a front door may have a room in memory and no event of it
+        if self.clustered and (not seen or after + 1 < _first_kept(room)) and (after < seq or not seq):  # type: ignore[arg-type]
+            out.append(
+                ReadLog(peer, name, after, limit, seq, req.get("id"))
+            )  # before what we have seen (or a room we have not)
             return
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
@@ -994,12 +998,21 @@ class ChatCore:
             reply["more"] = True  # cut to fit (bytes, or --max-history): ask again after the last event
         return Reply(peer, m.encode(reply))
 
-    def history_read(self, read: ReadLog, events: list[tuple[int, int, bytes]]) -> list[Output]:
+    def history_read(self, read: ReadLog, events: list[tuple[int, int, bytes]], ended: bool) -> list[Output]:
         """The log's events for ``read`` ((seq, prev, stored bytes), oldest first): the ``history`` reply.
-        Fewer than asked and short of the head tells the client (``more``) to ask again after the last."""
+        ``ended``: the walk reached the room's end in the log.  Otherwise (``limit``, or the log stopped
+        answering) the reply says ``more``, so the client asks again after its last event, and never takes
+        what it did not get for what the room does not have."""
         payloads = [p for seq, prev, data in events if (p := self.stamped(read.room, seq, prev, data)) is not None]
-        head = read.head or (events[-1][0] if events else read.after)  # a room this door has not seen: the log's
-        return [self._history_reply(read.peer, read.room, payloads, head, read.limit)]
+        last = events[-1][0] if events else read.after
+        head = read.head or last  # a room this door has not seen: as far as the log was read
+        if not ended:
+            head = max(head, last + 1)
+        reply = self._history_reply(read.peer, read.room, payloads, head, read.limit)
+        if ended or payloads:
+            return [reply]
+        error = ProtocolError(ErrorCode.UNAVAILABLE, "the cluster's log did not answer; retry later", read.request_id)
+        return [Reply(read.peer, m.encode(error.envelope()))]
 
     def _rooms(self, peer: bytes, session: Session | None, req: dict, now: float, out: list[Output]) -> None:
         """Every room and its last seq: the snapshot a subscriber takes after subscribing (Clone pattern)."""
@@ -1259,19 +1272,21 @@ class ChatCore:
 
     def read_refused(self, read: ReadLog) -> list[Output]:
         """Too many history reads are walking the log: this one is refused, to be asked again later."""
-        error = ProtocolError(ErrorCode.UNAVAILABLE, "too many history reads from the cluster's log; retry later")
+        error = ProtocolError(
+            ErrorCode.UNAVAILABLE, "too many history reads from the cluster's log; retry later", read.request_id
+        )
         return [Reply(read.peer, m.encode(error.envelope()))]
 
-    @staticmethod
-    def stamped(room_name: str, seq: int, prev: int, data: bytes) -> bytes | None:
+    def stamped(self, room_name: str, seq: int, prev: int, data: bytes) -> bytes | None:
         """A room event as the log stored it (seq and prev 0), with its position; None (logged) if it is not
-        an event of ``room_name``."""
+        one a front door stored: not an event of ``room_name``, positions of its own, a text too long."""
         payload = data.replace(b'"seq":0,"prev":0', b'"seq":%d,"prev":%d' % (seq, prev), 1)
         try:
             event = _decode_room_event(payload)
         except (msgspec.ValidationError, msgspec.DecodeError):
             event = None
-        if event is None or event.room != room_name:
+        text = getattr(event, "text", getattr(event, "topic", ""))
+        if event is None or event.room != room_name or event.seq != seq or len(text) > self.config.max_text:
             log.error("the cluster's log holds something that is not an event of %s at %d; skipped", room_name, seq)
             return None
         return payload

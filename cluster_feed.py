@@ -24,6 +24,8 @@ from sequencer import FeedSequencer, Sequenced
 FEED_PREFIX = "feed.room."
 #: Where room events are stored: ``chat.room.<room>``, one subject per room in one stream.
 LOG_PREFIX = "chat.room."
+#: Stream positions are unsigned 64-bit; a header claiming more is not the stream's (and would not encode).
+MAX_POSITION = 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class ClusterFeed:
             seq, prev = int(headers["Nats-Sequence"]), int(headers["Nats-Last-Sequence"])
         except (KeyError, ValueError):
             return [], []
-        if not subject.startswith(FEED_PREFIX) or not 0 <= prev < seq:
+        if not subject.startswith(FEED_PREFIX) or not 0 <= prev < seq < MAX_POSITION:
             return [], []
         event = LogEvent(subject[len(FEED_PREFIX) :], seq, prev, data)
         if event.room not in self.sequencer.last:
@@ -88,15 +90,15 @@ class ClusterFeed:
         return self._out(fetch.room, ready, after)
 
     def missing(self, fetch: Fetch) -> Out:
-        """The stream has nothing of the room after ``fetch.after``: what the hole held is gone (limits,
-        a purge), so it is skipped (``sequencer.lost`` counts it)."""
+        """The stream has nothing of the room after ``fetch.after``.  So the events held beyond the hole are
+        not in it either (the stream republishes only what it stored, and the walk reads the stream itself):
+        they were not the stream's, or were deleted since (limits, a purge), and they go, unpublished."""
         if self.fetching.get(fetch.room) != fetch.after:
             return [], []
         del self.fetching[fetch.room]
         self.walking.discard(fetch.room)
-        held = self.sequencer.held.get(fetch.room)
-        head = max(held) if held else fetch.after
-        return self._out(fetch.room, *self.sequencer.fill(fetch.room, [], head=head))
+        self.sequencer.drop_held(fetch.room)
+        return [], []
 
     def failed(self, fetch: Fetch) -> list[Fetch]:
         """A fetch got no answer (no leader just now): it is made again."""

@@ -51,6 +51,8 @@ LEASE_S = 3.0
 LEASE_RENEW_S = 1.0
 #: How long a resuming client's claim waits for the lease of the front door that had its name to go.
 RESUME_WAIT_S = LEASE_S + 1.5
+#: How long a history read asks the log again for a step it did not answer (a leader election takes ~5 s).
+READ_RETRY_S = 10.0
 #: How long a front door waits at start for NATS and its stream before it gives up.
 START_TIMEOUT_S = 20.0
 
@@ -105,8 +107,10 @@ class FrontDoor:
         self.feed = ClusterFeed()
         self.sent: dict[int, Append] = {}  # bridge token -> the append it carries
         self.fetches: dict[int, Fetch] = {}  # bridge token -> the fetch it carries
-        #: bridge token -> a history read walking the log, and the events it found so far (seq, prev, bytes)
-        self.reads: dict[int, tuple[ReadLog, list[tuple[int, int, bytes]]]] = {}
+        #: bridge token -> a history read walking the log: the read, the events it found so far (seq, prev,
+        #: bytes), and until when a step the log did not answer is asked again (an election: ~5 s)
+        self.reads: dict[int, tuple[ReadLog, list[tuple[int, int, bytes]], float]] = {}
+        self.waiting_reads: list[tuple[float, ReadLog, list[tuple[int, int, bytes]], float]] = []
         self.queues: dict[str, deque[Append]] = {}  # per sender: the first is with the log, the rest wait
         #: The bytes of the events in ``queues``: the broker reads no requests past ``--max-unstored-bytes``
         #: (NATS down, an election), so what the log has not answered is bounded like what a disk has not.
@@ -185,12 +189,17 @@ class FrontDoor:
 
     def due(self) -> float:
         """When ``tick`` next has something to do: renew our lease, look again for a resuming claim."""
-        return min([self.next_renewal, *(at for at, _ in self.waiting_claims)])
+        return min([self.next_renewal, *(at for at, _ in self.waiting_claims), *(w[0] for w in self.waiting_reads)])
 
     def tick(self, now: float) -> None:
         if now >= self.next_renewal:
             self.bridge.kv("put", DOORS, self.door_id)  # the answer is not awaited: the next renewal is
             self.next_renewal = now + LEASE_RENEW_S
+        if self.waiting_reads and min(w[0] for w in self.waiting_reads) <= now:
+            due_reads = [w for w in self.waiting_reads if w[0] <= now]
+            self.waiting_reads = [w for w in self.waiting_reads if w[0] > now]
+            for _, read, found, until in due_reads:
+                self._walk(read, found, until)
         due = [claiming for at, claiming in self.waiting_claims if at <= now]
         if due:
             self.waiting_claims = [(at, claiming) for at, claiming in self.waiting_claims if at > now]
@@ -250,24 +259,33 @@ class FrontDoor:
     def read(self, read: ReadLog) -> list[Output]:
         """Answer a ``history`` request from the log: walk the room's subject from ``read.after`` (or refuse
         it, past ``MAX_READS`` walks at once)."""
-        if len(self.reads) >= MAX_READS:
+        if len(self.reads) + len(self.waiting_reads) >= MAX_READS:
             return self.core.read_refused(read)
-        self._walk(read, [], read.after)
+        self._walk(read, [], time.monotonic() + READ_RETRY_S)
         return []
 
-    def _walk(self, read: ReadLog, found: list[tuple[int, int, bytes]], after: int) -> None:
-        self.reads[self.bridge.next(STREAM, LOG_PREFIX + read.room, after)] = (read, found)
+    def _walk(self, read: ReadLog, found: list[tuple[int, int, bytes]], until: float) -> None:
+        after = found[-1][0] if found else read.after
+        self.reads[self.bridge.next(STREAM, LOG_PREFIX + read.room, after)] = (read, found, until)
 
-    def _read_on(self, event: Stored | Failed) -> list[Output]:
+    def _read_on(self, event: Stored | Failed, now: float) -> list[Output]:
         """One more event for a history read (its ``prev`` is the one before: the walk follows the room), or
-        the end of it: the room has no more, the read has ``limit``, or the log did not answer."""
-        read, found = self.reads.pop(event.token)
+        the end of it: the room has no more, or the read has ``limit``.  A step the log did not answer (no
+        leader just now) is asked again a little later, until ``READ_RETRY_S``; then the reply is what was
+        found, marked as not the end."""
+        read, found, until = self.reads.pop(event.token)
         if isinstance(event, Stored):
             found.append((event.seq, found[-1][0] if found else read.after, event.data))
             if len(found) < read.limit and (event.seq < read.head or not read.head):
-                self._walk(read, found, event.seq)
+                self._walk(read, found, until)
                 return []
-        return self.core.history_read(read, found)
+            return self.core.history_read(read, found, ended=bool(read.head) and event.seq >= read.head)
+        if event.reason == "not_found":
+            return self.core.history_read(read, found, ended=True)
+        if now < until:
+            self.waiting_reads.append((now + 0.2, read, found, until))
+            return []
+        return self.core.history_read(read, found, ended=False)
 
     def _publish(self, append: Append) -> None:
         token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
@@ -290,7 +308,7 @@ class FrontDoor:
             elif isinstance(event, Stored | Failed) and event.token in self.fetches:
                 self._filled(event, out)
             elif isinstance(event, Stored | Failed) and event.token in self.reads:
-                out += self._read_on(event)
+                out += self._read_on(event, now)
             elif isinstance(event, KvResult) and event.token in self.claims:
                 out += self._claim_answered(event, now)
             elif isinstance(event, Dropped):

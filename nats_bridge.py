@@ -334,8 +334,8 @@ class _Bridge:
 
         try:
             info = await self.js.add_stream(config)
-        except BadRequestError:  # it exists with another configuration: make it this one
-            info = await self.js.update_stream(config)
+        except BadRequestError:  # it exists, made otherwise (another --cluster-replicas): it is left as it is
+            info = await self.js.stream_info(config.name)
         return 1, str(info.created or config.name).encode()  # when it was made: names the history it holds
 
     async def _kv_bucket(self, token: int, config: dict[str, Any]) -> None:

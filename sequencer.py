@@ -90,6 +90,13 @@ class FeedSequencer:
             fetch = self.last[room]
         return ready, fetch
 
+    def drop_held(self, room: str) -> int:
+        """The events held for ``room`` beyond its hole are not to be delivered (the log has none of them);
+        returns how many.  What was delivered stays."""
+        count = len(self.held.get(room, {}))
+        self._let_go(room)
+        return count
+
     def forget(self, room: str) -> None:
         self.last.pop(room, None)
         self._let_go(room)
