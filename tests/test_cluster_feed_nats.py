@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from cluster_feed import ClusterFeed, Fetch, LogEvent
+from front_door import stream_config
 from nats_bridge import Acked, Dropped, Failed, Message, NatsBridge, Status, Stored
 from nats_cluster import NatsCluster
 
@@ -21,14 +22,7 @@ if shutil.which("nats-server") is None:
 
 pytestmark = pytest.mark.timeout(90)
 
-STREAM = {
-    "name": "CHAT",
-    "subjects": ["chat.room.>"],
-    "num_replicas": 3,
-    "storage": "file",
-    "duplicate_window": 600,
-    "republish": {"src": "chat.room.>", "dest": "feed.room.>"},
-}
+STREAM = stream_config(replicas=3)  # as the front doors make it
 ROOMS = ("a", "b", "c")
 
 

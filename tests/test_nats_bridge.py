@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from front_door import stream_config
 from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
 from nats_cluster import NatsCluster
 
@@ -22,14 +23,7 @@ if shutil.which("nats-server") is None:
 
 pytestmark = pytest.mark.timeout(90)
 
-STREAM = {
-    "name": "CHAT",
-    "subjects": ["chat.room.>"],
-    "num_replicas": 3,
-    "storage": "file",
-    "duplicate_window": 600,
-    "republish": {"src": "chat.room.>", "dest": "feed.room.>"},
-}
+STREAM = stream_config(replicas=3)  # as the front doors make it
 
 
 class Loop:
