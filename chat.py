@@ -975,11 +975,8 @@ class ChatCore:
         after, asked = req.get("after", 0), req.get("limit", m.DEFAULT_HISTORY_LIMIT)
         limit = min(asked, self.config.max_history)
         seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
-        seen = room is not None and room.seq > 0  # a front door may have a room in memory and no event of it
-        if self.clustered and (not seen or after + 1 < _first_kept(room)) and (after < seq or not seq):  # type: ignore[arg-type]
-            out.append(
-                ReadLog(peer, name, after, limit, seq, req.get("id"))
-            )  # before what we have seen (or a room we have not)
+        if self.clustered and _before_memory(room, after, seq):
+            out.append(ReadLog(peer, name, after, limit, seq, req.get("id")))
             return
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
@@ -1433,6 +1430,14 @@ def _seq_of(payload: bytes) -> int:
 def _first_kept(room: Room) -> int:
     """The seq of the oldest event kept in memory (``room.seq + 1``: none)."""
     return _seq_of(room.history[0]) if room.history else room.seq + 1
+
+
+def _before_memory(room: Room | None, after: int, head: int) -> bool:
+    """A front door: is what a ``history`` after ``after`` asks for older than its memory (or of a room it has
+    no event of: in memory for a member, but seq 0), so that only the log has it?"""
+    if after >= head and head:
+        return False  # nothing after it as far as this front door knows
+    return room is None or not room.seq or after + 1 < _first_kept(room)
 
 
 def _after(room: Room, after: int, limit: int) -> list[bytes]:
