@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Claim, Output, Publish, ReadLog, Release
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, Output, Publish, ReadLog, Release
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -285,6 +285,8 @@ class Broker:
                 self.front_door.claim(out, time.monotonic())  # type: ignore[union-attr]
             elif type(out) is Release:
                 self.front_door.release(out)  # type: ignore[union-attr]
+            elif type(out) is Forward:
+                self.front_door.forward(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send
@@ -669,6 +671,13 @@ SOURCE_AND_MEMORY_FLAGS = (
         "N",
         "rooms at rest (nobody in them) whose last seq is kept in memory; older ones are read from the database "
         "(default: %(default)s)",
+    ),
+    (
+        "--max-forward-bytes",
+        int,
+        "BYTES",
+        "a front door (--cluster): bytes of dms on their way to other front doors at once; past it they get "
+        "'unavailable' (default: %(default)s)",
     ),
     (
         "--dedupe-total",

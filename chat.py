@@ -67,6 +67,7 @@ class ReadLog(NamedTuple):
     limit: int
     head: int  # the room's last position as this front door knows it (0: none): the reply's ``seq``
     request_id: str | None = None  # echoed by an error about it
+    kept_from: int = 0  # the first position this front door keeps in memory (0: none): the walk stops there
 
 
 class Claim(NamedTuple):
@@ -85,7 +86,19 @@ class Release(NamedTuple):
     folded: str
 
 
-Output = Reply | Publish | Append | ReadLog | Claim | Release
+class Forward(NamedTuple):
+    """A front door: a ``dm`` to ``folded``, who is not here, goes to the front door that has them (over core
+    NATS), whose answer comes back through ``ChatCore.forwarded``; that front door hands it on with
+    ``ChatCore.deliver``."""
+
+    peer: bytes  # the sender's connection: the ack or the error goes there
+    sender: str  # the sender's folded name (the resend window's key)
+    folded: str  # the recipient's folded name
+    event: bytes  # the dm event, ``to`` as the sender typed it (the recipient's front door writes theirs)
+    request: dict  # the sender's request: its id, and its fingerprint for the resend window
+
+
+Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -97,6 +110,17 @@ EVENT_OVERHEAD = 48
 #: A reply costs one more token per this many bytes: the broker's work and the memory a reply can hold
 #: (in the peer's queue) grow with its size, so a source's rate limit bounds the bytes it can pull too.
 REPLY_TOKEN_BYTES = 16 * 1024
+
+
+class DmAnswer(msgspec.Struct, omit_defaults=True):
+    """A front door's answer to another's forwarded dm: whom it reached (their name as they wrote it) and
+    their away reason; without ``to``, why not (an error code)."""
+
+    to: str | None = None
+    away: str | None = None
+    error: str | None = None
+
+
 #: Heartbeats that tell a changed room's head on the feed: one dropped ``head`` frame is not the last word.
 HEAD_REPEATS = 3
 #: Requests that write: refused with ``unavailable`` while the broker cannot store.
@@ -135,6 +159,9 @@ class ChatConfig:
     dedupe_total: int = 500_000
     dedupe_age: float = 600.0
     max_text: int = m.MAX_TEXT_CHARS  # characters per msg/dm text (at most the protocol's limit)
+    # A front door: bytes of dms on their way to other front doors at once (each waits up to 2 s for its
+    # answer); past it a dm to someone not here gets ``unavailable``.
+    max_forward_bytes: int = 4 << 20
     max_rooms_per_session: int = m.MAX_ROOMS_PER_SESSION  # rooms one session may be in at once
     max_history: int = m.MAX_HISTORY_LIMIT  # events one history reply may carry (larger limits are cut to it)
     max_sessions_per_key: int = 4  # live sessions per CURVE client key; 0 = no limit (plain mode has no keys)
@@ -396,6 +423,10 @@ class ChatCore:
         #: of each connection waiting for its claim (kind, request, key).
         self.names_held: set[str] = set()
         self.claiming: dict[bytes, tuple[str, dict, str | None]] = {}
+        #: A front door: the dms handed to other front doors, not yet answered ((sender, id) -> bytes held): a
+        #: resend meanwhile waits for the answer instead of going twice.
+        self.forwarding: dict[tuple[str, str], int] = {}
+        self.forwarding_bytes = 0
         self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
@@ -857,23 +888,72 @@ class ChatCore:
             return
         self._check_text(req)
         target = self.by_name.get(req["to"].casefold())
-        if target is None:
+        if target is None and not self.clustered:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
+        if (session.folded, req["id"]) in self.forwarding:
+            return  # a resend of a dm on its way to another front door: its answer acks it
         self._check_said_room(now, req["id"])
         event = {
             "type": "dm",
             "user": session.user,
-            "to": target.user,
+            "to": target.user if target is not None else req["to"],
             "text": req["text"],
             "id": req["id"],
             "ts": now + self.wall_offset,
         }
         if req.get("me"):
             event["me"] = True
+        if target is None:  # a front door: perhaps on another one
+            encoded = m.encode(event)
+            cost = 2 * len(encoded)  # held twice: the event, and the request it came in
+            if self.forwarding_bytes + cost > self.config.max_forward_bytes:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "too many private messages on their way; retry", req["id"])
+            self.forwarding[session.folded, req["id"]] = cost
+            self.forwarding_bytes += cost
+            out.append(Forward(peer, session.folded, req["to"].casefold(), encoded, req))
+            return
         out.append(Reply(target.peer, m.encode(event)))
-        ack = m.encode(m.Ack(id=req["id"], to=target.user, away=target.away or msgspec.UNSET))
-        self.said.remember(session.folded, req["id"], DM_TAG + _fingerprint_of(req) + ack, now)
+        self._acked_dm(peer, session.folded, req, target.user, target.away, now, out)
+
+    def _acked_dm(
+        self, peer: bytes, sender: str, req: dict, to: str, away: str | None, now: float, out: list[Output]
+    ) -> None:
+        ack = m.encode(m.Ack(id=req["id"], to=to, away=away or msgspec.UNSET))
+        self.said.remember(sender, req["id"], DM_TAG + _fingerprint_of(req) + ack, now)
         out.append(Reply(peer, ack))
+
+    def forwarded(self, forward: Forward, answer: bytes | None, now: float) -> list[Output]:
+        """The answer of the front door that has the recipient (``deliver``'s), or None: no front door has
+        them (nobody answered: NATS has no subscriber for the name)."""
+        self.forwarding_bytes -= self.forwarding.pop((forward.sender, forward.request["id"]), 0)
+        out: list[Output] = []
+        try:
+            got = msgspec.json.decode(answer, type=DmAnswer) if answer is not None else DmAnswer()
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            got = DmAnswer(error=ErrorCode.UNAVAILABLE.value)
+        if got.to is None:
+            code = ErrorCode.UNAVAILABLE if got.error == ErrorCode.UNAVAILABLE.value else ErrorCode.NO_SUCH_USER
+            text = (
+                "try again" if code is ErrorCode.UNAVAILABLE else f"nobody called {forward.request['to']!r} is online"
+            )
+            error = ProtocolError(code, text, forward.request["id"])
+            return [Reply(forward.peer, m.encode(error.envelope()))]
+        self._acked_dm(forward.peer, forward.sender, forward.request, got.to, got.away, now, out)
+        return out
+
+    def deliver(self, folded: str, event: bytes) -> tuple[bytes, list[Output]]:
+        """Another front door's ``Forward``: the dm goes to ``folded`` if they are here; returns the answer for
+        that front door (``DmAnswer``: who got it, their away reason; or no ``to``) and what to send."""
+        target = self.by_name.get(folded)
+        try:
+            dm = msgspec.json.decode(event, type=m.Dm)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return msgspec.json.encode(DmAnswer(error=ErrorCode.BAD_ENVELOPE.value)), []
+        if target is None or dm.to.casefold() != folded or len(dm.text) > self.config.max_text:
+            return msgspec.json.encode(DmAnswer(error=ErrorCode.NO_SUCH_USER.value)), []
+        dm.to = target.user
+        answer = DmAnswer(to=target.user, away=target.away)
+        return msgspec.json.encode(answer), [Reply(target.peer, m.encode(dm))]
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         room = self.rooms.get(req["room"])
@@ -976,7 +1056,8 @@ class ChatCore:
         limit = min(asked, self.config.max_history)
         seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
         if self.clustered and _before_memory(room, after, seq):
-            out.append(ReadLog(peer, name, after, limit, seq, req.get("id")))
+            kept_from = _first_kept(room) if room is not None and room.history else 0
+            out.append(ReadLog(peer, name, after, limit, seq, req.get("id"), kept_from))
             return
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)

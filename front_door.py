@@ -16,8 +16,12 @@ to one replicated JetStream stream, and come back from it, with its positions, t
   door has no lease is free, and is taken over by compare-and-set on its revision (two front doors trying
   at once: one wins).  A client resuming after its front door died waits for that lease to go.
 
-Not yet a whole cluster (docs/scaling.md): ``who``, ``rooms`` and DMs are still this front door's own, and a
-dead front door's members are not announced as gone.
+- **Dms:** a front door listens (core NATS) on ``chat.dm.<name key>`` for each name it holds; a dm to someone
+  not here is a request on that subject (``ChatCore.forwarded`` hears the answer; nobody listening:
+  ``no_such_user``), answered by the front door that has them (``ChatCore.deliver``).
+
+Not yet a whole cluster (docs/scaling.md): ``who`` and ``rooms`` are still this front door's own, and a dead
+front door's members are not announced as gone.
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 
-from chat import Append, ChatCore, Claim, Output, ReadLog, Release
+from chat import Append, ChatCore, Claim, DmAnswer, Forward, Output, ReadLog, Release
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
 from messages import ErrorCode
-from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
+from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Replied, Request, Status, Stored
 
 log = logging.getLogger("chat-broker")
 
@@ -53,6 +58,15 @@ LEASE_RENEW_S = 1.0
 RESUME_WAIT_S = LEASE_S + 1.5
 #: How long a history read asks the log again for a step it did not answer (a leader election takes ~5 s).
 READ_RETRY_S = 10.0
+#: Events one history read walks before it replies (fewer if they fill ``--max-reply-bytes``), the reply
+#: saying ``more`` (the client asks on from its last).  The log answers one event per round trip (~1 ms on
+#: nats-server 2.9, no faster through a consumer), so a reply comes well within a client's patience however
+#: far back it asks, and walks share the log in turns.
+READ_CHUNK = 200
+#: Where a front door listens for dms to each name it holds: ``chat.dm.<name key>`` (core NATS, not stored).
+DM_PREFIX = "chat.dm."
+#: How long a dm waits for the recipient's front door to answer (``unavailable`` after that).
+FORWARD_TIMEOUT_S = 2.0
 #: How long a front door waits at start for NATS and its stream before it gives up.
 START_TIMEOUT_S = 20.0
 
@@ -91,6 +105,27 @@ class _Claiming:
         return name_key(self.claim.folded)
 
 
+@dataclass
+class _Walk:
+    """A history read walking the log: the request, the events found so far (seq, prev, stored bytes), until
+    when a step the log did not answer is asked again, and the step waiting for the log (0: none just now)."""
+
+    read: ReadLog
+    until: float
+    found: list[tuple[int, int, bytes]] = field(default_factory=list)
+    found_bytes: int = 0
+    token: int = 0
+    again_at: float = 0.0
+
+    @property
+    def key(self) -> tuple[bytes, str]:
+        return self.read.peer, self.read.room
+
+    @property
+    def after(self) -> int:
+        return self.found[-1][0] if self.found else self.read.after
+
+
 def name_key(folded: str) -> str:
     """A name as a key-value key (which allows fewer characters than a name, and no final dot)."""
     return folded.encode().hex()
@@ -99,18 +134,20 @@ def name_key(folded: str) -> str:
 class FrontDoor:
     """The broker's side of the cluster: the bridge, the appends awaiting the log, the feed coming back."""
 
-    def __init__(self, ctx: zmq.Context, servers: list[str], core: ChatCore, replicas: int = 3) -> None:
+    def __init__(
+        self, ctx: zmq.Context, servers: list[str], core: ChatCore, replicas: int = 3, bridge: NatsBridge | None = None
+    ) -> None:
         if importlib.util.find_spec("nats") is None:
             raise ClusterUnavailable("nats-py is not installed (pip install 'zmq-chat[cluster]')")
         self.core = core
-        self.bridge = NatsBridge(ctx, servers)
+        self.bridge = bridge or NatsBridge(ctx, servers)  # given: a test's stand-in
         self.feed = ClusterFeed()
         self.sent: dict[int, Append] = {}  # bridge token -> the append it carries
         self.fetches: dict[int, Fetch] = {}  # bridge token -> the fetch it carries
-        #: bridge token -> a history read walking the log: the read, the events it found so far (seq, prev,
-        #: bytes), and until when a step the log did not answer is asked again (an election: ~5 s)
-        self.reads: dict[int, tuple[ReadLog, list[tuple[int, int, bytes]], float]] = {}
-        self.waiting_reads: list[tuple[float, ReadLog, list[tuple[int, int, bytes]], float]] = []
+        #: History reads walking the log, one per client and room (a client asking again, its answer late,
+        #: joins its walk rather than starting another), and by the token of the step the log is answering.
+        self.walks: dict[tuple[bytes, str], _Walk] = {}
+        self.reads: dict[int, _Walk] = {}
         self.queues: dict[str, deque[Append]] = {}  # per sender: the first is with the log, the rest wait
         #: The bytes of the events in ``queues``: the broker reads no requests past ``--max-unstored-bytes``
         #: (NATS down, an election), so what the log has not answered is bounded like what a disk has not.
@@ -121,6 +158,7 @@ class FrontDoor:
         self.claims: dict[int, _Claiming] = {}  # bridge token -> the claim waiting for that answer
         self.waiting_claims: list[tuple[float, _Claiming]] = []  # (when to look again, claim): resuming
         self.held: dict[str, int] = {}  # folded name -> the revision of our claim on it
+        self.forwards: dict[int, Forward] = {}  # bridge token -> a dm on its way to another front door
         self.next_renewal = 0.0
 
     @property
@@ -189,17 +227,15 @@ class FrontDoor:
 
     def due(self) -> float:
         """When ``tick`` next has something to do: renew our lease, look again for a resuming claim."""
-        return min([self.next_renewal, *(at for at, _ in self.waiting_claims), *(w[0] for w in self.waiting_reads)])
+        waiting_reads = (walk.again_at for walk in self.walks.values() if not walk.token)
+        return min([self.next_renewal, *(at for at, _ in self.waiting_claims), *waiting_reads])
 
     def tick(self, now: float) -> None:
         if now >= self.next_renewal:
             self.bridge.kv("put", DOORS, self.door_id)  # the answer is not awaited: the next renewal is
             self.next_renewal = now + LEASE_RENEW_S
-        if self.waiting_reads and min(w[0] for w in self.waiting_reads) <= now:
-            due_reads = [w for w in self.waiting_reads if w[0] <= now]
-            self.waiting_reads = [w for w in self.waiting_reads if w[0] > now]
-            for _, read, found, until in due_reads:
-                self._walk(read, found, until)
+        for walk in [walk for walk in self.walks.values() if not walk.token and walk.again_at <= now]:
+            self._step(walk)
         due = [claiming for at, claiming in self.waiting_claims if at <= now]
         if due:
             self.waiting_claims = [(at, claiming) for at, claiming in self.waiting_claims if at > now]
@@ -215,6 +251,36 @@ class FrontDoor:
         revision = self.held.pop(release.folded, 0)
         if revision:
             self.bridge.kv("delete", NAMES, name_key(release.folded), revision=revision)
+            self.bridge.unlisten(DM_PREFIX + name_key(release.folded))
+
+    def _hold(self, folded: str, revision: int) -> None:
+        """The name is ours in the cluster: dms to it, from any front door, come here."""
+        self.held[folded] = revision
+        self.bridge.listen(DM_PREFIX + name_key(folded))
+
+    def forward(self, forward: Forward) -> None:
+        """A dm to someone not here: to whichever front door listens for their name (nobody: no such user)."""
+        token = self.bridge.request(DM_PREFIX + name_key(forward.folded), forward.event, FORWARD_TIMEOUT_S)
+        self.forwards[token] = forward
+
+    def _forward_answered(self, event: Replied | Failed, now: float) -> list[Output]:
+        forward = self.forwards.pop(event.token)
+        if isinstance(event, Replied):
+            return self.core.forwarded(forward, event.data, now)
+        if event.reason == "no_responders":
+            return self.core.forwarded(forward, None, now)
+        return self.core.forwarded(forward, msgspec.json.encode(DmAnswer(error=ErrorCode.UNAVAILABLE.value)), now)
+
+    def _deliver(self, request: Request) -> list[Output]:
+        """Another front door's dm for a name we hold: to its session, and our answer back."""
+        try:
+            folded = bytes.fromhex(request.subject[len(DM_PREFIX) :]).decode()
+        except ValueError:
+            return []  # not a name's subject: nothing of ours
+        answer, out = self.core.deliver(folded, request.data)
+        if request.reply:
+            self.bridge.respond(request.reply, answer)
+        return out
 
     def _ask(self, claiming: _Claiming, step: str, token: int) -> None:
         claiming.step = step
@@ -225,7 +291,7 @@ class FrontDoor:
         claiming = self.claims.pop(answer.token)
         step, error = claiming.step, answer.error
         if (error is None and step in ("create", "take")) or (step == "get" and answer.value == self.door_id.encode()):
-            self.held[claiming.claim.folded] = answer.revision
+            self._hold(claiming.claim.folded, answer.revision)
             return self.core.claimed(claiming.claim.peer, claiming.claim.folded, None, now)
         if step == "create" and error == "exists":
             self._ask(claiming, "get", self.bridge.kv("get", NAMES, claiming.key))
@@ -257,35 +323,59 @@ class FrontDoor:
             self._publish(append)
 
     def read(self, read: ReadLog) -> list[Output]:
-        """Answer a ``history`` request from the log: walk the room's subject from ``read.after`` (or refuse
-        it, past ``MAX_READS`` walks at once)."""
-        if len(self.reads) + len(self.waiting_reads) >= MAX_READS:
+        """Answer a ``history`` request from the log: walk the room's subject from ``read.after``.  The same
+        client asking again from the same place (its patience ran out first) takes over its walk; from
+        elsewhere, the old walk is dropped.  Past ``MAX_READS`` walks at once it is refused."""
+        walk = self.walks.pop((read.peer, read.room), None)
+        if walk is not None and walk.read.after == read.after:
+            walk.read = read
+            self.walks[walk.key] = walk
+            return []
+        if walk is not None:
+            self.reads.pop(walk.token, None)  # its answer, when it comes, is for nobody
+        if len(self.walks) >= MAX_READS:
             return self.core.read_refused(read)
-        self._walk(read, [], time.monotonic() + READ_RETRY_S)
+        walk = _Walk(read, time.monotonic() + READ_RETRY_S)
+        self.walks[walk.key] = walk
+        self._step(walk)
         return []
 
-    def _walk(self, read: ReadLog, found: list[tuple[int, int, bytes]], until: float) -> None:
-        after = found[-1][0] if found else read.after
-        self.reads[self.bridge.next(STREAM, LOG_PREFIX + read.room, after)] = (read, found, until)
+    def _step(self, walk: _Walk) -> None:
+        walk.token = self.bridge.next(STREAM, LOG_PREFIX + walk.read.room, walk.after)
+        self.reads[walk.token] = walk
 
     def _read_on(self, event: Stored | Failed, now: float) -> list[Output]:
         """One more event for a history read (its ``prev`` is the one before: the walk follows the room), or
-        the end of it: the room has no more, or the read has ``limit``.  A step the log did not answer (no
+        the reply: the room has no more, or the read has its ``limit``, its ``READ_CHUNK``, or reached what
+        this front door keeps in memory (the client asks on from there).  A step the log did not answer (no
         leader just now) is asked again a little later, until ``READ_RETRY_S``; then the reply is what was
         found, marked as not the end."""
-        read, found, until = self.reads.pop(event.token)
+        walk = self.reads.pop(event.token)
+        walk.token = 0
+        read, found = walk.read, walk.found
         if isinstance(event, Stored):
-            found.append((event.seq, found[-1][0] if found else read.after, event.data))
-            if len(found) < read.limit and (event.seq < read.head or not read.head):
-                self._walk(read, found, until)
+            found.append((event.seq, walk.after, event.data))
+            walk.found_bytes += len(event.data)
+            ended = bool(read.head) and event.seq >= read.head
+            enough = (
+                len(found) >= min(read.limit, READ_CHUNK)
+                or walk.found_bytes >= self.core.config.max_reply_bytes  # no more would fit in the reply
+                or 0 < read.kept_from <= event.seq
+            )
+            if not (ended or enough):
+                self._step(walk)
                 return []
-            return self.core.history_read(read, found, ended=bool(read.head) and event.seq >= read.head)
+            return self._replied(walk, ended)
         if event.reason == "not_found":
-            return self.core.history_read(read, found, ended=True)
-        if now < until:
-            self.waiting_reads.append((now + 0.2, read, found, until))
+            return self._replied(walk, True)
+        if now < walk.until:
+            walk.again_at = now + 0.2
             return []
-        return self.core.history_read(read, found, ended=False)
+        return self._replied(walk, False)
+
+    def _replied(self, walk: _Walk, ended: bool) -> list[Output]:
+        del self.walks[walk.key]
+        return self.core.history_read(walk.read, walk.found, ended)
 
     def _publish(self, append: Append) -> None:
         token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
@@ -311,6 +401,10 @@ class FrontDoor:
                 out += self._read_on(event, now)
             elif isinstance(event, KvResult) and event.token in self.claims:
                 out += self._claim_answered(event, now)
+            elif isinstance(event, Replied | Failed) and event.token in self.forwards:
+                out += self._forward_answered(event, now)
+            elif isinstance(event, Request) and event.subject.startswith(DM_PREFIX):
+                out += self._deliver(event)
             elif isinstance(event, Dropped):
                 log.warning("the loop fell behind the cluster's feed: %d events to fetch again", event.count)
                 self._fetch(self.feed.dropped())

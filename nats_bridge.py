@@ -23,6 +23,11 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   when it was made).  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
 
+- ``listen``/``unlisten``: a core NATS subscription whose messages are requests to answer (a dm forwarded by
+  another front door); each comes as ``Request`` on ``sock`` (few, and bounded by the senders' own limits),
+  answered by ``respond``.  ``request``: a core NATS request; answer ``Replied``, or ``Failed`` with reason
+  ``no_responders`` (nobody listens on the subject) or ``timeout``.
+
 ``Status`` says when the connection is up, down (nats-py reconnects on its own, to any server given) or
 closed.
 """
@@ -82,6 +87,17 @@ class KvResult(msgspec.Struct, array_like=True, tag="kv"):
     error: str | None  # "exists", "wrong_revision", "not_found", or what NATS said
 
 
+class Request(msgspec.Struct, array_like=True, tag="request"):
+    subject: str
+    reply: str  # where ``respond`` sends the answer
+    data: bytes
+
+
+class Replied(msgspec.Struct, array_like=True, tag="replied"):
+    token: int
+    data: bytes
+
+
 class Dropped(msgspec.Struct, array_like=True, tag="dropped"):
     count: int  # subscription messages dropped since the last Dropped: the loop read too slowly
 
@@ -91,7 +107,7 @@ class Status(msgspec.Struct, array_like=True, tag="status"):
     detail: str
 
 
-Event = Acked | Failed | Stored | Message | KvResult | Dropped | Status
+Event = Acked | Failed | Stored | Message | KvResult | Request | Replied | Dropped | Status
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
@@ -133,6 +149,23 @@ class NatsBridge:
 
     def subscribe(self, subject: str) -> None:
         self.sock.send(_encode(["subscribe", subject]))
+
+    def listen(self, subject: str) -> None:
+        """Requests on ``subject`` come as ``Request`` events until ``unlisten``."""
+        self.sock.send(_encode(["listen", subject]))
+
+    def unlisten(self, subject: str) -> None:
+        self.sock.send(_encode(["unlisten", subject]))
+
+    def request(self, subject: str, data: bytes, timeout: float) -> int:
+        """A core NATS request; returns the token its ``Replied`` or ``Failed`` will carry."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["request", token, subject, data, timeout]))
+        return token
+
+    def respond(self, reply: str, data: bytes) -> None:
+        """Answer a ``Request`` (not awaited: a lost answer is the requester's timeout)."""
+        self.sock.send(_encode(["respond", reply, data]))
 
     def stream(self, config: dict[str, Any]) -> int:
         """Create or update a stream (``nats.js.api.StreamConfig`` fields); answered by a ``KvResult``."""
@@ -199,6 +232,7 @@ class _Bridge:
         self.feed.connect(endpoint + "-feed")
         self.dropped = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.listening: dict[str, Any] = {}  # subject -> its subscription (``listen``)
 
     def tell(self, event: Event) -> None:
         """An answer or a status: never dropped, never blocks (the answer socket has no high-water mark)."""
@@ -267,6 +301,16 @@ class _Bridge:
                 return False
             if order[0] == "subscribe":
                 await self.nc.subscribe(order[1], cb=self._on_message)
+            elif order[0] == "listen" and order[1] not in self.listening:
+                self.listening[order[1]] = await self.nc.subscribe(order[1], cb=self._on_request)
+            elif order[0] == "unlisten" and order[1] in self.listening:
+                with contextlib.suppress(Exception):  # the connection may be down: its subscription goes anyway
+                    await self.listening.pop(order[1]).unsubscribe()
+            elif order[0] == "respond":
+                with contextlib.suppress(Exception):  # not awaited by anyone: the requester times out
+                    await self.nc.publish(order[1], order[2])
+            elif order[0] in ("listen", "unlisten"):
+                pass  # already so
             else:
                 task = asyncio.create_task(getattr(self, "_" + order[0])(*order[1:]))
                 self.tasks.add(task)
@@ -286,6 +330,23 @@ class _Bridge:
             self.dropped += 1
             return
         self._say_dropped()
+
+    async def _on_request(self, msg: Any) -> None:
+        self.tell(Request(msg.subject, msg.reply or "", msg.data))
+
+    async def _request(self, token: int, subject: str, data: bytes, timeout: float) -> None:
+        from nats.errors import NoRespondersError, TimeoutError
+
+        try:
+            reply = await self.nc.request(subject, data, timeout=timeout)
+        except NoRespondersError:
+            self.tell(Failed(token, "no_responders"))
+        except (TimeoutError, asyncio.TimeoutError):
+            self.tell(Failed(token, "timeout"))
+        except Exception as exc:  # the connection down, ...: an answer, whatever went wrong
+            self.tell(Failed(token, str(exc) or type(exc).__name__))
+        else:
+            self.tell(Replied(token, reply.data))
 
     async def _publish(self, token: int, subject: str, payload: bytes, msg_id: str, retry_s: float) -> None:
         from nats.errors import NoRespondersError, TimeoutError

@@ -133,6 +133,9 @@ class FeedSequencer:
         if room not in self.last:
             return [], None
         held = self.held.get(room, {})
+        for event in events:  # the history's word on a position is the last: a feed event it disagrees with goes
+            if event.seq in held and prev_of(held[event.seq]) != prev_of(event):
+                self._drop(room, event.seq)
         fresh = [e for e in events if e.seq > self.last[room] and e.seq not in held]
         self.filled += len(fresh)
         for event in fresh:

@@ -126,6 +126,10 @@
     fill(room, events, head, more = false) {
       if (!this.last.has(room)) return [[], null];
       const held = this.held.get(room) || new Map();
+      // The history's word on a position is the last: a feed event it disagrees with (its prev) goes.
+      for (const event of events) {
+        if (held.has(event.seq) && prevOf(held.get(event.seq)) !== prevOf(event)) this.drop(room, event.seq);
+      }
       const fresh = events.filter((e) => e.seq > this.last.get(room) && !held.has(e.seq));
       this.filled += fresh.length;
       for (const event of fresh) this.hold(room, event);

@@ -83,6 +83,23 @@ def test_a_client_whose_front_door_is_killed_chats_through_another_without_typin
     assert sum("alice: before the kill" in line for line in bob.output()) == 1  # shown once, not resent twice
 
 
+def test_a_dm_reaches_someone_on_another_front_door_and_nobody_is_no_such_user(
+    harness: Harness, cluster: NatsCluster
+) -> None:
+    one, two = doors(harness, cluster, 2)
+    alice = harness.client(one, "alice")
+    bob = harness.client(two, "bob")
+    alice.expect(r"\[join\] bob")
+    alice.send("/msg bob across the doors")
+    bob.expect(r"^\[dm\] alice: across the doors")
+    alice.expect(r"^\[dm -> bob\] across the doors")  # acked: the line is shown as sent
+    bob.send("/msg alice and back")
+    alice.expect(r"^\[dm\] bob: and back")
+    alice.send("/msg zed anyone?")
+    alice.expect(r"no_such_user|nobody called 'zed'")
+    assert not any("anyone?" in line for line in bob.output())
+
+
 def test_a_nats_outage_under_a_flood_holds_the_front_door_to_its_byte_bound_and_loses_nothing(
     harness: Harness, cluster: NatsCluster
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from chat import Append, ChatConfig, ChatCore, Claim, Publish, ReadLog, Release, Reply
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, Publish, ReadLog, Release, Reply
 from messages import ErrorCode
 
 A, B = b"peer-a", b"peer-b"
@@ -195,3 +195,55 @@ def test_a_history_read_the_log_did_not_finish_is_never_taken_for_the_rooms_end(
     assert one.applied("general", 13, 12, forged) == []
     too_long = event.replace(b'"text":"t"', b'"text":"' + b"x" * 5000 + b'"')
     assert one.applied("general", 14, 12, too_long) == []
+
+
+def test_a_dm_to_someone_on_another_front_door_goes_there_and_its_answer_acks_it() -> None:
+    log, one, two = Log(), door(), door()
+    run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice"})})
+    run(log, [one, two], {two: send(two, B, {"type": "hello", "user": "Bob"})})
+    dm = {"type": "dm", "to": "bob", "text": "hi", "id": "d1"}
+    (forward,) = [o for o in send(one, A, dm, 1.0) if isinstance(o, Forward)]
+    assert forward.folded == "bob"
+    assert send(one, A, dm, 1.5) == []  # a resend while it is on its way: the answer acks it
+    answer, delivered = two.deliver(forward.folded, forward.event)
+    (got,) = decoded(delivered, Reply)
+    assert (got["type"], got["user"], got["to"], got["text"]) == ("dm", "alice", "Bob", "hi")
+    (ack,) = decoded(one.forwarded(forward, answer, 2.0), Reply)
+    assert (ack["type"], ack["id"], ack["to"]) == ("ack", "d1", "Bob")
+    (again,) = decoded(send(one, A, dm, 3.0), Reply)  # a resend after the ack: acked again, not sent twice
+    assert again == ack
+
+
+def test_a_dm_nobody_in_the_cluster_answers_is_no_such_user() -> None:
+    log, one, two = Log(), door(), door()
+    run(log, [one, two], {one: send(one, A, {"type": "hello", "user": "alice"})})
+    (forward,) = [
+        o for o in send(one, A, {"type": "dm", "to": "zed", "text": "hi", "id": "d1"}) if isinstance(o, Forward)
+    ]
+    (error,) = decoded(one.forwarded(forward, None, 1.0), Reply)  # no front door listens for the name
+    assert (error["code"], error["id"]) == ("no_such_user", "d1")
+    answer, delivered = two.deliver("zed", forward.event)  # a front door that had them a moment ago
+    assert delivered == []
+    (error,) = decoded(one.forwarded(forward, answer, 1.0), Reply)
+    assert error["code"] == "no_such_user"
+    (error,) = decoded(one.forwarded(forward, b"not json", 1.0), Reply)  # a front door of another build
+    assert error["code"] == "unavailable"
+
+
+def test_dms_on_their_way_to_other_front_doors_are_bounded_in_bytes() -> None:
+    log, one = Log(), ChatCore(ChatConfig(max_forward_bytes=2_000), epoch="e", clustered=True)
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice"})})
+    forwards = []
+    for i in range(20):
+        out = send(one, A, {"type": "dm", "to": "bob", "text": "x" * 100, "id": f"d{i}"})
+        forwards += [o for o in out if isinstance(o, Forward)]
+        if decoded(out, Reply):
+            (error,) = decoded(out, Reply)
+            assert (error["code"], error["id"]) == ("unavailable", f"d{i}")
+            break
+    else:
+        raise AssertionError("never refused")
+    assert 0 < len(forwards) < 20 and one.forwarding_bytes <= 2_000
+    for forward in forwards:  # answered: the bytes are free again
+        one.forwarded(forward, None, 1.0)
+    assert one.forwarding_bytes == 0 and one.forwarding == {}
