@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Claim, Forward, Output, Publish, ReadLog, Release
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, ListMembers, Member, Output, Publish, ReadLog, Release
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -287,6 +287,10 @@ class Broker:
                 self.front_door.release(out)  # type: ignore[union-attr]
             elif type(out) is Forward:
                 self.front_door.forward(out)  # type: ignore[union-attr]
+            elif type(out) is Member:
+                self.front_door.member(out)  # type: ignore[union-attr]
+            elif type(out) is ListMembers:
+                replies += self.front_door.list_members(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send

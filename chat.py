@@ -98,7 +98,25 @@ class Forward(NamedTuple):
     request: dict  # the sender's request: its id, and its fingerprint for the resend window
 
 
-Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward
+class Member(NamedTuple):
+    """A front door: ``user`` is in ``room`` here now (``present``), or no longer.  The cluster's roster
+    (``front_door``: the key-value bucket ``chat_members``) follows, so ``who`` is the whole cluster's, and
+    when a front door dies the others can tell its members gone."""
+
+    room: str
+    folded: str
+    user: str
+    present: bool
+
+
+class ListMembers(NamedTuple):
+    """A front door: a ``who`` answered from the cluster's roster (``ChatCore.who_listed``)."""
+
+    peer: bytes
+    room: str
+
+
+Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward | Member | ListMembers
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -956,10 +974,35 @@ class ChatCore:
         return msgspec.json.encode(answer), [Reply(target.peer, m.encode(dm))]
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
-        room = self.rooms.get(req["room"])
-        who = {"type": "who", "room": req["room"], "users": _users(room)}
+        if self.clustered:  # the whole cluster's members: the front door asks its roster
+            out.append(ListMembers(peer, req["room"]))
+            return
+        out.append(self.who_listed(peer, req["room"], []))
+
+    def who_listed(self, peer: bytes, room_name: str, others: list[str]) -> Reply:
+        """The ``who`` reply: the room's members here, and ``others`` (a front door: those the cluster's roster
+        has on other front doors).  ``away`` is known for this front door's members only."""
+        room = self.rooms.get(room_name)
+        users = _users(room)
+        if others:
+            here = {user.casefold() for user in users}
+            extra = {user.casefold(): user for user in others if user.casefold() not in here}
+            users = sorted([*users, *extra.values()], key=str.casefold)
+        who = {"type": "who", "room": room_name, "users": users}
         self._add_room_state(who, room)
-        out.append(Reply(peer, m.encode(who)))
+        return Reply(peer, m.encode(who))
+
+    def gone(self, room_name: str, user: str, door: str, now: float) -> Append:
+        """A member of a front door that died (its lease ran out): their ``leave`` (reason ``timeout``), for the
+        log.  Its log id is the member's and the dead front door's, so the others telling it too store it once."""
+        event = m.LeaveEvent(room=room_name, user=user, reason="timeout", seq=0, prev=0, ts=now + self.wall_offset)
+        key = f"gone {door} {room_name} {user.casefold()}"
+        log_id = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        return Append(room_name, m.encode(event), log_id, user.casefold(), None)
+
+    def _roster(self, room: str, folded: str, user: str, present: bool, out: list[Output]) -> None:
+        if self.clustered:
+            out.append(Member(room, folded, user, present))
 
     def _add_room_state(self, reply: dict[str, Any], room: Room | None, topic: bool = False) -> None:
         """The room's ``away`` members (and, for ``joined``, its ``topic``), each only where there is one."""
@@ -1029,6 +1072,8 @@ class ChatCore:
                 room = self.rooms[room_name]
                 room.remove(old.casefold())
                 room.add(new, folded)
+                self._roster(room_name, old.casefold(), old, False, out)
+                self._roster(room_name, folded, new, True, out)
                 self._publish(room, m.NickEvent(room=room_name, user=old, name=new), now, out)
         reply: dict[str, Any] = {"type": "renamed", "user": new, "was": old}
         if "id" in req:
@@ -1219,6 +1264,7 @@ class ChatCore:
             session.rooms[room_name] = None
             session.conn.source.rooms += 1
             room.add(session.user, session.folded)
+            self._roster(room_name, session.folded, session.user, True, out)
             event = m.JoinEvent(room=room_name, user=session.user)
             if resumed:
                 event.resumed = True
@@ -1243,6 +1289,7 @@ class ChatCore:
         del session.rooms[room_name]
         session.conn.source.rooms -= 1
         room.remove(session.folded)
+        self._roster(room_name, session.folded, session.user, False, out)
         self._publish(room, m.LeaveEvent(room=room_name, user=session.user, reason=reason), now, out)
 
     def _end_session(self, session: Session, reason: str, now: float, out: list[Output]) -> None:

@@ -20,8 +20,14 @@ to one replicated JetStream stream, and come back from it, with its positions, t
   not here is a request on that subject (``ChatCore.forwarded`` hears the answer; nobody listening:
   ``no_such_user``), answered by the front door that has them (``ChatCore.deliver``).
 
-Not yet a whole cluster (docs/scaling.md): ``who`` and ``rooms`` are still this front door's own, and a dead
-front door's members are not announced as gone.
+- **The roster:** who is in which room, on which front door, is kept in the bucket ``chat_members``
+  (``<room>.<name>`` -> user and front door), so ``who`` lists the whole cluster.  Every ``DOOR_SCAN_S`` a
+  front door lists the leases; one missing from two listings in a row has died, and its members are struck
+  from the roster by compare-and-set and told gone (a ``leave``, reason ``timeout``, under a log id of the
+  member's and the dead door's: told once however many front doors tell it).
+
+Not yet a whole cluster (docs/scaling.md): ``rooms`` is still this front door's own (the rooms it has seen
+events of since it started), and a ``joined`` lists the members on this front door only.
 """
 
 from __future__ import annotations
@@ -36,10 +42,22 @@ from dataclasses import dataclass, field
 import msgspec
 import zmq
 
-from chat import Append, ChatCore, Claim, DmAnswer, Forward, Output, ReadLog, Release
+from chat import Append, ChatCore, Claim, DmAnswer, Forward, ListMembers, Member, Output, ReadLog, Release
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
 from messages import ErrorCode
-from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Replied, Request, Status, Stored
+from nats_bridge import (
+    Acked,
+    Dropped,
+    Failed,
+    KvEntries,
+    KvResult,
+    Message,
+    NatsBridge,
+    Replied,
+    Request,
+    Status,
+    Stored,
+)
 
 log = logging.getLogger("chat-broker")
 
@@ -48,8 +66,14 @@ STREAM = "CHAT"
 #: History reads walking the log at once (each holds up to --max-history events): more are refused
 #: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
 MAX_READS = 64
-#: The key-value buckets of names and of front doors' leases.
-NAMES, DOORS = "chat_names", "chat_doors"
+#: The key-value buckets of names, of front doors' leases, and of who is in which room on which front door.
+NAMES, DOORS, MEMBERS = "chat_names", "chat_doors", "chat_members"
+#: How often a front door lists the others' leases: one missing from two listings in a row has died, and its
+#: members are told gone (a lease renewal lost in an election must not cost a live front door its people).
+DOOR_SCAN_S = 2.0
+#: ``who`` listings of the roster at once (each answer holds up to ``nats_bridge.MAX_LISTED`` entries): more
+#: are answered with this front door's members only.
+MAX_LISTINGS = 16
 #: A front door's lease: gone this long after its last renewal (the doors bucket's age limit) ...
 LEASE_S = 3.0
 #: ... and renewed this often.
@@ -99,6 +123,7 @@ class _Claiming:
     holder: str = ""
     revision: int = 0
     attempts: int = 0
+    absent: int = 0  # how often the holder's lease was found gone: twice, 0.5 s apart, before it is taken over
 
     @property
     def key(self) -> str:
@@ -131,6 +156,18 @@ def name_key(folded: str) -> str:
     return folded.encode().hex()
 
 
+def member_key(room: str, folded: str) -> str:
+    """A room member's key in ``chat_members``: ``<room>.<name>``, each hex (a room's members: ``<room>.*``)."""
+    return f"{name_key(room)}.{name_key(folded)}"
+
+
+def room_of(key: str) -> str | None:
+    try:
+        return bytes.fromhex(key.split(".", 1)[0]).decode()
+    except ValueError:
+        return None
+
+
 class FrontDoor:
     """The broker's side of the cluster: the bridge, the appends awaiting the log, the feed coming back."""
 
@@ -159,7 +196,22 @@ class FrontDoor:
         self.waiting_claims: list[tuple[float, _Claiming]] = []  # (when to look again, claim): resuming
         self.held: dict[str, int] = {}  # folded name -> the revision of our claim on it
         self.forwards: dict[int, Forward] = {}  # bridge token -> a dm on its way to another front door
+        #: The roster: per member key, the changes the bucket has not answered yet (one at a time, in order).
+        self.member_ops: dict[str, deque[Member]] = {}
+        self.member_tokens: dict[int, str] = {}  # bridge token -> the member key it changes
+        self.listings: dict[int, ListMembers] = {}  # bridge token -> a who waiting for the roster
+        #: Front doors' leases: the last listing's, those missing from it for the first time, and the tokens of
+        #: the listing (and the roster sweep) on their way.
+        self.live_doors: set[str] = set()
+        self.suspects: set[str] = set()
+        self.door_scan: int | None = None
+        self.sweep: int | None = None
+        self.sweeps = 0
+        self.next_door_scan = 0.0
+        self.taking: dict[int, tuple[str, str, str]] = {}  # bridge token -> (room, user, dead door): a CAS delete
         self.next_renewal = 0.0
+        self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
+        self.renewal_sent = 0.0
 
     @property
     def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -199,6 +251,7 @@ class FrontDoor:
         orders = [
             lambda: self.bridge.kv_bucket({"bucket": NAMES, "history": 1, "replicas": self.replicas}),
             lambda: self.bridge.kv_bucket({"bucket": DOORS, "history": 1, "ttl": LEASE_S, "replicas": self.replicas}),
+            lambda: self.bridge.kv_bucket({"bucket": MEMBERS, "history": 1, "replicas": self.replicas}),
             lambda: self.bridge.kv("put", DOORS, self.door_id),
         ]
         for order in orders:
@@ -213,6 +266,7 @@ class FrontDoor:
             else:
                 raise ClusterUnavailable(f"cannot make the key-value buckets: {error}")
         self.next_renewal = time.monotonic() + LEASE_RENEW_S
+        self.next_door_scan = time.monotonic() + DOOR_SCAN_S
 
     def _answer_to(self, token: int, deadline: float) -> KvResult | None:
         """Wait (at start only) for the answer to ``token``."""
@@ -228,12 +282,17 @@ class FrontDoor:
     def due(self) -> float:
         """When ``tick`` next has something to do: renew our lease, look again for a resuming claim."""
         waiting_reads = (walk.again_at for walk in self.walks.values() if not walk.token)
-        return min([self.next_renewal, *(at for at, _ in self.waiting_claims), *waiting_reads])
+        return min([self.next_renewal, self.next_door_scan, *(at for at, _ in self.waiting_claims), *waiting_reads])
 
     def tick(self, now: float) -> None:
-        if now >= self.next_renewal:
-            self.bridge.kv("put", DOORS, self.door_id)  # the answer is not awaited: the next renewal is
+        if now >= self.next_renewal:  # one at a time; one unanswered for a renewal period is let go
+            if self.renewal is None or now >= self.renewal_sent + 2 * LEASE_RENEW_S:
+                self.renewal, self.renewal_sent = self.bridge.kv("put", DOORS, self.door_id), now
             self.next_renewal = now + LEASE_RENEW_S
+        if now >= self.next_door_scan:
+            if self.door_scan is None and self.sweep is None:
+                self.door_scan = self.bridge.kv_list(DOORS, ">")
+            self.next_door_scan = now + DOOR_SCAN_S
         for walk in [walk for walk in self.walks.values() if not walk.token and walk.again_at <= now]:
             self._step(walk)
         due = [claiming for at, claiming in self.waiting_claims if at <= now]
@@ -257,6 +316,100 @@ class FrontDoor:
         """The name is ours in the cluster: dms to it, from any front door, come here."""
         self.held[folded] = revision
         self.bridge.listen(DM_PREFIX + name_key(folded))
+
+    def _renewed(self, answer: KvResult, now: float) -> None:
+        """A renewal that failed (an election of the leases' bucket) is tried again soon, not in a second: the
+        lease lasts 3 s, and others take a name over once they find it gone twice."""
+        self.renewal = None
+        if answer.error is not None:
+            log.warning("cluster: our lease was not renewed (%s); trying again", answer.error)
+            self.next_renewal = min(self.next_renewal, now + 0.25)
+
+    # --- the roster: who is in which room, on which front door -----------------------------------
+
+    def member(self, member: Member) -> None:
+        """Record (or strike) a member here in the cluster's roster, behind the key's earlier changes."""
+        key = member_key(member.room, member.folded)
+        queue = self.member_ops.setdefault(key, deque())
+        queue.append(member)
+        if len(queue) == 1:
+            self._record(key, member)
+
+    def _record(self, key: str, member: Member) -> None:
+        if member.present:
+            value = msgspec.json.encode({"user": member.user, "door": self.door_id})
+            token = self.bridge.kv("put", MEMBERS, key, value)
+        else:
+            token = self.bridge.kv("delete", MEMBERS, key)
+        self.member_tokens[token] = key
+
+    def _recorded(self, answer: KvResult) -> None:
+        key = self.member_tokens.pop(answer.token)
+        if answer.error is not None:
+            log.warning("cluster: the roster did not take a change: %s", answer.error)
+        queue = self.member_ops[key]
+        queue.popleft()
+        if queue:
+            self._record(key, queue[0])
+        else:
+            del self.member_ops[key]
+
+    def list_members(self, listing: ListMembers) -> list[Output]:
+        """A ``who``: the room's members on every front door, from the roster (past ``MAX_LISTINGS`` at once:
+        this front door's only)."""
+        if len(self.listings) >= MAX_LISTINGS:
+            return [self.core.who_listed(listing.peer, listing.room, [])]
+        self.listings[self.bridge.kv_list(MEMBERS, name_key(listing.room) + ".*")] = listing
+        return []
+
+    def _listed(self, answer: KvEntries) -> list[Output]:
+        listing = self.listings.pop(answer.token)
+        if answer.error is not None:
+            log.warning("cluster: who of %s answered for this front door only: %s", listing.room, answer.error)
+        others = []
+        for _, value, _ in answer.entries:
+            entry = _roster_entry(value)
+            if entry is not None and entry[1] != self.door_id and self._alive(entry[1]):
+                others.append(entry[0])
+        return [self.core.who_listed(listing.peer, listing.room, others)]
+
+    def _alive(self, door: str) -> bool:
+        """As far as the last listing of leases knows (before the first: every front door)."""
+        return not self.live_doors or door in self.live_doors or door in self.suspects
+
+    def _doors_listed(self, answer: KvEntries) -> None:
+        """A front door missing from two listings in a row has died: its members are told gone (a sweep of the
+        roster).  The first sweep, after the second listing, also finds members of front doors that died while
+        none was running."""
+        self.door_scan = None
+        if answer.error is not None:
+            return
+        live = {key for key, _, _ in answer.entries} | {self.door_id}
+        dead = self.suspects - live
+        self.suspects = (self.live_doors - live) - dead
+        self.live_doors = live
+        self.sweeps += 1
+        if dead or self.sweeps == 2:
+            self.sweep = self.bridge.kv_list(MEMBERS, ">")
+
+    def _swept(self, answer: KvEntries) -> None:
+        """Members of front doors that are neither live nor suspected: each struck from the roster by
+        compare-and-set (of front doors sweeping at once, one wins), then told gone."""
+        self.sweep = None
+        if answer.error is not None:
+            return
+        for key, value, revision in answer.entries:
+            entry, room = _roster_entry(value), room_of(key)
+            if entry is None or room is None or entry[1] in self.live_doors or entry[1] in self.suspects:
+                continue
+            token = self.bridge.kv("delete", MEMBERS, key, revision=revision)
+            self.taking[token] = (room, entry[0], entry[1])
+
+    def _taken(self, answer: KvResult, now: float) -> None:
+        room, user, door = self.taking.pop(answer.token)
+        if answer.error is None:
+            log.info("cluster: %s in %s was on a front door that died; told gone", user, room)
+            self.append(self.core.gone(room, user, door, now))
 
     def forward(self, forward: Forward) -> None:
         """A dm to someone not here: to whichever front door listens for their name (nobody: no such user)."""
@@ -301,6 +454,9 @@ class FrontDoor:
         elif step == "door" and error is None:  # alive: taken, unless a resuming client waits for it to go
             if now >= claiming.deadline:
                 return self.core.claimed(claiming.claim.peer, claiming.claim.folded, ErrorCode.NAME_TAKEN, now)
+            self.waiting_claims.append((now + 0.5, claiming))
+        elif step == "door" and error == "not_found" and claiming.absent == 0:  # gone?  Look again in a while:
+            claiming.absent += 1  # a renewal lost in an election must not cost a live front door a name
             self.waiting_claims.append((now + 0.5, claiming))
         elif step == "door" and error == "not_found":  # its front door is gone: take it over
             update = self.bridge.kv("update", NAMES, claiming.key, self.door_id.encode(), claiming.revision)
@@ -382,8 +538,8 @@ class FrontDoor:
         self.sent[token] = append
 
     def pending(self) -> int:
-        """Appends not yet answered by the log."""
-        return sum(map(len, self.queues.values()))
+        """Appends not yet answered by the log, and roster changes not yet by its bucket."""
+        return sum(map(len, self.queues.values())) + sum(map(len, self.member_ops.values()))
 
     def handle(self, now: float) -> list[Output]:
         """Everything the bridge has for us: answers first, then the feed."""
@@ -401,6 +557,18 @@ class FrontDoor:
                 out += self._read_on(event, now)
             elif isinstance(event, KvResult) and event.token in self.claims:
                 out += self._claim_answered(event, now)
+            elif isinstance(event, KvResult) and event.token == self.renewal:
+                self._renewed(event, now)
+            elif isinstance(event, KvResult) and event.token in self.member_tokens:
+                self._recorded(event)
+            elif isinstance(event, KvResult) and event.token in self.taking:
+                self._taken(event, now)
+            elif isinstance(event, KvEntries) and event.token in self.listings:
+                out += self._listed(event)
+            elif isinstance(event, KvEntries) and event.token == self.door_scan:
+                self._doors_listed(event)
+            elif isinstance(event, KvEntries) and event.token == self.sweep:
+                self._swept(event)
             elif isinstance(event, Replied | Failed) and event.token in self.forwards:
                 out += self._forward_answered(event, now)
             elif isinstance(event, Request) and event.subject.startswith(DM_PREFIX):
@@ -459,3 +627,12 @@ class FrontDoor:
 
     def close(self) -> None:
         self.bridge.close()
+
+
+def _roster_entry(value: bytes) -> tuple[str, str] | None:
+    """(user, front door) of a roster value; None if it is not one a front door wrote."""
+    try:
+        entry = msgspec.json.decode(value, type=dict[str, str])
+        return entry["user"], entry["door"]
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        return None

@@ -19,6 +19,8 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
 - ``next``: the first message stored in a stream on a subject after a position (what fills a hole in a
   room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.
+- ``kv_list``: every live key of a bucket matching a pattern, with its value and revision (at most
+  ``MAX_LISTED``); answer ``KvEntries``.
 - ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket (a stream's answer holds
   when it was made).  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
@@ -50,6 +52,8 @@ RETRY_S = 15.0
 MAX_IN_FLIGHT = 1_000
 #: Subscription messages the bridge may have queued for the loop before it drops them.
 FEED_FRAMES = 10_000
+#: Keys one ``kv_list`` answer holds at most (a roster of a room, the front doors' leases).
+MAX_LISTED = 100_000
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -87,6 +91,12 @@ class KvResult(msgspec.Struct, array_like=True, tag="kv"):
     error: str | None  # "exists", "wrong_revision", "not_found", or what NATS said
 
 
+class KvEntries(msgspec.Struct, array_like=True, tag="kv_list"):
+    token: int
+    entries: list[tuple[str, bytes, int]]  # (key, value, revision)
+    error: str | None
+
+
 class Request(msgspec.Struct, array_like=True, tag="request"):
     subject: str
     reply: str  # where ``respond`` sends the answer
@@ -107,7 +117,7 @@ class Status(msgspec.Struct, array_like=True, tag="status"):
     detail: str
 
 
-Event = Acked | Failed | Stored | Message | KvResult | Request | Replied | Dropped | Status
+Event = Acked | Failed | Stored | Message | KvResult | KvEntries | Request | Replied | Dropped | Status
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
@@ -185,6 +195,12 @@ class NatsBridge:
         """
         token = next(self._tokens)
         self.sock.send(_encode(["kv", token, op, bucket, key, value, revision]))
+        return token
+
+    def kv_list(self, bucket: str, pattern: str) -> int:
+        """Every live key of ``bucket`` matching ``pattern`` (a NATS subject pattern: ``>``, ``room.*``)."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["kv_list", token, bucket, pattern]))
         return token
 
     def events(self) -> list[Event]:
@@ -424,6 +440,26 @@ class _Bridge:
             return entry.revision or 0, entry.value
 
         await self._answer(token, run(), op)
+
+    async def _kv_list(self, token: int, bucket: str, pattern: str) -> None:
+        entries: list[tuple[str, bytes, int]] = []
+        try:
+            kv = await self.js.key_value(bucket)
+            watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=5.0)
+            try:
+                while len(entries) < MAX_LISTED:
+                    entry = await watcher.updates(timeout=2.0)
+                    if entry is None:  # the live keys are all there
+                        break
+                    if entry.operation is None:
+                        entries.append((entry.key, entry.value or b"", entry.revision or 0))
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+        except Exception as exc:  # an answer, whatever went wrong
+            self.tell(KvEntries(token, [], str(exc) or type(exc).__name__))
+        else:
+            self.tell(KvEntries(token, entries, None))
 
     async def _answer(self, token: int, work: Any, op: str = "") -> None:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError

@@ -152,3 +152,22 @@ def test_a_name_is_taken_on_every_front_door_and_a_dead_doors_names_come_free(
     peer.request({"type": "hello", "user": "alice", "rooms": [], "resume": True})  # waits for the lease
     reply = peer.reply(timeout=15)
     assert (reply["type"], reply.get("user")) == ("welcome", "alice"), reply
+
+
+def test_who_is_the_whole_clusters_and_a_dead_doors_members_are_told_gone(
+    harness: Harness, cluster: NatsCluster
+) -> None:
+    one, two = doors(harness, cluster, 2)
+    alice = harness.client(one, "alice")
+    bob = harness.client(two, "bob")
+    carol = harness.client(two, "carol")
+    alice.expect(r"\[join\] carol")
+    alice.send("/who")
+    alice.expect(r"^\[who\] #general: alice, bob, carol \(3\)")  # two of them on the other front door
+    one.kill()  # kill -9: nobody says alice left; the other front door finds her door's lease gone
+    one.wait()
+    bob.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)
+    carol.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)
+    bob.send("/who")
+    bob.expect(r"^\[who\] #general: bob, carol \(2\)")
+    assert sum("[leave] alice" in line for line in bob.output()) == 1  # told once, by one front door

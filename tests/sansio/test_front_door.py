@@ -1,0 +1,342 @@
+"""A front door (``front_door.FrontDoor``) with a stand-in for the NATS bridge: its history reads from the
+cluster's log, and its roster of who is in which room (``who``, a dead front door's members told gone).
+
+The log answers one event per step, so a walk replies in chunks, and a client asking again (its patience
+shorter than the walk) joins its walk instead of starting one more.  Found by the 5-minute cluster soak:
+every restarted front door had its clients' fills walking the log, each client asked again every 1.5 s,
+every new request started a new walk, and 30 walks shared the log until none finished within a client's
+patience: both loggers stopped for minutes."""
+
+from __future__ import annotations
+
+import itertools
+
+import msgspec
+import pytest
+import zmq
+
+pytest.importorskip("nats")
+
+from chat import ChatConfig, ChatCore, Claim, ListMembers, Member, ReadLog, Reply
+from front_door import (
+    DOORS,
+    LOG_PREFIX,
+    MAX_LISTINGS,
+    MAX_READS,
+    MEMBERS,
+    READ_CHUNK,
+    FrontDoor,
+    member_key,
+    name_key,
+)
+from nats_bridge import Failed, KvEntries, KvResult, Stored
+
+A, B = b"peer-a", b"peer-b"
+
+
+class Bridge:
+    """What a front door asks of the bridge, recorded; its answers are handed in by the test."""
+
+    def __init__(self) -> None:
+        self.tokens = itertools.count(1)
+        self.steps: dict[int, tuple[str, int]] = {}  # token -> (subject, after)
+        self.kvs: dict[int, tuple] = {}  # token -> (op, bucket, key, value, revision)
+        self.lists: dict[int, tuple[str, str]] = {}  # token -> (bucket, pattern)
+        self.published: dict[int, tuple[str, bytes, str]] = {}  # token -> (subject, payload, msg id)
+        self.answers: list = []
+
+    def next(self, stream: str, subject: str, after: int) -> int:
+        token = next(self.tokens)
+        self.steps[token] = (subject, after)
+        return token
+
+    def kv(self, op: str, bucket: str, key: str, value: bytes = b"", revision: int = 0) -> int:
+        token = next(self.tokens)
+        self.kvs[token] = (op, bucket, key, value, revision)
+        return token
+
+    def kv_list(self, bucket: str, pattern: str) -> int:
+        token = next(self.tokens)
+        self.lists[token] = (bucket, pattern)
+        return token
+
+    def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        token = next(self.tokens)
+        self.published[token] = (subject, payload, msg_id)
+        return token
+
+    def listen(self, subject: str) -> None:
+        pass
+
+    def unlisten(self, subject: str) -> None:
+        pass
+
+    def events(self) -> list:
+        answers, self.answers = self.answers, []
+        return answers
+
+
+def event(room: str) -> bytes:
+    return msgspec.json.encode({"type": "msg", "room": room, "user": "x", "text": "t", "id": "i", "seq": 0, "prev": 0})
+
+
+@pytest.fixture
+def door() -> FrontDoor:
+    core = ChatCore(ChatConfig(), epoch="e", clustered=True)
+    return FrontDoor(zmq.Context.instance(), [], core, bridge=Bridge())  # type: ignore[arg-type]
+
+
+def answer(door: FrontDoor, now: float = 0.0, seq_of=lambda after: after + 3) -> list:
+    """The log answers every step waiting: the room's next event, 3 positions on (other rooms between)."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    for token, (subject, after) in list(bridge.steps.items()):
+        del bridge.steps[token]
+        bridge.answers.append(Stored(token, seq_of(after), subject, event(subject[len(LOG_PREFIX) :])))
+    return door.handle(now)
+
+
+def replies(out: list) -> list[dict]:
+    return [msgspec.json.decode(o.payload) for o in out if isinstance(o, Reply)]
+
+
+def walk_until_reply(door: FrontDoor, now: float = 0.0) -> list[dict]:
+    for _ in range(READ_CHUNK + 5):
+        if got := replies(answer(door, now)):
+            return got
+    raise AssertionError("no reply")
+
+
+def test_a_walk_replies_after_a_chunk_with_more(door: FrontDoor) -> None:
+    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
+    (reply,) = walk_until_reply(door)
+    assert len(reply["events"]) == READ_CHUNK and reply["more"] is True
+    seqs = [e["seq"] for e in reply["events"]]
+    assert seqs == list(range(13, 13 + 3 * READ_CHUNK, 3))
+    assert [e["prev"] for e in reply["events"]] == [10, *seqs[:-1]]  # the walk follows the room
+    assert door.walks == {} and door.reads == {}
+
+
+def test_the_same_client_asking_again_joins_its_walk(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
+    for _ in range(5):
+        answer(door)
+    assert door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.2")) == []  # its patience ran out
+    assert len(bridge.steps) == 1 and len(door.walks) == 1  # no second walk
+    (reply,) = walk_until_reply(door)
+    assert len(reply["events"]) == READ_CHUNK  # the first five steps count: one walk, one reply
+
+
+def test_asking_from_elsewhere_drops_the_old_walk(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
+    old = dict(bridge.steps)
+    door.read(ReadLog(A, "general", 400, 1000, 100_000, "fill.2"))
+    bridge.answers = [Stored(token, 999, subject, event("general")) for token, (subject, _) in old.items()]
+    for token in old:
+        del bridge.steps[token]
+    assert door.handle(0.0) == []  # the old walk's answer is for nobody
+    (reply,) = walk_until_reply(door)
+    assert reply["events"][0]["prev"] == 400
+
+
+def test_a_walk_stops_where_the_front_doors_memory_begins(door: FrontDoor) -> None:
+    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1", kept_from=20))
+    (reply,) = walk_until_reply(door)
+    assert [e["seq"] for e in reply["events"]] == [13, 16, 19, 22] and reply["more"] is True
+
+
+def test_the_walks_reply_ends_at_the_rooms_head(door: FrontDoor) -> None:
+    door.read(ReadLog(A, "general", 10, 1000, 19, "h1"))
+    (reply,) = walk_until_reply(door)
+    assert [e["seq"] for e in reply["events"]] == [13, 16, 19] and "more" not in reply
+
+
+def test_a_step_the_log_did_not_answer_is_asked_again_then_given_up(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
+    answer(door)  # one event found
+    (token,) = bridge.steps
+    del bridge.steps[token]
+    bridge.answers = [Failed(token, "timeout")]
+    assert door.handle(0.0) == [] and not bridge.steps
+    door.tick(0.2)  # a little later
+    assert len(bridge.steps) == 1  # asked again
+    (token,) = bridge.steps
+    del bridge.steps[token]
+    bridge.answers = [Failed(token, "timeout")]
+    (reply,) = replies(door.handle(1e9))  # long past READ_RETRY_S: what was found, not the room's end
+    assert [e["seq"] for e in reply["events"]] == [13] and reply["seq"] > 13
+
+
+def test_more_walks_than_the_bound_are_refused(door: FrontDoor) -> None:
+    for i in range(MAX_READS):
+        assert door.read(ReadLog(A, f"room{i}", 10, 1000, 100_000, "h")) == []
+    (error,) = replies(door.read(ReadLog(B, "general", 10, 1000, 100_000, "h2")))
+    assert (error["code"], error["id"]) == ("unavailable", "h2")
+
+
+# --- the roster -------------------------------------------------------------------------------------
+
+
+def route(door: FrontDoor, outputs: list, now: float = 0.0) -> list:
+    """What the broker's dispatch does with a front door core's outputs (claims granted at once); the
+    replies are returned."""
+    replies = []
+    for out in outputs:
+        if isinstance(out, Claim):
+            replies += route(door, door.core.claimed(out.peer, out.folded, None, now), now)
+        elif isinstance(out, Member):
+            door.member(out)
+        elif isinstance(out, ListMembers):
+            replies += door.list_members(out)
+        elif isinstance(out, Reply):
+            replies.append(out)
+        elif type(out).__name__ == "Append":
+            door.append(out)
+    return replies
+
+
+def ask(door: FrontDoor, peer: bytes, env: dict, now: float = 0.0) -> list:
+    return route(door, door.core.handle(peer, [msgspec.json.encode(env)], now), now)
+
+
+def answered(door: FrontDoor, *events: object, now: float = 0.0) -> list:
+    door.bridge.answers = list(events)  # type: ignore[attr-defined]
+    return route(door, door.handle(now), now)
+
+
+def roster(value_user: str, value_door: str) -> bytes:
+    return msgspec.json.encode({"user": value_user, "door": value_door})
+
+
+def test_joins_and_leaves_go_to_the_roster_one_at_a_time_in_order(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    ask(door, A, {"type": "hello", "user": "Alice", "rooms": ["general"]})
+    ((put_token, put),) = [(t, k) for t, k in bridge.kvs.items() if k[1] == MEMBERS]
+    assert put[:3] == ("put", MEMBERS, member_key("general", "alice"))
+    assert msgspec.json.decode(put[3]) == {"user": "Alice", "door": door.door_id}
+    ask(door, A, {"type": "leave", "room": "general"})
+    assert [k for k in bridge.kvs.values() if k[1] == MEMBERS] == [put]  # the delete waits for the put
+    answered(door, KvResult(put_token, 5, None, None))
+    deletes = [k for k in bridge.kvs.values() if k[0] == "delete" and k[1] == MEMBERS]
+    assert deletes == [("delete", MEMBERS, member_key("general", "alice"), b"", 0)]
+    assert door.pending() == 3  # join and leave for the log, the delete for the roster: a stop waits for all
+
+
+def test_who_lists_the_whole_clusters_members(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    assert ask(door, A, {"type": "who", "room": "general"}) == []  # it waits for the roster
+    ((token, (bucket, pattern)),) = bridge.lists.items()
+    assert (bucket, pattern) == (MEMBERS, name_key("general") + ".*")
+    entries = [
+        (member_key("general", "alice"), roster("alice", door.door_id), 3),
+        (member_key("general", "bob"), roster("Bob", "other-door"), 4),
+        (member_key("general", "x"), b"not a roster value", 5),
+    ]
+    (reply,) = answered(door, KvEntries(token, entries, None))
+    assert msgspec.json.decode(reply.payload)["users"] == ["alice", "Bob"]
+    ask(door, A, {"type": "who", "room": "general"})
+    (token,) = [t for t in bridge.lists if t != token]
+    (reply,) = answered(door, KvEntries(token, [], "nats: timeout"))  # no roster: this front door's own
+    assert msgspec.json.decode(reply.payload)["users"] == ["alice"]
+    for _ in range(MAX_LISTINGS):
+        assert ask(door, A, {"type": "who", "room": "general"}) == []
+    (reply,) = ask(door, A, {"type": "who", "room": "general"})  # past the bound: answered at once, from here
+    assert msgspec.json.decode(reply.payload)["users"] == ["alice"]
+
+
+def scan(door: FrontDoor, live: list[str], now: float) -> None:
+    """One listing of the front doors' leases, answered with ``live``."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.tick(now)
+    (token,) = [t for t, (bucket, _) in bridge.lists.items() if bucket == DOORS]
+    del bridge.lists[token]
+    answered(door, KvEntries(token, [(d, b"", 1) for d in live], None), now=now)
+
+
+def test_a_dead_front_doors_members_are_struck_by_compare_and_set_then_told_gone(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    scan(door, ["dead", "slow"], 10.0)
+    scan(door, ["dead", "slow"], 20.0)  # the second listing: a first sweep of the roster
+    ((token, (_, pattern)),) = bridge.lists.items()
+    assert pattern == ">"
+    del bridge.lists[token]
+    answered(door, KvEntries(token, [], None), now=20.0)
+    scan(door, ["slow"], 30.0)  # "dead" missing once: only suspected (a renewal lost in an election)
+    assert not bridge.lists
+    scan(door, ["dead", "slow"], 40.0)  # back: it was alive
+    scan(door, ["slow"], 50.0)
+    scan(door, [], 60.0)  # "dead" missing twice in a row: dead; "slow" only suspected
+    ((token, (_, pattern)),) = bridge.lists.items()
+    del bridge.lists[token]
+    entries = [
+        (member_key("general", "zed"), roster("Zed", "dead"), 7),
+        (member_key("general", "sam"), roster("sam", "slow"), 8),
+    ]
+    answered(door, KvEntries(token, entries, None), now=60.0)
+    ((take_token, take),) = [(t, k) for t, k in bridge.kvs.items() if k[1] == MEMBERS]
+    assert take == ("delete", MEMBERS, member_key("general", "zed"), b"", 7)  # only at the revision it saw
+    answered(door, KvResult(take_token, 1, None, None), now=60.0)
+    ((subject, payload, msg_id),) = bridge.published.values()
+    leave = msgspec.json.decode(payload)
+    assert subject == LOG_PREFIX + "general"
+    assert (leave["type"], leave["user"], leave["reason"]) == ("leave", "Zed", "timeout")
+    # Another front door telling the same gives the log the same id: stored once.
+    other = FrontDoor(zmq.Context.instance(), [], ChatCore(ChatConfig(), epoch="e", clustered=True), bridge=Bridge())
+    assert other.core.gone("general", "Zed", "dead", 61.0).log_id == msg_id
+
+
+def test_a_sweep_that_loses_the_compare_and_set_tells_nothing(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door._swept(KvEntries(0, [(member_key("general", "zed"), roster("Zed", "dead"), 7)], None))
+    ((token, _),) = bridge.kvs.items()
+    answered(door, KvResult(token, 0, None, "wrong_revision"))  # back on another door, or told by another
+    assert not bridge.published
+
+
+def only_kv(bridge: Bridge) -> tuple[int, tuple]:
+    ((token, order),) = bridge.kvs.items()
+    del bridge.kvs[token]
+    return token, order
+
+
+def test_a_name_is_taken_over_only_when_its_front_doors_lease_is_found_gone_twice(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.next_door_scan = 1e9  # this test is about the claim
+    door.core.handle(A, [msgspec.json.encode({"type": "hello", "user": "alice"})], 0.0)
+    door.claim(Claim(A, "alice", False), 0.0)
+    token, order = only_kv(bridge)
+    assert order[0] == "create"
+    answered(door, KvResult(token, 0, None, "exists"))
+    token, order = only_kv(bridge)
+    assert order[0] == "get"
+    answered(door, KvResult(token, 9, b"other-door", None))
+    token, order = only_kv(bridge)
+    assert order[:3] == ("get", DOORS, "other-door")
+    answered(door, KvResult(token, 0, None, "not_found"))  # a renewal lost in an election, perhaps
+    assert not bridge.kvs
+    door.tick(0.5)
+    token, order = only_kv(bridge)
+    assert order[:3] == ("get", DOORS, "other-door")  # looked at again
+    answered(door, KvResult(token, 0, None, "not_found"))
+    token, order = only_kv(bridge)
+    assert order[0] == "update" and order[4] == 9  # gone twice: taken over at the revision it saw
+    replies = answered(door, KvResult(token, 10, None, None))
+    assert msgspec.json.decode(replies[0].payload)["type"] == "welcome"
+
+
+def test_a_lease_renewal_that_failed_is_tried_again_soon(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_door_scan = 1e9
+    door.tick(10.0)
+    token, order = only_kv(bridge)
+    assert order[:3] == ("put", DOORS, door.door_id)
+    door.tick(10.5)
+    assert not bridge.kvs  # not due yet
+    answered(door, KvResult(token, 0, None, "nats: timeout"), now=10.1)
+    assert door.due() <= 10.35
+    door.tick(10.35)
+    token, order = only_kv(bridge)
+    assert order[:3] == ("put", DOORS, door.door_id)
