@@ -280,7 +280,7 @@ class Broker:
             elif type(out) is Append:
                 self.front_door.append(out)  # type: ignore[union-attr]  # only a front door's core makes them
             elif type(out) is ReadLog:
-                replies += self.front_door.read(out)  # type: ignore[union-attr]
+                replies += self.front_door.reads.read(out)  # type: ignore[union-attr]
             elif type(out) is Claim:
                 self.front_door.claim(out, time.monotonic())  # type: ignore[union-attr]
             elif type(out) is Release:
@@ -288,9 +288,9 @@ class Broker:
             elif type(out) is Forward:
                 self.front_door.forward(out)  # type: ignore[union-attr]
             elif type(out) is Member:
-                self.front_door.member(out)  # type: ignore[union-attr]
+                self.front_door.roster.member(out)  # type: ignore[union-attr]
             elif type(out) is ListMembers:
-                replies += self.front_door.list_members(out)  # type: ignore[union-attr]
+                replies += self.front_door.roster.list_members(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send

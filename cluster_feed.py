@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from sequencer import FeedSequencer, Sequenced
 
+#: The stream every room's events are in.
+STREAM = "CHAT"
 #: Where the stream republishes room events: ``feed.room.<room>``.
 FEED_PREFIX = "feed.room."
 #: Where room events are stored: ``chat.room.<room>``, one subject per room in one stream.

@@ -20,11 +20,8 @@ to one replicated JetStream stream, and come back from it, with its positions, t
   not here is a request on that subject (``ChatCore.forwarded`` hears the answer; nobody listening:
   ``no_such_user``), answered by the front door that has them (``ChatCore.deliver``).
 
-- **The roster:** who is in which room, on which front door, is kept in the bucket ``chat_members``
-  (``<room>.<name>`` -> user and front door), so ``who`` lists the whole cluster.  Every ``DOOR_SCAN_S`` a
-  front door lists the leases; one missing from two listings in a row has died, and its members are struck
-  from the roster by compare-and-set and told gone (a ``leave``, reason ``timeout``, under a log id of the
-  member's and the dead door's: told once however many front doors tell it).
+- **History** older than what the front door saw: ``cluster_reads``.  **Who is where** (``who``, a dead front
+  door's members told gone): ``cluster_roster``.
 
 Not yet a whole cluster (docs/scaling.md): ``rooms`` is still this front door's own (the rooms it has seen
 events of since it started), and a ``joined`` lists the members on this front door only.
@@ -37,13 +34,15 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import zmq
 
-from chat import Append, ChatCore, Claim, DmAnswer, Forward, ListMembers, Member, Output, ReadLog, Release
-from cluster_feed import FEED_PREFIX, LOG_PREFIX, ClusterFeed, Fetch
+from chat import Append, ChatCore, Claim, DmAnswer, Forward, Output, Release
+from cluster_feed import FEED_PREFIX, LOG_PREFIX, STREAM, ClusterFeed, Fetch
+from cluster_reads import LogReads
+from cluster_roster import DOOR_SCAN_S, DOORS, MEMBERS, Roster, name_key
 from messages import ErrorCode
 from nats_bridge import (
     Acked,
@@ -61,32 +60,14 @@ from nats_bridge import (
 
 log = logging.getLogger("chat-broker")
 
-#: The stream every room's events are in.
-STREAM = "CHAT"
-#: History reads walking the log at once (each holds up to --max-history events): more are refused
-#: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
-MAX_READS = 64
-#: The key-value buckets of names, of front doors' leases, and of who is in which room on which front door.
-NAMES, DOORS, MEMBERS = "chat_names", "chat_doors", "chat_members"
-#: How often a front door lists the others' leases: one missing from two listings in a row has died, and its
-#: members are told gone (a lease renewal lost in an election must not cost a live front door its people).
-DOOR_SCAN_S = 2.0
-#: ``who`` listings of the roster at once (each answer holds up to ``nats_bridge.MAX_LISTED`` entries): more
-#: are answered with this front door's members only.
-MAX_LISTINGS = 16
+#: The key-value bucket of names (``cluster_roster`` has the leases' and the members').
+NAMES = "chat_names"
 #: A front door's lease: gone this long after its last renewal (the doors bucket's age limit) ...
 LEASE_S = 3.0
 #: ... and renewed this often.
 LEASE_RENEW_S = 1.0
 #: How long a resuming client's claim waits for the lease of the front door that had its name to go.
 RESUME_WAIT_S = LEASE_S + 1.5
-#: How long a history read asks the log again for a step it did not answer (a leader election takes ~5 s).
-READ_RETRY_S = 10.0
-#: Events one history read walks before it replies (fewer if they fill ``--max-reply-bytes``), the reply
-#: saying ``more`` (the client asks on from its last).  The log answers one event per round trip (~1 ms on
-#: nats-server 2.9, no faster through a consumer), so a reply comes well within a client's patience however
-#: far back it asks, and walks share the log in turns.
-READ_CHUNK = 200
 #: Where a front door listens for dms to each name it holds: ``chat.dm.<name key>`` (core NATS, not stored).
 DM_PREFIX = "chat.dm."
 #: How long a dm waits for the recipient's front door to answer (``unavailable`` after that).
@@ -130,44 +111,6 @@ class _Claiming:
         return name_key(self.claim.folded)
 
 
-@dataclass
-class _Walk:
-    """A history read walking the log: the request, the events found so far (seq, prev, stored bytes), until
-    when a step the log did not answer is asked again, and the step waiting for the log (0: none just now)."""
-
-    read: ReadLog
-    until: float
-    found: list[tuple[int, int, bytes]] = field(default_factory=list)
-    found_bytes: int = 0
-    token: int = 0
-    again_at: float = 0.0
-
-    @property
-    def key(self) -> tuple[bytes, str]:
-        return self.read.peer, self.read.room
-
-    @property
-    def after(self) -> int:
-        return self.found[-1][0] if self.found else self.read.after
-
-
-def name_key(folded: str) -> str:
-    """A name as a key-value key (which allows fewer characters than a name, and no final dot)."""
-    return folded.encode().hex()
-
-
-def member_key(room: str, folded: str) -> str:
-    """A room member's key in ``chat_members``: ``<room>.<name>``, each hex (a room's members: ``<room>.*``)."""
-    return f"{name_key(room)}.{name_key(folded)}"
-
-
-def room_of(key: str) -> str | None:
-    try:
-        return bytes.fromhex(key.split(".", 1)[0]).decode()
-    except ValueError:
-        return None
-
-
 class FrontDoor:
     """The broker's side of the cluster: the bridge, the appends awaiting the log, the feed coming back."""
 
@@ -181,10 +124,7 @@ class FrontDoor:
         self.feed = ClusterFeed()
         self.sent: dict[int, Append] = {}  # bridge token -> the append it carries
         self.fetches: dict[int, Fetch] = {}  # bridge token -> the fetch it carries
-        #: History reads walking the log, one per client and room (a client asking again, its answer late,
-        #: joins its walk rather than starting another), and by the token of the step the log is answering.
-        self.walks: dict[tuple[bytes, str], _Walk] = {}
-        self.reads: dict[int, _Walk] = {}
+        self.reads = LogReads(self.bridge, core)  # history older than this front door's memory
         self.queues: dict[str, deque[Append]] = {}  # per sender: the first is with the log, the rest wait
         #: The bytes of the events in ``queues``: the broker reads no requests past ``--max-unstored-bytes``
         #: (NATS down, an election), so what the log has not answered is bounded like what a disk has not.
@@ -196,19 +136,7 @@ class FrontDoor:
         self.waiting_claims: list[tuple[float, _Claiming]] = []  # (when to look again, claim): resuming
         self.held: dict[str, int] = {}  # folded name -> the revision of our claim on it
         self.forwards: dict[int, Forward] = {}  # bridge token -> a dm on its way to another front door
-        #: The roster: per member key, the changes the bucket has not answered yet (one at a time, in order).
-        self.member_ops: dict[str, deque[Member]] = {}
-        self.member_tokens: dict[int, str] = {}  # bridge token -> the member key it changes
-        self.listings: dict[int, ListMembers] = {}  # bridge token -> a who waiting for the roster
-        #: Front doors' leases: the last listing's, those missing from it for the first time, and the tokens of
-        #: the listing (and the roster sweep) on their way.
-        self.live_doors: set[str] = set()
-        self.suspects: set[str] = set()
-        self.door_scan: int | None = None
-        self.sweep: int | None = None
-        self.sweeps = 0
-        self.next_door_scan = 0.0
-        self.taking: dict[int, tuple[str, str, str]] = {}  # bridge token -> (room, user, dead door): a CAS delete
+        self.roster = Roster(self.bridge, core, self.door_id)  # who is where; which front doors live
         self.next_renewal = 0.0
         self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
         self.renewal_sent = 0.0
@@ -266,7 +194,7 @@ class FrontDoor:
             else:
                 raise ClusterUnavailable(f"cannot make the key-value buckets: {error}")
         self.next_renewal = time.monotonic() + LEASE_RENEW_S
-        self.next_door_scan = time.monotonic() + DOOR_SCAN_S
+        self.roster.next_door_scan = time.monotonic() + DOOR_SCAN_S
 
     def _answer_to(self, token: int, deadline: float) -> KvResult | None:
         """Wait (at start only) for the answer to ``token``."""
@@ -280,21 +208,18 @@ class FrontDoor:
         return None
 
     def due(self) -> float:
-        """When ``tick`` next has something to do: renew our lease, look again for a resuming claim."""
-        waiting_reads = (walk.again_at for walk in self.walks.values() if not walk.token)
-        return min([self.next_renewal, self.next_door_scan, *(at for at, _ in self.waiting_claims), *waiting_reads])
+        """When ``tick`` next has something to do: renew our lease, look again for a resuming claim, list the
+        leases, ask the log again for a history step."""
+        claims = (at for at, _ in self.waiting_claims)
+        return min([self.next_renewal, self.roster.due(), self.reads.due(), *claims])
 
     def tick(self, now: float) -> None:
         if now >= self.next_renewal:  # one at a time; one unanswered for a renewal period is let go
             if self.renewal is None or now >= self.renewal_sent + 2 * LEASE_RENEW_S:
                 self.renewal, self.renewal_sent = self.bridge.kv("put", DOORS, self.door_id), now
             self.next_renewal = now + LEASE_RENEW_S
-        if now >= self.next_door_scan:
-            if self.door_scan is None and self.sweep is None:
-                self.door_scan = self.bridge.kv_list(DOORS, ">")
-            self.next_door_scan = now + DOOR_SCAN_S
-        for walk in [walk for walk in self.walks.values() if not walk.token and walk.again_at <= now]:
-            self._step(walk)
+        self.roster.tick(now)
+        self.reads.tick(now)
         due = [claiming for at, claiming in self.waiting_claims if at <= now]
         if due:
             self.waiting_claims = [(at, claiming) for at, claiming in self.waiting_claims if at > now]
@@ -324,92 +249,6 @@ class FrontDoor:
         if answer.error is not None:
             log.warning("cluster: our lease was not renewed (%s); trying again", answer.error)
             self.next_renewal = min(self.next_renewal, now + 0.25)
-
-    # --- the roster: who is in which room, on which front door -----------------------------------
-
-    def member(self, member: Member) -> None:
-        """Record (or strike) a member here in the cluster's roster, behind the key's earlier changes."""
-        key = member_key(member.room, member.folded)
-        queue = self.member_ops.setdefault(key, deque())
-        queue.append(member)
-        if len(queue) == 1:
-            self._record(key, member)
-
-    def _record(self, key: str, member: Member) -> None:
-        if member.present:
-            value = msgspec.json.encode({"user": member.user, "door": self.door_id})
-            token = self.bridge.kv("put", MEMBERS, key, value)
-        else:
-            token = self.bridge.kv("delete", MEMBERS, key)
-        self.member_tokens[token] = key
-
-    def _recorded(self, answer: KvResult) -> None:
-        key = self.member_tokens.pop(answer.token)
-        if answer.error is not None:
-            log.warning("cluster: the roster did not take a change: %s", answer.error)
-        queue = self.member_ops[key]
-        queue.popleft()
-        if queue:
-            self._record(key, queue[0])
-        else:
-            del self.member_ops[key]
-
-    def list_members(self, listing: ListMembers) -> list[Output]:
-        """A ``who``: the room's members on every front door, from the roster (past ``MAX_LISTINGS`` at once:
-        this front door's only)."""
-        if len(self.listings) >= MAX_LISTINGS:
-            return [self.core.who_listed(listing.peer, listing.room, [])]
-        self.listings[self.bridge.kv_list(MEMBERS, name_key(listing.room) + ".*")] = listing
-        return []
-
-    def _listed(self, answer: KvEntries) -> list[Output]:
-        listing = self.listings.pop(answer.token)
-        if answer.error is not None:
-            log.warning("cluster: who of %s answered for this front door only: %s", listing.room, answer.error)
-        others = []
-        for _, value, _ in answer.entries:
-            entry = _roster_entry(value)
-            if entry is not None and entry[1] != self.door_id and self._alive(entry[1]):
-                others.append(entry[0])
-        return [self.core.who_listed(listing.peer, listing.room, others)]
-
-    def _alive(self, door: str) -> bool:
-        """As far as the last listing of leases knows (before the first: every front door)."""
-        return not self.live_doors or door in self.live_doors or door in self.suspects
-
-    def _doors_listed(self, answer: KvEntries) -> None:
-        """A front door missing from two listings in a row has died: its members are told gone (a sweep of the
-        roster).  The first sweep, after the second listing, also finds members of front doors that died while
-        none was running."""
-        self.door_scan = None
-        if answer.error is not None:
-            return
-        live = {key for key, _, _ in answer.entries} | {self.door_id}
-        dead = self.suspects - live
-        self.suspects = (self.live_doors - live) - dead
-        self.live_doors = live
-        self.sweeps += 1
-        if dead or self.sweeps == 2:
-            self.sweep = self.bridge.kv_list(MEMBERS, ">")
-
-    def _swept(self, answer: KvEntries) -> None:
-        """Members of front doors that are neither live nor suspected: each struck from the roster by
-        compare-and-set (of front doors sweeping at once, one wins), then told gone."""
-        self.sweep = None
-        if answer.error is not None:
-            return
-        for key, value, revision in answer.entries:
-            entry, room = _roster_entry(value), room_of(key)
-            if entry is None or room is None or entry[1] in self.live_doors or entry[1] in self.suspects:
-                continue
-            token = self.bridge.kv("delete", MEMBERS, key, revision=revision)
-            self.taking[token] = (room, entry[0], entry[1])
-
-    def _taken(self, answer: KvResult, now: float) -> None:
-        room, user, door = self.taking.pop(answer.token)
-        if answer.error is None:
-            log.info("cluster: %s in %s was on a front door that died; told gone", user, room)
-            self.append(self.core.gone(room, user, door, now))
 
     def forward(self, forward: Forward) -> None:
         """A dm to someone not here: to whichever front door listens for their name (nobody: no such user)."""
@@ -478,68 +317,13 @@ class FrontDoor:
         if len(queue) == 1:
             self._publish(append)
 
-    def read(self, read: ReadLog) -> list[Output]:
-        """Answer a ``history`` request from the log: walk the room's subject from ``read.after``.  The same
-        client asking again from the same place (its patience ran out first) takes over its walk; from
-        elsewhere, the old walk is dropped.  Past ``MAX_READS`` walks at once it is refused."""
-        walk = self.walks.pop((read.peer, read.room), None)
-        if walk is not None and walk.read.after == read.after:
-            walk.read = read
-            self.walks[walk.key] = walk
-            return []
-        if walk is not None:
-            self.reads.pop(walk.token, None)  # its answer, when it comes, is for nobody
-        if len(self.walks) >= MAX_READS:
-            return self.core.read_refused(read)
-        walk = _Walk(read, time.monotonic() + READ_RETRY_S)
-        self.walks[walk.key] = walk
-        self._step(walk)
-        return []
-
-    def _step(self, walk: _Walk) -> None:
-        walk.token = self.bridge.next(STREAM, LOG_PREFIX + walk.read.room, walk.after)
-        self.reads[walk.token] = walk
-
-    def _read_on(self, event: Stored | Failed, now: float) -> list[Output]:
-        """One more event for a history read (its ``prev`` is the one before: the walk follows the room), or
-        the reply: the room has no more, or the read has its ``limit``, its ``READ_CHUNK``, or reached what
-        this front door keeps in memory (the client asks on from there).  A step the log did not answer (no
-        leader just now) is asked again a little later, until ``READ_RETRY_S``; then the reply is what was
-        found, marked as not the end."""
-        walk = self.reads.pop(event.token)
-        walk.token = 0
-        read, found = walk.read, walk.found
-        if isinstance(event, Stored):
-            found.append((event.seq, walk.after, event.data))
-            walk.found_bytes += len(event.data)
-            ended = bool(read.head) and event.seq >= read.head
-            enough = (
-                len(found) >= min(read.limit, READ_CHUNK)
-                or walk.found_bytes >= self.core.config.max_reply_bytes  # no more would fit in the reply
-                or 0 < read.kept_from <= event.seq
-            )
-            if not (ended or enough):
-                self._step(walk)
-                return []
-            return self._replied(walk, ended)
-        if event.reason == "not_found":
-            return self._replied(walk, True)
-        if now < walk.until:
-            walk.again_at = now + 0.2
-            return []
-        return self._replied(walk, False)
-
-    def _replied(self, walk: _Walk, ended: bool) -> list[Output]:
-        del self.walks[walk.key]
-        return self.core.history_read(walk.read, walk.found, ended)
-
     def _publish(self, append: Append) -> None:
         token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
         self.sent[token] = append
 
     def pending(self) -> int:
         """Appends not yet answered by the log, and roster changes not yet by its bucket."""
-        return sum(map(len, self.queues.values())) + sum(map(len, self.member_ops.values()))
+        return sum(map(len, self.queues.values())) + self.roster.pending()
 
     def handle(self, now: float) -> list[Output]:
         """Everything the bridge has for us: answers first, then the feed."""
@@ -553,22 +337,14 @@ class FrontDoor:
                 out += self._answered(event, now)
             elif isinstance(event, Stored | Failed) and event.token in self.fetches:
                 self._filled(event, out)
-            elif isinstance(event, Stored | Failed) and event.token in self.reads:
-                out += self._read_on(event, now)
+            elif isinstance(event, Stored | Failed) and self.reads.owns(event.token):
+                out += self.reads.answered(event, now)
             elif isinstance(event, KvResult) and event.token in self.claims:
                 out += self._claim_answered(event, now)
             elif isinstance(event, KvResult) and event.token == self.renewal:
                 self._renewed(event, now)
-            elif isinstance(event, KvResult) and event.token in self.member_tokens:
-                self._recorded(event)
-            elif isinstance(event, KvResult) and event.token in self.taking:
-                self._taken(event, now)
-            elif isinstance(event, KvEntries) and event.token in self.listings:
-                out += self._listed(event)
-            elif isinstance(event, KvEntries) and event.token == self.door_scan:
-                self._doors_listed(event)
-            elif isinstance(event, KvEntries) and event.token == self.sweep:
-                self._swept(event)
+            elif isinstance(event, KvResult | KvEntries) and self.roster.owns(event.token):
+                out += self.roster.answered(event, now)
             elif isinstance(event, Replied | Failed) and event.token in self.forwards:
                 out += self._forward_answered(event, now)
             elif isinstance(event, Request) and event.subject.startswith(DM_PREFIX):
@@ -627,12 +403,3 @@ class FrontDoor:
 
     def close(self) -> None:
         self.bridge.close()
-
-
-def _roster_entry(value: bytes) -> tuple[str, str] | None:
-    """(user, front door) of a roster value; None if it is not one a front door wrote."""
-    try:
-        entry = msgspec.json.decode(value, type=dict[str, str])
-        return entry["user"], entry["door"]
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
-        return None

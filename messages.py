@@ -1,4 +1,4 @@
-"""The chat protocol, version 1: envelopes, limits, error codes and validation.
+"""The chat protocol (version 2: ``PROTOCOL_VERSION``): envelopes, limits, error codes and validation.
 
 This module is the executable half of ``docs/protocol.md``; it opens no sockets.
 Both the broker and every client use it, so what one side accepts is exactly

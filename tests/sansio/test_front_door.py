@@ -18,17 +18,10 @@ import zmq
 pytest.importorskip("nats")
 
 from chat import ChatConfig, ChatCore, Claim, ListMembers, Member, ReadLog, Reply
-from front_door import (
-    DOORS,
-    LOG_PREFIX,
-    MAX_LISTINGS,
-    MAX_READS,
-    MEMBERS,
-    READ_CHUNK,
-    FrontDoor,
-    member_key,
-    name_key,
-)
+from cluster_feed import LOG_PREFIX
+from cluster_reads import MAX_READS, READ_CHUNK
+from cluster_roster import DOORS, MAX_LISTINGS, MEMBERS, member_key, name_key
+from front_door import FrontDoor
 from nats_bridge import Failed, KvEntries, KvResult, Stored
 
 A, B = b"peer-a", b"peer-b"
@@ -107,31 +100,31 @@ def walk_until_reply(door: FrontDoor, now: float = 0.0) -> list[dict]:
 
 
 def test_a_walk_replies_after_a_chunk_with_more(door: FrontDoor) -> None:
-    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
     (reply,) = walk_until_reply(door)
     assert len(reply["events"]) == READ_CHUNK and reply["more"] is True
     seqs = [e["seq"] for e in reply["events"]]
     assert seqs == list(range(13, 13 + 3 * READ_CHUNK, 3))
     assert [e["prev"] for e in reply["events"]] == [10, *seqs[:-1]]  # the walk follows the room
-    assert door.walks == {} and door.reads == {}
+    assert door.reads.walks == {} and door.reads.steps == {}
 
 
 def test_the_same_client_asking_again_joins_its_walk(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
     for _ in range(5):
         answer(door)
-    assert door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.2")) == []  # its patience ran out
-    assert len(bridge.steps) == 1 and len(door.walks) == 1  # no second walk
+    assert door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.2")) == []  # its patience ran out
+    assert len(bridge.steps) == 1 and len(door.reads.walks) == 1  # no second walk
     (reply,) = walk_until_reply(door)
     assert len(reply["events"]) == READ_CHUNK  # the first five steps count: one walk, one reply
 
 
 def test_asking_from_elsewhere_drops_the_old_walk(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "fill.1"))
     old = dict(bridge.steps)
-    door.read(ReadLog(A, "general", 400, 1000, 100_000, "fill.2"))
+    door.reads.read(ReadLog(A, "general", 400, 1000, 100_000, "fill.2"))
     bridge.answers = [Stored(token, 999, subject, event("general")) for token, (subject, _) in old.items()]
     for token in old:
         del bridge.steps[token]
@@ -141,20 +134,20 @@ def test_asking_from_elsewhere_drops_the_old_walk(door: FrontDoor) -> None:
 
 
 def test_a_walk_stops_where_the_front_doors_memory_begins(door: FrontDoor) -> None:
-    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1", kept_from=20))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "h1", kept_from=20))
     (reply,) = walk_until_reply(door)
     assert [e["seq"] for e in reply["events"]] == [13, 16, 19, 22] and reply["more"] is True
 
 
 def test_the_walks_reply_ends_at_the_rooms_head(door: FrontDoor) -> None:
-    door.read(ReadLog(A, "general", 10, 1000, 19, "h1"))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 19, "h1"))
     (reply,) = walk_until_reply(door)
     assert [e["seq"] for e in reply["events"]] == [13, 16, 19] and "more" not in reply
 
 
 def test_a_step_the_log_did_not_answer_is_asked_again_then_given_up(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
+    door.reads.read(ReadLog(A, "general", 10, 1000, 100_000, "h1"))
     answer(door)  # one event found
     (token,) = bridge.steps
     del bridge.steps[token]
@@ -171,8 +164,8 @@ def test_a_step_the_log_did_not_answer_is_asked_again_then_given_up(door: FrontD
 
 def test_more_walks_than_the_bound_are_refused(door: FrontDoor) -> None:
     for i in range(MAX_READS):
-        assert door.read(ReadLog(A, f"room{i}", 10, 1000, 100_000, "h")) == []
-    (error,) = replies(door.read(ReadLog(B, "general", 10, 1000, 100_000, "h2")))
+        assert door.reads.read(ReadLog(A, f"room{i}", 10, 1000, 100_000, "h")) == []
+    (error,) = replies(door.reads.read(ReadLog(B, "general", 10, 1000, 100_000, "h2")))
     assert (error["code"], error["id"]) == ("unavailable", "h2")
 
 
@@ -187,9 +180,9 @@ def route(door: FrontDoor, outputs: list, now: float = 0.0) -> list:
         if isinstance(out, Claim):
             replies += route(door, door.core.claimed(out.peer, out.folded, None, now), now)
         elif isinstance(out, Member):
-            door.member(out)
+            door.roster.member(out)
         elif isinstance(out, ListMembers):
-            replies += door.list_members(out)
+            replies += door.roster.list_members(out)
         elif isinstance(out, Reply):
             replies.append(out)
         elif type(out).__name__ == "Append":
@@ -290,7 +283,7 @@ def test_a_dead_front_doors_members_are_struck_by_compare_and_set_then_told_gone
 
 def test_a_sweep_that_loses_the_compare_and_set_tells_nothing(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door._swept(KvEntries(0, [(member_key("general", "zed"), roster("Zed", "dead"), 7)], None))
+    door.roster._swept(KvEntries(0, [(member_key("general", "zed"), roster("Zed", "dead"), 7)], None))
     ((token, _),) = bridge.kvs.items()
     answered(door, KvResult(token, 0, None, "wrong_revision"))  # back on another door, or told by another
     assert not bridge.published
@@ -304,7 +297,7 @@ def only_kv(bridge: Bridge) -> tuple[int, tuple]:
 
 def test_a_name_is_taken_over_only_when_its_front_doors_lease_is_found_gone_twice(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.next_renewal = door.next_door_scan = 1e9  # this test is about the claim
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the claim
     door.core.handle(A, [msgspec.json.encode({"type": "hello", "user": "alice"})], 0.0)
     door.claim(Claim(A, "alice", False), 0.0)
     token, order = only_kv(bridge)
@@ -329,7 +322,7 @@ def test_a_name_is_taken_over_only_when_its_front_doors_lease_is_found_gone_twic
 
 def test_a_lease_renewal_that_failed_is_tried_again_soon(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.next_door_scan = 1e9
+    door.roster.next_door_scan = 1e9
     door.tick(10.0)
     token, order = only_kv(bridge)
     assert order[:3] == ("put", DOORS, door.door_id)
