@@ -992,6 +992,14 @@ class ChatCore:
         self._add_room_state(who, room)
         return Reply(peer, m.encode(who))
 
+    def learned(self, heads: dict[str, int]) -> None:
+        """A front door at start: the rooms the cluster's log has and their last positions, so that ``rooms``
+        and a ``join`` know rooms this front door has seen no event of yet.  What it knows already (its feed
+        may be ahead of this listing) stays."""
+        for name, seq in heads.items():
+            if m.valid_room(name) and name not in self.rooms and self.resting.get(name, 0) < seq < 2**63:
+                self._rest(name, seq)
+
     def gone(self, room_name: str, user: str, door: str, now: float) -> Append:
         """A member of a front door that died (its lease ran out): their ``leave`` (reason ``timeout``), for the
         log.  Its log id is the member's and the dead front door's, so the others telling it too store it once."""

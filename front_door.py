@@ -23,8 +23,11 @@ to one replicated JetStream stream, and come back from it, with its positions, t
 - **History** older than what the front door saw: ``cluster_reads``.  **Who is where** (``who``, a dead front
   door's members told gone): ``cluster_roster``.
 
-Not yet a whole cluster (docs/scaling.md): ``rooms`` is still this front door's own (the rooms it has seen
-events of since it started), and a ``joined`` lists the members on this front door only.
+- **Rooms:** at start, the log's rooms and their last positions (``heads``), so ``rooms`` and ``join`` know
+  rooms this front door has seen nothing of yet.
+
+Not yet a whole cluster (docs/scaling.md): ``away``, and the members and recent history a ``joined`` shows, are
+this front door's own.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class FrontDoor:
         self.next_renewal = 0.0
         self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
         self.renewal_sent = 0.0
+        self.heads: int | None = None  # the token of the listing of the log's rooms asked at start
 
     @property
     def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -167,11 +171,14 @@ class FrontDoor:
                         history_id = f"nats:{STREAM}:{(event.value or b'').decode()}"
                         self._make_buckets(deadline)
                         self.bridge.subscribe(FEED_PREFIX + ">")
+                        self.heads = self.bridge.heads(STREAM, LOG_PREFIX)  # the rooms it has: answered later
                         return history_id
                     # JetStream may be electing a leader (a node just restarted): ask again, until the deadline.
                     error = event.error
                     time.sleep(0.5)  # starting up: nothing else to do meanwhile
                     token = self.bridge.stream(stream_config(self.replicas))
+        if not self.connected:
+            raise ClusterUnavailable(f"no NATS server answered in {timeout:g} s (are they running, at those URLs?)")
         raise ClusterUnavailable(f"no stream {STREAM} in {timeout:g} s" + (f": {error}" if error else ""))
 
     def _make_buckets(self, deadline: float) -> None:
@@ -343,6 +350,8 @@ class FrontDoor:
                 out += self._claim_answered(event, now)
             elif isinstance(event, KvResult) and event.token == self.renewal:
                 self._renewed(event, now)
+            elif isinstance(event, KvEntries) and event.token == self.heads:
+                self._learned(event)
             elif isinstance(event, KvResult | KvEntries) and self.roster.owns(event.token):
                 out += self.roster.answered(event, now)
             elif isinstance(event, Replied | Failed) and event.token in self.forwards:
@@ -357,6 +366,19 @@ class FrontDoor:
                 if event.state == "connected":  # what was republished while we were away: fetched
                     self._fetch(self.feed.dropped())
         return out
+
+    def _learned(self, answer: KvEntries) -> None:
+        """The log's rooms and their last positions (asked at start): ``rooms`` and ``join`` know them."""
+        self.heads = None
+        if answer.error is not None:
+            log.warning(
+                "cluster: the log's rooms were not all listed (%s); the others show as they speak", answer.error
+            )
+        heads = {
+            subject[len(LOG_PREFIX) :]: seq for subject, _, seq in answer.entries if subject.startswith(LOG_PREFIX)
+        }
+        self.core.learned(heads)
+        log.info("cluster: the log has %d rooms", len(heads))
 
     def _answered(self, event: Acked | Failed, now: float) -> list[Output]:
         append = self.sent.pop(event.token)

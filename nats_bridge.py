@@ -19,6 +19,8 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
 - ``next``: the first message stored in a stream on a subject after a position (what fills a hole in a
   room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.
+- ``heads``: every subject of a stream under a prefix, with the position of its last message (at most
+  ``MAX_LISTED``); answer ``KvEntries`` (subject, empty value, position).
 - ``kv_list``: every live key of a bucket matching a pattern, with its value and revision (at most
   ``MAX_LISTED``); answer ``KvEntries``.
 - ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket (a stream's answer holds
@@ -195,6 +197,12 @@ class NatsBridge:
         """
         token = next(self._tokens)
         self.sock.send(_encode(["kv", token, op, bucket, key, value, revision]))
+        return token
+
+    def heads(self, stream: str, prefix: str) -> int:
+        """Every subject of ``stream`` under ``prefix`` and its last position (``KvEntries``)."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["heads", token, stream, prefix]))
         return token
 
     def kv_list(self, bucket: str, pattern: str) -> int:
@@ -440,6 +448,18 @@ class _Bridge:
             return entry.revision or 0, entry.value
 
         await self._answer(token, run(), op)
+
+    async def _heads(self, token: int, stream: str, prefix: str) -> None:
+        heads: list[tuple[str, bytes, int]] = []
+        try:
+            info = await self.js.stream_info(stream, subjects_filter=prefix + ">")
+            for subject in list(info.state.subjects or {})[:MAX_LISTED]:
+                last = await self.js.get_msg(stream, subject=subject)
+                heads.append((subject, b"", last.seq or 0))
+        except Exception as exc:  # an answer, whatever went wrong (what was found so far with it)
+            self.tell(KvEntries(token, heads, str(exc) or type(exc).__name__))
+        else:
+            self.tell(KvEntries(token, heads, None))
 
     async def _kv_list(self, token: int, bucket: str, pattern: str) -> None:
         entries: list[tuple[str, bytes, int]] = []

@@ -137,6 +137,14 @@ def test_a_front_door_started_later_answers_older_history_from_the_log(harness: 
     events = reply["events"]
     assert [e["text"] for e in events if e["type"] == "msg"] == [f"early {i}" for i in range(5)]
     assert events[0]["prev"] == 0 and all(b["prev"] == a["seq"] for a, b in itertools.pairwise(events))
+    # And its `rooms` knows the room from the log (listed at start), though nothing was said since.
+    for _ in range(50):
+        peer.request({"type": "rooms"})
+        rooms = peer.reply()["rooms"]
+        if "general" in rooms:
+            break
+        time.sleep(0.1)  # polling for the listing asked at start (the condition above decides)
+    assert rooms.get("general") == events[-1]["seq"], rooms
 
 
 def test_a_name_is_taken_on_every_front_door_and_a_dead_doors_names_come_free(

@@ -247,3 +247,15 @@ def test_dms_on_their_way_to_other_front_doors_are_bounded_in_bytes() -> None:
     for forward in forwards:  # answered: the bytes are free again
         one.forwarded(forward, None, 1.0)
     assert one.forwarding_bytes == 0 and one.forwarding == {}
+
+
+def test_a_front_door_learns_the_logs_rooms_at_start_without_going_back() -> None:
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    seen = decoded(send(one, B, {"type": "rooms"}), Reply)[0]["rooms"]
+    one.learned({"quiet": 7, "general": 1, "bad name!": 9, "huge": 2**64})
+    (rooms,) = decoded(send(one, B, {"type": "rooms"}), Reply)
+    assert rooms["rooms"] == {**seen, "quiet": 7}  # its own view of general stays; junk is not a room
+    out = run(log, [one], {one: send(one, A, {"type": "join", "room": "quiet"})})
+    (joined,) = [r for r in decoded(out[one], Reply) if r["type"] == "joined"]
+    assert joined["seq"] == 7  # the baseline a joining client starts from: where the log was
