@@ -9,6 +9,11 @@ subject in the stream: ``Fetch(room, after)`` asks for the first event stored af
 is therefore ``after``, until the chain closes.  After the bridge says it dropped messages, every room is
 checked that way once (a room with no later event would show its hole to nobody).
 
+Exactly once also by identity: a message (a user's id) handed on lately is not handed on again, and the
+event after it chains to what was.  nats-server 2.9.10 was seen (a cluster soak, a stream leader killed
+mid-write) republishing three messages a second time at positions its stream did not keep, each ``prev`` the
+first copy: loggers logged them twice.
+
 A room seen for the first time starts at its first event's ``prev``: a front door follows rooms from when it
 started, and reads older history on demand.  Sans-I/O: the bridge's messages and answers in; events in
 order, and fetches to make, out.  At most one fetch per room is outstanding.
@@ -16,7 +21,10 @@ order, and fetches to make, out.  At most one fetch per room is outstanding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
+
+import msgspec
 
 from sequencer import FeedSequencer, Sequenced
 
@@ -28,6 +36,19 @@ FEED_PREFIX = "feed.room."
 LOG_PREFIX = "chat.room."
 #: Stream positions are unsigned 64-bit; a header claiming more is not the stream's (and would not encode).
 MAX_POSITION = 2**63
+#: Messages remembered as handed on (user and id), for a republished copy to be known: at the cluster's
+#: ~1,000 msgs/s, over a minute, much longer than a leader election (~5 s).  About 100 bytes each.
+RECENT_MESSAGES = 65_536
+#: How a message event's stored bytes begin (``messages.encode`` writes ``type`` first).
+MSG_EVENT = b'{"type":"msg",'
+
+
+class _Identity(msgspec.Struct):
+    user: str = ""
+    id: str = ""
+
+
+_identity = msgspec.json.Decoder(_Identity).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,10 @@ class ClusterFeed:
         #: Rooms checked after a drop: their walk goes on to the stream's end (``missing``), not only until
         #: their chain closes, as a hole at a room's end shows in no later event.
         self.walking: set[str] = set()
+        self.handed: dict[str, int] = {}  # room -> the position of the last event handed on
+        self.recent: deque[str] = deque()  # messages handed on lately (``RECENT_MESSAGES``), oldest first
+        self.recent_set: set[str] = set()
+        self.repeated = 0  # messages not handed on again
 
     def message(self, subject: str, headers: dict[str, str], data: bytes) -> Out:
         """A republished event arrived (``nats_bridge.Message``); anything else on the feed is ignored."""
@@ -124,10 +149,43 @@ class ClusterFeed:
         self.sequencer.forget(room)
         self.fetching.pop(room, None)
         self.walking.discard(room)
+        self.handed.pop(room, None)
+
+    def _once(self, events: list[LogEvent]) -> list[LogEvent]:
+        """``events`` (one room's, in chain order) less the messages handed on lately, each ``prev`` the event
+        handed on before it."""
+        out = []
+        for event in events:
+            key = _key_of(event.data)
+            if key is not None and key in self.recent_set:
+                self.repeated += 1
+                continue
+            last = self.handed.get(event.room)
+            if last is not None and event.prev != last:
+                event = replace(event, prev=last)  # it followed a copy that was not handed on
+            self.handed[event.room] = event.seq
+            out.append(event)
+            if key is not None:
+                self.recent.append(key)
+                self.recent_set.add(key)
+                if len(self.recent) > RECENT_MESSAGES:
+                    self.recent_set.discard(self.recent.popleft())
+        return out
 
     def _out(self, room: str, ready: list[Sequenced], fetch_after: int | None) -> Out:
-        events: list[LogEvent] = ready  # type: ignore[assignment]  # what went in: LogEvents
+        events = self._once(ready)  # type: ignore[arg-type]  # what went in: LogEvents
         if fetch_after is None or room in self.fetching:
             return events, []
         self.fetching[room] = fetch_after
         return events, [Fetch(room, fetch_after)]
+
+
+def _key_of(data: bytes) -> str | None:
+    """A message event's identity (its user, folded, and id); None for other events."""
+    if not data.startswith(MSG_EVENT):
+        return None
+    try:
+        found = _identity(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return f"{found.user.casefold()} {found.id}"
