@@ -387,6 +387,7 @@ class Broker:
         leaves of our sessions among it, and send those answers."""
         door, deadline = self.front_door, time.monotonic() + STOP_WAIT_S
         assert door is not None
+        door.leave()  # its names free at once, its lease gone: its people find both on another front door
         while door.pending() and time.monotonic() < deadline:
             if door.bridge.sock.poll(100):
                 self.dispatch(door.handle(time.monotonic()))

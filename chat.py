@@ -68,6 +68,7 @@ class ReadLog(NamedTuple):
     head: int  # the room's last position as this front door knows it (0: none): the reply's ``seq``
     request_id: str | None = None  # echoed by an error about it
     kept_from: int = 0  # the first position this front door keeps in memory (0: none): the walk stops there
+    source: str = ""  # where the request came from (a CURVE key, else an address): its share of the walks
 
 
 class Claim(NamedTuple):
@@ -120,6 +121,7 @@ Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward | Member
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
+LEAVE_EVENT = b'{"type":"leave",'
 _new_tuple = tuple.__new__  # builds a NamedTuple at half the cost of calling it: once per event, it shows
 log = logging.getLogger("chat")
 
@@ -820,8 +822,8 @@ class ChatCore:
         if holder is not None and holder.peer != peer:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{user!r} is taken; choose another name")
         if self.clustered and folded not in self.names_held:  # free here: is it free in the cluster?
-            self.claiming[peer] = ("hello", req, key)
-            out.append(Claim(peer, folded, bool(req.get("resume"))))
+            if self._claim_once(peer, "hello", req, folded, key):
+                out.append(Claim(peer, folded, bool(req.get("resume"))))
             return
         rooms = req.get("rooms", [m.DEFAULT_ROOM])
         conn = self.peers[peer]
@@ -969,9 +971,12 @@ class ChatCore:
             return msgspec.json.encode(DmAnswer(error=ErrorCode.BAD_ENVELOPE.value)), []
         if target is None or dm.to.casefold() != folded or len(dm.text) > self.config.max_text:
             return msgspec.json.encode(DmAnswer(error=ErrorCode.NO_SUCH_USER.value)), []
-        dm.to = target.user
+        shown: dict[str, Any] = {"type": "dm", "user": dm.user, "to": target.user, "text": dm.text, "id": dm.id}
+        shown["ts"] = dm.ts
+        if dm.me:
+            shown["me"] = True  # as a dm from this front door: only when it is one
         answer = DmAnswer(to=target.user, away=target.away)
-        return msgspec.json.encode(answer), [Reply(target.peer, m.encode(dm))]
+        return msgspec.json.encode(answer), [Reply(target.peer, m.encode(shown))]
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
         if self.clustered:  # the whole cluster's members: the front door asks its roster
@@ -1063,8 +1068,8 @@ class ChatCore:
             if holder is not None and holder is not session:
                 raise ProtocolError(ErrorCode.NAME_TAKEN, f"{new!r} is taken; choose another name")
             if self.clustered and folded not in self.names_held:
-                self.claiming[peer] = ("nick", req, session.key)
-                out.append(Claim(peer, folded, False))
+                if self._claim_once(peer, "nick", req, folded, session.key):
+                    out.append(Claim(peer, folded, False))
                 return
             if self.clustered and folded != session.folded:
                 self._release(session.folded, out)
@@ -1110,7 +1115,9 @@ class ChatCore:
         seq = self._shown_seq(name, room.seq if room is not None else self._resting_seq(name))
         if self.clustered and _before_memory(room, after, seq):
             kept_from = _first_kept(room) if room is not None and room.history else 0
-            out.append(ReadLog(peer, name, after, limit, seq, req.get("id"), kept_from))
+            conn = self.peers.get(peer)
+            source = conn.source.name if conn is not None else ""
+            out.append(ReadLog(peer, name, after, limit, seq, req.get("id"), kept_from, source))
             return
         if after >= seq:
             payloads: list[bytes] = []  # nothing after it (and no query for an absurd `after`)
@@ -1348,7 +1355,7 @@ class ChatCore:
         log_id = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         out.append(Append(room.name, m.encode(event), log_id, sender, ack))
 
-    def applied(self, room_name: str, seq: int, prev: int, payload: bytes) -> list[Output]:
+    def applied(self, room_name: str, seq: int, prev: int, payload: bytes, now: float = 0.0) -> list[Output]:
         """The log's next event of ``room_name`` (``cluster_feed``: each room in order, once), from any front
         door: stamped with its position, kept if the room is in memory, and published.  What is not a room
         event of that room (the log is shared infrastructure, not a peer, but a bug or a stray publisher
@@ -1364,7 +1371,22 @@ class ChatCore:
             if payload.startswith(TOPIC_EVENT):
                 room.set_topic(payload)
             self._keep(room, [payload])
-        return [Publish(m.room_topic(room_name), payload)]
+        out: list[Output] = [Publish(m.room_topic(room_name), payload)]
+        if payload.startswith(LEAVE_EVENT) and room is not None:
+            self._still_here(room, payload, now, out)
+        return out
+
+    def _still_here(self, room: Room, leave: bytes, now: float, out: list[Output]) -> None:
+        """A ``leave`` in the log for someone who is in the room here: they came back here (from a front door
+        that died, or from a session that timed out) before the log had it, so it is not the last word.  Their
+        join goes to the log again, after it, and they are in the roster again: every front door's view of the
+        room ends with them in it."""
+        event = msgspec.json.decode(leave, type=m.LeaveEvent)
+        session = self.by_name.get(event.user.casefold())
+        if session is None or room.name not in session.rooms:
+            return
+        self._roster(room.name, session.folded, session.user, True, out)
+        self._append(room, m.JoinEvent(room=room.name, user=session.user), session, now, out, None)
 
     def claimed(self, peer: bytes, folded: str, error: ErrorCode | None, now: float) -> list[Output]:
         """The cluster's answer to a ``Claim``: the name is ours (``error`` None), and the hello or nick that
@@ -1397,6 +1419,18 @@ class ChatCore:
         if folded not in self.by_name:  # the hello or nick failed after all: nobody here uses the name
             self._release(folded, out)
         return out
+
+    def _claim_once(self, peer: bytes, kind: str, req: dict, folded: str, key: str | None) -> bool:
+        """A front door: a connection's hello or nick waits for the cluster's word on one name at a time.  The
+        same request again (a client's retry) waits with it, and its answer goes to the latest; another name
+        meanwhile is refused (answering it would leave the first unanswered).  True: claim the name now."""
+        waiting = self.claiming.get(peer)
+        if waiting is not None:
+            wanted = waiting[1].get("user") if waiting[0] == "hello" else waiting[1].get("name")
+            if waiting[0] != kind or (wanted or "").casefold() != folded:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "a name of yours is being claimed; retry", req.get("id"))
+        self.claiming[peer] = (kind, req, key)
+        return waiting is None
 
     def _release(self, folded: str, out: list[Output]) -> None:
         if folded in self.names_held:

@@ -25,6 +25,9 @@ from nats_bridge import Failed, NatsBridge, Stored
 #: Walks at once (each holds at most ``READ_CHUNK`` events and ``--max-reply-bytes``): more are refused
 #: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
 MAX_READS = 64
+#: Walks of one source at once (a CURVE key, else an address; each connection of a trusted gateway is one):
+#: one source cannot take every walk from the others.
+MAX_READS_PER_SOURCE = 8
 #: How long a walk asks the log again for a step it did not answer (a leader election takes ~5 s).
 READ_RETRY_S = 10.0
 #: Events one walk reads before it replies.
@@ -63,7 +66,8 @@ class LogReads:
 
     def read(self, read: ReadLog) -> list[Output]:
         """Walk the room's subject from ``read.after``.  The same client asking again from the same place
-        takes over its walk; from elsewhere, the old walk is dropped.  Past ``MAX_READS`` walks: refused."""
+        takes over its walk; from elsewhere, the old walk is dropped.  Past ``MAX_READS`` walks, or
+        ``MAX_READS_PER_SOURCE`` of its source: refused."""
         walk = self.walks.pop((read.peer, read.room), None)
         if walk is not None and walk.read.after == read.after:
             walk.read = read
@@ -71,7 +75,8 @@ class LogReads:
             return []
         if walk is not None:
             self.steps.pop(walk.token, None)  # its answer, when it comes, is for nobody
-        if len(self.walks) >= MAX_READS:
+        mine = sum(1 for other in self.walks.values() if other.read.source == read.source)
+        if len(self.walks) >= MAX_READS or mine >= MAX_READS_PER_SOURCE:
             return self.core.read_refused(read)
         walk = _Walk(read, time.monotonic() + READ_RETRY_S)
         self.walks[walk.key] = walk

@@ -144,6 +144,7 @@ class FrontDoor:
         self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
         self.renewal_sent = 0.0
         self.heads: int | None = None  # the token of the listing of the log's rooms asked at start
+        self.parting: set[int] = set()  # a clean stop: the tokens of our names' and lease's deletes
 
     @property
     def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -182,7 +183,8 @@ class FrontDoor:
         raise ClusterUnavailable(f"no stream {STREAM} in {timeout:g} s" + (f": {error}" if error else ""))
 
     def _make_buckets(self, deadline: float) -> None:
-        """The names and leases buckets (made by the first front door, found by the others), and our lease."""
+        """The buckets of names, leases and the roster (made by the first front door, found by the others), and
+        our lease."""
         orders = [
             lambda: self.bridge.kv_bucket({"bucket": NAMES, "history": 1, "replicas": self.replicas}),
             lambda: self.bridge.kv_bucket({"bucket": DOORS, "history": 1, "ttl": LEASE_S, "replicas": self.replicas}),
@@ -243,6 +245,16 @@ class FrontDoor:
         if revision:
             self.bridge.kv("delete", NAMES, name_key(release.folded), revision=revision)
             self.bridge.unlisten(DM_PREFIX + name_key(release.folded))
+
+    def leave(self) -> None:
+        """A clean stop: our names are freed and our lease deleted now, not 3 s after the last renewal, so
+        people moving to another front door get their names at once, and the others sweep our members (those
+        who do not come back elsewhere are told gone).  ``pending`` counts the answers."""
+        for folded, revision in list(self.held.items()):
+            self.parting.add(self.bridge.kv("delete", NAMES, name_key(folded), revision=revision))
+        self.held.clear()
+        self.parting.add(self.bridge.kv("delete", DOORS, self.door_id))
+        self.next_renewal = float("inf")
 
     def _hold(self, folded: str, revision: int) -> None:
         """The name is ours in the cluster: dms to it, from any front door, come here."""
@@ -329,8 +341,9 @@ class FrontDoor:
         self.sent[token] = append
 
     def pending(self) -> int:
-        """Appends not yet answered by the log, and roster changes not yet by its bucket."""
-        return sum(map(len, self.queues.values())) + self.roster.pending()
+        """Appends not yet answered by the log, roster changes not yet by its bucket, and (stopping) the deletes
+        of our names and lease."""
+        return sum(map(len, self.queues.values())) + self.roster.pending() + len(self.parting)
 
     def handle(self, now: float) -> list[Output]:
         """Everything the bridge has for us: answers first, then the feed."""
@@ -350,6 +363,8 @@ class FrontDoor:
                 out += self._claim_answered(event, now)
             elif isinstance(event, KvResult) and event.token == self.renewal:
                 self._renewed(event, now)
+            elif isinstance(event, KvResult) and event.token in self.parting:
+                self.parting.discard(event.token)
             elif isinstance(event, KvEntries) and event.token == self.heads:
                 self._learned(event)
             elif isinstance(event, KvResult | KvEntries) and self.roster.owns(event.token):
@@ -407,7 +422,7 @@ class FrontDoor:
 
     def _applied(self, ready: list, out: list[Output]) -> None:
         for event in ready:
-            out += self.core.applied(event.room, event.seq, event.prev, event.data)
+            out += self.core.applied(event.room, event.seq, event.prev, event.data, time.monotonic())
 
     def _fetch(self, fetches: list[Fetch]) -> None:
         for fetch in fetches:

@@ -189,3 +189,17 @@ def test_who_is_the_whole_clusters_and_a_dead_doors_members_are_told_gone(
     carol.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)
     who_shows(bob, "bob, carol (2)")
     assert sum("[leave] alice" in line for line in bob.output()) == 1  # told once, by one front door
+
+
+def test_a_front_door_stopped_cleanly_frees_its_names_at_once(harness: Harness, cluster: NatsCluster) -> None:
+    """The attack: after a clean stop, people moving on waited 3 s for their names, as after a kill -9."""
+    one, two = doors(harness, cluster, 2)
+    harness.client(one, "alice")
+    peer = harness.raw(two)
+    peer.request({"type": "hello", "user": "alice", "rooms": []})
+    assert peer.reply().get("code") == "name_taken"
+    one.kill(signal.SIGTERM)  # a clean stop
+    one.wait()
+    peer.request({"type": "hello", "user": "alice", "rooms": []})  # not a resume: no waiting for a lease
+    reply = peer.reply()
+    assert (reply["type"], reply.get("user")) == ("welcome", "alice"), reply

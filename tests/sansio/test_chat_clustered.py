@@ -208,6 +208,7 @@ def test_a_dm_to_someone_on_another_front_door_goes_there_and_its_answer_acks_it
     answer, delivered = two.deliver(forward.folded, forward.event)
     (got,) = decoded(delivered, Reply)
     assert (got["type"], got["user"], got["to"], got["text"]) == ("dm", "alice", "Bob", "hi")
+    assert "me" not in got  # as a dm between people on one front door
     (ack,) = decoded(one.forwarded(forward, answer, 2.0), Reply)
     assert (ack["type"], ack["id"], ack["to"]) == ("ack", "d1", "Bob")
     (again,) = decoded(send(one, A, dm, 3.0), Reply)  # a resend after the ack: acked again, not sent twice
@@ -259,3 +260,36 @@ def test_a_front_door_learns_the_logs_rooms_at_start_without_going_back() -> Non
     out = run(log, [one], {one: send(one, A, {"type": "join", "room": "quiet"})})
     (joined,) = [r for r in decoded(out[one], Reply) if r["type"] == "joined"]
     assert joined["seq"] == 7  # the baseline a joining client starts from: where the log was
+
+
+def test_a_leave_from_the_log_for_someone_here_again_is_followed_by_their_join() -> None:
+    """The attack on the roster: a member of a dead front door came back here while another front door's
+    sweep told them gone, and the leave reached the log after their new join.  The front door that has them
+    puts their join (and roster entry) after it, so every view ends with them in the room."""
+    log, one, other = Log(), door(), door()
+    run(log, [one, other], {one: send(one, A, {"type": "hello", "user": "Alice", "rooms": ["general"]})})
+    gone = other.gone("general", "Alice", "dead-door", 5.0)
+    seq, prev, _ = log.store(gone)
+    out = one.applied("general", seq, prev, gone.payload, 6.0)
+    assert [type(o).__name__ for o in out] == ["Publish", "Member", "Append"]
+    assert msgspec.json.decode(out[2].payload)["type"] == "join" and out[1].present
+    assert other.applied("general", seq, prev, gone.payload, 6.0)[1:] == []  # not here: nothing more
+    run(log, [one], {one: send(one, A, {"type": "leave", "room": "general"})})
+    (leave_append,) = [a for a in log.events if b'"reason":"left"' in a[1]]
+    assert one.applied("general", 99, seq, leave_append[1], 7.0)[1:] == []  # she left for real: no join
+
+
+def test_a_second_name_claim_while_one_is_on_its_way_is_refused_and_the_first_goes_through() -> None:
+    """The attack: five nicks sent at once got no reply at all (each answer found a later request)."""
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "nk0"})})
+    (first,) = [o for o in send(one, A, {"type": "nick", "name": "nk1", "id": "n1"}) if isinstance(o, Claim)]
+    (refused,) = decoded(send(one, A, {"type": "nick", "name": "nk2", "id": "n2"}), Reply)
+    assert (refused["code"], refused["id"]) == ("unavailable", "n2")
+    (renamed,) = decoded(one.claimed(A, first.folded, None, 1.0), Reply)
+    assert (renamed["type"], renamed["user"], renamed["id"]) == ("renamed", "nk1", "n1")
+    # A client's retry of the same hello waits with the first claim (its answer welcomes the latest request).
+    (claim,) = [o for o in send(one, B, {"type": "hello", "user": "bob"}) if isinstance(o, Claim)]
+    assert [o for o in send(one, B, {"type": "hello", "user": "bob"}) if isinstance(o, Claim | Reply)] == []
+    replies = decoded(one.claimed(B, claim.folded, None, 2.0), Reply)
+    assert replies[0]["type"] == "welcome"

@@ -19,7 +19,7 @@ pytest.importorskip("nats")
 
 from chat import ChatConfig, ChatCore, Claim, ListMembers, Member, ReadLog, Reply
 from cluster_feed import LOG_PREFIX
-from cluster_reads import MAX_READS, READ_CHUNK
+from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK
 from cluster_roster import DOORS, MAX_LISTINGS, MEMBERS, member_key, name_key
 from front_door import FrontDoor
 from nats_bridge import Failed, KvEntries, KvResult, Stored
@@ -162,11 +162,21 @@ def test_a_step_the_log_did_not_answer_is_asked_again_then_given_up(door: FrontD
     assert [e["seq"] for e in reply["events"]] == [13] and reply["seq"] > 13
 
 
-def test_more_walks_than_the_bound_are_refused(door: FrontDoor) -> None:
+def test_more_walks_than_the_bounds_are_refused(door: FrontDoor) -> None:
     for i in range(MAX_READS):
-        assert door.reads.read(ReadLog(A, f"room{i}", 10, 1000, 100_000, "h")) == []
-    (error,) = replies(door.reads.read(ReadLog(B, "general", 10, 1000, 100_000, "h2")))
+        assert door.reads.read(ReadLog(A, f"room{i}", 10, 1000, 100_000, "h", source=f"10.0.0.{i}")) == []
+    (error,) = replies(door.reads.read(ReadLog(B, "general", 10, 1000, 100_000, "h2", source="10.0.1.1")))
     assert (error["code"], error["id"]) == ("unavailable", "h2")
+
+
+def test_one_source_gets_its_share_of_the_walks_not_all(door: FrontDoor) -> None:
+    """The attack: 64 connections from one address, each asking history now and then, held every walk, and
+    someone else's history got unavailable more often than not."""
+    for i in range(MAX_READS_PER_SOURCE):
+        assert door.reads.read(ReadLog(bytes([i]), "general", 10 + i, 1000, 100_000, "h", source="attacker")) == []
+    (error,) = replies(door.reads.read(ReadLog(b"more", "general", 99, 1000, 100_000, "h9", source="attacker")))
+    assert error["code"] == "unavailable"
+    assert door.reads.read(ReadLog(B, "general", 10, 1000, 100_000, "v", source="victim")) == []  # walked
 
 
 # --- the roster -------------------------------------------------------------------------------------
