@@ -443,10 +443,13 @@ class ChatCore:
         #: of each connection waiting for its claim (kind, request, key).
         self.names_held: set[str] = set()
         self.claiming: dict[bytes, tuple[str, dict, str | None]] = {}
-        #: A front door: the dms handed to other front doors, not yet answered ((sender, id) -> bytes held): a
-        #: resend meanwhile waits for the answer instead of going twice.
+        #: A front door: the dms handed to other front doors, not yet answered ((sender, id) -> bytes held).
         self.forwarding: dict[tuple[str, str], int] = {}
         self.forwarding_bytes = 0
+        #: A front door: the msgs and dms on their way (to the log, to another front door), by (sender, id): what
+        #: they were (fingerprint) and the connections that sent them again meanwhile.  A resend waits for the
+        #: answer and gets the ack too; the same id for anything else meanwhile is ``id_reused``, as it is after.
+        self.in_flight: dict[tuple[str, str], tuple[bytes, list[bytes]]] = {}
         self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
@@ -896,7 +899,10 @@ class ChatCore:
         if req.get("me"):
             event.me = True
         if self.clustered:  # acked once the log has it
-            self._append(self.rooms[room_name], event, session, now, out, (peer, msg_id))
+            print_ = fingerprint("#" + room_name, req["text"], event.me is True)
+            if not self._waits(peer, session.folded, msg_id, print_):
+                self.in_flight[session.folded, msg_id] = (print_, [])
+                self._append(self.rooms[room_name], event, session, now, out, (peer, msg_id))
             return
         seq = self._publish(self.rooms[room_name], event, now, out)
         ack = m.encode(m.Ack(id=msg_id, room=room_name, seq=seq))
@@ -910,7 +916,7 @@ class ChatCore:
         target = self.by_name.get(req["to"].casefold())
         if target is None and not self.clustered:
             raise ProtocolError(ErrorCode.NO_SUCH_USER, f"nobody called {req['to']!r} is online", req["id"])
-        if (session.folded, req["id"]) in self.forwarding:
+        if self.clustered and self._waits(peer, session.folded, req["id"], _fingerprint_of(req)):
             return  # a resend of a dm on its way to another front door: its answer acks it
         self._check_said_room(now, req["id"])
         event = {
@@ -930,17 +936,38 @@ class ChatCore:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, "too many private messages on their way; retry", req["id"])
             self.forwarding[session.folded, req["id"]] = cost
             self.forwarding_bytes += cost
+            self.in_flight[session.folded, req["id"]] = (_fingerprint_of(req), [])
             out.append(Forward(peer, session.folded, req["to"].casefold(), encoded, req))
             return
         out.append(Reply(target.peer, m.encode(event)))
         self._acked_dm(peer, session.folded, req, target.user, target.away, now, out)
+
+    def _waits(self, peer: bytes, sender: str, msg_id: str, print_: bytes) -> bool:
+        """A front door: is ``msg_id`` of ``sender`` on its way?  The same message again waits for its answer
+        (True); another one under that id is ``id_reused``; none on its way: False (``in_flight`` it, once it
+        goes)."""
+        waiting = self.in_flight.get((sender, msg_id))
+        if waiting is None:
+            return False
+        if waiting[0] != print_:
+            raise ProtocolError(ErrorCode.ID_REUSED, "this id is on its way for another message; use a new id", msg_id)
+        waiting[1].append(peer)
+        return True
+
+    def _arrived(self, sender: str, msg_id: str, first: bytes, reply: bytes) -> list[Output]:
+        """The answer for a message on its way: to whoever sent it, and to each connection that sent it again."""
+        _, again = self.in_flight.pop((sender, msg_id), (b"", []))
+        return [Reply(peer, reply) for peer in dict.fromkeys([first, *again])]
 
     def _acked_dm(
         self, peer: bytes, sender: str, req: dict, to: str, away: str | None, now: float, out: list[Output]
     ) -> None:
         ack = m.encode(m.Ack(id=req["id"], to=to, away=away or msgspec.UNSET))
         self.said.remember(sender, req["id"], DM_TAG + _fingerprint_of(req) + ack, now)
-        out.append(Reply(peer, ack))
+        if self.clustered:
+            out += self._arrived(sender, req["id"], peer, ack)
+        else:
+            out.append(Reply(peer, ack))
 
     def forwarded(self, forward: Forward, answer: bytes | None, now: float) -> list[Output]:
         """The answer of the front door that has the recipient (``deliver``'s), or None: no front door has
@@ -957,7 +984,7 @@ class ChatCore:
                 "try again" if code is ErrorCode.UNAVAILABLE else f"nobody called {forward.request['to']!r} is online"
             )
             error = ProtocolError(code, text, forward.request["id"])
-            return [Reply(forward.peer, m.encode(error.envelope()))]
+            return self._arrived(forward.sender, forward.request["id"], forward.peer, m.encode(error.envelope()))
         self._acked_dm(forward.peer, forward.sender, forward.request, got.to, got.away, now, out)
         return out
 
@@ -1466,14 +1493,14 @@ class ChatCore:
         reply = m.encode(m.Ack(id=msg_id, room=append.room, seq=seq))
         if append.payload.startswith(MSG_EVENT):
             self.said.remember(append.sender, msg_id, reply, now)
-        return [Reply(peer, reply)]
+        return self._arrived(append.sender, msg_id, peer, reply)
 
     def refused(self, append: Append, reason: str) -> list[Output]:
         """The log did not store ``append`` (no quorum for that long): the sender hears it was not sent."""
         if append.ack is None:
             return []
         error = ProtocolError(ErrorCode.UNAVAILABLE, f"the cluster's log did not store it ({reason})", append.ack[1])
-        return [Reply(append.ack[0], m.encode(error.envelope()))]
+        return self._arrived(append.sender, append.ack[1], append.ack[0], m.encode(error.envelope()))
 
     def _resent(self, peer: bytes, session: Session, req: dict, out: list[Output]) -> bool:
         """A message we already accepted (its ack was lost): ack it again, publish nothing.  The same id

@@ -293,3 +293,25 @@ def test_a_second_name_claim_while_one_is_on_its_way_is_refused_and_the_first_go
     assert [o for o in send(one, B, {"type": "hello", "user": "bob"}) if isinstance(o, Claim | Reply)] == []
     replies = decoded(one.claimed(B, claim.folded, None, 2.0), Reply)
     assert replies[0]["type"] == "welcome"
+
+
+def test_an_id_on_its_way_is_one_message_resends_wait_for_its_answer_and_another_is_id_reused() -> None:
+    """The attack: the same id for a msg and a dm, while one was on its way, was accepted twice; resends of a
+    dm on its way got no reply."""
+    log, one = Log(), door()
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    msg = {"type": "msg", "room": "general", "text": "hi", "id": "x1"}
+    (append,) = [o for o in send(one, A, msg) if isinstance(o, Append)]
+    assert send(one, A, msg) == []  # a resend waits for the log's answer
+    (error,) = decoded(send(one, A, {"type": "dm", "to": "bob", "text": "psst", "id": "x1"}), Reply)
+    assert (error["code"], error["id"]) == ("id_reused", "x1")
+    acks = decoded(one.confirmed(append, 7, 1.0), Reply)
+    assert acks == [{"type": "ack", "id": "x1", "room": "general", "seq": 7}]  # one peer: one ack
+    dm = {"type": "dm", "to": "bob", "text": "psst", "id": "d1"}
+    (forward,) = [o for o in send(one, A, dm) if isinstance(o, Forward)]
+    assert send(one, A, dm) == []  # the same dm again: it waits
+    (error,) = decoded(send(one, A, {**dm, "text": "other"}), Reply)
+    assert error["code"] == "id_reused"
+    (ack,) = decoded(one.forwarded(forward, b'{"to":"Bob"}', 2.0), Reply)  # one connection: one ack
+    assert (ack["type"], ack["id"], ack["to"]) == ("ack", "d1", "Bob")
+    assert one.in_flight == {}
