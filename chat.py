@@ -108,6 +108,7 @@ class Member(NamedTuple):
     folded: str
     user: str
     present: bool
+    away: str = ""  # their away reason ("": not away): ``who`` shows it on every front door
 
 
 class ListMembers(NamedTuple):
@@ -1011,17 +1012,27 @@ class ChatCore:
             return
         out.append(self.who_listed(peer, req["room"], []))
 
-    def who_listed(self, peer: bytes, room_name: str, others: list[str]) -> Reply:
-        """The ``who`` reply: the room's members here, and ``others`` (a front door: those the cluster's roster
-        has on other front doors).  ``away`` is known for this front door's members only."""
+    def who_listed(self, peer: bytes, room_name: str, others: list[tuple[str, str]]) -> Reply:
+        """The ``who`` reply: the room's members here, and ``others`` (a front door: (user, away reason) of
+        those the cluster's roster has on other front doors)."""
         room = self.rooms.get(room_name)
         users = _users(room)
+        who: dict[str, Any] = {"type": "who", "room": room_name, "users": users}
+        self._add_room_state(who, room)
         if others:
             here = {user.casefold() for user in users}
-            extra = {user.casefold(): user for user in others if user.casefold() not in here}
-            users = sorted([*users, *extra.values()], key=str.casefold)
-        who = {"type": "who", "room": room_name, "users": users}
-        self._add_room_state(who, room)
+            extra = {user.casefold(): (user, away) for user, away in others if user.casefold() not in here}
+            who["users"] = sorted([*users, *(user for user, _ in extra.values())], key=str.casefold)
+            budget = self.config.max_reply_bytes - sum(
+                len(u) + len(r.encode()) + 6 for u, r in who.get("away", {}).items()
+            )
+            for user, away in extra.values():
+                if not away:
+                    continue
+                budget -= len(user) + len(away.encode()) + 6  # as _away_in: the reasons' bytes are bounded
+                if budget < 0:
+                    break
+                who.setdefault("away", {})[user] = away
         return Reply(peer, m.encode(who))
 
     def learned(self, heads: dict[str, int]) -> None:
@@ -1040,9 +1051,9 @@ class ChatCore:
         log_id = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         return Append(room_name, m.encode(event), log_id, user.casefold(), None)
 
-    def _roster(self, room: str, folded: str, user: str, present: bool, out: list[Output]) -> None:
+    def _roster(self, room: str, folded: str, user: str, present: bool, out: list[Output], away: str = "") -> None:
         if self.clustered:
-            out.append(Member(room, folded, user, present))
+            out.append(Member(room, folded, user, present, away))
 
     def _add_room_state(self, reply: dict[str, Any], room: Room | None, topic: bool = False) -> None:
         """The room's ``away`` members (and, for ``joined``, its ``topic``), each only where there is one."""
@@ -1113,7 +1124,7 @@ class ChatCore:
                 room.remove(old.casefold())
                 room.add(new, folded)
                 self._roster(room_name, old.casefold(), old, False, out)
-                self._roster(room_name, folded, new, True, out)
+                self._roster(room_name, folded, new, True, out, session.away)
                 self._publish(room, m.NickEvent(room=room_name, user=old, name=new), now, out)
         reply: dict[str, Any] = {"type": "renamed", "user": new, "was": old}
         if "id" in req:
@@ -1129,6 +1140,8 @@ class ChatCore:
             self.away[session.folded] = session
         else:
             self.away.pop(session.folded, None)
+        for room_name in session.rooms:  # a front door: the roster says it too (a cluster's who shows it)
+            self._roster(room_name, session.folded, session.user, True, out, session.away)
         reply: dict[str, Any] = {"type": "away", "reason": session.away}
         if "id" in req:
             reply["id"] = req["id"]
@@ -1306,7 +1319,7 @@ class ChatCore:
             session.rooms[room_name] = None
             session.conn.source.rooms += 1
             room.add(session.user, session.folded)
-            self._roster(room_name, session.folded, session.user, True, out)
+            self._roster(room_name, session.folded, session.user, True, out, session.away)
             event = m.JoinEvent(room=room_name, user=session.user)
             if resumed:
                 event.resumed = True
@@ -1412,7 +1425,7 @@ class ChatCore:
         session = self.by_name.get(event.user.casefold())
         if session is None or room.name not in session.rooms:
             return
-        self._roster(room.name, session.folded, session.user, True, out)
+        self._roster(room.name, session.folded, session.user, True, out, session.away)
         self._append(room, m.JoinEvent(room=room.name, user=session.user), session, now, out, None)
 
     def claimed(self, peer: bytes, folded: str, error: ErrorCode | None, now: float) -> list[Output]:

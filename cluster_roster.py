@@ -1,10 +1,10 @@
 """A front door's roster of the cluster (issue 17): who is in which room on which front door, and which front
 doors are alive, so that ``who`` lists the whole cluster and a dead front door's members are told gone.
 
-- **Members:** the bucket ``chat_members`` holds ``<room>.<name>`` -> the user and their front door.  The
-  core says ``chat.Member`` as people join, leave and rename; each key's changes go one at a time, in order.
-  ``who`` (``chat.ListMembers``) lists the room's keys; the reply (``ChatCore.who_listed``) merges them with
-  the front door's own members.
+- **Members:** the bucket ``chat_members`` holds ``<room>.<name>`` -> the user, their front door and their away
+  reason.  The core says ``chat.Member`` as people join, leave, rename and go away or come back; each key's
+  changes go one at a time, in order.  ``who`` (``chat.ListMembers``) lists the room's keys; the reply
+  (``ChatCore.who_listed``) merges them, and their away reasons, with the front door's own members.
 - **Front doors:** each holds a lease, its key in ``chat_doors`` (renewed by ``front_door``).  Every
   ``DOOR_SCAN_S`` the roster lists the leases: one missing from two listings in a row has died (one missing
   once may only have lost a renewal in an election).  Then the members are swept: each of a dead front
@@ -23,6 +23,7 @@ from collections import deque
 
 import msgspec
 
+import messages as m
 from chat import ChatCore, ListMembers, Member, Output
 from nats_bridge import KvEntries, KvResult, NatsBridge
 
@@ -54,11 +55,11 @@ def room_of(key: str) -> str | None:
         return None
 
 
-def roster_entry(value: bytes) -> tuple[str, str] | None:
-    """(user, front door) of a roster value; None if it is not one a front door wrote."""
+def roster_entry(value: bytes) -> tuple[str, str, str] | None:
+    """(user, front door, away reason) of a roster value; None if it is not one a front door wrote."""
     try:
         entry = msgspec.json.decode(value, type=dict[str, str])
-        return entry["user"], entry["door"]
+        return entry["user"], entry["door"], entry.get("away", "")[: m.MAX_AWAY_CHARS]
     except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
         return None
 
@@ -135,7 +136,10 @@ class Roster:
 
     def _change(self, key: str, member: Member) -> None:
         if member.present:
-            value = msgspec.json.encode({"user": member.user, "door": self.door_id})
+            entry = {"user": member.user, "door": self.door_id}
+            if member.away:
+                entry["away"] = member.away
+            value = msgspec.json.encode(entry)
             token = self.bridge.kv("put", MEMBERS, key, value)
         else:
             token = self.bridge.kv("delete", MEMBERS, key)
@@ -160,7 +164,7 @@ class Roster:
         for _, value, _ in answer.entries:
             entry = roster_entry(value)
             if entry is not None and entry[1] != self.door_id and self._alive(entry[1]):
-                others.append(entry[0])
+                others.append((entry[0], entry[2]))
         return [self.core.who_listed(listing.peer, listing.room, others)]
 
     def _alive(self, door: str) -> bool:

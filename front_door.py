@@ -26,8 +26,8 @@ to one replicated JetStream stream, and come back from it, with its positions, t
 - **Rooms:** at start, the log's rooms and their last positions (``heads``), so ``rooms`` and ``join`` know
   rooms this front door has seen nothing of yet.
 
-Not yet a whole cluster (docs/scaling.md): ``away``, and the members and recent history a ``joined`` shows, are
-this front door's own.
+Not yet a whole cluster (docs/scaling.md): the members and recent history a ``joined`` shows are this front
+door's own.
 """
 
 from __future__ import annotations

@@ -183,11 +183,13 @@ def test_who_is_the_whole_clusters_and_a_dead_doors_members_are_told_gone(
     carol = harness.client(two, "carol")
     alice.expect(r"\[join\] carol")
     who_shows(alice, "alice, bob, carol (3)")  # two of them on the other front door
+    carol.send("/away lunch")
+    who_shows(alice, "alice, bob, carol (away) (3)")  # away on the other front door, seen from this one
     one.kill()  # kill -9: nobody says alice left; the other front door finds her door's lease gone
     one.wait()
     bob.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)
     carol.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)
-    who_shows(bob, "bob, carol (2)")
+    who_shows(bob, "bob, carol (away) (2)")
     assert sum("[leave] alice" in line for line in bob.output()) == 1  # told once, by one front door
 
 

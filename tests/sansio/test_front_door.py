@@ -209,8 +209,8 @@ def answered(door: FrontDoor, *events: object, now: float = 0.0) -> list:
     return route(door, door.handle(now), now)
 
 
-def roster(value_user: str, value_door: str) -> bytes:
-    return msgspec.json.encode({"user": value_user, "door": value_door})
+def roster(value_user: str, value_door: str, away: str = "") -> bytes:
+    return msgspec.json.encode({"user": value_user, "door": value_door, **({"away": away} if away else {})})
 
 
 def test_joins_and_leaves_go_to_the_roster_one_at_a_time_in_order(door: FrontDoor) -> None:
@@ -235,11 +235,12 @@ def test_who_lists_the_whole_clusters_members(door: FrontDoor) -> None:
     assert (bucket, pattern) == (MEMBERS, name_key("general") + ".*")
     entries = [
         (member_key("general", "alice"), roster("alice", door.door_id), 3),
-        (member_key("general", "bob"), roster("Bob", "other-door"), 4),
+        (member_key("general", "bob"), roster("Bob", "other-door", away="lunch"), 4),
         (member_key("general", "x"), b"not a roster value", 5),
     ]
     (reply,) = answered(door, KvEntries(token, entries, None))
     assert msgspec.json.decode(reply.payload)["users"] == ["alice", "Bob"]
+    assert msgspec.json.decode(reply.payload)["away"] == {"Bob": "lunch"}  # away on the other front door
     ask(door, A, {"type": "who", "room": "general"})
     (token,) = [t for t in bridge.lists if t != token]
     (reply,) = answered(door, KvEntries(token, [], "nats: timeout"))  # no roster: this front door's own
@@ -343,3 +344,17 @@ def test_a_lease_renewal_that_failed_is_tried_again_soon(door: FrontDoor) -> Non
     door.tick(10.35)
     token, order = only_kv(bridge)
     assert order[:3] == ("put", DOORS, door.door_id)
+
+
+def test_going_away_and_back_is_told_to_the_roster_in_each_room(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general", "dev"]})
+    for token in [t for t, k in bridge.kvs.items() if k[1] == MEMBERS]:
+        answered(door, KvResult(token, 1, None, None))
+    bridge.kvs.clear()
+    ask(door, A, {"type": "away", "reason": "lunch"})
+    puts = {k[2]: msgspec.json.decode(k[3]) for k in bridge.kvs.values() if k[1] == MEMBERS}
+    assert puts == {
+        member_key(room, "alice"): {"user": "alice", "door": door.door_id, "away": "lunch"}
+        for room in ("general", "dev")
+    }
