@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Claim, Forward, ListMembers, Member, Output, Publish, ReadLog, Release
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, Member, Output, Publish, ReadLog, Release
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -289,8 +289,6 @@ class Broker:
                 self.front_door.forward(out)  # type: ignore[union-attr]
             elif type(out) is Member:
                 self.front_door.roster.member(out)  # type: ignore[union-attr]
-            elif type(out) is ListMembers:
-                replies += self.front_door.roster.list_members(out)  # type: ignore[union-attr]
             else:
                 replies.append(out)
         send_feed = self.pub.send
@@ -683,6 +681,13 @@ SOURCE_AND_MEMORY_FLAGS = (
         "BYTES",
         "a front door (--cluster): bytes of dms on their way to other front doors at once; past it they get "
         "'unavailable' (default: %(default)s)",
+    ),
+    (
+        "--max-roster-bytes",
+        int,
+        "BYTES",
+        "a front door (--cluster): bytes of the cluster's roster (the other front doors' room members) it keeps; "
+        "past it who and joined list fewer of them (default: %(default)s)",
     ),
     (
         "--dedupe-total",

@@ -111,14 +111,7 @@ class Member(NamedTuple):
     away: str = ""  # their away reason ("": not away): ``who`` shows it on every front door
 
 
-class ListMembers(NamedTuple):
-    """A front door: a ``who`` answered from the cluster's roster (``ChatCore.who_listed``)."""
-
-    peer: bytes
-    room: str
-
-
-Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward | Member | ListMembers
+Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward | Member
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -183,6 +176,9 @@ class ChatConfig:
     # A front door: bytes of dms on their way to other front doors at once (each waits up to 2 s for its
     # answer); past it a dm to someone not here gets ``unavailable``.
     max_forward_bytes: int = 4 << 20
+    # A front door: bytes of the cluster's roster (who is in which room on the other front doors) it keeps;
+    # past it, ``who`` and ``joined`` list fewer of the others' members.
+    max_roster_bytes: int = 16 << 20
     max_rooms_per_session: int = m.MAX_ROOMS_PER_SESSION  # rooms one session may be in at once
     max_history: int = m.MAX_HISTORY_LIMIT  # events one history reply may carry (larger limits are cut to it)
     max_sessions_per_key: int = 4  # live sessions per CURVE client key; 0 = no limit (plain mode has no keys)
@@ -451,6 +447,9 @@ class ChatCore:
         #: they were (fingerprint) and the connections that sent them again meanwhile.  A resend waits for the
         #: answer and gets the ack too; the same id for anything else meanwhile is ``id_reused``, as it is after.
         self.in_flight: dict[tuple[str, str], tuple[bytes, list[bytes]]] = {}
+        #: A front door: the members of the other front doors (kept by ``cluster_roster``), by room and folded
+        #: name: (user, away reason).  ``who`` and ``joined`` list them with this one's own.
+        self.elsewhere: dict[str, dict[str, tuple[str, str]]] = {}
         self.wall_offset = wall_offset
         self.epoch = epoch or new_epoch()
         self.sessions: dict[bytes, Session] = {}  # by routing id
@@ -1007,33 +1006,10 @@ class ChatCore:
         return msgspec.json.encode(answer), [Reply(target.peer, m.encode(shown))]
 
     def _who(self, peer: bytes, session: Session, req: dict, now: float, out: list[Output]) -> None:
-        if self.clustered:  # the whole cluster's members: the front door asks its roster
-            out.append(ListMembers(peer, req["room"]))
-            return
-        out.append(self.who_listed(peer, req["room"], []))
-
-    def who_listed(self, peer: bytes, room_name: str, others: list[tuple[str, str]]) -> Reply:
-        """The ``who`` reply: the room's members here, and ``others`` (a front door: (user, away reason) of
-        those the cluster's roster has on other front doors)."""
-        room = self.rooms.get(room_name)
-        users = _users(room)
-        who: dict[str, Any] = {"type": "who", "room": room_name, "users": users}
-        self._add_room_state(who, room)
-        if others:
-            here = {user.casefold() for user in users}
-            extra = {user.casefold(): (user, away) for user, away in others if user.casefold() not in here}
-            who["users"] = sorted([*users, *(user for user, _ in extra.values())], key=str.casefold)
-            budget = self.config.max_reply_bytes - sum(
-                len(u) + len(r.encode()) + 6 for u, r in who.get("away", {}).items()
-            )
-            for user, away in extra.values():
-                if not away:
-                    continue
-                budget -= len(user) + len(away.encode()) + 6  # as _away_in: the reasons' bytes are bounded
-                if budget < 0:
-                    break
-                who.setdefault("away", {})[user] = away
-        return Reply(peer, m.encode(who))
+        room_name = req["room"]
+        who: dict[str, Any] = {"type": "who", "room": room_name, "users": []}
+        self._add_room_state(who, self.rooms.get(room_name), room_name)
+        out.append(Reply(peer, m.encode(who)))
 
     def learned(self, heads: dict[str, int]) -> None:
         """A front door at start: the rooms the cluster's log has and their last positions, so that ``rooms``
@@ -1055,13 +1031,34 @@ class ChatCore:
         if self.clustered:
             out.append(Member(room, folded, user, present, away))
 
-    def _add_room_state(self, reply: dict[str, Any], room: Room | None, topic: bool = False) -> None:
-        """The room's ``away`` members (and, for ``joined``, its ``topic``), each only where there is one."""
+    def _add_room_state(self, reply: dict[str, Any], room: Room | None, room_name: str, topic: bool = False) -> None:
+        """The room's members (a front door: with the other front doors'), its ``away`` members (and, for
+        ``joined``, its ``topic``), each only where there is one."""
+        users = _users(room)
         away = self._away_in(room)
+        others = self.elsewhere.get(room_name)
+        if others:
+            users = self._with_others(users, away, others)
+        reply["users"] = users
         if away:
             reply["away"] = away
         if topic and room is not None and room.topic:
             reply["topic"] = room.topic
+
+    def _with_others(self, users: list[str], away: dict[str, str], others: dict[str, tuple[str, str]]) -> list[str]:
+        """``users`` and the other front doors' members of the room (those here win); their away reasons go
+        into ``away``, within what is left of ``max_reply_bytes`` for reasons."""
+        here = {user.casefold() for user in users}
+        extra = [(user, reason) for folded, (user, reason) in others.items() if folded not in here]
+        budget = self.config.max_reply_bytes - sum(len(u) + len(r.encode()) + 6 for u, r in away.items())
+        for user, reason in extra:
+            if not reason:
+                continue
+            budget -= len(user) + len(reason.encode()) + 6  # as _away_in: the reasons' bytes are bounded
+            if budget < 0:
+                break
+            away[user] = reason
+        return sorted([*users, *(user for user, _ in extra)], key=str.casefold)
 
     def _away_in(self, room: Room | None) -> dict[str, str]:
         """Who in ``room`` is away, and why: found among the sessions that are away, not by walking the room.
@@ -1329,14 +1326,14 @@ class ChatCore:
             recent = self.store.newest(room_name, room.seq - shown, budget)
         else:
             recent = _fit(_after(room, room.seq - shown, shown), budget, newest=True)
-        joined = {
+        joined: dict[str, Any] = {
             "type": "joined",
             "room": room_name,
-            "users": _users(room),
+            "users": [],
             "history": list(map(msgspec.Raw, recent)),
             "seq": room.seq,
         }
-        self._add_room_state(joined, room, topic=True)
+        self._add_room_state(joined, room, room_name, topic=True)
         out.append(Reply(session.peer, m.encode(joined)))
 
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:

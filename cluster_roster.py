@@ -1,10 +1,14 @@
 """A front door's roster of the cluster (issue 17): who is in which room on which front door, and which front
-doors are alive, so that ``who`` lists the whole cluster and a dead front door's members are told gone.
+doors are alive, so that ``who`` and ``joined`` list the whole cluster and a dead front door's members are told
+gone.
 
 - **Members:** the bucket ``chat_members`` holds ``<room>.<name>`` -> the user, their front door and their away
   reason.  The core says ``chat.Member`` as people join, leave, rename and go away or come back; each key's
-  changes go one at a time, in order.  ``who`` (``chat.ListMembers``) lists the room's keys; the reply
-  (``ChatCore.who_listed``) merges them, and their away reasons, with the front door's own members.
+  changes go one at a time, in order.  Every front door watches the whole bucket (the Clone pattern: its
+  keys, then each change, in the bucket's order) and keeps the members of the others' that live in
+  ``ChatCore.elsewhere``, so ``who`` and ``joined`` answer at once, without asking NATS.  A watch that
+  ends or falls behind is begun again; the keys it tells again replace what was kept, and what it no
+  longer tells is forgotten.  What is kept is bounded by ``--max-roster-bytes``.
 - **Front doors:** each holds a lease, its key in ``chat_doors`` (renewed by ``front_door``).  Every
   ``DOOR_SCAN_S`` the roster lists the leases: one missing from two listings in a row has died (one missing
   once may only have lost a renewal in an election).  Then the members are swept: each of a dead front
@@ -13,19 +17,20 @@ doors are alive, so that ``who`` lists the whole cluster and a dead front door's
   first sweep, after the second listing, also finds members of front doors that died while none was running.
 
 Sans-I/O apart from the bridge it is handed (a stand-in in the tests): the core's outputs and the bridge's
-answers in, replies and the leaves for the log out.
+answers in, the core's view of the others' members and the leaves for the log out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass
 
 import msgspec
 
 import messages as m
-from chat import ChatCore, ListMembers, Member, Output
-from nats_bridge import KvEntries, KvResult, NatsBridge
+from chat import ChatCore, Member, Output
+from nats_bridge import Changed, Failed, KvEntries, KvResult, NatsBridge
 
 log = logging.getLogger("chat-broker")
 
@@ -33,9 +38,10 @@ log = logging.getLogger("chat-broker")
 DOORS, MEMBERS = "chat_doors", "chat_members"
 #: How often the leases are listed.
 DOOR_SCAN_S = 2.0
-#: ``who`` listings at once (each answer holds up to ``nats_bridge.MAX_LISTED`` entries): more are answered
-#: with this front door's members only.
-MAX_LISTINGS = 16
+#: How long a watch that ended waits before it is begun again.
+REWATCH_S = 1.0
+#: What one kept member costs beyond its key's and value's bytes (the entry, its place in the core's view).
+ENTRY_OVERHEAD = 200
 
 
 def name_key(text: str) -> str:
@@ -49,9 +55,17 @@ def member_key(room: str, folded: str) -> str:
 
 
 def room_of(key: str) -> str | None:
+    return _part(key, 0)
+
+
+def folded_of(key: str) -> str | None:
+    return _part(key, 1)
+
+
+def _part(key: str, index: int) -> str | None:
     try:
-        return bytes.fromhex(key.split(".", 1)[0]).decode()
-    except ValueError:
+        return bytes.fromhex(key.split(".")[index]).decode()
+    except (ValueError, IndexError):
         return None
 
 
@@ -64,8 +78,21 @@ def roster_entry(value: bytes) -> tuple[str, str, str] | None:
         return None
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A member of the roster, as the watch told it."""
+
+    room: str
+    folded: str
+    user: str
+    door: str
+    away: str
+    revision: int
+    size: int  # what keeping it costs (``--max-roster-bytes``)
+
+
 class Roster:
-    """One front door's part of the roster: its changes on their way, its ``who`` listings, its view of the
+    """One front door's part of the roster: its changes on their way, its watch of everyone's, its view of the
     other front doors, and its sweeps of their members."""
 
     def __init__(self, bridge: NatsBridge, core: ChatCore, door_id: str) -> None:
@@ -74,36 +101,51 @@ class Roster:
         self.door_id = door_id
         self.changes: dict[str, deque[Member]] = {}  # per member key, not yet answered (the first is asked)
         self.changing: dict[int, str] = {}  # bridge token -> the member key it changes
-        self.listings: dict[int, ListMembers] = {}  # bridge token -> a who waiting for the roster
+        #: The bucket as the watch told it (key -> member), and what that holds in bytes.
+        self.entries: dict[str, _Entry] = {}
+        self.entry_bytes = 0
+        self.watching: int | None = None  # the watch's token
+        self.told: set[str] | None = None  # a watch begun again: the keys it told, until it told them all
+        self.caught_up = False  # the watch told every key that was there when it began
+        self.rewatch_at = float("inf")
+        self.over_bound = False  # said once: the roster holds more than --max-roster-bytes
         #: The front doors of the last listing of leases, and those missing from it for the first time.
         self.live_doors: set[str] = set()
         self.suspects: set[str] = set()
         self.door_scan: int | None = None  # the listing of leases on its way
-        self.sweep: int | None = None  # the listing of members on its way
         self.sweeps = 0
+        self.sweep_due = False  # a sweep waits for the watch to have told every key
         self.next_door_scan = 0.0
-        self.taking: dict[int, tuple[str, str, str]] = {}  # bridge token -> (room, user, dead door): a CAS delete
+        #: bridge token -> a dead front door's member being struck (a CAS delete): its key and entry.
+        self.taking: dict[int, tuple[str, _Entry]] = {}
 
     def owns(self, token: int) -> bool:
-        return (
-            token in self.changing
-            or token in self.listings
-            or token in self.taking
-            or token in (self.door_scan, self.sweep)
-        )
+        return token in self.changing or token in self.taking or token in (self.door_scan, self.watching)
 
     def pending(self) -> int:
         """Changes not yet answered by the bucket (a stopping front door waits for them)."""
         return sum(map(len, self.changes.values()))
 
     def due(self) -> float:
-        return self.next_door_scan
+        return min(self.next_door_scan, self.rewatch_at)
 
     def tick(self, now: float) -> None:
         if now >= self.next_door_scan:
-            if self.door_scan is None and self.sweep is None:
+            if self.door_scan is None:
                 self.door_scan = self.bridge.kv_list(DOORS, ">")
             self.next_door_scan = now + DOOR_SCAN_S
+        if now >= self.rewatch_at:
+            self.watch()
+
+    def watch(self) -> None:
+        """Watch the bucket (again: a watch that ended, fell behind, or lived through a reconnection).  What
+        is kept stays until the new watch has told every key; then what it did not tell is forgotten."""
+        if self.watching is not None:
+            self.bridge.unwatch(self.watching)
+        self.watching = self.bridge.watch(MEMBERS, ">")
+        self.told = set() if self.entries else None
+        self.caught_up = False
+        self.rewatch_at = float("inf")
 
     def member(self, member: Member) -> None:
         """Record (or strike) a member here, behind the key's earlier changes."""
@@ -113,26 +155,83 @@ class Roster:
         if len(queue) == 1:
             self._change(key, member)
 
-    def list_members(self, listing: ListMembers) -> list[Output]:
-        """A ``who``: the room's members on every front door (past ``MAX_LISTINGS`` at once: this one's)."""
-        if len(self.listings) >= MAX_LISTINGS:
-            return [self.core.who_listed(listing.peer, listing.room, [])]
-        self.listings[self.bridge.kv_list(MEMBERS, name_key(listing.room) + ".*")] = listing
-        return []
+    def changed(self, change: Changed) -> None:
+        """A key the watch told: kept (a member of another live front door shows in the core's view), or
+        forgotten (deleted).  No key: every key there was is told."""
+        if change.token != self.watching:
+            return  # an earlier watch's
+        if not change.key:
+            self._caught_up()
+            return
+        self._forget(change.key)
+        if change.value is None:
+            return
+        entry, room, folded = roster_entry(change.value), room_of(change.key), folded_of(change.key)
+        if entry is None or room is None or folded is None:
+            return  # not what a front door writes: the bucket is shared infrastructure, not a peer
+        size = len(change.key) + len(change.value) + ENTRY_OVERHEAD
+        if self.entry_bytes + size > self.core.config.max_roster_bytes:
+            if not self.over_bound:
+                log.warning("cluster: the roster holds over --max-roster-bytes; who and joined list fewer")
+                self.over_bound = True
+            return
+        user, door, away = entry
+        kept = self.entries[change.key] = _Entry(room, folded, user, door, away, change.revision, size)
+        self.entry_bytes += size
+        if self.told is not None:
+            self.told.add(change.key)
+        self._place(kept)
 
-    def answered(self, event: KvResult | KvEntries, now: float) -> list[Output]:
+    def failed(self, now: float) -> None:
+        """The watch ended (its consumer lost, the connection closed): begun again soon."""
+        self.watching = None
+        self.rewatch_at = now + REWATCH_S
+
+    def rewatch(self, now: float) -> None:
+        """The watch may have missed a change (the loop fell behind the feed that brings them, or the connection
+        was down): begun again soon.  Not at once: each new watch tells every key again, and that must not
+        feed a loop that already falls behind."""
+        if self.watching is not None:
+            self.rewatch_at = min(self.rewatch_at, now + REWATCH_S)
+
+    def answered(self, event: KvResult | KvEntries | Failed, now: float) -> list[Output]:
         token = event.token
-        if isinstance(event, KvResult) and token in self.changing:
+        if token == self.watching:
+            self.failed(now)
+        elif isinstance(event, KvResult) and token in self.changing:
             self._changed(event)
         elif isinstance(event, KvResult) and token in self.taking:
             return self._taken(event, now)
-        elif isinstance(event, KvEntries) and token in self.listings:
-            return self._listed(event)
         elif isinstance(event, KvEntries) and token == self.door_scan:
             self._doors_listed(event)
-        elif isinstance(event, KvEntries) and token == self.sweep:
-            self._swept(event)
         return []
+
+    def _caught_up(self) -> None:
+        if self.told is not None:
+            for key in [key for key in self.entries if key not in self.told]:
+                self._forget(key)
+            self.told = None
+        self.caught_up = True
+        if self.sweep_due:
+            self._sweep()
+
+    def _forget(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        self.entry_bytes -= entry.size
+        members = self.core.elsewhere.get(entry.room)
+        if members is not None and members.pop(entry.folded, None) is not None and not members:
+            del self.core.elsewhere[entry.room]
+
+    def _place(self, entry: _Entry) -> None:
+        """Show ``entry`` in the core's view of the others' members, or not: only another front door's that
+        lives (as far as the last listing of leases knows)."""
+        members = self.core.elsewhere.get(entry.room)
+        if entry.door != self.door_id and self._alive(entry.door):
+            self.core.elsewhere.setdefault(entry.room, {})[entry.folded] = (entry.user, entry.away)
+        elif members is not None and members.pop(entry.folded, None) is not None and not members:
+            del self.core.elsewhere[entry.room]
 
     def _change(self, key: str, member: Member) -> None:
         if member.present:
@@ -156,17 +255,6 @@ class Roster:
         else:
             del self.changes[key]
 
-    def _listed(self, answer: KvEntries) -> list[Output]:
-        listing = self.listings.pop(answer.token)
-        if answer.error is not None:
-            log.warning("cluster: who of %s answered for this front door only: %s", listing.room, answer.error)
-        others = []
-        for _, value, _ in answer.entries:
-            entry = roster_entry(value)
-            if entry is not None and entry[1] != self.door_id and self._alive(entry[1]):
-                others.append((entry[0], entry[2]))
-        return [self.core.who_listed(listing.peer, listing.room, others)]
-
     def _alive(self, door: str) -> bool:
         """As far as the last listing of leases knows (before the first: every front door)."""
         return not self.live_doors or door in self.live_doors or door in self.suspects
@@ -177,26 +265,30 @@ class Roster:
             return
         live = {key for key, _, _ in answer.entries} | {self.door_id}
         dead = self.suspects - live
+        seen = (self.live_doors, self.suspects)
         self.suspects = (self.live_doors - live) - dead
         self.live_doors = live
+        if (self.live_doors, self.suspects) != seen:
+            for entry in self.entries.values():  # who shows a front door's members while it lives
+                self._place(entry)
         self.sweeps += 1
         if dead or self.sweeps == 2:
-            self.sweep = self.bridge.kv_list(MEMBERS, ">")
+            self.sweep_due = True
+            if self.caught_up:
+                self._sweep()
 
-    def _swept(self, answer: KvEntries) -> None:
-        self.sweep = None
-        if answer.error is not None:
-            return
-        for key, value, revision in answer.entries:
-            entry, room = roster_entry(value), room_of(key)
-            if entry is None or room is None or entry[1] in self.live_doors or entry[1] in self.suspects:
+    def _sweep(self) -> None:
+        """Strike each member of a front door that is neither alive nor suspected, at the revision seen."""
+        self.sweep_due = False
+        taking = {key for key, _ in self.taking.values()}
+        for key, entry in self.entries.items():
+            if entry.door in self.live_doors or entry.door in self.suspects or key in taking:
                 continue
-            token = self.bridge.kv("delete", MEMBERS, key, revision=revision)
-            self.taking[token] = (room, entry[0], entry[1])
+            self.taking[self.bridge.kv("delete", MEMBERS, key, revision=entry.revision)] = (key, entry)
 
     def _taken(self, answer: KvResult, now: float) -> list[Output]:
-        room, user, door = self.taking.pop(answer.token)
-        if answer.error is not None:  # back on another front door, or told gone by another sweep
+        _, entry = self.taking.pop(answer.token)
+        if answer.error is not None:  # back on another front door, or told gone by another
             return []
-        log.info("cluster: %s in %s was on a front door that died; told gone", user, room)
-        return [self.core.gone(room, user, door, now)]
+        log.info("cluster: %s in %s was on a front door that died; told gone", entry.user, entry.room)
+        return [self.core.gone(entry.room, entry.user, entry.door, now)]

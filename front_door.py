@@ -49,6 +49,7 @@ from cluster_roster import DOOR_SCAN_S, DOORS, MEMBERS, Roster, name_key
 from messages import ErrorCode
 from nats_bridge import (
     Acked,
+    Changed,
     Dropped,
     Failed,
     KvEntries,
@@ -204,6 +205,7 @@ class FrontDoor:
                 raise ClusterUnavailable(f"cannot make the key-value buckets: {error}")
         self.next_renewal = time.monotonic() + LEASE_RENEW_S
         self.roster.next_door_scan = time.monotonic() + DOOR_SCAN_S
+        self.roster.watch()
 
     def _answer_to(self, token: int, deadline: float) -> KvResult | None:
         """Wait (at start only) for the answer to ``token``."""
@@ -367,8 +369,10 @@ class FrontDoor:
                 self.parting.discard(event.token)
             elif isinstance(event, KvEntries) and event.token == self.heads:
                 self._learned(event)
-            elif isinstance(event, KvResult | KvEntries) and self.roster.owns(event.token):
+            elif isinstance(event, KvResult | KvEntries | Failed) and self.roster.owns(event.token):
                 out += self.roster.answered(event, now)
+            elif isinstance(event, Changed):
+                self.roster.changed(event)
             elif isinstance(event, Replied | Failed) and event.token in self.forwards:
                 out += self._forward_answered(event, now)
             elif isinstance(event, Request) and event.subject.startswith(DM_PREFIX):
@@ -376,10 +380,12 @@ class FrontDoor:
             elif isinstance(event, Dropped):
                 log.warning("the loop fell behind the cluster's feed: %d events to fetch again", event.count)
                 self._fetch(self.feed.dropped())
+                self.roster.rewatch(now)  # its changes come the same way: it may have missed some
             elif isinstance(event, Status):
                 self._status(event)
                 if event.state == "connected":  # what was republished while we were away: fetched
                     self._fetch(self.feed.dropped())
+                    self.roster.rewatch(now)
         return out
 
     def _learned(self, answer: KvEntries) -> None:

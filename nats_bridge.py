@@ -23,6 +23,10 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   ``MAX_LISTED``); answer ``KvEntries`` (subject, empty value, position).
 - ``kv_list``: every live key of a bucket matching a pattern, with its value and revision (at most
   ``MAX_LISTED``); answer ``KvEntries``.
+- ``watch``: every key of a bucket matching a pattern, then each change to one, as ``Changed`` on ``feed``
+  (an ordered consumer: in the bucket's order); a ``Changed`` with no key says the keys that were there are
+  all told.  Dropped like any feed message (``Dropped``: watch again); ``Failed`` if the watch ends.
+  ``unwatch`` stops it.
 - ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket (a stream's answer holds
   when it was made).  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
@@ -54,6 +58,8 @@ RETRY_S = 15.0
 MAX_IN_FLIGHT = 1_000
 #: Subscription messages the bridge may have queued for the loop before it drops them.
 FEED_FRAMES = 10_000
+#: JetStream's error code for a compare-and-set that found another revision.
+WRONG_LAST_SEQUENCE = 10071
 #: Keys one ``kv_list`` answer holds at most (a roster of a room, the front doors' leases).
 MAX_LISTED = 100_000
 
@@ -99,6 +105,13 @@ class KvEntries(msgspec.Struct, array_like=True, tag="kv_list"):
     error: str | None
 
 
+class Changed(msgspec.Struct, array_like=True, tag="changed"):
+    token: int  # the watch's
+    key: str  # "": the keys that were there when the watch began are all told
+    value: bytes | None  # None: deleted
+    revision: int
+
+
 class Request(msgspec.Struct, array_like=True, tag="request"):
     subject: str
     reply: str  # where ``respond`` sends the answer
@@ -119,7 +132,7 @@ class Status(msgspec.Struct, array_like=True, tag="status"):
     detail: str
 
 
-Event = Acked | Failed | Stored | Message | KvResult | KvEntries | Request | Replied | Dropped | Status
+Event = Acked | Failed | Stored | Message | KvResult | KvEntries | Changed | Request | Replied | Dropped | Status
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
@@ -211,6 +224,15 @@ class NatsBridge:
         self.sock.send(_encode(["kv_list", token, bucket, pattern]))
         return token
 
+    def watch(self, bucket: str, pattern: str) -> int:
+        """Follow the keys of ``bucket`` matching ``pattern``: ``Changed`` events, until ``unwatch``."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["watch", token, bucket, pattern]))
+        return token
+
+    def unwatch(self, token: int) -> None:
+        self.sock.send(_encode(["unwatch", token]))
+
     def events(self) -> list[Event]:
         """Every answer waiting, then every feed message waiting, without blocking."""
         return self.answers() + _read_all(self.feed)
@@ -257,6 +279,7 @@ class _Bridge:
         self.dropped = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.listening: dict[str, Any] = {}  # subject -> its subscription (``listen``)
+        self.watches: dict[int, asyncio.Task[None]] = {}  # token -> the task following a bucket (``watch``)
 
     def tell(self, event: Event) -> None:
         """An answer or a status: never dropped, never blocks (the answer socket has no high-water mark)."""
@@ -333,12 +356,16 @@ class _Bridge:
             elif order[0] == "respond":
                 with contextlib.suppress(Exception):  # not awaited by anyone: the requester times out
                     await self.nc.publish(order[1], order[2])
-            elif order[0] in ("listen", "unlisten"):
+            elif order[0] == "unwatch" and order[1] in self.watches:
+                self.watches.pop(order[1]).cancel()
+            elif order[0] in ("listen", "unlisten", "unwatch"):
                 pass  # already so
             else:
                 task = asyncio.create_task(getattr(self, "_" + order[0])(*order[1:]))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+                if order[0] == "watch":
+                    self.watches[order[1]] = task
         readable.clear()
         self._say_dropped()  # what was dropped since the last feed message that got through
         with contextlib.suppress(asyncio.TimeoutError):
@@ -346,14 +373,45 @@ class _Bridge:
         return True
 
     async def _on_message(self, msg: Any) -> None:
-        """A subscription message to the loop, or dropped (counted, and said on the answer socket) if the loop
-        has ``feed_frames`` of them unread."""
+        self._to_feed(Message(msg.subject, dict(msg.headers or {}), msg.data))
+
+    def _to_feed(self, event: Message | Changed) -> None:
+        """A subscription message or a watched change to the loop, or dropped (counted, and said on the
+        answer socket) if the loop has ``feed_frames`` of them unread."""
         try:
-            self.feed.send(msgspec.msgpack.encode(Message(msg.subject, dict(msg.headers or {}), msg.data)), zmq.NOBLOCK)
+            self.feed.send(msgspec.msgpack.encode(event), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
             return
         self._say_dropped()
+
+    async def _watch(self, token: int, bucket: str, pattern: str) -> None:
+        from nats.errors import TimeoutError
+        from nats.js.kv import KV_DEL, KV_PURGE
+
+        try:
+            kv = await self.js.key_value(bucket)
+            watcher = await kv.watch(pattern)
+            try:
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=60.0)
+                    except TimeoutError:
+                        continue  # nothing changed for a minute
+                    if entry is None:
+                        self._to_feed(Changed(token, "", None, 0))
+                        continue
+                    gone = entry.operation in (KV_DEL, KV_PURGE)
+                    self._to_feed(Changed(token, entry.key, None if gone else entry.value or b"", entry.revision or 0))
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the watch ended: the loop hears it (and watches again)
+            self.tell(Failed(token, str(exc) or type(exc).__name__))
+        finally:
+            self.watches.pop(token, None)
 
     async def _on_request(self, msg: Any) -> None:
         self.tell(Request(msg.subject, msg.reply or "", msg.data))
@@ -482,14 +540,18 @@ class _Bridge:
             self.tell(KvEntries(token, entries, None))
 
     async def _answer(self, token: int, work: Any, op: str = "") -> None:
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+        from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
         try:
             revision, value = await work
-        except KeyWrongLastSequenceError:  # create finds the key alive; update or delete, a newer revision
-            self.tell(KvResult(token, 0, None, "exists" if op == "create" else "wrong_revision"))
         except KeyNotFoundError:
             self.tell(KvResult(token, 0, None, "not_found"))
+        except (KeyWrongLastSequenceError, APIError) as exc:
+            if not isinstance(exc, KeyWrongLastSequenceError) and exc.err_code != WRONG_LAST_SEQUENCE:
+                self.tell(KvResult(token, 0, None, str(exc) or type(exc).__name__))
+                return
+            # Create finds the key alive; update or delete, a newer revision (nats-py says it so for a delete).
+            self.tell(KvResult(token, 0, None, "exists" if op == "create" else "wrong_revision"))
         except Exception as exc:  # an answer, whatever went wrong
             self.tell(KvResult(token, 0, None, str(exc) or type(exc).__name__))
         else:

@@ -185,6 +185,10 @@ def test_who_is_the_whole_clusters_and_a_dead_doors_members_are_told_gone(
     who_shows(alice, "alice, bob, carol (3)")  # two of them on the other front door
     carol.send("/away lunch")
     who_shows(alice, "alice, bob, carol (away) (3)")  # away on the other front door, seen from this one
+    dave = harness.client(one, "dave")  # joining lists them too
+    assert dave.search(r"you are in #general \(4 here: alice, bob, carol, dave\)"), dave.output()
+    dave.send("/quit")
+    bob.expect(r"^\[leave\] dave left")
     one.kill()  # kill -9: nobody says alice left; the other front door finds her door's lease gone
     one.wait()
     bob.expect(r"^\[leave\] alice left the .*\(timed out\)", timeout=30)

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from front_door import stream_config
-from nats_bridge import Acked, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
+from nats_bridge import Acked, Changed, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
 from nats_cluster import NatsCluster
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install nats-py)")
@@ -123,6 +123,32 @@ def test_key_value_create_update_delete_answer_as_a_lease_table_needs(loop: Loop
     assert loop.answer(bridge.kv("delete", "names", "alice", revision=renewed.revision)).error is None
     assert loop.answer(bridge.kv("get", "names", "alice")).error == "not_found"
     assert loop.answer(bridge.kv("create", "names", "alice", b"door-2")).error is None  # free again
+
+
+def test_a_watch_tells_the_keys_there_then_each_change_and_a_failed_compare_and_set_not(loop: Loop) -> None:
+    """The roster's watch (the Clone pattern): what was there, a marker, then each change in order."""
+    bridge = loop.bridge
+    assert loop.answer(bridge.kv_bucket({"bucket": "members", "history": 1, "replicas": 3})).error is None
+    first = loop.answer(bridge.kv("put", "members", "general.alice", b"door-1"))
+    watch = bridge.watch("members", ">")
+
+    def told(key: str, value: bytes | None) -> Changed:
+        return loop.until(lambda e: isinstance(e, Changed) and e.token == watch and (e.key, e.value) == (key, value))
+
+    assert told("general.alice", b"door-1").revision == first.revision
+    told("", None)  # every key there was is told
+    bob = loop.answer(bridge.kv("put", "members", "general.bob", b"door-2"))
+    stale = bridge.kv("delete", "members", "general.alice", revision=bob.revision)  # not alice's revision
+    assert loop.answer(stale).error == "wrong_revision"
+    loop.answer(bridge.kv("delete", "members", "general.alice"))
+    told("general.bob", b"door-2")
+    told("general.alice", None)
+    changes = [(e.key, e.value) for e in loop.seen if isinstance(e, Changed)]
+    assert changes == [("general.alice", b"door-1"), ("", None), ("general.bob", b"door-2"), ("general.alice", None)]
+    bridge.unwatch(watch)
+    loop.answer(bridge.kv("put", "members", "general.carol", b"door-1"))
+    loop.answer(bridge.kv("get", "members", "general.carol"))  # a round trip later: nothing more was told
+    assert not [e for e in loop.seen if isinstance(e, Changed) and e.key == "general.carol"]
 
 
 def test_a_publish_nobody_can_store_fails_after_its_retries(loop: Loop) -> None:

@@ -1,5 +1,6 @@
 """A front door (``front_door.FrontDoor``) with a stand-in for the NATS bridge: its history reads from the
-cluster's log, and its roster of who is in which room (``who``, a dead front door's members told gone).
+cluster's log, and its roster of who is in which room (``who`` and ``joined``, a dead front door's members
+told gone).
 
 The log answers one event per step, so a walk replies in chunks, and a client asking again (its patience
 shorter than the walk) joins its walk instead of starting one more.  Found by the 5-minute cluster soak:
@@ -17,12 +18,12 @@ import zmq
 
 pytest.importorskip("nats")
 
-from chat import ChatConfig, ChatCore, Claim, ListMembers, Member, ReadLog, Reply
+from chat import ChatConfig, ChatCore, Claim, Member, ReadLog, Reply
 from cluster_feed import LOG_PREFIX
 from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK
-from cluster_roster import DOORS, MAX_LISTINGS, MEMBERS, member_key, name_key
+from cluster_roster import DOORS, ENTRY_OVERHEAD, MEMBERS, member_key
 from front_door import FrontDoor
-from nats_bridge import Failed, KvEntries, KvResult, Stored
+from nats_bridge import Changed, Dropped, Failed, KvEntries, KvResult, Stored
 
 A, B = b"peer-a", b"peer-b"
 
@@ -36,6 +37,7 @@ class Bridge:
         self.kvs: dict[int, tuple] = {}  # token -> (op, bucket, key, value, revision)
         self.lists: dict[int, tuple[str, str]] = {}  # token -> (bucket, pattern)
         self.published: dict[int, tuple[str, bytes, str]] = {}  # token -> (subject, payload, msg id)
+        self.watches: dict[int, tuple[str, str]] = {}  # token -> (bucket, pattern), while watched
         self.answers: list = []
 
     def next(self, stream: str, subject: str, after: int) -> int:
@@ -52,6 +54,14 @@ class Bridge:
         token = next(self.tokens)
         self.lists[token] = (bucket, pattern)
         return token
+
+    def watch(self, bucket: str, pattern: str) -> int:
+        token = next(self.tokens)
+        self.watches[token] = (bucket, pattern)
+        return token
+
+    def unwatch(self, token: int) -> None:
+        del self.watches[token]
 
     def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
         token = next(self.tokens)
@@ -191,8 +201,6 @@ def route(door: FrontDoor, outputs: list, now: float = 0.0) -> list:
             replies += route(door, door.core.claimed(out.peer, out.folded, None, now), now)
         elif isinstance(out, Member):
             door.roster.member(out)
-        elif isinstance(out, ListMembers):
-            replies += door.roster.list_members(out)
         elif isinstance(out, Reply):
             replies.append(out)
         elif type(out).__name__ == "Append":
@@ -227,28 +235,79 @@ def test_joins_and_leaves_go_to_the_roster_one_at_a_time_in_order(door: FrontDoo
     assert door.pending() == 3  # join and leave for the log, the delete for the roster: a stop waits for all
 
 
-def test_who_lists_the_whole_clusters_members(door: FrontDoor) -> None:
+def watching(door: FrontDoor, *entries: tuple[str, bytes | None, int], caught_up: bool = True) -> list:
+    """The roster's watch tells ``entries`` (key, value or None: deleted, revision), then (``caught_up``) that
+    it told every key there was."""
+    if door.roster.watching is None:
+        door.roster.watch()
+    token = door.roster.watching
+    told = [Changed(token, key, value, revision) for key, value, revision in entries]
+    return answered(door, *told, *([Changed(token, "", None, 0)] if caught_up else []))
+
+
+def listed(door: FrontDoor, peer: bytes, kind: str) -> dict:
+    """The ``who`` or ``joined`` reply to a request of ``kind`` for general."""
+    (reply,) = ask(door, peer, {"type": kind, "room": "general"})
+    return msgspec.json.decode(reply.payload)
+
+
+def test_who_and_joined_list_the_whole_clusters_members_at_once(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
     ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
-    assert ask(door, A, {"type": "who", "room": "general"}) == []  # it waits for the roster
-    ((token, (bucket, pattern)),) = bridge.lists.items()
-    assert (bucket, pattern) == (MEMBERS, name_key("general") + ".*")
-    entries = [
-        (member_key("general", "alice"), roster("alice", door.door_id), 3),
+    watching(
+        door,
+        (member_key("general", "alice"), roster("alice", door.door_id), 3),  # our own: the core has her
         (member_key("general", "bob"), roster("Bob", "other-door", away="lunch"), 4),
         (member_key("general", "x"), b"not a roster value", 5),
-    ]
-    (reply,) = answered(door, KvEntries(token, entries, None))
-    assert msgspec.json.decode(reply.payload)["users"] == ["alice", "Bob"]
-    assert msgspec.json.decode(reply.payload)["away"] == {"Bob": "lunch"}  # away on the other front door
-    ask(door, A, {"type": "who", "room": "general"})
-    (token,) = [t for t in bridge.lists if t != token]
-    (reply,) = answered(door, KvEntries(token, [], "nats: timeout"))  # no roster: this front door's own
-    assert msgspec.json.decode(reply.payload)["users"] == ["alice"]
-    for _ in range(MAX_LISTINGS):
-        assert ask(door, A, {"type": "who", "room": "general"}) == []
-    (reply,) = ask(door, A, {"type": "who", "room": "general"})  # past the bound: answered at once, from here
-    assert msgspec.json.decode(reply.payload)["users"] == ["alice"]
+        (member_key("dev", "carol"), roster("carol", "other-door"), 6),
+    )
+    who = listed(door, A, "who")  # answered at once: no listing of the bucket
+    assert not bridge.lists
+    assert (who["users"], who["away"]) == (["alice", "Bob"], {"Bob": "lunch"})  # away on the other front door
+    ask(door, B, {"type": "hello", "user": "dave"})
+    joined = listed(door, B, "join")
+    assert (joined["users"], joined["away"]) == (["alice", "Bob", "dave"], {"Bob": "lunch"})
+    watching(door, (member_key("general", "bob"), None, 7))  # Bob left
+    assert listed(door, A, "who")["users"] == ["alice", "dave"]
+    assert door.core.elsewhere == {"dev": {"carol": ("carol", "")}}
+
+
+def test_a_watch_begun_again_forgets_what_it_no_longer_tells(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    watching(
+        door,
+        (member_key("general", "bob"), roster("Bob", "other-door"), 4),
+        (member_key("general", "carol"), roster("carol", "other-door"), 5),
+    )
+    old = door.roster.watching
+    answered(door, Dropped(3), now=1.0)  # the loop fell behind the feed: the watch may have missed changes
+    assert door.roster.watching == old and door.due() <= 2.0  # watched again, a little later
+    door.tick(2.0)
+    assert old not in bridge.watches and door.roster.watching in bridge.watches
+    watching(door, (member_key("general", "carol"), roster("carol", "other-door"), 5), caught_up=False)
+    answered(door, Changed(old, member_key("general", "zed"), roster("zed", "other-door"), 9))  # the old one's
+    assert listed(door, A, "who")["users"] == ["alice", "Bob", "carol"]  # kept until the new one told all
+    watching(door)
+    assert listed(door, A, "who")["users"] == ["alice", "carol"]
+    answered(door, Failed(door.roster.watching, "nats: connection closed"), now=5.0)  # the watch ended
+    assert door.roster.watching is None and door.due() <= 6.0
+    door.tick(6.0)
+    assert door.roster.watching in bridge.watches
+
+
+def test_the_roster_keeps_no_more_than_its_bytes(door: FrontDoor) -> None:
+    value = roster("Bob", "other-door")
+    size = len(member_key("general", "bob")) + len(value) + ENTRY_OVERHEAD
+    core = ChatCore(ChatConfig(max_roster_bytes=2 * size), epoch="e", clustered=True)
+    door = FrontDoor(zmq.Context.instance(), [], core, bridge=Bridge())  # type: ignore[arg-type]
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    watching(door, *[(member_key("general", name), roster(name, "other-door"), 1) for name in ("bob", "cat", "dan")])
+    assert listed(door, A, "who")["users"] == ["alice", "bob", "cat"]
+    assert door.roster.entry_bytes <= 2 * size
+    watching(door, (member_key("general", "bob"), None, 2))  # one gone: room for another
+    watching(door, (member_key("general", "dan"), roster("dan", "other-door"), 3))
+    assert listed(door, A, "who")["users"] == ["alice", "cat", "dan"]
 
 
 def scan(door: FrontDoor, live: list[str], now: float) -> None:
@@ -262,28 +321,30 @@ def scan(door: FrontDoor, live: list[str], now: float) -> None:
 
 def test_a_dead_front_doors_members_are_struck_by_compare_and_set_then_told_gone(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    scan(door, ["dead", "slow"], 10.0)
-    scan(door, ["dead", "slow"], 20.0)  # the second listing: a first sweep of the roster
-    ((token, (_, pattern)),) = bridge.lists.items()
-    assert pattern == ">"
-    del bridge.lists[token]
-    answered(door, KvEntries(token, [], None), now=20.0)
-    scan(door, ["slow"], 30.0)  # "dead" missing once: only suspected (a renewal lost in an election)
-    assert not bridge.lists
-    scan(door, ["dead", "slow"], 40.0)  # back: it was alive
-    scan(door, ["slow"], 50.0)
-    scan(door, [], 60.0)  # "dead" missing twice in a row: dead; "slow" only suspected
-    ((token, (_, pattern)),) = bridge.lists.items()
-    del bridge.lists[token]
-    entries = [
+    door.next_renewal = 1e9  # this test is about the roster
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    bridge.kvs.clear()
+    watching(
+        door,
         (member_key("general", "zed"), roster("Zed", "dead"), 7),
         (member_key("general", "sam"), roster("sam", "slow"), 8),
-    ]
-    answered(door, KvEntries(token, entries, None), now=60.0)
+    )
+    scan(door, ["dead", "slow"], 10.0)
+    scan(door, ["dead", "slow"], 20.0)  # the second listing: a first sweep of the roster (nobody dead)
+    scan(door, ["slow"], 30.0)  # "dead" missing once: only suspected (a renewal lost in an election)
+    scan(door, ["dead", "slow"], 40.0)  # back: it was alive
+    scan(door, ["slow"], 50.0)
+    assert not bridge.kvs and listed(door, A, "who")["users"] == ["alice", "sam", "Zed"]
+    scan(door, [], 60.0)  # "dead" missing twice in a row: dead; "slow" only suspected
+    assert listed(door, A, "who")["users"] == ["alice", "sam"]  # no longer listed
     ((take_token, take),) = [(t, k) for t, k in bridge.kvs.items() if k[1] == MEMBERS]
     assert take == ("delete", MEMBERS, member_key("general", "zed"), b"", 7)  # only at the revision it saw
+    scan(door, [], 62.0)  # "slow" is dead too; Zed, being struck, is not struck twice
+    (slow,) = [k for t, k in bridge.kvs.items() if t != take_token]
+    assert slow[:3] == ("delete", MEMBERS, member_key("general", "sam"))
+    watching(door, (member_key("general", "zed"), None, 9))  # the watch tells the delete before its answer
     answered(door, KvResult(take_token, 1, None, None), now=60.0)
-    ((subject, payload, msg_id),) = bridge.published.values()
+    ((subject, payload, msg_id),) = [p for p in bridge.published.values() if b'"leave"' in p[1]]
     leave = msgspec.json.decode(payload)
     assert subject == LOG_PREFIX + "general"
     assert (leave["type"], leave["user"], leave["reason"]) == ("leave", "Zed", "timeout")
@@ -292,9 +353,26 @@ def test_a_dead_front_doors_members_are_struck_by_compare_and_set_then_told_gone
     assert other.core.gone("general", "Zed", "dead", 61.0).log_id == msg_id
 
 
+def test_the_first_sweep_waits_for_the_watch_to_tell_every_key(door: FrontDoor) -> None:
+    """A front door starting finds the members of front doors that died while none ran, once it knows them all."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = 1e9  # this test is about the roster
+    watching(door, caught_up=False)
+    scan(door, ["live"], 10.0)
+    scan(door, ["live"], 20.0)
+    watching(door, (member_key("general", "old"), roster("old", "long-dead"), 3), caught_up=False)
+    assert not bridge.kvs  # not every key told yet
+    watching(door)
+    ((_, take),) = bridge.kvs.items()
+    assert take == ("delete", MEMBERS, member_key("general", "old"), b"", 3)
+
+
 def test_a_sweep_that_loses_the_compare_and_set_tells_nothing(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
-    door.roster._swept(KvEntries(0, [(member_key("general", "zed"), roster("Zed", "dead"), 7)], None))
+    door.next_renewal = 1e9  # this test is about the roster
+    watching(door, (member_key("general", "zed"), roster("Zed", "dead"), 7))
+    for at in (10.0, 20.0, 30.0, 40.0):
+        scan(door, ["dead"] if at < 30 else [], at)
     ((token, _),) = bridge.kvs.items()
     answered(door, KvResult(token, 0, None, "wrong_revision"))  # back on another door, or told by another
     assert not bridge.published
