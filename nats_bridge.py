@@ -58,6 +58,11 @@ RETRY_S = 15.0
 MAX_IN_FLIGHT = 1_000
 #: Subscription messages the bridge may have queued for the loop before it drops them.
 FEED_FRAMES = 10_000
+#: How long a stopping bridge lets its connection drain before it closes it.
+DRAIN_S = 2.0
+#: A watch silent this long asks whether its consumer still exists (nats-py's ordered consumer, made again
+#: after a node died, can fail to be made and then waits silently for ever).
+WATCH_CHECK_S = 5.0
 #: JetStream's error code for a compare-and-set that found another revision.
 WRONG_LAST_SEQUENCE = 10071
 #: Keys one ``kv_list`` answer holds at most (a roster of a room, the front doors' leases).
@@ -335,8 +340,10 @@ class _Bridge:
             loop.remove_reader(self.sock.getsockopt(zmq.FD))
             for task in self.tasks:
                 task.cancel()
+            with contextlib.suppress(Exception):  # bounded: a consumer being made again can hold a drain for 30 s
+                await asyncio.wait_for(self.nc.drain(), DRAIN_S)
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.close()
             self.sock.close()
             self.feed.close()
 
@@ -395,9 +402,10 @@ class _Bridge:
             try:
                 while True:
                     try:
-                        entry = await watcher.updates(timeout=60.0)
+                        entry = await watcher.updates(timeout=WATCH_CHECK_S)
                     except TimeoutError:
-                        continue  # nothing changed for a minute
+                        await watcher._sub.consumer_info()  # raises if the consumer is gone: watched again
+                        continue
                     if entry is None:
                         self._to_feed(Changed(token, "", None, 0))
                         continue
