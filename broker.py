@@ -32,7 +32,7 @@ import cli
 import keys
 import messages as m
 import transport
-from chat import Append, ChatConfig, ChatCore, Claim, Forward, Member, Output, Publish, ReadLog, Release
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, Member, Output, Publish, ReadLog, ReadRecent, Release
 from front_door import ClusterUnavailable, FrontDoor
 from store import SYNC_LEVELS, Sealed, SqliteStore, StoreInUse, open_store
 from store_writer import Writer
@@ -281,6 +281,8 @@ class Broker:
                 self.front_door.append(out)  # type: ignore[union-attr]  # only a front door's core makes them
             elif type(out) is ReadLog:
                 replies += self.front_door.reads.read(out)  # type: ignore[union-attr]
+            elif type(out) is ReadRecent:
+                replies += self.front_door.reads.recent(out)  # type: ignore[union-attr]
             elif type(out) is Claim:
                 self.front_door.claim(out, time.monotonic())  # type: ignore[union-attr]
             elif type(out) is Release:

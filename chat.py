@@ -71,6 +71,20 @@ class ReadLog(NamedTuple):
     source: str = ""  # where the request came from (a CURVE key, else an address): its share of the walks
 
 
+class ReadRecent(NamedTuple):
+    """A front door: a ``join`` of a room whose recent past this front door has not seen (it started since) is
+    answered once the cluster's log gave the newest ``limit`` events older than its memory: those before
+    position ``below`` (which the log has, the newest of them there), read backwards by ``cluster_reads``;
+    ``ChatCore.recent_read`` then makes the ``joined``."""
+
+    peer: bytes
+    room: str
+    below: int  # the newest position memory does not hold: the walk reads it and what comes before
+    limit: int
+    span: int  # how far back (in the stream's positions) the room's ``limit`` events may begin: a first guess
+    source: str = ""  # where the join came from: its share of the walks
+
+
 class Claim(NamedTuple):
     """A front door: a session wants the name ``folded``, which must be free in the whole cluster, not only
     here.  Answered by ``ChatCore.claimed``; ``resume``: a client back after a reconnect (its old front door
@@ -111,7 +125,7 @@ class Member(NamedTuple):
     away: str = ""  # their away reason ("": not away): ``who`` shows it on every front door
 
 
-Output = Reply | Publish | Append | ReadLog | Claim | Release | Forward | Member
+Output = Reply | Publish | Append | ReadLog | ReadRecent | Claim | Release | Forward | Member
 _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
@@ -1321,20 +1335,79 @@ class ChatCore:
             if resumed:
                 event.resumed = True
             self._publish(room, event, now, out)
-        shown, budget = self.config.history_on_join, self.config.max_reply_bytes
+        shown = self.config.history_on_join
+        below = _before_kept(room)
+        if self.clustered and not resumed and below and len(room.history) < shown:  # memory lacks its recent past
+            out.append(ReadRecent(session.peer, room_name, below, shown - len(room.history), self._span(room, shown)))
+            return  # (a client coming back asks for what it missed itself, from where it was)
         if self.store.persistent and _first_kept(room) > max(1, room.seq - shown + 1):  # memory gave some up
-            recent = self.store.newest(room_name, room.seq - shown, budget)
+            recent = self.store.newest(room_name, room.seq - shown, self.config.max_reply_bytes)
         else:
-            recent = _fit(_after(room, room.seq - shown, shown), budget, newest=True)
+            recent = _newest(room, shown)
+        out.append(self._joined(session.peer, room, recent))
+
+    def _joined(self, peer: bytes, room: Room, recent: list[bytes]) -> Reply:
+        """The ``joined`` reply: the room's state now, and ``recent`` (as many of the newest as fit)."""
+        recent = _fit(recent, self.config.max_reply_bytes, newest=True)
         joined: dict[str, Any] = {
             "type": "joined",
-            "room": room_name,
+            "room": room.name,
             "users": [],
             "history": list(map(msgspec.Raw, recent)),
             "seq": room.seq,
         }
-        self._add_room_state(joined, room, room_name, topic=True)
-        out.append(Reply(session.peer, m.encode(joined)))
+        self._add_room_state(joined, room, room.name, topic=True)
+        return Reply(peer, m.encode(joined))
+
+    def _span(self, room: Room, shown: int) -> int:
+        """A first guess of how many of the log's positions hold the room's newest ``shown`` events: from how
+        thinly its events in memory are spread, else as if every room known spoke as much."""
+        if len(room.history) >= 2:
+            first, last = _seq_of(room.history[0]), _seq_of(room.history[-1])
+            per_event = (last - first) / (len(room.history) - 1)
+        else:
+            per_event = len(self.rooms) + len(self.resting)
+        return max(2 * shown, int(per_event * shown * 1.5))
+
+    def recent_read(self, room_name: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list[Output]:
+        """The log's newest events older than memory, for ``join``s of ``room_name`` (``ReadRecent``; (seq,
+        prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
+        holds (so the next join needs no read), and a ``joined`` for each of ``peers`` still in the room."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return []
+        below = _before_kept(room)  # memory may have changed meanwhile: only what is older than it now
+        older = [p for seq, prev, data in events if seq <= below and (p := self.stamped(room_name, seq, prev, data))]
+        if older and _seq_of(older[-1]) == below:  # they end where memory begins: memory begins earlier
+            self._keep_older(room, older)
+        else:
+            older = []
+        out: list[Output] = []
+        recent = _newest(room, self.config.history_on_join)
+        for peer in dict.fromkeys(peers):
+            session = self.sessions.get(peer)
+            if session is not None and room_name in session.rooms:
+                out.append(self._joined(peer, room, recent))
+        return out
+
+    def _keep_older(self, room: Room, payloads: list[bytes]) -> None:
+        """Put events older than a room's memory before it, as far as its bounds allow (the newest first)."""
+        history, added = room.history, 0
+        for payload in reversed(payloads):
+            size = len(payload) + EVENT_OVERHEAD
+            if (
+                len(history) >= self.config.history_kept
+                or room.bytes + added + size > self.config.history_bytes_per_room
+            ):
+                break
+            history.appendleft(payload)
+            added += size
+        room.bytes += added
+        self.history_bytes += added
+        self._trim_if_over()
+        if not room.topic_seq:  # a front door started since the topic was set: it learns it if it is among them
+            topics = [p for p in payloads if p.startswith(TOPIC_EVENT)]
+            room.set_topic(topics[-1] if topics else None)
 
     def _exit(self, session: Session, room_name: str, reason: str, now: float, out: list[Output]) -> None:
         room = self.rooms[room_name]
@@ -1612,6 +1685,7 @@ def _users(room: Room | None) -> list[str]:
 
 class _Seq(msgspec.Struct):
     seq: int
+    prev: int = 0
 
 
 class _Said(msgspec.Struct):
@@ -1637,6 +1711,17 @@ def _seq_of(payload: bytes) -> int:
 def _first_kept(room: Room) -> int:
     """The seq of the oldest event kept in memory (``room.seq + 1``: none)."""
     return _seq_of(room.history[0]) if room.history else room.seq + 1
+
+
+def _before_kept(room: Room) -> int:
+    """The position of the room's newest event that memory does not hold (0: memory has all of it): a front
+    door's memory begins where it started following the room."""
+    return _seq_of_payload(room.history[0]).prev if room.history else room.seq
+
+
+def _newest(room: Room, count: int) -> list[bytes]:
+    history = room.history
+    return list(itertools.islice(history, max(0, len(history) - count), None))
 
 
 def _before_memory(room: Room | None, after: int, head: int) -> bool:

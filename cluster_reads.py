@@ -9,6 +9,13 @@ core says ``chat.ReadLog``, and a walk follows the room's subject in the stream,
 log in turns.  A client that asks again while its walk goes on (its patience ran out first) joins its walk:
 the cluster soak showed what happens otherwise, 30 walks sharing the log and none finishing.
 
+A ``join`` of a room whose recent past the front door has not seen (it started since) waits for a backward
+read (``chat.ReadRecent``): the log reads only forwards, so it probes back from the newest event memory
+lacks, each probe walking a stretch of the stream further back than the last (the first guess from how
+thinly the room's events are spread), until it has the events a ``joined`` shows, or reaches the stream's
+start, or spent its steps.  One read per room: every join of the room meanwhile waits for it, and what it
+found is kept in memory, so the next join reads nothing.
+
 Sans-I/O apart from the bridge it is handed (a stand-in in the tests): requests and the bridge's answers in,
 ``ChatCore.history_read`` replies out.
 """
@@ -16,9 +23,10 @@ Sans-I/O apart from the bridge it is handed (a stand-in in the tests): requests 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from chat import ChatCore, Output, ReadLog
+from chat import ChatCore, Output, ReadLog, ReadRecent
 from cluster_feed import LOG_PREFIX, STREAM
 from nats_bridge import Failed, NatsBridge, Stored
 
@@ -32,6 +40,10 @@ MAX_READS_PER_SOURCE = 8
 READ_RETRY_S = 10.0
 #: Events one walk reads before it replies.
 READ_CHUNK = 200
+#: Steps a join's backward read may take, per event it wants (each probe also takes one step past its end).
+RECENT_STEPS_PER_EVENT = 4
+#: How long joins wait for a backward read the log does not answer before they get memory's events only.
+RECENT_PATIENCE_S = 1.5
 
 
 @dataclass
@@ -55,6 +67,32 @@ class _Walk:
         return self.found[-1][0] if self.found else self.read.after
 
 
+@dataclass
+class _Backward:
+    """A join's read of a room's newest events before ``upper``: probe by probe, each walking forward from
+    ``start`` to ``upper``, keeping the newest it met; then ``upper`` moves back to ``start``."""
+
+    read: ReadRecent
+    peers: list[bytes]
+    until: float
+    upper: int  # the events still wanted are at positions below it
+    need: int  # how many more (one beyond the read's limit: the oldest then only says where the next begins)
+    span: int
+    steps_left: int
+    start: int = 0
+    window: deque[tuple[int, bytes]] = field(default_factory=deque)  # the probe's newest events so far
+    let_go: int = -1  # the position of the last event the window let go (-1: none)
+    found: list[tuple[int, bytes]] = field(default_factory=list)  # oldest first, none missing between
+    held: int = 0  # the bytes of ``window`` and ``found``: no more than a reply holds (and one event)
+    token: int = 0
+    again_at: float = 0.0
+
+    @property
+    def after(self) -> int:
+        """Where the probe's next step begins: after the last event it met."""
+        return self.window[-1][0] if self.window else self.start
+
+
 class LogReads:
     """The walks of one front door: one per client and room, and by the token of the step the log answers."""
 
@@ -62,7 +100,8 @@ class LogReads:
         self.bridge = bridge
         self.core = core
         self.walks: dict[tuple[bytes, str], _Walk] = {}
-        self.steps: dict[int, _Walk] = {}
+        self.recents: dict[str, _Backward] = {}  # by room
+        self.steps: dict[int, _Walk | _Backward] = {}
 
     def read(self, read: ReadLog) -> list[Output]:
         """Walk the room's subject from ``read.after``.  The same client asking again from the same place
@@ -75,33 +114,61 @@ class LogReads:
             return []
         if walk is not None:
             self.steps.pop(walk.token, None)  # its answer, when it comes, is for nobody
-        mine = sum(1 for other in self.walks.values() if other.read.source == read.source)
-        if len(self.walks) >= MAX_READS or mine >= MAX_READS_PER_SOURCE:
+        if self._full(read.source):
             return self.core.read_refused(read)
         walk = _Walk(read, time.monotonic() + READ_RETRY_S)
         self.walks[walk.key] = walk
         self._step(walk)
         return []
 
+    def recent(self, read: ReadRecent) -> list[Output]:
+        """A join's recent past: read backwards from ``read.below``; a join of the room meanwhile waits for the
+        same read.  Past the bounds of walks: answered at once, from memory."""
+        walk = self.recents.get(read.room)
+        if walk is not None:
+            walk.peers.append(read.peer)
+            return []
+        if self._full(read.source):
+            return self.core.recent_read(read.room, [read.peer], [])
+        need = read.limit + 1
+        steps = RECENT_STEPS_PER_EVENT * need + 16
+        walk = _Backward(
+            read, [read.peer], time.monotonic() + RECENT_PATIENCE_S, read.below + 1, need, read.span, steps
+        )
+        self.recents[read.room] = walk
+        self._probe(walk)
+        return []
+
+    def _full(self, source: str) -> bool:
+        mine = sum(1 for other in self.walks.values() if other.read.source == source)
+        mine += sum(1 for other in self.recents.values() if other.read.source == source)
+        return len(self.walks) + len(self.recents) >= MAX_READS or mine >= MAX_READS_PER_SOURCE
+
     def owns(self, token: int) -> bool:
         return token in self.steps
 
     def due(self) -> float:
         """When a step the log did not answer is asked again (infinity: none waits)."""
-        return min((walk.again_at for walk in self.walks.values() if not walk.token), default=float("inf"))
+        waiting = [*self.walks.values(), *self.recents.values()]
+        return min((walk.again_at for walk in waiting if not walk.token), default=float("inf"))
 
     def tick(self, now: float) -> None:
-        for walk in [walk for walk in self.walks.values() if not walk.token and walk.again_at <= now]:
+        for walk in [w for w in [*self.walks.values(), *self.recents.values()] if not w.token and w.again_at <= now]:
             self._step(walk)
 
     def answered(self, event: Stored | Failed, now: float) -> list[Output]:
+        walk = self.steps.pop(event.token)
+        walk.token = 0
+        if isinstance(walk, _Backward):
+            return self._went_back(walk, event, now)
+        return self._walked(walk, event, now)
+
+    def _walked(self, walk: _Walk, event: Stored | Failed, now: float) -> list[Output]:
         """One more event for a walk (its ``prev`` is the one before: the walk follows the room), or the reply:
         the room has no more, or the walk has the request's ``limit``, its ``READ_CHUNK``, a reply's worth of
         bytes, or reached what this front door keeps in memory (the client asks on from there).  A step the
         log did not answer (no leader just now) is asked again a little later, until ``READ_RETRY_S``; then
         the reply is what was found, marked as not the end."""
-        walk = self.steps.pop(event.token)
-        walk.token = 0
         read, found = walk.read, walk.found
         if isinstance(event, Stored):
             found.append((event.seq, walk.after, event.data))
@@ -123,7 +190,55 @@ class LogReads:
             return []
         return self._reply(walk, False)
 
-    def _step(self, walk: _Walk) -> None:
+    def _went_back(self, walk: _Backward, event: Stored | Failed, now: float) -> list[Output]:
+        """One more event of a probe, or its end (an event at ``upper`` or beyond, or none): then the join's
+        reply, or the next probe further back."""
+        if isinstance(event, Stored) and event.seq < walk.upper:
+            window = walk.window
+            window.append((event.seq, event.data))
+            walk.held += len(event.data)
+            while len(window) > walk.need or (walk.held > self.core.config.max_reply_bytes and len(window) > 1):
+                walk.let_go, data = window.popleft()  # the newest that fit in a reply are what a join shows
+                walk.held -= len(data)
+            walk.steps_left -= 1
+            if walk.steps_left <= 0:  # a dense stretch: what the earlier probes found is what it shows
+                return self._recalled(walk, None)
+            self._step(walk)
+            return []
+        if isinstance(event, Failed) and event.reason != "not_found":
+            if now < walk.until:
+                walk.again_at = now + 0.2
+                return []
+            return self._recalled(walk, None)
+        walk.found[:0] = walk.window  # every event of the room from the window's first to ``upper``
+        walk.need -= len(walk.window)
+        if walk.let_go >= 0:
+            return self._recalled(walk, walk.let_go)
+        if walk.start == 0:
+            return self._recalled(walk, 0)  # the room's first event is among them
+        walk.steps_left -= 1  # the step that ended the probe
+        if walk.need <= 0 or walk.steps_left <= 0:  # (the oldest found only says where the next begins)
+            return self._recalled(walk, None)
+        walk.upper, walk.span = walk.start + 1, walk.span * 4
+        self._probe(walk)
+        return []
+
+    def _probe(self, walk: _Backward) -> None:
+        walk.start = max(0, walk.upper - 1 - walk.span)
+        walk.window = deque()  # (what it held is in ``found`` now)
+        walk.let_go = -1
+        self._step(walk)
+
+    def _recalled(self, walk: _Backward, before: int | None) -> list[Output]:
+        """The joins' replies: the events found, each with the position of the one before it (``before``: the
+        oldest one's; None, not known: the oldest only says where the next begins)."""
+        del self.recents[walk.read.room]
+        found = walk.found
+        prevs = [before if before is not None else -1, *(seq for seq, _ in found[:-1])][: len(found)]
+        events = [(seq, prev, data) for (seq, data), prev in zip(found, prevs, strict=True) if prev >= 0]
+        return self.core.recent_read(walk.read.room, walk.peers, events[-walk.read.limit :])
+
+    def _step(self, walk: _Walk | _Backward) -> None:
         walk.token = self.bridge.next(STREAM, LOG_PREFIX + walk.read.room, walk.after)
         self.steps[walk.token] = walk
 

@@ -145,6 +145,14 @@ def test_a_front_door_started_later_answers_older_history_from_the_log(harness: 
             break
         time.sleep(0.1)  # polling for the listing asked at start (the condition above decides)
     assert rooms.get("general") == events[-1]["seq"], rooms
+    # A join there shows the room's recent past too: read back from the log, the first time.
+    for name in ("carol", "dave"):
+        joiner = harness.raw(two)
+        joiner.request({"type": "hello", "user": name, "rooms": ["general"]})
+        while (joined := joiner.reply())["type"] != "joined":
+            pass
+        shown = [e["text"] for e in joined["history"] if e["type"] == "msg"]
+        assert shown == [f"early {i}" for i in range(5)], joined
 
 
 def test_a_name_is_taken_on_every_front_door_and_a_dead_doors_names_come_free(

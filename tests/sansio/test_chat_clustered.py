@@ -4,12 +4,14 @@ come back, numbered by the log (positions that skip within a room), through ``ap
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 
-from chat import Append, ChatConfig, ChatCore, Claim, Forward, Publish, ReadLog, Release, Reply
+from chat import Append, ChatConfig, ChatCore, Claim, Forward, Publish, ReadLog, ReadRecent, Release, Reply
 from messages import ErrorCode
 
-A, B = b"peer-a", b"peer-b"
+A, B, C = b"peer-a", b"peer-b", b"peer-c"
 
 
 class Log:
@@ -30,6 +32,15 @@ class Log:
         seq = self.by_id[append.log_id] = len(self.events)
         prev, self.last[append.room] = self.last.get(append.room, 0), seq
         return seq, prev, False
+
+    def newest(self, room: str, below: int, limit: int) -> list[tuple[int, int, bytes]]:
+        """The room's newest ``limit`` events at or before position ``below``: (seq, prev, stored bytes)."""
+        chain, prev = [], 0
+        for seq, (name, payload) in enumerate(self.events, 1):
+            if name == room and seq <= below:
+                chain.append((seq, prev, payload))
+                prev = seq
+        return chain[-limit:]
 
 
 def run(log: Log, doors: list[ChatCore], made: dict[ChatCore, list], now: float = 0.0) -> dict[ChatCore, list]:
@@ -53,6 +64,9 @@ def run(log: Log, doors: list[ChatCore], made: dict[ChatCore, list], now: float 
                 for each in doors:
                     out[each] += each.applied(o.room, seq, prev, o.payload)
             out[door] += door.confirmed(o, seq, now)
+        elif isinstance(o, ReadRecent):  # what cluster_reads finds by reading the stream backwards
+            out[door].append(o)
+            out[door] += door.recent_read(o.room, [o.peer], log.newest(o.room, o.below, o.limit))
         else:
             out[door].append(o)
     return out
@@ -257,9 +271,36 @@ def test_a_front_door_learns_the_logs_rooms_at_start_without_going_back() -> Non
     one.learned({"quiet": 7, "general": 1, "bad name!": 9, "huge": 2**64})
     (rooms,) = decoded(send(one, B, {"type": "rooms"}), Reply)
     assert rooms["rooms"] == {**seen, "quiet": 7}  # its own view of general stays; junk is not a room
-    out = run(log, [one], {one: send(one, A, {"type": "join", "room": "quiet"})})
-    (joined,) = [r for r in decoded(out[one], Reply) if r["type"] == "joined"]
+    out = send(one, A, {"type": "join", "room": "quiet"})
+    assert [o.below for o in out if isinstance(o, ReadRecent)] == [7]  # its recent past: from the log
+    (joined,) = decoded(one.recent_read("quiet", [A], []), Reply)  # the log had nothing (for this test)
     assert joined["seq"] == 7  # the baseline a joining client starts from: where the log was
+
+
+def test_a_join_on_a_front_door_started_later_shows_the_rooms_recent_past_from_the_log() -> None:
+    log, one = Log(), ChatCore(ChatConfig(rate_limit=0, source_rate=0), epoch="e", clustered=True)
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general", "dev"]})})
+    for i in range(80):  # two rooms interleaved: general's positions skip
+        for room in ("general", "dev"):
+            said = {"type": "msg", "room": room, "text": f"{room} {i}", "id": f"{room}{i}"}
+            run(log, [one], {one: send(one, A, said)})
+        if i == 78:  # a topic among its recent past
+            run(log, [one], {one: send(one, A, {"type": "topic", "room": "general", "topic": "plans", "id": "t"})})
+    late = door()  # started since: it saw none of it
+    late.learned({"general": log.last["general"], "dev": log.last["dev"]})
+    out = run(log, [late], {late: send(late, B, {"type": "hello", "user": "bob", "rooms": ["general"]})})
+    (joined,) = [r for r in decoded(out[late], Reply) if r["type"] == "joined"]
+    shown = ChatConfig().history_on_join
+    texts = [e.get("text") or e["type"] for e in joined["history"]]
+    said = [f"general {i}" for i in range(80 - shown + 2, 80)]
+    assert texts == [*said[:-1], "topic", said[-1], "join"]  # the newest, bob's join last
+    assert joined["topic"] == "plans"  # learned from them
+    assert all(b["prev"] == a["seq"] for a, b in itertools.pairwise(joined["history"]))
+    # Kept in memory: the next join reads nothing from the log, and shows the same.
+    out = run(log, [late], {late: send(late, C, {"type": "hello", "user": "carol", "rooms": ["general"]})})
+    assert not [o for o in out[late] if isinstance(o, ReadRecent)]
+    (again,) = [r for r in decoded(out[late], Reply) if r["type"] == "joined"]
+    assert [e.get("text") or e["type"] for e in again["history"]] == texts  # (carol's join: on its way to the log)
 
 
 def test_a_leave_from_the_log_for_someone_here_again_is_followed_by_their_join() -> None:

@@ -15,12 +15,14 @@ import itertools
 import msgspec
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("nats")
 
-from chat import ChatConfig, ChatCore, Claim, Member, ReadLog, Reply
+from chat import ChatConfig, ChatCore, Claim, Member, ReadLog, ReadRecent, Reply
 from cluster_feed import LOG_PREFIX
-from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK
+from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK, RECENT_STEPS_PER_EVENT, LogReads
 from cluster_roster import DOORS, ENTRY_OVERHEAD, MEMBERS, member_key
 from front_door import FrontDoor
 from nats_bridge import Changed, Dropped, Failed, KvEntries, KvResult, Stored
@@ -436,3 +438,94 @@ def test_going_away_and_back_is_told_to_the_roster_in_each_room(door: FrontDoor)
         member_key(room, "alice"): {"user": "alice", "door": door.door_id, "away": "lunch"}
         for room in ("general", "dev")
     }
+
+
+# --- a join's recent past, read backwards ----------------------------------------------------------------
+
+
+class Recalled:
+    """Stands in for the core: what a backward read found (room, joins waiting, events)."""
+
+    def __init__(self, config: ChatConfig | None = None) -> None:
+        self.config = config or ChatConfig()
+        self.calls: list[tuple[str, list[bytes], list[tuple[int, int, bytes]]]] = []
+
+    def recent_read(self, room: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list:
+        self.calls.append((room, list(peers), events))
+        return []
+
+
+def read_back(
+    stream: list[str], below: int, limit: int, span: int, config: ChatConfig | None = None
+) -> tuple[list[tuple[int, int]], int]:
+    """A backward read of general's newest ``limit`` events at or before ``below``, over a stream whose
+    position ``i + 1`` holds an event of ``stream[i]``; returns (seq, prev) of what it found, and its steps."""
+    bridge, core = Bridge(), Recalled(config)
+    reads = LogReads(bridge, core)  # type: ignore[arg-type]
+    reads.recent(ReadRecent(A, "general", below, limit, span))
+    steps = 0
+    while bridge.steps:
+        ((token, (subject, after)),) = bridge.steps.items()
+        del bridge.steps[token]
+        steps += 1
+        room = subject[len(LOG_PREFIX) :]
+        seq = next((i + 1 for i in range(after, len(stream)) if stream[i] == room), None)
+        reads.answered(Stored(token, seq, subject, event(room)) if seq else Failed(token, "not_found"), 0.0)
+    ((room, peers, events),) = core.calls
+    assert (room, peers) == ("general", [A]) and not reads.recents
+    return [(seq, prev) for seq, prev, _ in events], steps
+
+
+def chain(stream: list[str], below: int) -> list[tuple[int, int]]:
+    """General's events at or before ``below``: (seq, prev)."""
+    seqs = [i + 1 for i, room in enumerate(stream) if room == "general" and i + 1 <= below]
+    return list(zip(seqs, [0, *seqs][: len(seqs)], strict=True))
+
+
+def test_a_joins_recent_past_is_read_back_whole_from_a_busy_stream_and_a_quiet_room() -> None:
+    busy = ["general" if i % 7 == 0 else "dev" for i in range(3_000)]  # one event in 7 is general's
+    below = max(i + 1 for i, room in enumerate(busy) if room == "general")
+    found, steps = read_back(busy, below, 50, span=100)  # a first guess far too short
+    assert found == chain(busy, below)[-50:] and steps <= RECENT_STEPS_PER_EVENT * 51 + 16
+    quiet = ["general"] * 10 + ["dev"] * 5_000 + ["general"]  # its past long before its last event
+    found, _ = read_back(quiet, len(quiet), 50, span=100)
+    assert found == chain(quiet, len(quiet))  # all 11, the first with prev 0
+
+
+def test_a_backward_read_holds_no_more_than_a_reply() -> None:
+    stream = ["general", "dev"] * 200
+    found, _ = read_back(stream, len(stream) - 1, 50, span=400, config=ChatConfig(max_reply_bytes=1024))
+    assert found == chain(stream, len(stream) - 1)[-len(found) :]
+    assert len(found) * len(event("general")) <= 1024 < (len(found) + 2) * len(event("general"))
+
+
+@given(
+    stream=st.lists(st.sampled_from(["general", "dev", "quiet"]), min_size=1, max_size=600),
+    cut=st.integers(0, 599),
+    limit=st.integers(1, 60),
+    span=st.integers(1, 800),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_backward_read_finds_the_newest_events_in_order_each_with_its_true_prev(
+    stream: list[str], cut: int, limit: int, span: int
+) -> None:
+    below = min(cut + 1, len(stream))
+    truth = chain(stream, below)
+    found, steps = read_back(stream, below, limit, span)
+    assert found == truth[len(truth) - len(found) :]  # the newest, none missing between, true prevs
+    assert len(found) <= limit and steps <= RECENT_STEPS_PER_EVENT * (limit + 1) + 16 + 1
+    if steps <= RECENT_STEPS_PER_EVENT * (limit + 1):  # it stopped by itself, not at its bound of steps
+        assert len(found) == min(limit, len(truth))
+
+
+def test_joins_of_a_room_meanwhile_wait_for_the_same_read() -> None:
+    bridge, core = Bridge(), Recalled()
+    reads = LogReads(bridge, core)  # type: ignore[arg-type]
+    reads.recent(ReadRecent(A, "general", 9, 5, 10))
+    reads.recent(ReadRecent(B, "general", 9, 5, 10))
+    assert len(bridge.steps) == 1
+    while bridge.steps:  # nothing there (a stream cut short): probes further back, each finding nothing
+        ((token, _),) = bridge.steps.items()
+        del bridge.steps[token]
+        reads.answered(Failed(token, "not_found"), 0.0)
+    assert core.calls == [("general", [A, B], [])]
