@@ -15,13 +15,17 @@ mid-write) republishing three messages a second time at positions its stream did
 first copy: loggers logged them twice.
 
 A room seen for the first time starts at its first event's ``prev``: a front door follows rooms from when it
-started, and reads older history on demand.  Sans-I/O: the bridge's messages and answers in; events in
+started, and reads older history on demand.  So a room nobody here is in can be forgotten (``trim``: the
+rooms quiet longest first, past a bound), and is followed again from its next event: anyone can make rooms,
+and what following them costs must not grow for ever.  Sans-I/O: the bridge's messages and answers in; events in
 order, and fetches to make, out.  At most one fetch per room is outstanding.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
 import msgspec
@@ -85,7 +89,8 @@ class ClusterFeed:
         #: Rooms checked after a drop: their walk goes on to the stream's end (``missing``), not only until
         #: their chain closes, as a hole at a room's end shows in no later event.
         self.walking: set[str] = set()
-        self.handed: dict[str, int] = {}  # room -> the position of the last event handed on
+        #: room -> the position of the last event handed on; the room that spoke last, last
+        self.handed: dict[str, int] = {}
         self.recent: deque[str] = deque()  # messages handed on lately (``RECENT_MESSAGES``), oldest first
         self.recent_set: set[str] = set()
         self.repeated = 0  # messages not handed on again
@@ -151,6 +156,18 @@ class ClusterFeed:
         self.walking.discard(room)
         self.handed.pop(room, None)
 
+    def trim(self, most: int, keep: Container[str]) -> None:
+        """Past ``most`` rooms followed, forget those quiet longest, but not those in ``keep`` (a member
+        here) or filling a hole."""
+        excess = len(self.handed) - most
+        if excess <= 0:
+            return
+        for room in [r for r in itertools.islice(self.handed, 2 * excess) if r not in keep and r not in self.fetching]:
+            self.forget(room)
+            excess -= 1
+            if not excess:
+                return
+
     def _once(self, events: list[LogEvent]) -> list[LogEvent]:
         """``events`` (one room's, in chain order) less the messages handed on lately, each ``prev`` the event
         handed on before it."""
@@ -160,7 +177,7 @@ class ClusterFeed:
             if key is not None and key in self.recent_set:
                 self.repeated += 1
                 continue
-            last = self.handed.get(event.room)
+            last = self.handed.pop(event.room, None)
             if last is not None and event.prev != last:
                 event = replace(event, prev=last)  # it followed a copy that was not handed on
             self.handed[event.room] = event.seq

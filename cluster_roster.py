@@ -38,6 +38,8 @@ log = logging.getLogger("chat-broker")
 DOORS, MEMBERS = "chat_doors", "chat_members"
 #: How often the leases are listed.
 DOOR_SCAN_S = 2.0
+#: How long a member's change the bucket did not take waits before it is tried again.
+CHANGE_RETRY_S = 0.5
 #: How long a watch that ended waits before it is begun again.
 REWATCH_S = 1.0
 #: What one kept member costs beyond its key's and value's bytes (the entry, its place in the core's view).
@@ -101,6 +103,7 @@ class Roster:
         self.door_id = door_id
         self.changes: dict[str, deque[Member]] = {}  # per member key, not yet answered (the first is asked)
         self.changing: dict[int, str] = {}  # bridge token -> the member key it changes
+        self.retries: dict[str, float] = {}  # member key -> when its change the bucket did not take goes again
         #: The bucket as the watch told it (key -> member), and what that holds in bytes.
         self.entries: dict[str, _Entry] = {}
         self.entry_bytes = 0
@@ -127,7 +130,7 @@ class Roster:
         return sum(map(len, self.changes.values()))
 
     def due(self) -> float:
-        return min(self.next_door_scan, self.rewatch_at)
+        return min(self.next_door_scan, self.rewatch_at, *self.retries.values())
 
     def tick(self, now: float) -> None:
         if now >= self.next_door_scan:
@@ -136,6 +139,11 @@ class Roster:
             self.next_door_scan = now + DOOR_SCAN_S
         if now >= self.rewatch_at:
             self.watch()
+        for key in [key for key, at in self.retries.items() if at <= now]:
+            del self.retries[key]
+            newest = self.changes[key][-1]  # (changes made meanwhile: only the newest counts)
+            self.changes[key] = deque([newest])
+            self._change(key, newest)
 
     def watch(self) -> None:
         """Watch the bucket (again: a watch that ended, fell behind, or lived through a reconnection).  What
@@ -199,7 +207,7 @@ class Roster:
         if token == self.watching:
             self.failed(now)
         elif isinstance(event, KvResult) and token in self.changing:
-            self._changed(event)
+            self._changed(event, now)
         elif isinstance(event, KvResult) and token in self.taking:
             return self._taken(event, now)
         elif isinstance(event, KvEntries) and token == self.door_scan:
@@ -244,11 +252,16 @@ class Roster:
             token = self.bridge.kv("delete", MEMBERS, key)
         self.changing[token] = key
 
-    def _changed(self, answer: KvResult) -> None:
+    def _changed(self, answer: KvResult, now: float) -> None:
+        """A change taken: the key's next goes.  Not taken (no leader just now): the key's newest change is
+        tried again soon (a member missing from the roster, or one listed who left, would stay so)."""
         key = self.changing.pop(answer.token)
-        if answer.error is not None:
-            log.warning("cluster: the roster did not take a change: %s", answer.error)
         queue = self.changes[key]
+        if answer.error is not None and answer.error != "not_found":  # (deleting what is gone is done)
+            log.warning("cluster: the roster did not take a change (tried again): %s", answer.error)
+            self.changes[key] = deque([queue[-1]])
+            self.retries[key] = now + CHANGE_RETRY_S
+            return
         queue.popleft()
         if queue:
             self._change(key, queue[0])

@@ -429,6 +429,8 @@ class FrontDoor:
     def _applied(self, ready: list, out: list[Output]) -> None:
         for event in ready:
             out += self.core.applied(event.room, event.seq, event.prev, event.data, time.monotonic())
+        if ready:  # the rooms followed are bounded like those the core keeps (in memory, and at rest)
+            self.feed.trim(self.core.config.max_rooms + self.core.config.max_resting_rooms, self.core.rooms)
 
     def _fetch(self, fetches: list[Fetch]) -> None:
         for fetch in fetches:

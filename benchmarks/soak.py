@@ -116,6 +116,7 @@ class Soak:
 
             self.nats = NatsCluster(workdir / "nats")
         self.bots: dict[int, subprocess.Popen] = {}
+        self.children: list[subprocess.Popen] = []  # everything spawned, for the end
         self.generation = collections.Counter()
         self.counts = collections.Counter()
         self.logs: list = []
@@ -123,7 +124,9 @@ class Soak:
     def spawn(self, argv: list[str], name: str) -> subprocess.Popen:
         log = open(self.work / f"{name}.out", "ab")  # noqa: SIM115 (closed at the end)
         self.logs.append(log)
-        return subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.children.append(child)
+        return child
 
     def start_broker(self, door: int = 0) -> None:
         argv = ["broker.py", "--router", self.routers[door], "--pub", self.pubs[door]]
@@ -187,7 +190,11 @@ class Soak:
             self.nats.start()
         try:
             return self._run()
-        finally:
+        finally:  # whatever happened (the harness itself failing too): nothing it started outlives it
+            for child in self.children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
             if self.nats is not None:
                 self.nats.stop()
 

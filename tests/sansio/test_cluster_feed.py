@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster_feed import ClusterFeed, Fetch, LogEvent
+from cluster_feed import FEED_PREFIX, ClusterFeed, Fetch, LogEvent
 
 
 def republished(room: str, seq: int, prev: int, data: bytes = b"x") -> tuple[str, dict[str, str], bytes]:
@@ -143,3 +143,14 @@ def test_a_message_the_stream_republished_again_elsewhere_is_handed_on_once() ->
     assert ready == [LogEvent("r", 55, 51, msg("carol", "b"))] and fetches == []
     assert feed.message(*republished("r", 56, 55, msg("carol", "c")))[0] == [LogEvent("r", 56, 55, msg("carol", "c"))]
     assert feed.repeated == 1
+
+
+def test_the_rooms_followed_are_bounded_the_quietest_forgotten_first_unless_someone_is_here() -> None:
+    feed = ClusterFeed()
+    for seq, room, prev in [(1, "a", 0), (2, "b", 0), (3, "c", 0), (4, "d", 0), (5, "a", 1)]:
+        feed.message(FEED_PREFIX + room, {"Nats-Sequence": str(seq), "Nats-Last-Sequence": str(prev)}, b"{}")
+    feed.trim(2, keep={"b"})  # b has a member here; a spoke last; c and d were quiet longest
+    assert list(feed.handed) == ["b", "a"] and set(feed.sequencer.last) == {"a", "b"}
+    # A forgotten room is followed again from its next event.
+    ready, fetches = feed.message(FEED_PREFIX + "c", {"Nats-Sequence": "9", "Nats-Last-Sequence": "3"}, b"{}")
+    assert [e.seq for e in ready] == [9] and not fetches

@@ -426,6 +426,23 @@ def test_a_lease_renewal_that_failed_is_tried_again_soon(door: FrontDoor) -> Non
     assert order[:3] == ("put", DOORS, door.door_id)
 
 
+def test_a_roster_change_the_bucket_did_not_take_is_tried_again_the_newest_only(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the roster
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    ((token, put),) = [(t, k) for t, k in bridge.kvs.items() if k[1] == MEMBERS]
+    answered(door, KvResult(token, 0, None, "nats: timeout"), now=1.0)  # an election: not taken
+    assert door.pending() >= 1 and door.due() <= 1.5
+    ask(door, A, {"type": "away", "reason": "lunch"}, now=1.2)  # meanwhile
+    ask(door, A, {"type": "away"}, now=1.3)
+    bridge.kvs.clear()
+    door.tick(1.5)
+    ((token, again),) = bridge.kvs.items()
+    assert again[:3] == put[:3] and msgspec.json.decode(again[3]) == {"user": "alice", "door": door.door_id}
+    answered(door, KvResult(token, 4, None, None), now=1.6)
+    assert not door.roster.changes  # the changes in between were not sent: the newest says it all
+
+
 def test_going_away_and_back_is_told_to_the_roster_in_each_room(door: FrontDoor) -> None:
     bridge: Bridge = door.bridge  # type: ignore[assignment]
     ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general", "dev"]})
