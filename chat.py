@@ -1337,7 +1337,8 @@ class ChatCore:
             self._publish(room, event, now, out)
         shown = self.config.history_on_join
         below = _before_kept(room)
-        if self.clustered and not resumed and below and len(room.history) < shown:  # memory lacks its recent past
+        short = len(room.history) < shown and room.bytes < self.config.max_reply_bytes  # (a reply holds no more)
+        if self.clustered and not resumed and below and short:  # memory lacks the room's recent past
             out.append(ReadRecent(session.peer, room_name, below, shown - len(room.history), self._span(room, shown)))
             return  # (a client coming back asks for what it missed itself, from where it was)
         if self.store.persistent and _first_kept(room) > max(1, room.seq - shown + 1):  # memory gave some up

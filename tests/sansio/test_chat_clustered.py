@@ -356,3 +356,22 @@ def test_an_id_on_its_way_is_one_message_resends_wait_for_its_answer_and_another
     (ack,) = decoded(one.forwarded(forward, b'{"to":"Bob"}', 2.0), Reply)  # one connection: one ack
     assert (ack["type"], ack["id"], ack["to"]) == ("ack", "d1", "Bob")
     assert one.in_flight == {}
+
+
+def test_a_join_reads_nothing_back_when_memory_already_holds_a_replys_worth() -> None:
+    """Large events: memory holds fewer than a joined shows, but all a reply holds; reading more is waste."""
+    config = ChatConfig(rate_limit=0, source_rate=0, max_reply_bytes=1024)
+    log, one, late = Log(), ChatCore(config, epoch="e", clustered=True), ChatCore(config, epoch="e", clustered=True)
+    run(log, [one], {one: send(one, A, {"type": "hello", "user": "alice", "rooms": ["general"]})})
+    for i in range(6):
+        run(log, [one], {one: send(one, A, {"type": "msg", "room": "general", "text": "y" * 600, "id": f"b{i}"})})
+    late.learned({"general": log.last["general"]})
+    log.newest = lambda room, below, limit: Log.newest(log, room, below, 2)  # type: ignore[method-assign]
+    out = run(log, [late], {late: send(late, B, {"type": "hello", "user": "bob", "rooms": ["general"]})})[late]
+    assert len([o for o in out if isinstance(o, ReadRecent)]) == 1  # (the read holds a reply's bytes: 2 events)
+    room = late.rooms["general"]
+    assert room.bytes >= 1024 and len(room.history) < config.history_on_join
+    out = run(log, [late], {late: send(late, C, {"type": "hello", "user": "carol", "rooms": ["general"]})})[late]
+    assert not [o for o in out if isinstance(o, ReadRecent)]  # memory holds what a reply can: read nothing
+    (joined,) = [r for r in decoded(out, Reply) if r["type"] == "joined"]
+    assert joined["history"]
