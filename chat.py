@@ -130,6 +130,7 @@ _decode_room_event = msgspec.json.Decoder(m.RoomEvent).decode
 #: How a msg event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 MSG_EVENT = b'{"type":"msg",'
 LEAVE_EVENT = b'{"type":"leave",'
+JOIN_EVENT = b'{"type":"join",'
 _new_tuple = tuple.__new__  # builds a NamedTuple at half the cost of calling it: once per event, it shows
 log = logging.getLogger("chat")
 
@@ -1339,7 +1340,8 @@ class ChatCore:
         below = _before_kept(room)
         short = len(room.history) < shown and room.bytes < self.config.max_reply_bytes  # (a reply holds no more)
         if self.clustered and not resumed and below and short:  # memory lacks the room's recent past
-            out.append(ReadRecent(session.peer, room_name, below, shown - len(room.history), self._span(room, shown)))
+            need, source = shown - len(room.history), session.conn.source.name
+            out.append(ReadRecent(session.peer, room_name, below, need, self._span(room, need), source))
             return  # (a client coming back asks for what it missed itself, from where it was)
         if self.store.persistent and _first_kept(room) > max(1, room.seq - shown + 1):  # memory gave some up
             recent = self.store.newest(room_name, room.seq - shown, self.config.max_reply_bytes)
@@ -1360,15 +1362,15 @@ class ChatCore:
         self._add_room_state(joined, room, room.name, topic=True)
         return Reply(peer, m.encode(joined))
 
-    def _span(self, room: Room, shown: int) -> int:
-        """A first guess of how many of the log's positions hold the room's newest ``shown`` events: from how
-        thinly its events in memory are spread, else as if every room known spoke as much."""
+    def _span(self, room: Room, need: int) -> int:
+        """A first guess of how many of the log's positions hold the room's ``need`` events before memory:
+        from how thinly its events in memory are spread, else as few as could (the read doubles it as it goes
+        back: a guess too long would walk a busy room's every event in it)."""
+        per_event = 1.0
         if len(room.history) >= 2:
             first, last = _seq_of(room.history[0]), _seq_of(room.history[-1])
             per_event = (last - first) / (len(room.history) - 1)
-        else:
-            per_event = len(self.rooms) + len(self.resting)
-        return max(2 * shown, int(per_event * shown * 1.5))
+        return max(2 * need, int(per_event * need))
 
     def recent_read(self, room_name: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list[Output]:
         """The log's newest events older than memory, for ``join``s of ``room_name`` (``ReadRecent``; (seq,
@@ -1385,7 +1387,7 @@ class ChatCore:
             older = []
         out: list[Output] = []
         recent = _newest(room, self.config.history_on_join)
-        for peer in dict.fromkeys(peers):
+        for peer in peers:  # one joined per join (the same client may have asked twice)
             session = self.sessions.get(peer)
             if session is not None and room_name in session.rooms:
                 out.append(self._joined(peer, room, recent))

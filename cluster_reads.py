@@ -11,8 +11,8 @@ the cluster soak showed what happens otherwise, 30 walks sharing the log and non
 
 A ``join`` of a room whose recent past the front door has not seen (it started since) waits for a backward
 read (``chat.ReadRecent``): the log reads only forwards, so it probes back from the newest event memory
-lacks, each probe walking a stretch of the stream further back than the last (the first guess from how
-thinly the room's events are spread), until it has the events a ``joined`` shows, or reaches the stream's
+lacks, each probe walking a stretch of the stream twice as long as the last, further back (the first guess
+from how thinly the room's events are spread), until it has the events a ``joined`` shows, or reaches the stream's
 start, or spent its steps.  One read per room: every join of the room meanwhile waits for it, and what it
 found is kept in memory, so the next join reads nothing.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chat import ChatCore, Output, ReadLog, ReadRecent
@@ -41,7 +42,10 @@ READ_RETRY_S = 10.0
 #: Events one walk reads before it replies.
 READ_CHUNK = 200
 #: Steps a join's backward read may take, per event it wants (each probe also takes one step past its end).
-RECENT_STEPS_PER_EVENT = 4
+RECENT_STEPS_PER_EVENT = 6
+#: Joins' backward reads of one source at once (each is one room's, and every join of the room waits for it;
+#: a ``hello`` may name 32 rooms): past it, or past ``MAX_READS`` reads of any kind, a join gets memory's.
+MAX_RECENT_PER_SOURCE = 32
 #: How long joins wait for a backward read the log does not answer before they get memory's events only.
 RECENT_PATIENCE_S = 1.5
 
@@ -114,7 +118,7 @@ class LogReads:
             return []
         if walk is not None:
             self.steps.pop(walk.token, None)  # its answer, when it comes, is for nobody
-        if self._full(read.source):
+        if self._full(read.source, self.walks.values(), MAX_READS_PER_SOURCE):
             return self.core.read_refused(read)
         walk = _Walk(read, time.monotonic() + READ_RETRY_S)
         self.walks[walk.key] = walk
@@ -128,7 +132,7 @@ class LogReads:
         if walk is not None:
             walk.peers.append(read.peer)
             return []
-        if self._full(read.source):
+        if self._full(read.source, self.recents.values(), MAX_RECENT_PER_SOURCE):
             return self.core.recent_read(read.room, [read.peer], [])
         need = read.limit + 1
         steps = RECENT_STEPS_PER_EVENT * need + 16
@@ -139,10 +143,10 @@ class LogReads:
         self._probe(walk)
         return []
 
-    def _full(self, source: str) -> bool:
-        mine = sum(1 for other in self.walks.values() if other.read.source == source)
-        mine += sum(1 for other in self.recents.values() if other.read.source == source)
-        return len(self.walks) + len(self.recents) >= MAX_READS or mine >= MAX_READS_PER_SOURCE
+    def _full(self, source: str, kind: Iterable[_Walk | _Backward], per_source: int) -> bool:
+        """No more reads: ``MAX_READS`` of both kinds at once, or ``per_source`` of this ``kind``."""
+        mine = sum(1 for other in kind if other.read.source == source)
+        return len(self.walks) + len(self.recents) >= MAX_READS or mine >= per_source
 
     def owns(self, token: int) -> bool:
         return token in self.steps
@@ -219,7 +223,7 @@ class LogReads:
         walk.steps_left -= 1  # the step that ended the probe
         if walk.need <= 0 or walk.steps_left <= 0:  # (the oldest found only says where the next begins)
             return self._recalled(walk, None)
-        walk.upper, walk.span = walk.start + 1, walk.span * 4
+        walk.upper, walk.span = walk.start + 1, walk.span * 2
         self._probe(walk)
         return []
 

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
-from chat import Append, ChatCore, Claim, DmAnswer, Forward, Output, Release
+from chat import JOIN_EVENT, Append, ChatCore, Claim, DmAnswer, Forward, Output, Release
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, STREAM, ClusterFeed, Fetch
 from cluster_reads import LogReads
-from cluster_roster import DOOR_SCAN_S, DOORS, MEMBERS, Roster, name_key
+from cluster_roster import DOOR_SCAN_S, DOORS, MEMBERS, Roster, member_key, name_key
 from messages import ErrorCode
 from nats_bridge import (
     Acked,
@@ -145,6 +145,7 @@ class FrontDoor:
         self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
         self.renewal_sent = 0.0
         self.heads: int | None = None  # the token of the listing of the log's rooms asked at start
+        self.parked: dict[str, Append] = {}  # member key -> a join waiting for the roster to have the member
         self.parting: set[int] = set()  # a clean stop: the tokens of our names' and lease's deletes
 
     @property
@@ -339,8 +340,20 @@ class FrontDoor:
             self._publish(append)
 
     def _publish(self, append: Append) -> None:
+        """To the log; but a ``join`` only once the roster has the member (its sender's later events wait behind
+        it): a front door killed between the two would leave a join in the log that no sweep ever answers
+        with a leave, as nobody knew the member was there."""
+        key = member_key(append.room, append.sender)
+        if append.payload.startswith(JOIN_EVENT) and not self.roster.settled(key):
+            self.parked[key] = append
+            return
         token = self.bridge.publish(LOG_PREFIX + append.room, append.payload, append.log_id)
         self.sent[token] = append
+
+    def _unpark(self) -> None:
+        """Joins whose member the roster now has go to the log."""
+        for key in [key for key in self.parked if self.roster.settled(key)]:
+            self._publish(self.parked.pop(key))
 
     def pending(self) -> int:
         """Appends not yet answered by the log, roster changes not yet by its bucket, and (stopping) the deletes
@@ -371,8 +384,10 @@ class FrontDoor:
                 self._learned(event)
             elif isinstance(event, KvResult | KvEntries | Failed) and self.roster.owns(event.token):
                 out += self.roster.answered(event, now)
+                if self.parked:
+                    self._unpark()
             elif isinstance(event, Changed):
-                self.roster.changed(event)
+                self.roster.changed(event, now)
             elif isinstance(event, Replied | Failed) and event.token in self.forwards:
                 out += self._forward_answered(event, now)
             elif isinstance(event, Request) and event.subject.startswith(DM_PREFIX):

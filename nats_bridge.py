@@ -27,6 +27,7 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   (an ordered consumer: in the bucket's order); a ``Changed`` with no key says the keys that were there are
   all told.  Dropped like any feed message (``Dropped``: watch again); ``Failed`` if the watch ends.
   ``unwatch`` stops it.
+- ``kv_purge``: clear a key's messages up to a revision (a delete marker) from a bucket; answer ``KvResult``.
 - ``stream``, ``kv_bucket``: create (or update) a stream or a key-value bucket (a stream's answer holds
   when it was made).  ``kv``: create, update
   (compare-and-set on the revision), delete or get one key; answer ``KvResult``.
@@ -223,6 +224,12 @@ class NatsBridge:
         self.sock.send(_encode(["heads", token, stream, prefix]))
         return token
 
+    def kv_purge(self, bucket: str, key: str, revision: int) -> int:
+        """Clear ``key``'s messages up to ``revision`` (its delete marker) from ``bucket``; a later one stays."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["kv_purge", token, bucket, key, revision]))
+        return token
+
     def kv_list(self, bucket: str, pattern: str) -> int:
         """Every live key of ``bucket`` matching ``pattern`` (a NATS subject pattern: ``>``, ``room.*``)."""
         token = next(self._tokens)
@@ -285,6 +292,7 @@ class _Bridge:
         self.tasks: set[asyncio.Task[None]] = set()
         self.listening: dict[str, Any] = {}  # subject -> its subscription (``listen``)
         self.watches: dict[int, asyncio.Task[None]] = {}  # token -> the task following a bucket (``watch``)
+        self.buckets: dict[str, Any] = {}  # name -> its handle (``_bucket``)
 
     def tell(self, event: Event) -> None:
         """An answer or a status: never dropped, never blocks (the answer socket has no high-water mark)."""
@@ -379,6 +387,14 @@ class _Bridge:
             await asyncio.wait_for(readable.wait(), 0.5)  # and look again: an edge may have come meanwhile
         return True
 
+    async def _bucket(self, name: str) -> Any:
+        """A key-value bucket's handle, looked up once (each lookup is a round trip to the stream: it made
+        every roster change and lease renewal take two)."""
+        kv = self.buckets.get(name)
+        if kv is None:
+            kv = self.buckets[name] = await self.js.key_value(name)
+        return kv
+
     async def _on_message(self, msg: Any) -> None:
         self._to_feed(Message(msg.subject, dict(msg.headers or {}), msg.data))
 
@@ -397,7 +413,7 @@ class _Bridge:
         from nats.js.kv import KV_DEL, KV_PURGE
 
         try:
-            kv = await self.js.key_value(bucket)
+            kv = await self._bucket(bucket)
             watcher = await kv.watch(pattern)
             try:
                 while True:
@@ -500,7 +516,7 @@ class _Bridge:
 
     async def _kv(self, token: int, op: str, bucket: str, key: str, value: bytes, revision: int) -> None:
         async def run() -> tuple[int, bytes | None]:
-            kv = await self.js.key_value(bucket)
+            kv = await self._bucket(bucket)
             if op == "create":
                 return await kv.create(key, value), None
             if op == "update":
@@ -514,6 +530,13 @@ class _Bridge:
             return entry.revision or 0, entry.value
 
         await self._answer(token, run(), op)
+
+    async def _kv_purge(self, token: int, bucket: str, key: str, revision: int) -> None:
+        async def run() -> tuple[int, bytes | None]:
+            await self.js.purge_stream(f"KV_{bucket}", seq=revision + 1, subject=f"$KV.{bucket}.{key}")
+            return revision, None
+
+        await self._answer(token, run())
 
     async def _heads(self, token: int, stream: str, prefix: str) -> None:
         heads: list[tuple[str, bytes, int]] = []
@@ -530,7 +553,7 @@ class _Bridge:
     async def _kv_list(self, token: int, bucket: str, pattern: str) -> None:
         entries: list[tuple[str, bytes, int]] = []
         try:
-            kv = await self.js.key_value(bucket)
+            kv = await self._bucket(bucket)
             watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=5.0)
             try:
                 while len(entries) < MAX_LISTED:

@@ -146,6 +146,13 @@ def test_a_watch_tells_the_keys_there_then_each_change_and_a_failed_compare_and_
     changes = [(e.key, e.value) for e in loop.seen if isinstance(e, Changed)]
     assert changes == [("general.alice", b"door-1"), ("", None), ("general.bob", b"door-2"), ("general.alice", None)]
     bridge.unwatch(watch)
+    # A delete marker cleared: a new watch no longer tells the key (a put after it would stay).
+    gone = [e for e in loop.seen if isinstance(e, Changed) and e.key == "general.alice" and e.value is None]
+    assert loop.answer(bridge.kv_purge("members", "general.alice", gone[0].revision)).error is None
+    again = bridge.watch("members", ">")
+    loop.until(lambda e: isinstance(e, Changed) and e.token == again and not e.key)
+    assert [e.key for e in loop.seen if isinstance(e, Changed) and e.token == again] == ["general.bob", ""]
+    bridge.unwatch(again)
     loop.answer(bridge.kv("put", "members", "general.carol", b"door-1"))
     loop.answer(bridge.kv("get", "members", "general.carol"))  # a round trip later: nothing more was told
     assert not [e for e in loop.seen if isinstance(e, Changed) and e.key == "general.carol"]

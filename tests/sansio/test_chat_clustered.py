@@ -375,3 +375,14 @@ def test_a_join_reads_nothing_back_when_memory_already_holds_a_replys_worth() ->
     assert not [o for o in out if isinstance(o, ReadRecent)]  # memory holds what a reply can: read nothing
     (joined,) = [r for r in decoded(out, Reply) if r["type"] == "joined"]
     assert joined["history"]
+
+
+def test_every_join_waiting_for_a_read_gets_its_joined_and_the_read_is_its_sources() -> None:
+    log, late = Log(), door()
+    late.learned({"dev": 5})
+    run(log, [late], {late: send(late, B, {"type": "hello", "user": "bob", "rooms": []})})
+    reads = [o for o in send(late, B, {"type": "join", "room": "dev"}) if isinstance(o, ReadRecent)]
+    reads += [o for o in send(late, B, {"type": "join", "room": "dev"}) if isinstance(o, ReadRecent)]
+    assert len(reads) == 2 and reads[0].source == late.peers[B].source.name
+    replies = decoded(late.recent_read("dev", [r.peer for r in reads], []), Reply)
+    assert [r["type"] for r in replies] == ["joined", "joined"]  # each join is answered

@@ -40,6 +40,7 @@ class Bridge:
         self.lists: dict[int, tuple[str, str]] = {}  # token -> (bucket, pattern)
         self.published: dict[int, tuple[str, bytes, str]] = {}  # token -> (subject, payload, msg id)
         self.watches: dict[int, tuple[str, str]] = {}  # token -> (bucket, pattern), while watched
+        self.purged: list[tuple[str, str, int]] = []  # (bucket, key, up to revision)
         self.answers: list = []
 
     def next(self, stream: str, subject: str, after: int) -> int:
@@ -64,6 +65,11 @@ class Bridge:
 
     def unwatch(self, token: int) -> None:
         del self.watches[token]
+
+    def kv_purge(self, bucket: str, key: str, revision: int) -> int:
+        token = next(self.tokens)
+        self.purged.append((bucket, key, revision))
+        return token
 
     def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
         token = next(self.tokens)
@@ -307,8 +313,10 @@ def test_the_roster_keeps_no_more_than_its_bytes(door: FrontDoor) -> None:
     watching(door, *[(member_key("general", name), roster(name, "other-door"), 1) for name in ("bob", "cat", "dan")])
     assert listed(door, A, "who")["users"] == ["alice", "bob", "cat"]
     assert door.roster.entry_bytes <= 2 * size
-    watching(door, (member_key("general", "bob"), None, 2))  # one gone: room for another
-    watching(door, (member_key("general", "dan"), roster("dan", "other-door"), 3))
+    watching(door, (member_key("general", "bob"), None, 2))  # one gone: room for dan, whom it refused
+    assert door.due() == 0.0
+    door.tick(1.0)  # watched again: every key told again, dan among them
+    watching(door, *[(member_key("general", name), roster(name, "other-door"), 1) for name in ("cat", "dan")])
     assert listed(door, A, "who")["users"] == ["alice", "cat", "dan"]
 
 
@@ -546,3 +554,45 @@ def test_joins_of_a_room_meanwhile_wait_for_the_same_read() -> None:
         del bridge.steps[token]
         reads.answered(Failed(token, "not_found"), 0.0)
     assert core.calls == [("general", [A, B], [])]
+
+
+def test_a_busy_room_among_many_quiet_ones_is_read_back_whole() -> None:
+    """The attack: 100 quiet rooms known and one busy room; a first guess from the count of rooms walked the
+    busy room's every event in it, ran out of steps, and the first joins showed nothing."""
+    quiet = [f"quiet{i}" for i in range(100) for _ in range(3)]
+    stream = quiet + ["general" if i % 2 else "dev" for i in range(800)]
+    below = len(stream)
+    found, steps = read_back(stream, below, 50, span=2 * 51)  # the core's guess with nothing in memory
+    assert found == chain(stream, below)[-50:] and steps <= RECENT_STEPS_PER_EVENT * 51 + 16
+
+
+def test_the_deletes_a_front_door_made_are_cleared_from_the_bucket_a_little_later(door: FrontDoor) -> None:
+    """The attack: every (room, name) ever used left a delete marker, and every watch replayed them all."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the roster
+    mine, theirs = member_key("general", "alice"), member_key("general", "bob")
+    watching(door, (mine, roster("alice", door.door_id), 3), (theirs, roster("bob", "other-door"), 4))
+    door.roster.changed(Changed(door.roster.watching, mine, None, 7), 100.0)  # alice left here
+    door.roster.changed(Changed(door.roster.watching, theirs, None, 8), 100.0)  # bob, on the other door
+    door.tick(105.0)
+    assert not bridge.purged  # not at once: a watch lagging behind would miss the delete
+    door.tick(100.0 + 10.0)
+    assert bridge.purged == [(MEMBERS, mine, 7)]  # only its own: the other front door clears bob's
+
+
+def test_a_join_goes_to_the_log_only_once_the_roster_has_the_member(door: FrontDoor) -> None:
+    """The attack: a front door killed between a join reaching the log and the roster's write left a member
+    nobody ever told gone (no roster key: no sweep finds them)."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the roster
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    ask(door, A, {"type": "msg", "room": "general", "text": "hi", "id": "m1"})
+    assert not bridge.published  # the join waits for the roster, the msg behind it
+    (token,) = [t for t, k in bridge.kvs.items() if k[1] == MEMBERS]
+    answered(door, KvResult(token, 0, None, "nats: timeout"), now=1.0)  # not taken: tried again
+    assert not bridge.published
+    door.tick(1.5)
+    ((token, _),) = [(t, k) for t, k in bridge.kvs.items() if k[1] == MEMBERS and t != token]
+    answered(door, KvResult(token, 3, None, None), now=1.6)
+    (join,) = bridge.published.values()  # now the join (and, once the log has it, the msg)
+    assert msgspec.json.decode(join[1])["type"] == "join"
