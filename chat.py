@@ -71,6 +71,10 @@ class ReadLog(NamedTuple):
     source: str = ""  # where the request came from (a CURVE key, else an address): its share of the walks
 
 
+#: ``ReadRecent.below`` of a room a front door knows nothing of: the read begins at the log's newest event.
+UNKNOWN = -1
+
+
 class ReadRecent(NamedTuple):
     """A front door: a ``join`` of a room whose recent past this front door has not seen (it started since) is
     answered once the cluster's log gave the newest ``limit`` events older than its memory: those before
@@ -79,7 +83,7 @@ class ReadRecent(NamedTuple):
 
     peer: bytes
     room: str
-    below: int  # the newest position memory does not hold: the walk reads it and what comes before
+    below: int  # the newest position memory does not hold (``UNKNOWN``: the log's newest): read, and before it
     limit: int
     span: int  # how far back (in the stream's positions) the room's ``limit`` events may begin: a first guess
     source: str = ""  # where the join came from: its share of the walks
@@ -1338,6 +1342,8 @@ class ChatCore:
             self._publish(room, event, now, out)
         shown = self.config.history_on_join
         below = _before_kept(room)
+        if self.clustered and not room.seq:  # nothing known of it here (not even from the log's listing, yet)
+            below = UNKNOWN
         short = len(room.history) < shown and room.bytes < self.config.max_reply_bytes  # (a reply holds no more)
         if self.clustered and not resumed and below and short:  # memory lacks the room's recent past
             need, source = shown - len(room.history), session.conn.source.name
@@ -1374,12 +1380,16 @@ class ChatCore:
 
     def recent_read(self, room_name: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list[Output]:
         """The log's newest events older than memory, for ``join``s of ``room_name`` (``ReadRecent``; (seq,
-        prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
-        holds (so the next join needs no read), and a ``joined`` for each of ``peers`` still in the room."""
+                prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
+                holds (so the next join needs no read), and a ``joined`` for each of ``peers`` (a session that left the
+        room meanwhile too: every ``join`` is answered, and a client ignores a ``joined`` it no longer wants).  Of
+                a room this front door knew nothing of, the newest is where the room stands."""
         room = self.rooms.get(room_name)
         if room is None:
             return []
         below = _before_kept(room)  # memory may have changed meanwhile: only what is older than it now
+        if not room.history and events and events[-1][0] > room.seq:
+            room.seq = below = events[-1][0]
         older = [p for seq, prev, data in events if seq <= below and (p := self.stamped(room_name, seq, prev, data))]
         if older and _seq_of(older[-1]) == below:  # they end where memory begins: memory begins earlier
             self._keep_older(room, older)
@@ -1387,9 +1397,8 @@ class ChatCore:
             older = []
         out: list[Output] = []
         recent = _newest(room, self.config.history_on_join)
-        for peer in peers:  # one joined per join (the same client may have asked twice)
-            session = self.sessions.get(peer)
-            if session is not None and room_name in session.rooms:
+        for peer in peers:  # one joined per join (the same client may have asked twice, or left meanwhile)
+            if peer in self.sessions:
                 out.append(self._joined(peer, room, recent))
         return out
 

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from chat import ChatCore, Output, ReadLog, ReadRecent
+from chat import UNKNOWN, ChatCore, Output, ReadLog, ReadRecent
 from cluster_feed import LOG_PREFIX, STREAM
 from nats_bridge import Failed, NatsBridge, Stored
 
@@ -140,7 +140,10 @@ class LogReads:
             read, [read.peer], time.monotonic() + RECENT_PATIENCE_S, read.below + 1, need, read.span, steps
         )
         self.recents[read.room] = walk
-        self._probe(walk)
+        if read.below == UNKNOWN:  # first where the room stands in the log (nowhere: a new room)
+            self._step(walk)
+        else:
+            self._probe(walk)
         return []
 
     def _full(self, source: str, kind: Iterable[_Walk | _Backward], per_source: int) -> bool:
@@ -197,7 +200,14 @@ class LogReads:
     def _went_back(self, walk: _Backward, event: Stored | Failed, now: float) -> list[Output]:
         """One more event of a probe, or its end (an event at ``upper`` or beyond, or none): then the join's
         reply, or the next probe further back."""
-        if isinstance(event, Stored) and event.seq < walk.upper:
+        if walk.upper == 0:  # where the room stands: its newest event, read back from there
+            if isinstance(event, Stored):
+                walk.upper = event.seq + 1
+                self._probe(walk)
+                return []
+            if isinstance(event, Failed) and event.reason == "not_found":
+                return self._recalled(walk, 0)  # a new room
+        elif isinstance(event, Stored) and event.seq < walk.upper:
             window = walk.window
             window.append((event.seq, event.data))
             walk.held += len(event.data)
@@ -243,7 +253,11 @@ class LogReads:
         return self.core.recent_read(walk.read.room, walk.peers, events[-walk.read.limit :])
 
     def _step(self, walk: _Walk | _Backward) -> None:
-        walk.token = self.bridge.next(STREAM, LOG_PREFIX + walk.read.room, walk.after)
+        subject = LOG_PREFIX + walk.read.room
+        if isinstance(walk, _Backward) and walk.upper == 0:
+            walk.token = self.bridge.last(STREAM, subject)
+        else:
+            walk.token = self.bridge.next(STREAM, subject, walk.after)
         self.steps[walk.token] = walk
 
     def _reply(self, walk: _Walk, ended: bool) -> list[Output]:

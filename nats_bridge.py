@@ -18,7 +18,8 @@ Orders (the loop's end, ``NatsBridge``), each one msgpack frame:
   in time is dropped here and counted (``Dropped``), never queued without bound.  Answers come on ``sock``,
   which nothing but answers fills (as many as the orders), so a flood on the feed never holds one back.
 - ``next``: the first message stored in a stream on a subject after a position (what fills a hole in a
-  room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.
+  room's chain); answer ``Stored``, or ``Failed`` with reason ``not_found``.  ``last``: the newest message on
+  a subject, answered the same way.
 - ``heads``: every subject of a stream under a prefix, with the position of its last message (at most
   ``MAX_LISTED``); answer ``KvEntries`` (subject, empty value, position).
 - ``kv_list``: every live key of a bucket matching a pattern, with its value and revision (at most
@@ -176,6 +177,12 @@ class NatsBridge:
         """Ask for the first message of ``stream`` on ``subject`` stored after position ``after``."""
         token = next(self._tokens)
         self.sock.send(_encode(["next", token, stream, subject, after]))
+        return token
+
+    def last(self, stream: str, subject: str) -> int:
+        """Ask for the newest message of ``stream`` on ``subject`` (answered as ``next`` is)."""
+        token = next(self._tokens)
+        self.sock.send(_encode(["next", token, stream, subject, -1]))
         return token
 
     def subscribe(self, subject: str) -> None:
@@ -478,7 +485,10 @@ class _Bridge:
         from nats.js.errors import NotFoundError
 
         try:
-            msg = await self.js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+            if after < 0:  # ``last``
+                msg = await self.js.get_msg(stream, subject=subject)
+            else:
+                msg = await self.js.get_msg(stream, seq=after + 1, subject=subject, next=True)
         except NotFoundError:
             self.tell(Failed(token, "not_found"))
         except Exception as exc:  # an answer, whatever went wrong (no leader: the caller asks again)

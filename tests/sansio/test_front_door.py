@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("nats")
 
-from chat import ChatConfig, ChatCore, Claim, Member, ReadLog, ReadRecent, Reply
+from chat import UNKNOWN, ChatConfig, ChatCore, Claim, Member, ReadLog, ReadRecent, Reply
 from cluster_feed import LOG_PREFIX
 from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK, RECENT_STEPS_PER_EVENT, LogReads
 from cluster_roster import DOORS, ENTRY_OVERHEAD, MEMBERS, member_key
@@ -47,6 +47,9 @@ class Bridge:
         token = next(self.tokens)
         self.steps[token] = (subject, after)
         return token
+
+    def last(self, stream: str, subject: str) -> int:
+        return self.next(stream, subject, -1)
 
     def kv(self, op: str, bucket: str, key: str, value: bytes = b"", revision: int = 0) -> int:
         token = next(self.tokens)
@@ -209,6 +212,8 @@ def route(door: FrontDoor, outputs: list, now: float = 0.0) -> list:
             replies += route(door, door.core.claimed(out.peer, out.folded, None, now), now)
         elif isinstance(out, Member):
             door.roster.member(out)
+        elif isinstance(out, ReadRecent):  # (the log has nothing of the room, in these tests)
+            replies += door.core.recent_read(out.room, [out.peer], [])
         elif isinstance(out, Reply):
             replies.append(out)
         elif type(out).__name__ == "Append":
@@ -494,7 +499,10 @@ def read_back(
         del bridge.steps[token]
         steps += 1
         room = subject[len(LOG_PREFIX) :]
-        seq = next((i + 1 for i in range(after, len(stream)) if stream[i] == room), None)
+        if after < 0:  # the newest
+            seq = next((i + 1 for i in reversed(range(len(stream))) if stream[i] == room), None)
+        else:
+            seq = next((i + 1 for i in range(after, len(stream)) if stream[i] == room), None)
         reads.answered(Stored(token, seq, subject, event(room)) if seq else Failed(token, "not_found"), 0.0)
     ((room, peers, events),) = core.calls
     assert (room, peers) == ("general", [A]) and not reads.recents
@@ -596,3 +604,12 @@ def test_a_join_goes_to_the_log_only_once_the_roster_has_the_member(door: FrontD
     answered(door, KvResult(token, 3, None, None), now=1.6)
     (join,) = bridge.published.values()  # now the join (and, once the log has it, the msg)
     assert msgspec.json.decode(join[1])["type"] == "join"
+
+
+def test_a_room_the_front_door_knows_nothing_of_is_read_back_from_the_logs_newest() -> None:
+    """The attack: a join just after a front door started, before its listing of the log's rooms came, showed
+    the room empty at seq 0."""
+    stream = ["general" if i % 3 == 0 else "dev" for i in range(300)]
+    found, _ = read_back(stream, UNKNOWN, 20, span=40)
+    assert found == chain(stream, len(stream))[-20:]
+    assert read_back(["dev"] * 5, UNKNOWN, 20, span=40)[0] == []  # a new room: nothing
