@@ -283,7 +283,8 @@ class Roster:
         key = self.changing.pop(answer.token)
         queue = self.changes[key]
         if answer.error is not None and answer.error != "not_found":  # (deleting what is gone is done)
-            log.warning("cluster: the roster did not take a change (tried again): %s", answer.error)
+            if not self.retries:  # said once while some wait (an election fails every change for seconds)
+                log.warning("cluster: the roster did not take a change (tried again): %s", answer.error)
             self.changes[key] = deque([queue[-1]])
             self.retries[key] = now + CHANGE_RETRY_S
             return

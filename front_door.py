@@ -144,6 +144,7 @@ class FrontDoor:
         self.next_renewal = 0.0
         self.renewal: int | None = None  # the token of the lease renewal on its way, and when it was sent
         self.renewal_sent = 0.0
+        self.renewals_failed = 0  # in a row (said once a streak)
         self.heads: int | None = None  # the token of the listing of the log's rooms asked at start
         self.parked: dict[str, Append] = {}  # member key -> a join waiting for the roster to have the member
         self.parting: set[int] = set()  # a clean stop: the tokens of our names' and lease's deletes
@@ -268,9 +269,15 @@ class FrontDoor:
         """A renewal that failed (an election of the leases' bucket) is tried again soon, not in a second: the
         lease lasts 3 s, and others take a name over once they find it gone twice."""
         self.renewal = None
-        if answer.error is not None:
+        if answer.error is None:
+            if self.renewals_failed:
+                log.info("cluster: our lease is renewed again (after %d tries)", self.renewals_failed)
+            self.renewals_failed = 0
+            return
+        if not self.renewals_failed:  # once a streak (an election: every 0.25 s for seconds)
             log.warning("cluster: our lease was not renewed (%s); trying again", answer.error)
-            self.next_renewal = min(self.next_renewal, now + 0.25)
+        self.renewals_failed += 1
+        self.next_renewal = min(self.next_renewal, now + 0.25)
 
     def forward(self, forward: Forward) -> None:
         """A dm to someone not here: to whichever front door listens for their name (nobody: no such user)."""
