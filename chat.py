@@ -84,9 +84,10 @@ class ReadRecent(NamedTuple):
     peer: bytes
     room: str
     below: int  # the newest position memory does not hold (``UNKNOWN``: the log's newest): read, and before it
-    limit: int
+    limit: int  # events wanted (0: none, only the topic)
     span: int  # how far back (in the stream's positions) the room's ``limit`` events may begin: a first guess
     source: str = ""  # where the join came from: its share of the walks
+    topic: bool = False  # also look up the room's topic (this front door saw no topic event of it)
 
 
 class Claim(NamedTuple):
@@ -292,6 +293,7 @@ class Room:
     head_repeats: int = 0  # heartbeats will tell it again (one told head may be dropped like any frame)
     topic: str = ""  # set by ``topic`` ("": none), kept in history as a topic event
     topic_seq: int = 0  # the seq of the event that set it
+    topic_asked: bool = False  # a front door: the cluster's copy of the topic was looked up (once)
 
     def set_topic(self, payload: bytes | None) -> None:
         """Take the topic from a stored topic event (a room loaded from the store)."""
@@ -1345,9 +1347,12 @@ class ChatCore:
         if self.clustered and not room.seq:  # nothing known of it here (not even from the log's listing, yet)
             below = UNKNOWN
         short = len(room.history) < shown and room.bytes < self.config.max_reply_bytes  # (a reply holds no more)
-        if self.clustered and not resumed and below and short:  # memory lacks the room's recent past
-            need, source = shown - len(room.history), session.conn.source.name
-            out.append(ReadRecent(session.peer, room_name, below, need, self._span(room, need), source))
+        topic = self.clustered and not room.topic_seq and not room.topic_asked and not resumed
+        if self.clustered and not resumed and ((below and short) or topic):  # memory lacks the room's recent past
+            need = shown - len(room.history) if below and short else 0
+            room.topic_asked = room.topic_asked or topic
+            span, source = self._span(room, need), session.conn.source.name
+            out.append(ReadRecent(session.peer, room_name, below, need, span, source, topic))
             return  # (a client coming back asks for what it missed itself, from where it was)
         if self.store.persistent and _first_kept(room) > max(1, room.seq - shown + 1):  # memory gave some up
             recent = self.store.newest(room_name, room.seq - shown, self.config.max_reply_bytes)
@@ -1378,15 +1383,24 @@ class ChatCore:
             per_event = (last - first) / (len(room.history) - 1)
         return max(2 * need, int(per_event * need))
 
-    def recent_read(self, room_name: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list[Output]:
+    def recent_read(
+        self,
+        room_name: str,
+        peers: list[bytes],
+        events: list[tuple[int, int, bytes]],
+        topic: tuple[int, bytes] | None = None,
+    ) -> list[Output]:
         """The log's newest events older than memory, for ``join``s of ``room_name`` (``ReadRecent``; (seq,
                 prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
                 holds (so the next join needs no read), and a ``joined`` for each of ``peers`` (a session that left the
         room meanwhile too: every ``join`` is answered, and a client ignores a ``joined`` it no longer wants).  Of
-                a room this front door knew nothing of, the newest is where the room stands."""
+                a room this front door knew nothing of, the newest is where the room stands.  ``topic``: the cluster's
+        copy of the room's newest topic event (its position, its stored bytes), if it was looked up and found."""
         room = self.rooms.get(room_name)
         if room is None:
             return []
+        if topic is not None and topic[0] > room.topic_seq and topic[1].startswith(TOPIC_EVENT):
+            room.set_topic(self.stamped(room_name, topic[0], 0, topic[1]))
         below = _before_kept(room)  # memory may have changed meanwhile: only what is older than it now
         if not room.history and events and events[-1][0] > room.seq:
             room.seq = below = events[-1][0]

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from chat import UNKNOWN, ChatCore, Output, ReadLog, ReadRecent
 from cluster_feed import LOG_PREFIX, STREAM
-from nats_bridge import Failed, NatsBridge, Stored
+from cluster_roster import name_key
+from nats_bridge import Failed, KvResult, NatsBridge, Stored
 
 #: Walks at once (each holds at most ``READ_CHUNK`` events and ``--max-reply-bytes``): more are refused
 #: (``unavailable``, retry later), so what history requests can make a front door hold is bounded.
@@ -39,6 +40,10 @@ MAX_READS = 64
 MAX_READS_PER_SOURCE = 8
 #: How long a walk asks the log again for a step it did not answer (a leader election takes ~5 s).
 READ_RETRY_S = 10.0
+#: The key-value bucket of each room's newest topic event (``<position> <stored bytes>``, by the room's
+#: ``name_key``), written by the front door whose topic the log took: a front door that started since reads
+#: it when someone first joins the room there.
+TOPICS = "chat_topics"
 #: Events one walk reads before it replies.
 READ_CHUNK = 200
 #: Steps a join's backward read may take, per event it wants (each probe also takes one step past its end).
@@ -90,6 +95,15 @@ class _Backward:
     held: int = 0  # the bytes of ``window`` and ``found``: no more than a reply holds (and one event)
     token: int = 0
     again_at: float = 0.0
+    walked: bool = False  # the events are found (``events``); the joins wait for the topic too, if asked
+    events: list[tuple[int, int, bytes]] = field(default_factory=list)
+    topic_token: int = 0  # the lookup of the room's topic on its way (0: none)
+    topic: tuple[int, bytes] | None = None  # what it found: the topic event's position and stored bytes
+
+    @property
+    def stepping(self) -> bool:
+        """Waiting to take its next step (one the log did not answer is taken again)."""
+        return not self.token and not self.walked
 
     @property
     def after(self) -> int:
@@ -105,6 +119,7 @@ class LogReads:
         self.core = core
         self.walks: dict[tuple[bytes, str], _Walk] = {}
         self.recents: dict[str, _Backward] = {}  # by room
+        self.topics: dict[int, _Backward] = {}  # by the token of its topic's lookup
         self.steps: dict[int, _Walk | _Backward] = {}
 
     def read(self, read: ReadLog) -> list[Output]:
@@ -140,7 +155,12 @@ class LogReads:
             read, [read.peer], time.monotonic() + RECENT_PATIENCE_S, read.below + 1, need, read.span, steps
         )
         self.recents[read.room] = walk
-        if read.below == UNKNOWN:  # first where the room stands in the log (nowhere: a new room)
+        if read.topic:  # the front door saw no topic event of the room: the cluster's copy of its topic
+            walk.topic_token = self.bridge.kv("get", TOPICS, name_key(read.room))
+            self.topics[walk.topic_token] = walk
+        if not read.limit:
+            walk.walked = True  # memory has the room's recent past: only the topic is wanted
+        elif read.below == UNKNOWN:  # first where the room stands in the log (nowhere: a new room)
             self._step(walk)
         else:
             self._probe(walk)
@@ -152,18 +172,21 @@ class LogReads:
         return len(self.walks) + len(self.recents) >= MAX_READS or mine >= per_source
 
     def owns(self, token: int) -> bool:
-        return token in self.steps
+        return token in self.steps or token in self.topics
 
     def due(self) -> float:
         """When a step the log did not answer is asked again (infinity: none waits)."""
-        waiting = [*self.walks.values(), *self.recents.values()]
+        waiting = [*self.walks.values(), *(walk for walk in self.recents.values() if walk.stepping)]
         return min((walk.again_at for walk in waiting if not walk.token), default=float("inf"))
 
     def tick(self, now: float) -> None:
-        for walk in [w for w in [*self.walks.values(), *self.recents.values()] if not w.token and w.again_at <= now]:
+        waiting = [*self.walks.values(), *(walk for walk in self.recents.values() if walk.stepping)]
+        for walk in [w for w in waiting if not w.token and w.again_at <= now]:
             self._step(walk)
 
-    def answered(self, event: Stored | Failed, now: float) -> list[Output]:
+    def answered(self, event: Stored | Failed | KvResult, now: float) -> list[Output]:
+        if isinstance(event, KvResult):
+            return self._topic_found(event)
         walk = self.steps.pop(event.token)
         walk.token = 0
         if isinstance(walk, _Backward):
@@ -246,11 +269,28 @@ class LogReads:
     def _recalled(self, walk: _Backward, before: int | None) -> list[Output]:
         """The joins' replies: the events found, each with the position of the one before it (``before``: the
         oldest one's; None, not known: the oldest only says where the next begins)."""
-        del self.recents[walk.read.room]
         found = walk.found
         prevs = [before if before is not None else -1, *(seq for seq, _ in found[:-1])][: len(found)]
         events = [(seq, prev, data) for (seq, data), prev in zip(found, prevs, strict=True) if prev >= 0]
-        return self.core.recent_read(walk.read.room, walk.peers, events[-walk.read.limit :])
+        walk.events, walk.walked = events[-walk.read.limit :], True
+        return self._answer_joins(walk)
+
+    def _topic_found(self, answer: KvResult) -> list[Output]:
+        """The cluster's copy of a room's topic event: ``<position> <stored bytes>`` (none, or unreadable:
+        the room keeps what this front door knows)."""
+        walk = self.topics.pop(answer.token)
+        walk.topic_token = 0
+        seq, _, data = (answer.value or b"").partition(b" ")
+        if answer.error is None and seq.isdigit():
+            walk.topic = int(seq), data
+        return self._answer_joins(walk)
+
+    def _answer_joins(self, walk: _Backward) -> list[Output]:
+        """Once both the events and the topic asked for are found: the joins' replies."""
+        if not walk.walked or walk.topic_token:
+            return []
+        del self.recents[walk.read.room]
+        return self.core.recent_read(walk.read.room, walk.peers, walk.events, walk.topic)
 
     def _step(self, walk: _Walk | _Backward) -> None:
         subject = LOG_PREFIX + walk.read.room

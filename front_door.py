@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
-from chat import JOIN_EVENT, Append, ChatCore, Claim, DmAnswer, Forward, Output, Release
+from chat import JOIN_EVENT, TOPIC_EVENT, Append, ChatCore, Claim, DmAnswer, Forward, Output, Release
 from cluster_feed import FEED_PREFIX, LOG_PREFIX, STREAM, ClusterFeed, Fetch
-from cluster_reads import LogReads
+from cluster_reads import TOPICS, LogReads
 from cluster_roster import DOOR_SCAN_S, DOORS, MEMBERS, Roster, member_key, name_key
 from messages import ErrorCode
 from nats_bridge import (
@@ -192,6 +192,7 @@ class FrontDoor:
             lambda: self.bridge.kv_bucket({"bucket": NAMES, "history": 1, "replicas": self.replicas}),
             lambda: self.bridge.kv_bucket({"bucket": DOORS, "history": 1, "ttl": LEASE_S, "replicas": self.replicas}),
             lambda: self.bridge.kv_bucket({"bucket": MEMBERS, "history": 1, "replicas": self.replicas}),
+            lambda: self.bridge.kv_bucket({"bucket": TOPICS, "history": 1, "replicas": self.replicas}),
             lambda: self.bridge.kv("put", DOORS, self.door_id),
         ]
         for order in orders:
@@ -379,7 +380,7 @@ class FrontDoor:
                 out += self._answered(event, now)
             elif isinstance(event, Stored | Failed) and event.token in self.fetches:
                 self._filled(event, out)
-            elif isinstance(event, Stored | Failed) and self.reads.owns(event.token):
+            elif isinstance(event, Stored | Failed | KvResult) and self.reads.owns(event.token):
                 out += self.reads.answered(event, now)
             elif isinstance(event, KvResult) and event.token in self.claims:
                 out += self._claim_answered(event, now)
@@ -433,6 +434,8 @@ class FrontDoor:
         else:
             del self.queues[append.sender]
         if isinstance(event, Acked):
+            if append.payload.startswith(TOPIC_EVENT) and not event.duplicate:  # the cluster's copy (not awaited)
+                self.bridge.kv("put", TOPICS, name_key(append.room), b"%d " % event.seq + append.payload)
             return self.core.confirmed(append, event.seq, now)
         log.warning("the cluster's log did not store an event of %s: %s", append.room, event.reason)
         return self.core.refused(append, event.reason)

@@ -40,7 +40,7 @@ class Log:
             if name == room and seq <= below:
                 chain.append((seq, prev, payload))
                 prev = seq
-        return chain[-limit:]
+        return chain[-limit:] if limit else []
 
 
 def run(log: Log, doors: list[ChatCore], made: dict[ChatCore, list], now: float = 0.0) -> dict[ChatCore, list]:

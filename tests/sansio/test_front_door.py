@@ -22,10 +22,10 @@ pytest.importorskip("nats")
 
 from chat import UNKNOWN, ChatConfig, ChatCore, Claim, Member, ReadLog, ReadRecent, Reply
 from cluster_feed import LOG_PREFIX
-from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK, RECENT_STEPS_PER_EVENT, LogReads
-from cluster_roster import DOORS, ENTRY_OVERHEAD, MEMBERS, member_key
+from cluster_reads import MAX_READS, MAX_READS_PER_SOURCE, READ_CHUNK, RECENT_STEPS_PER_EVENT, TOPICS, LogReads
+from cluster_roster import DOORS, ENTRY_OVERHEAD, MEMBERS, member_key, name_key
 from front_door import FrontDoor
-from nats_bridge import Changed, Dropped, Failed, KvEntries, KvResult, Stored
+from nats_bridge import Acked, Changed, Dropped, Failed, KvEntries, KvResult, Stored
 
 A, B = b"peer-a", b"peer-b"
 
@@ -480,8 +480,9 @@ class Recalled:
         self.config = config or ChatConfig()
         self.calls: list[tuple[str, list[bytes], list[tuple[int, int, bytes]]]] = []
 
-    def recent_read(self, room: str, peers: list[bytes], events: list[tuple[int, int, bytes]]) -> list:
+    def recent_read(self, room: str, peers: list[bytes], events: list[tuple[int, int, bytes]], topic=None) -> list:
         self.calls.append((room, list(peers), events))
+        self.topic = topic
         return []
 
 
@@ -613,3 +614,43 @@ def test_a_room_the_front_door_knows_nothing_of_is_read_back_from_the_logs_newes
     found, _ = read_back(stream, UNKNOWN, 20, span=40)
     assert found == chain(stream, len(stream))[-20:]
     assert read_back(["dev"] * 5, UNKNOWN, 20, span=40)[0] == []  # a new room: nothing
+
+
+def test_a_join_of_a_room_whose_topic_this_front_door_never_saw_looks_it_up_once(door: FrontDoor) -> None:
+    """A front door started since the topic was set, longer ago than the recent past a join shows."""
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the topic
+    door.core.learned({"general": 40})
+    topic = msgspec.json.encode({"type": "topic", "room": "general", "user": "x", "topic": "plans", "seq": 0})
+    topic = topic.replace(b'"seq":0', b'"seq":0,"prev":0')  # as the log stores an event
+
+    def join() -> list[ReadRecent]:
+        return [o for o in door.core.handle(A, [b'{"type":"join","room":"general"}'], 0.0) if isinstance(o, ReadRecent)]
+
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": []})
+    (read,) = join()
+    assert read.topic
+    door.reads.recent(read)
+    (token,) = [t for t, k in bridge.kvs.items() if k[1] == TOPICS]
+    while bridge.steps:  # the log's events: none (for this test)
+        ((step, _),) = bridge.steps.items()
+        del bridge.steps[step]
+        door.reads.answered(Failed(step, "not_found"), 0.0)
+    (joined,) = replies(door.reads.answered(KvResult(token, 3, b"12 " + topic, None), 0.0))
+    assert joined["topic"] == "plans" and door.core.rooms["general"].topic_seq == 12
+    assert [r.topic for r in join()] == [False]  # looked up once
+
+
+def test_a_topic_the_log_took_is_copied_for_the_front_doors_that_start_later(door: FrontDoor) -> None:
+    bridge: Bridge = door.bridge  # type: ignore[assignment]
+    door.next_renewal = door.roster.next_door_scan = 1e9  # this test is about the topic
+    ask(door, A, {"type": "hello", "user": "alice", "rooms": ["general"]})
+    for token in [t for t, k in bridge.kvs.items() if k[1] == MEMBERS]:  # the roster has her: her join goes
+        answered(door, KvResult(token, 1, None, None))
+    ((token, _),) = bridge.published.items()
+    answered(door, Acked(token, 11, False))  # her join
+    ask(door, A, {"type": "topic", "room": "general", "topic": "plans", "id": "t1"})
+    ((token, (_, payload, _)),) = [(t, p) for t, p in bridge.published.items() if b'"topic"' in p[1]]
+    answered(door, Acked(token, 12, False))
+    (copy,) = [k for k in bridge.kvs.values() if k[1] == TOPICS]
+    assert copy[:4] == ("put", TOPICS, name_key("general"), b"12 " + payload)
