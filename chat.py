@@ -1391,11 +1391,12 @@ class ChatCore:
         topic: tuple[int, bytes] | None = None,
     ) -> list[Output]:
         """The log's newest events older than memory, for ``join``s of ``room_name`` (``ReadRecent``; (seq,
-                prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
-                holds (so the next join needs no read), and a ``joined`` for each of ``peers`` (a session that left the
-        room meanwhile too: every ``join`` is answered, and a client ignores a ``joined`` it no longer wants).  Of
-                a room this front door knew nothing of, the newest is where the room stands.  ``topic``: the cluster's
-        copy of the room's newest topic event (its position, its stored bytes), if it was looked up and found."""
+        prev, stored bytes), oldest first, perhaps fewer than asked, or none): kept in memory before what it
+        holds (so the next join needs no read), and a ``joined`` for each of ``peers`` (a session that left the
+        room meanwhile too: every ``join`` is answered, and a client ignores a ``joined`` it no longer wants).
+        Of a room this front door knew nothing of, the newest is where the room stands.  ``topic``: the
+        cluster's copy of the room's newest topic event (its position, its stored bytes), if it was looked up
+        and found."""
         room = self.rooms.get(room_name)
         if room is None:
             return []
@@ -1407,8 +1408,6 @@ class ChatCore:
         older = [p for seq, prev, data in events if seq <= below and (p := self.stamped(room_name, seq, prev, data))]
         if older and _seq_of(older[-1]) == below:  # they end where memory begins: memory begins earlier
             self._keep_older(room, older)
-        else:
-            older = []
         out: list[Output] = []
         recent = _newest(room, self.config.history_on_join)
         for peer in peers:  # one joined per join (the same client may have asked twice, or left meanwhile)

@@ -12,8 +12,8 @@ the cluster soak showed what happens otherwise, 30 walks sharing the log and non
 A ``join`` of a room whose recent past the front door has not seen (it started since) waits for a backward
 read (``chat.ReadRecent``): the log reads only forwards, so it probes back from the newest event memory
 lacks, each probe walking a stretch of the stream twice as long as the last, further back (the first guess
-from how thinly the room's events are spread), until it has the events a ``joined`` shows, or reaches the stream's
-start, or spent its steps.  One read per room: every join of the room meanwhile waits for it, and what it
+from how thinly the room's events are spread), until it has the events a ``joined`` shows, or reaches the
+stream's start, or spent its steps.  One read per room: every join of the room meanwhile waits for it, and what it
 found is kept in memory, so the next join reads nothing.
 
 Sans-I/O apart from the bridge it is handed (a stand-in in the tests): requests and the bridge's answers in,
@@ -267,8 +267,9 @@ class LogReads:
         self._step(walk)
 
     def _recalled(self, walk: _Backward, before: int | None) -> list[Output]:
-        """The joins' replies: the events found, each with the position of the one before it (``before``: the
-        oldest one's; None, not known: the oldest only says where the next begins)."""
+        """The read is done: the events found, each with the position of the one before it (``before``: the
+        oldest one's; None, not known: the oldest only says where the next begins); the joins' replies once
+        the topic asked for is found too."""
         found = walk.found
         prevs = [before if before is not None else -1, *(seq for seq, _ in found[:-1])][: len(found)]
         events = [(seq, prev, data) for (seq, data), prev in zip(found, prevs, strict=True) if prev >= 0]
