@@ -16,7 +16,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,9 +317,11 @@ def _finite(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def summarize(w: Window, name: str) -> dict[str, Any]:
-    """The figures of one window that the report uses (``name``: the watched process that is the SUT)."""
+def summarize(w: Window, name: str, parts: Iterable[str] = ()) -> dict[str, Any]:
+    """The figures of one window that the report uses (``name``: the watched process that is the SUT;
+    ``parts``: watched processes of it whose CPU per message is reported each, as ``cpu_us:<part>``)."""
     return {
+        **{f"cpu_us:{part}": w.cpu_us(part) for part in parts},
         "ingress": w.ingress,
         "sub_median": w.sub_median,
         "sub_min": min(w.per_sub) if w.per_sub else 0.0,

@@ -100,7 +100,20 @@ def durable_table(cfg: Config, found: list[System], rec: Record) -> list[str]:
         )
     rows += ["", "What each keeps, by the time it acks:"]
     rows += [f"- {s.short}: {s.durable}" for s in durable]
+    rows += _parts_lines(rec, durable, f"tp{main}", main)
     return rows
+
+
+def _parts_lines(rec: Record, systems: list[System], measure: str, subs: int) -> list[str]:
+    """Where a system of several processes spends its CPU (a cluster: each front door, each NATS node)."""
+    lines = []
+    for s in systems:
+        runs = rec.data.get(s.key, {}).get(measure, [])
+        parts = [key for key in (runs[0] if runs else {}) if key.startswith("cpu_us:")]
+        if parts:
+            each = ", ".join(f"{key[len('cpu_us:') :]} {num(rec.median(s.key, measure, key))}" for key in parts)
+            lines.append(f"- {s.short}, CPU µs per acked message by process ({subs} subs): {each}")
+    return ["", "Where the CPU goes:", *lines] if lines else []
 
 
 def scenario_table(cfg: Config, rec: Record) -> list[str]:

@@ -39,13 +39,13 @@ def throughput_latency(cfg: Config, work: Path, found: list[System], only: set[s
             print(f"run {run + 1}/{cfg.runs}  {system.label}", flush=True)
             try:
                 with running(system, work) as server:
-                    watch = {"sut": server.pid}
+                    watch = {"sut": server.pid, **server.parts}
                     args = (cfg, work, system.kind, system.topic, server.inbox, server.feed, watch)
                     for level in levels:
                         subs = cfg.level_subs(level)
                         smoke = cfg.quick and do_latency  # one drive serves both
                         (w,) = drive(*args, subs, latency=smoke, pub_args=system.pub_args)
-                        rec.add(system.key, f"tp{subs}", summarize(w, "sut"))
+                        rec.add(system.key, f"tp{subs}", summarize(w, "sut", server.parts))
                         if smoke:
                             rec.add(system.key, "latency", summarize(w, "sut"))
                         print(

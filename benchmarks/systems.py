@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.driver import FAILURES, HERE, LOADGEN, PY, BenchError, failure, spawn
-from benchmarks.procs import Child, free_port
+from benchmarks.procs import Child, descendants, free_port
 
 #: Acks a JetStream publisher (nats-py) keeps in flight, and XADDs a Redis Streams publisher (redis-py)
 #: pipelines: each the best of the values tried on this machine (docs/scaling.md, "How the peers are run").
@@ -49,6 +49,8 @@ class Server:
     inbox: str
     feed: str
     files: list[Path] = field(default_factory=list)
+    #: Processes of the system whose CPU is reported each (a cluster's front doors and NATS nodes): name -> pid.
+    parts: dict[str, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -204,9 +206,24 @@ def cluster(doors: int) -> Callable[[Path], Server]:
         except FAILURES:
             child.stop()
             raise
-        return Server(child, found[0].group(1), found[-1].group(2), [folder])
+        return Server(child, found[0].group(1), found[-1].group(2), [folder], _cluster_parts(child.pid))
 
     return start
+
+
+def _cluster_parts(pid: int) -> dict[str, int]:
+    """The front doors and NATS nodes among ``nats_cluster.py``'s processes, each named, in start order."""
+    parts: dict[str, int] = {}
+    counts = {"front door": 0, "NATS node": 0}
+    for child in sorted(descendants(pid)):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            door = any(arg.endswith(b"broker.py") for arg in argv)
+            kind = "NATS node" if argv[0].endswith(b"nats-server") else "front door" if door else ""
+            if kind:
+                counts[kind] += 1
+                parts[f"{kind} {counts[kind]}"] = child
+    return parts
 
 
 # --- the catalogue ----------------------------------------------------------------------------------

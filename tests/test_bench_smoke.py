@@ -57,3 +57,19 @@ def test_quick_benchmark_runs_and_writes_its_tables(tmp_path: Path) -> None:
     for key in DURABLE_PEERS:  # installed, or said why not
         assert key in data["systems"] or any(note.startswith(f"{key}: skipped") for note in data["notes"]), key
     assert {g["id"] for g in data["goals"]} >= {"15.2", "15.3", "15.9", "15.11"}
+
+
+def test_the_report_says_where_a_clusters_cpu_goes_by_process() -> None:
+    """The cluster's rows (not in the smoke run: they take a minute) get CPU per message per front door and per
+    NATS node beside their whole-system figure."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.driver import Record
+    from benchmarks.report import _parts_lines
+    from benchmarks.systems import CATALOGUE
+
+    (cluster,) = [s for s in CATALOGUE if s.key == "cluster-2"]
+    rec = Record()
+    for cpu in (100.0, 300.0, 200.0):
+        rec.add("cluster-2", "tp10", {"cpu_us": 2 * cpu, "cpu_us:NATS node 1": cpu, "cpu_us:front door 1": cpu / 2})
+    (line,) = [x for x in _parts_lines(rec, [cluster], "tp10", 10) if x.startswith("- ")]
+    assert "NATS node 1 200" in line and "front door 1 100" in line  # medians of the runs
