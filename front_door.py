@@ -20,14 +20,12 @@ to one replicated JetStream stream, and come back from it, with its positions, t
   not here is a request on that subject (``ChatCore.forwarded`` hears the answer; nobody listening:
   ``no_such_user``), answered by the front door that has them (``ChatCore.deliver``).
 
-- **History** older than what the front door saw: ``cluster_reads``.  **Who is where** (``who``, a dead front
-  door's members told gone): ``cluster_roster``.
+- **History** older than what the front door saw, and the recent past (and topic) a ``join`` shows of a room
+  it has not seen: ``cluster_reads``.  **Who is where** (``who`` and ``joined``, a dead front door's members
+  told gone): ``cluster_roster``; a ``join`` goes to the log only once the roster has the member.
 
 - **Rooms:** at start, the log's rooms and their last positions (``heads``), so ``rooms`` and ``join`` know
   rooms this front door has seen nothing of yet.
-
-Not yet a whole cluster (docs/scaling.md): the members and recent history a ``joined`` shows are this front
-door's own.
 """
 
 from __future__ import annotations
