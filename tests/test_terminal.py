@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import WAIT, Harness, Terminal
 
@@ -38,7 +40,12 @@ def test_typing_is_not_disturbed_by_incoming_messages(harness: Harness, terminal
     alice.type("ne\r")  # finish the line that was being typed when bob's message came in
     bob.expect(r"^alice: half a line$")
 
+    shown = alice.screen.count("half a line")
     alice.type("\x1b[A")  # Up: the line editor's history recalls the last line
+    deadline = time.monotonic() + WAIT
+    while alice.screen.count("half a line") <= shown:  # redrawn in the input line: recalled (a CI run once lost
+        assert time.monotonic() < deadline, f"Up recalled nothing:\n{alice.screen}"  # the Enter typed at once)
+        time.sleep(0.02)  # polling the terminal's buffer, as Terminal.expect does
     alice.type("\r")
     bob.expect(r"^alice: half a line$")
 
