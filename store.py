@@ -22,7 +22,6 @@ import bisect
 import fcntl
 import itertools
 import logging
-import operator
 import os
 import sqlite3
 from collections import deque
@@ -151,7 +150,10 @@ class SqliteStore:
         self.db.execute("BEGIN IMMEDIATE")  # can we write at all (a read-only file, folder or disk)?  Say so now.
         self.db.execute("ROLLBACK")
         self.sync = sync
-        self._rows: list[Row] = []  # appended, not yet sealed
+        #: Appended, not yet sealed: each room's run of consecutive events being added to, and the runs a gap
+        #: in a room's seqs ended (rare), in the order they were begun.
+        self._growing: dict[str, _Growing] = {}
+        self._ended: list[tuple[str, _Growing]] = []
         #: Sealed batches the writer is committing, oldest first, until the broker hears they are done.
         self.sealed: deque[Sealed] = deque()
         #: Batches the writer failed or was lost with, oldest first: ``commit`` stores those SQLite lacks.
@@ -185,11 +187,17 @@ class SqliteStore:
         """The database file, or None for SQLite's own in-memory database (tests): a writer process needs a file."""
         return None if str(self.path) == ":memory:" else self.path
 
-    def _unstored(self) -> Iterator[Row]:
-        """Rows appended but not known to be committed, oldest first: failed, being written, not yet sealed."""
+    def _unstored(self, room: str, journaled: bool = True) -> Iterator[tuple[int, bytes]]:
+        """(seq, event) of ``room`` appended but not known to be committed, oldest first: failed, being written,
+        not yet sealed (without ``journaled``: not those the journal has)."""
         for batch in itertools.chain(self.failed, self.sealed):
-            yield from batch.rows
-        yield from self._rows
+            if journaled or not batch.durable:
+                for row in batch.rows:
+                    if row[0] == room:
+                        yield from events_of(row)
+        for name, run in itertools.chain(self._ended, self._growing.items()):
+            if name == room:
+                yield from enumerate(run.events, run.first)
 
     def rooms(self) -> list[tuple[str, int]]:
         """Every room and its last seq: where a broker starts from."""
@@ -219,24 +227,27 @@ class SqliteStore:
     def first_pending(self, room: str) -> int | None:
         """The seq of ``room``'s oldest event not yet durable (in neither SQLite nor the journal), if any:
         what a crash could take back."""
-        batches = (batch.rows for batch in itertools.chain(self.failed, self.sealed) if not batch.durable)
-        rows = itertools.chain(itertools.chain.from_iterable(batches), self._rows)
-        return next((seq for name, seq, _ in rows if name == room), None)
+        return next((seq for seq, _ in self._unstored(room, journaled=False)), None)
 
     def last_seq(self, room: str) -> int:
         """The last seq of ``room`` (0 for a room it has no event of), pending events included."""
-        pending = [seq for name, seq, _ in self._unstored() if name == room]
+        pending = [seq for seq, _ in self._unstored(room)]
         if pending:
             return pending[-1]
         (seq,) = self.db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
         return seq or 0
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
-        self._rows.append((room, seq, payload))
+        run = self._growing.get(room)
+        if run is None or seq != run.first + len(run.events):
+            if run is not None:  # a gap in the room's seqs (rare): its run ends, a new one begins
+                self._ended.append((room, run))
+            run = self._growing[room] = _Growing(seq)
+        run.events.append(payload)
 
     def topic(self, room: str) -> bytes | None:
         """``room``'s newest topic event, pending ones included (None: it never had a topic)."""
-        pending = [p for name, _, p in self._unstored() if name == room and p.startswith(TOPIC_EVENT)]
+        pending = [p for _, p in self._unstored(room) if p.startswith(TOPIC_EVENT)]
         if pending:
             return pending[-1]
         row = self.db.execute("SELECT payload FROM topics WHERE room = ?", (room,)).fetchone()
@@ -252,8 +263,7 @@ class SqliteStore:
             (room, after, limit),
         )
         found, used, last = [], 0, after
-        unstored = ((s, p) for r, s, p in self._unstored() if r == room)
-        for seq, payload in itertools.chain(_expand(rows, after), unstored):
+        for seq, payload in itertools.chain(_expand(rows, after), self._unstored(room)):
             if seq <= last:
                 continue  # a pending row is newer than every committed one; this skips none of them twice
             used += len(payload)
@@ -266,15 +276,16 @@ class SqliteStore:
     @property
     def pending(self) -> int:
         """Events appended but not yet committed."""
-        return len(self._rows) + sum(len(batch.rows) for batch in itertools.chain(self.failed, self.sealed))
+        growing = sum(len(run.events) for _, run in itertools.chain(self._ended, self._growing.items()))
+        rows = (row for batch in itertools.chain(self.failed, self.sealed) for row in batch.rows)
+        return growing + sum(1 if first is None else last - first + 1 for _, last, _, first in rows)
 
     def seal(self) -> Sealed | None:
         """Everything appended since the last seal, as one batch for the writer to commit (None: nothing).
         Until the broker hears it is done, reads still find its rows here."""
-        if not self._rows:
+        if not self._growing:
             return None
-        batch = Sealed(self._rows)
-        self._rows = []
+        batch = Sealed(self._take_rows())
         self.sealed.append(batch)
         self.unstored_bytes += batch.size
         return batch
@@ -296,21 +307,32 @@ class SqliteStore:
         commit.  If it fails (a full or read-only disk: ``sqlite3.Error``), nothing is lost: the rows stay
         pending for the next try.  Which failed batches SQLite has is read in the same transaction: a writer
         killed between its commit and its answer leaves batches that look failed and are stored."""
-        if not self._rows and not self.failed:
+        if not self._growing and not self.failed:
             return
         self.db.execute("BEGIN")
         try:
             stored = self._stored_batch() if self.failed else 0  # only a failed writer leaves anything to check
             retried = [batch for batch in self.failed if not 0 < batch.number <= stored]  # 0: never numbered
-            rows = [row for batch in retried for row in batch.rows] + self._rows
+            rows = [row for batch in retried for row in batch.rows] + self._rows()
             write(self.db, rows, max([stored] + [batch.number for batch in self.failed]))
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
-        self._rows = []
+        self._growing, self._ended = {}, []
         self.failed = []
+
+    def _rows(self) -> list[Row]:
+        """What was appended since the last seal, as stored rows: the loop's only work per event was a list
+        append, and the writer stores these rows without looking at their events."""
+        growing = itertools.chain(self._ended, self._growing.items())
+        return [row for room, run in growing for row in _stored_rows(room, run.first, run.events)]
+
+    def _take_rows(self) -> list[Row]:
+        rows = self._rows()
+        self._growing, self._ended = {}, []
+        return rows
 
     def _stored_batch(self) -> int:
         """The number of the last batch SQLite has (``meta``), as committed by whoever wrote last."""
@@ -330,7 +352,10 @@ class SqliteStore:
                 os.close(self._lock)
 
 
-Row = tuple[str, int, bytes]  # room, seq, encoded event
+#: A row as stored, and as the loop hands it to the writer: (room, the seq of its last event, the encoded
+#: events joined by newlines (an encoded event has none), the seq of its first or None for a row of one).
+#: A row holds a run of the room's consecutive events, at most ``RUN_BYTES`` of them (or one bigger event).
+Row = tuple[str, int, bytes, int | None]
 INSERT = "INSERT INTO events (room, seq, payload, first) VALUES (?, ?, ?, ?)"
 #: The rows that hold events of a room after a seq: every run that ends after it.
 SELECT_AFTER = "SELECT seq, payload, first FROM events WHERE room = ? AND seq > ?"
@@ -342,10 +367,11 @@ UPSERT_TOPIC = "INSERT OR REPLACE INTO topics (room, seq, payload) VALUES (?, ?,
 
 
 def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
-    """Store ``rows`` in the open transaction: their runs, each room's newest topic event and, for rows of
-    journaled batches, the number of the last (``batch``), so the journal is never taken in twice."""
-    db.executemany(INSERT, runs(rows))
-    topics = {row[0]: row for row in rows if row[2].startswith(TOPIC_EVENT)}
+    """Store ``rows`` in the open transaction, with each room's newest topic event and, for rows of journaled
+    batches, the number of the last (``batch``), so the journal is never taken in twice.  No work per event:
+    under load a row holds hundreds, and looking at each cost the writer most of its time."""
+    db.executemany(INSERT, rows)
+    topics = {topic[0]: topic for row in rows if (topic := _newest_topic(row)) is not None}
     if topics:
         db.executemany(UPSERT_TOPIC, topics.values())
     if batch:
@@ -353,7 +379,9 @@ def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
 
 
 _encode_batch = msgspec.msgpack.Encoder().encode
-_decode_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes]]]).decode
+_decode_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes, int | None]]]).decode
+#: Before rows, a batch listed its events one by one, ``[room, seq, event]``: a journal written then is read too.
+_decode_old_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes]]]).decode
 
 
 def batch_frame(number: int, rows: list[Row]) -> bytes:
@@ -362,47 +390,54 @@ def batch_frame(number: int, rows: list[Row]) -> bytes:
 
 
 def read_batch(frame: bytes) -> tuple[int, list[Row]]:
-    return _decode_batch(frame)
+    """A batch frame's number and rows; ``msgspec.ValidationError`` if it is not one."""
+    try:
+        return _decode_batch(frame)
+    except msgspec.ValidationError:
+        number, events = _decode_old_batch(frame)
+        return number, [(room, seq, event, None) for room, seq, event in events]
 
 
-def runs(rows: list[Row]) -> list[tuple[str, int, bytes, int | None]]:
-    """Rows as stored: each room's consecutive events in one row (room, last seq, payloads joined by newlines,
-    first seq or None for one), at most ``RUN_BYTES`` a row.  Under load one commit holds hundreds of a room's
-    events, and a row each cost the writer most of its time (6 µs an event, against under 2).  Sorted and
-    grouped by room in C, and split only where seqs jump or a run is full, so the usual case costs no
-    Python work per event."""
-    out: list[tuple[str, int, bytes, int | None]] = []
-    for _, group in itertools.groupby(sorted(rows, key=_ROOM), key=_ROOM):
-        run = list(group)
-        #: ends[k]: bytes of run[0..k] with a newline after each; the cut points are found by bisection.
-        ends = list(itertools.accumulate(map(_PLUS_ONE, map(len, map(_PAYLOAD, run)))))
-        start = 0
-        while start < len(run):
-            end = _run_end(run, ends, start)
-            out.append(_stored(run[start:end]))
-            start = end
-    return out
+def events_of(row: Row) -> Iterator[tuple[int, bytes]]:
+    """(seq, event) for each event of a stored row, oldest first."""
+    _, last, payload, first = row
+    if first is None:
+        yield last, payload
+    else:
+        yield from enumerate(payload.split(b"\n"), first)
 
 
-_ROOM = operator.itemgetter(0)
-_PAYLOAD = operator.itemgetter(2)
+def _stored_rows(room: str, first: int, events: list[bytes]) -> Iterator[Row]:
+    """A run of ``room``'s consecutive events as stored rows: one, unless it is over ``RUN_BYTES`` (then cut
+    where the byte bound falls, found by bisection over the running lengths: no Python work per event)."""
+    joined = b"\n".join(events)
+    if len(joined) <= RUN_BYTES:
+        yield room, first + len(events) - 1, joined, first if len(events) > 1 else None
+        return
+    ends = list(itertools.accumulate(map(_PLUS_ONE, map(len, events))))  # bytes of events[..k], a newline each
+    start = 0
+    while start < len(events):
+        before = ends[start - 1] if start else 0
+        end = max(start + 1, bisect.bisect_right(ends, before + RUN_BYTES + 1, lo=start))
+        run = events[start:end]
+        yield room, first + end - 1, b"\n".join(run), first + start if len(run) > 1 else None
+        start = end
+
+
 _PLUS_ONE = (1).__add__
 
 
-def _run_end(run: list[Row], ends: list[int], start: int) -> int:
-    """Where the stored row that begins at ``run[start]`` ends: consecutive seqs within ``RUN_BYTES``."""
-    before = ends[start - 1] if start else 0
-    end = max(start + 1, bisect.bisect_right(ends, before + RUN_BYTES + 1, lo=start))
-    if run[end - 1][1] - run[start][1] != end - 1 - start:  # a seq jumped (rare): the row ends there
-        end = next(i for i in range(start + 1, end) if run[i][1] != run[i - 1][1] + 1)
-    return end
-
-
-def _stored(run: list[Row]) -> tuple[str, int, bytes, int | None]:
-    room, first, payload = run[0]
-    if len(run) == 1:
-        return room, first, payload, None
-    return room, run[-1][1], b"\n".join(map(_PAYLOAD, run)), first
+def _newest_topic(row: Row) -> tuple[str, int, bytes] | None:
+    """The row's newest topic event, as ``topics`` keeps it (room, seq, event), if it has one."""
+    room, last, payload, _ = row
+    at = payload.rfind(TOPIC_EVENT)
+    if at < 0:
+        return None
+    if at == 0 or payload[at - 1] == ord("\n"):  # where an event begins (JSON-encoded, it cannot be elsewhere)
+        end = payload.find(b"\n", at)
+        return room, last - payload.count(b"\n", at), payload[at : None if end < 0 else end]
+    topics = [(room, seq, e) for seq, e in events_of(row) if e.startswith(TOPIC_EVENT)]
+    return topics[-1] if topics else None
 
 
 def _expand(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[tuple[int, bytes]]:
@@ -428,6 +463,16 @@ def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> 
             yield events[offset]
 
 
+class _Growing:
+    """A room's run being appended to: the seq of its first event, and its events."""
+
+    __slots__ = ("events", "first")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.events: list[bytes] = []
+
+
 class Sealed:
     """A batch of rows the store's writer (``store_writer``) commits; its ``result``: True, or the error."""
 
@@ -435,7 +480,7 @@ class Sealed:
 
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
-        self.size = sum(map(len, map(_PAYLOAD, rows)))
+        self.size = sum(len(row[2]) for row in rows)
         self.number = 0  # given by the writer: batches are numbered in order, on from ``stored_batch``
         self.result: bool | BaseException | None = None
         self.durable = False  # in the journal: a crash cannot take it back (``--sync normal``)

@@ -14,8 +14,8 @@ interpreter lock, and the broker with a database file still accepted only 0.6-0.
 ``--db :memory:``.  A process has its own: the loop's only cost is one frame per batch.
 
 The broker (``Writer``) binds a PAIR on ipc and starts ``python store_writer.py DB SYNC ENDPOINT``; each
-message it sends is one or more batches, a frame each (``store.batch_frame``: msgpack ``[number, [[room, seq,
-payload], ...]]``), and each frame back says ``[number, error]`` for every batch up to ``number`` (error
+message it sends is one or more batches, a frame each (``store.batch_frame``: msgpack ``[number, rows]``, the
+rows as stored), and each frame back says ``[number, error]`` for every batch up to ``number`` (error
 ``null`` once they are committed).  Batches that queue up meanwhile go in
 one transaction (group commit).  After a failure every later batch fails too, without touching the
 database, until the broker, having stored them itself, says ``["recover"]``.  ``["execute", SQL]`` runs a

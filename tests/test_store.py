@@ -390,7 +390,8 @@ def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
 def on_disk(path: Path) -> list[tuple[str, int]]:
     """What a broker starting now would find: SQLite's rows and the journal's (another process's reading)."""
     journaled = journal.Journal(path).pending(0)
-    return rows_on_disk(path) + [(r[0], r[1]) for _, frame in journaled for r in store_module.read_batch(frame)[1]]
+    rows = [row for _, frame in journaled for row in store_module.read_batch(frame)[1]]
+    return rows_on_disk(path) + [(row[0], seq) for row in rows for seq, _ in store_module.events_of(row)]
 
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
@@ -439,15 +440,50 @@ def test_a_commit_stores_each_rooms_consecutive_events_as_one_row_and_reads_them
     assert store.rooms() == [("dev", 300), ("general", 300)] and store.last_seq("general") == 300
 
 
-def test_runs_are_cut_at_a_gap_and_at_their_byte_bound() -> None:
+def test_a_seal_cuts_each_rooms_events_into_rows_at_a_gap_and_at_their_byte_bound(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
     big = b"x" * (store_module.RUN_BYTES // 2)
-    rows = [("a", 1, b"1"), ("a", 2, b"2"), ("a", 5, b"5"), ("b", 1, big), ("b", 2, big), ("b", 3, b"3")]
-    assert sorted(store_module.runs(rows)) == [
+    for room, seq, event in [
+        ("a", 1, b"1"),
+        ("b", 1, big),
+        ("a", 2, b"2"),
+        ("b", 2, big),
+        ("a", 5, b"5"),
+        ("b", 3, b"3"),
+    ]:
+        store.append(room, seq, event)
+    batch = store.seal()
+    assert batch is not None and store.pending == 6
+    assert sorted(batch.rows) == [
         ("a", 2, b"1\n2", 1),
         ("a", 5, b"5", None),
         ("b", 1, big, None),
         ("b", 3, big + b"\n3", 2),
     ]
+
+
+def test_a_rows_newest_topic_is_kept_with_its_own_seq(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    events = [b'{"type":"msg","text":"{\\"type\\":\\"topic\\","}', b'{"type":"topic","topic":"old"}', b"{}"]
+    events += [b'{"type":"topic","topic":"new"}', b'{"type":"msg"}']
+    for seq, event in enumerate(events, 1):
+        store.append("general", seq, event)
+    store.commit()
+    assert store.db.execute("SELECT seq, payload FROM topics").fetchall() == [(4, events[3])]
+    assert store.topic("general") == events[3]
+    store.close()
+
+
+def test_a_journal_written_before_rows_is_still_taken_in(tmp_path: Path) -> None:
+    """A broker of the version before kept its batches as ``[number, [[room, seq, event], ...]]``."""
+    path = tmp_path / "j.db"
+    store = SqliteStore(path)
+    assert store.journal is not None
+    store.journal.append(1, msgspec.msgpack.encode((1, [("general", 1, b"{}"), ("general", 2, b"[]")])))
+    killed(store)
+    again = SqliteStore(path)
+    assert again.read("general", 0, 10) == [b"{}", b"[]"] and again.stored_batch == 1
+    again.close()
 
 
 def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -489,7 +525,7 @@ def test_a_journaled_batch_sqlite_never_got_is_stored_by_the_next_broker(tmp_pat
     store = SqliteStore(path)
     assert store.journal is not None and store.stored_batch == 0
     for number in (1, 2):
-        rows = [("general", number, b'{"seq":%d}' % number)]
+        rows = [("general", number, b'{"seq":%d}' % number, None)]
         store.journal.append(number, store_module.batch_frame(number, rows))
     killed(store)  # acked (the journal had them), never committed to SQLite
     assert rows_on_disk(path) == []
@@ -507,11 +543,11 @@ def test_a_torn_record_ends_its_segment_and_what_sqlite_has_is_not_stored_again(
     store = SqliteStore(path)
     assert store.journal is not None
     frame = store_module.batch_frame
-    store.journal.append(1, frame(1, [("general", 1, b"{}")]))
+    store.journal.append(1, frame(1, [("general", 1, b"{}", None)]))
     store.db.execute("BEGIN")
-    store_module.write(store.db, [("general", 1, b"{}")], 1)  # the writer had committed batch 1
+    store_module.write(store.db, [("general", 1, b"{}", None)], 1)  # the writer had committed batch 1
     store.db.execute("COMMIT")
-    store.journal.append(2, frame(2, [("general", 2, b"{}")]))
+    store.journal.append(2, frame(2, [("general", 2, b"{}", None)]))
     killed(store)
     (segment,) = tmp_path.glob("j.db-log.*")
     with segment.open("ab") as f:  # a power cut's torn tail: a header and part of its payload
