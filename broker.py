@@ -742,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chat-broker: cannot open the database {args.db} for writing: {exc}", file=sys.stderr)
         return 1
     open_files = transport.raise_open_files_limit()
-    ctx = zmq.Context()
+    ctx = transport.batch_scheduled(zmq.Context())
     auth = None
     try:
         curve, allowed = None, None

@@ -335,9 +335,7 @@ class SqliteStore:
         return rows
 
     def _stored_batch(self) -> int:
-        """The number of the last batch SQLite has (``meta``), as committed by whoever wrote last."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (STORED_BATCH,)).fetchone()
-        return 0 if row is None else int(row[0])
+        return stored_batch(self.db)
 
     def close(self) -> None:
         try:
@@ -376,6 +374,12 @@ def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
         db.executemany(UPSERT_TOPIC, topics.values())
     if batch:
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (STORED_BATCH, str(batch)))
+
+
+def stored_batch(db: sqlite3.Connection) -> int:
+    """The number of the last journaled batch SQLite has (``meta``), as committed by whoever wrote last."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (STORED_BATCH,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 _encode_batch = msgspec.msgpack.Encoder().encode

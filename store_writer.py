@@ -1,27 +1,31 @@
 """Commits the broker's sealed batches in a process of its own, so the broker's loop waits neither for the
 disk nor for a lock on the interpreter.
 
-With ``--sync normal`` a batch is durable once the loop has put it in the journal (``journal.py``), so
-nobody waits for this process: the loop hands batches over at most every ``GROUP_S``, all in one message,
-committed in one transaction (a few pages rewritten per hand-over, not per batch, and few checkpoints), and
-the answer lets the broker forget their rows and delete journal segments.  Measured at 10,000 msgs/s: a
-message and an answer per batch cost the broker and this process 10 µs a message and put this process on
-the path of every ack.  With ``--sync full`` the commit (and its fsync) is what makes a batch durable: each
-batch is handed over at once, and acks wait for the answer.
+The loop puts every batch in the journal (``journal.py``: one ``write``) and tells this process, over an ipc
+PAIR, the number of the last one; this process reads them from there (``journal.Tail``).  With ``--sync
+normal`` a batch is durable once the journal has it, so nobody waits for this process: the loop tells it at
+most every ``GROUP_S``, and what it reads then is committed in one transaction (a few pages rewritten per
+hand-over, not per batch, and few checkpoints); the answer lets the broker forget the batches' rows and
+delete journal segments.  With ``--sync full`` the commit (and its fsync) is what makes a batch durable: it
+is told of each batch at once, and acks wait for the answer.  (A journaled batch a crash kept from SQLite
+is stored by the next broker; with ``--sync full`` it was never acked, and a resend of it is recognised.)
 
-Measured first with a writer *thread*: it took the commits off the loop, but the two threads share one
-interpreter lock, and the broker with a database file still accepted only 0.6-0.7 of what it did with
-``--db :memory:``.  A process has its own: the loop's only cost is one frame per batch.
+Measured: a message and an answer per batch cost the broker and this process 10 µs a message at 10,000
+msgs/s and put this process on the path of every ack; batches sent over the socket cost the broker's I/O
+thread and this process three copies of their bytes, where the journal's page cache costs one.  A writer
+*thread* took the commits off the loop, but the two threads share one interpreter lock, and the broker with
+a database file still accepted only 0.6-0.7 of what it did with ``--db :memory:``.
 
-The broker (``Writer``) binds a PAIR on ipc and starts ``python store_writer.py DB SYNC ENDPOINT``; each
-message it sends is one or more batches, a frame each (``store.batch_frame``: msgpack ``[number, rows]``, the
-rows as stored), and each frame back says ``[number, error]`` for every batch up to ``number`` (error
-``null`` once they are committed).  Batches that queue up meanwhile go in
-one transaction (group commit).  After a failure every later batch fails too, without touching the
-database, until the broker, having stored them itself, says ``["recover"]``.  ``["execute", SQL]`` runs a
-statement on the writer's connection (tests use it to make the disk read-only or full); ``["stop"]`` ends
-it once everything before it is answered.  The writer dies with the broker (``PR_SET_PDEATHSIG``): a batch
-it had not committed was never acked, and one it had is found in the database by the next broker.
+The broker (``Writer``) binds the PAIR and starts ``python store_writer.py DB SYNC ENDPOINT``.  It sends
+``["journaled", N]``: every batch up to ``N`` is in the journal (each record's payload a
+``store.batch_frame``, msgpack ``[number, rows]``, the rows as stored).  Each answer says ``[N, error]`` for
+every batch up to ``N`` (error ``null`` once they are committed); what queues up meanwhile goes in one
+transaction (group commit).  After a failure every later batch fails too, without touching the database,
+until the broker, having stored them itself, says ``["recover"]``.  ``["execute", SQL]`` runs a statement on
+the writer's connection (tests use it to make the disk read-only or full); ``["stop"]`` ends it once
+everything before it is answered.  The writer dies with the broker (``PR_SET_PDEATHSIG``): a batch it had
+not committed was never acked (``--sync full``) or is in the journal (``normal``), and one it had is found
+in the database by the next broker.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from typing import Any
 import msgspec
 import zmq
 
+from journal import Tail
 from lifeline import die_with_parent
-from store import Row, Sealed, SqliteStore, batch_frame, read_batch, write
+from store import Sealed, SqliteStore, batch_frame, read_batch, stored_batch, write
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -66,36 +71,34 @@ class Writer:
         )
         self._numbers = store.stored_batch
         self._sent: dict[int, Sealed] = {}  # submitted, not yet answered, oldest first
-        #: ``--sync normal``: where a batch becomes durable, before this process has it.
-        self.journal = store.journal if store.sync == "normal" else None
-        self._unsent: list[bytes] = []  # journaled, not yet handed over
+        assert store.journal is not None, "a writer process needs a database file"
+        self.journal = store.journal
+        #: ``--sync normal``: a batch is durable once the journal has it, before this process does.
+        self._journal_is_durable = store.sync == "normal"
+        self._journaled = self._told = store.stored_batch  # the last batch journaled; the last one told of
         self._handed_at = 0.0
 
     def submit(self, batch: Sealed) -> bool:
-        """Hand ``batch`` over; True if it is durable already (it is in the journal), False if only its
-        answer will say so.  Raises ``OSError`` if the journal cannot take it (nothing was handed over)."""
+        """Put ``batch`` in the journal and tell the writer of it (now, or with the next ones); True if it is
+        durable already (``--sync normal``), False if only its answer will say so.  Raises ``OSError`` if the
+        journal cannot take it (its number is used, and nothing was handed over)."""
         self._numbers += 1
         batch.number = self._numbers
-        frame = batch_frame(batch.number, batch.rows)
-        if self.journal is None:
-            self._sent[batch.number] = batch
-            self._send([frame])
-            return False
-        self.journal.append(batch.number, frame)
-        batch.durable = True
+        self.journal.append(batch.number, batch_frame(batch.number, batch.rows))
+        self._journaled = batch.number
+        batch.durable = self._journal_is_durable
         self._sent[batch.number] = batch
-        self._unsent.append(frame)
         now = time.monotonic()
-        if now - self._handed_at >= GROUP_S:
+        if not batch.durable or now - self._handed_at >= GROUP_S:
             self.hand_over(now)
-        return True
+        return batch.durable
 
     def hand_over(self, now: float = 0.0) -> None:
-        """Send the batches journaled since the last hand-over, as one message (the broker's timer calls this
+        """Tell the writer of the batches journaled since the last hand-over (the broker's timer calls this
         too, so the last ones do not wait for more)."""
-        if self._unsent:
-            frames, self._unsent = self._unsent, []
-            self._send(frames)
+        if self._told < self._journaled:
+            self._told = self._journaled
+            self._send([_encode(["journaled", self._told])])
         self._handed_at = now or time.monotonic()
 
     def _send(self, frames: list[bytes]) -> None:
@@ -119,7 +122,7 @@ class Writer:
             result = True if error is None else sqlite3.OperationalError(error)
             while self._sent and next(iter(self._sent)) <= last:
                 self._sent.pop(next(iter(self._sent))).result = result
-            if error is None and self.journal is not None:
+            if error is None:
                 self.journal.stored(last)
 
     def idle(self) -> None:
@@ -161,7 +164,6 @@ class Writer:
     def _lost(self) -> None:
         """The writer process died: every batch it had not answered failed (those it had committed, SQLite
         says: ``SqliteStore.commit`` skips them)."""
-        self._unsent = []
         for batch in self._sent.values():
             batch.result = sqlite3.OperationalError("the store's writer process ended")
         self._sent.clear()
@@ -173,49 +175,54 @@ class Writer:
 def serve(path: str, sync: str, endpoint: str) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA synchronous={sync.upper()}")
+    tail = Tail(Path(path), stored_batch(db))
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
     failed = False
     while True:
-        messages = [sock.recv_multipart()]
+        orders = [_decode(sock.recv())]
         while sock.poll(0):
-            messages.append(sock.recv_multipart())
-        batches: list[tuple[int, list[Row]]] = []
-        for frames in messages:
-            try:
-                batches += [read_batch(frame) for frame in frames]
+            orders.append(_decode(sock.recv()))
+        journaled = 0  # the last batch journaled, of the orders read so far: committed before the next order
+        for order in orders:
+            if order[0] == "journaled":
+                journaled = order[1]
                 continue
-            except msgspec.ValidationError:  # not batches: an order
-                message = _decode(frames[0])
-            failed = _commit(db, batches, failed, sock)
-            batches = []
-            if message[0] == "stop":
+            failed = _commit(db, tail, journaled, failed, sock)
+            journaled = 0
+            if order[0] == "stop":
+                tail.close()
                 db.close()
                 sock.close(linger=1000)
                 return
-            if message[0] == "recover":
+            if order[0] == "recover":
                 failed = False
-            elif message[0] == "execute":
-                db.execute(message[1])
-        failed = _commit(db, batches, failed, sock)
+            elif order[0] == "execute":
+                db.execute(order[1])
+        failed = _commit(db, tail, journaled, failed, sock)
 
 
-def _commit(db: sqlite3.Connection, batches: list[tuple[int, list[Row]]], failed: bool, sock: zmq.Socket) -> bool:
-    """One transaction for ``batches``; answer each.  Returns whether the writer is now failed."""
-    if not batches:
+def _commit(db: sqlite3.Connection, tail: Tail, journaled: int, failed: bool, sock: zmq.Socket) -> bool:
+    """Read the batches journaled up to ``journaled`` and store them in one transaction; answer.  Returns
+    whether the writer is now failed."""
+    if journaled <= tail.last:
         return failed
     error: str | None = "an earlier batch could not be stored" if failed else None
-    if not failed:
+    try:
+        rows = [row for _, frame in tail.read(journaled) for row in read_batch(frame)[1]]
+    except (OSError, msgspec.ValidationError) as exc:  # the broker stores them itself, from memory
+        rows, error = [], error or f"cannot read the journal: {exc}"
+    if error is None:
         try:
             db.execute("BEGIN")
-            write(db, [row for _, rows in batches for row in rows], batches[-1][0])
+            write(db, rows, journaled)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             error = str(exc) or type(exc).__name__
-    sock.send(_encode([batches[-1][0], error]))
+    sock.send(_encode([journaled, error]))
     return error is not None
 
 
@@ -225,6 +232,9 @@ def main(argv: list[str] | None = None) -> Any:
     # everything is handed over; if the broker dies instead, PR_SET_PDEATHSIG kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sync == "normal" and hasattr(os, "SCHED_BATCH"):  # nobody waits for us: woken, we do not preempt the loop
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     serve(path, sync, endpoint)
 
 

@@ -8,8 +8,10 @@ One home, so the broker, the relay, the web gateway and the clients make their s
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,6 +132,40 @@ def peer_address(frame: zmq.Frame) -> str | None:
         return frame.get("Peer-Address")
     except zmq.ZMQError:
         return None
+
+
+def batch_scheduled(ctx: zmq.Context) -> zmq.Context:
+    """Run ``ctx``'s I/O thread under ``SCHED_BATCH`` (Linux): woken, it does not preempt the loop.
+
+    The loop is the broker's bottleneck, and libzmq wakes its I/O thread for every burst the loop sends.  By
+    default Linux lets a woken thread preempt the one running: at full load (2 cores, the load generators
+    beside it) the I/O thread preempted the loop 6,000-12,000 times a second, each time taking its caches
+    (``perf sched``: 24,563 of its preemptions in 2 s, nearly all by its own I/O thread).  Under
+    ``SCHED_BATCH`` it runs on the other core, or when the loop waits; its share of the CPU is unchanged.
+    Measured (one subscriber): 7-9% more acked msgs/s with a database file, 0-6% with ``:memory:``; the loop
+    preempted about 300 times a second instead.  libzmq aborts if the policy
+    cannot be set, so it is tried on a thread of ours first (a sandbox may forbid it); must be called before
+    the context's first socket."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is not None and _may_set_policy(policy):
+        ctx.set(zmq.THREAD_SCHED_POLICY, policy)
+    return ctx
+
+
+def _may_set_policy(policy: int) -> bool:
+    allowed: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread, this one
+            allowed.append(True)
+        except OSError:
+            allowed.append(False)
+
+    thread = threading.Thread(target=probe, name="sched-probe")
+    thread.start()
+    thread.join()
+    return allowed == [True]
 
 
 def raise_open_files_limit() -> int:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, Harness, Proc
@@ -302,3 +303,26 @@ def test_the_library_refuses_text_that_is_not_unicode_before_queueing_it(harness
         assert not bot.unacked  # nothing left behind to fail again on every resend
         bot.say("general", "fine")
         assert len(bot.unacked) == 1
+
+
+def _policies(pid: int) -> dict[str, int]:
+    """Each thread's name and scheduling policy (``/proc``: 0 SCHED_OTHER, 3 SCHED_BATCH)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        found[name] = int(rest[38])  # field 41 of stat(5)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(harness: Harness) -> None:
+    """The broker's ZeroMQ I/O thread and its SQLite writer run under SCHED_BATCH (``transport.batch_scheduled``)."""
+    broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
+    harness.client(broker, "alice")  # in #general: the I/O thread and the writer have been at work
+    pid = broker.pid
+    children = (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    loop = _policies(pid)
+    assert loop["python"] == 0 and loop["ZMQbg/IO/0"] == 3, loop
+    (writer,) = [int(child) for child in children]
+    assert set(_policies(writer).values()) == {3}

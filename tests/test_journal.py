@@ -1,6 +1,6 @@
-"""The journal (``journal.py``) under a hypothesis state machine: appends, SQLite catching up, restarts,
-failed writes and torn tails.  Whatever happens, a restart finds exactly the records appended and not yet
-stored, in order."""
+"""The journal (``journal.py``) under a hypothesis state machine: appends, the writer reading them, SQLite
+catching up, restarts, failed writes and torn tails.  Whatever happens, the writer reads each record appended
+exactly once, in order, and a restart finds exactly the records appended and not yet stored."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
@@ -23,12 +24,14 @@ class JournalMachine(RuleBasedStateMachine):
         self.folder = Path(tempfile.mkdtemp(prefix="journal-"))
         self.db = self.folder / "c.db"
         self.journal = journal.Journal(self.db)
+        self.tail = journal.Tail(self.db, 0)  # the writer process's end
         self.number = 0
         self.stored = 0
         self.appended: dict[int, bytes] = {}  # what an append returned from: durable
 
     def teardown(self) -> None:
         self.journal.close()
+        self.tail.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     @rule(payload=st.binary(max_size=300))
@@ -53,10 +56,19 @@ class JournalMachine(RuleBasedStateMachine):
             os.close(self.journal._fd)
         self.journal._fd = fd
 
+    @rule()
+    def writer_reads(self) -> None:
+        """The broker told the writer of everything appended: it reads what it had not, and nothing else."""
+        if not self.appended or max(self.appended) <= self.tail.last:
+            return
+        before, upto = self.tail.last, max(self.appended)
+        assert self.tail.read(upto) == [(n, p) for n, p in self.appended.items() if before < n <= upto]
+
     @rule(data=st.data())
     def sqlite_catches_up(self, data: st.DataObject) -> None:
-        if self.number > self.stored:
-            self.stored = data.draw(st.integers(self.stored, self.number))
+        """The writer committed some of what it read (only that: the broker deletes what it answered for)."""
+        if self.tail.last > self.stored:
+            self.stored = data.draw(st.integers(self.stored, self.tail.last))
             self.journal.stored(self.stored)
 
     @rule(cut=st.integers(1, 40))
@@ -81,6 +93,8 @@ class JournalMachine(RuleBasedStateMachine):
         self.number = max(self.number, self.stored) + 1  # a torn record's number is never reused
         self.journal.clear()
         self.appended = {}
+        self.tail.close()
+        self.tail = journal.Tail(self.db, self.stored)
 
 
 JournalMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
@@ -114,3 +128,23 @@ def test_a_segment_that_cannot_be_deleted_is_logged_and_kept(tmp_path: Path, mon
     log.clear()
     assert "cannot delete the journal segment" in caplog.text
     assert [number for number, _ in journal.Journal(tmp_path / "c.db").pending(2)] == [3]
+
+
+def test_the_writer_reads_past_a_torn_record_and_a_number_an_append_failed_to_use(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 100)
+    j = journal.Journal(tmp_path / "c.db")
+    j.append(1, b"one")
+    j.append(2, b"two")
+    with (tmp_path / "c.db-log.1").open("ab") as f:  # an append that failed and could not be undone
+        f.write(journal.HEADER.pack(3, 30, 0) + b"y" * 10)
+    j.close()  # so the next record begins a segment of its own
+    j.append(4, b"four")
+    tail = journal.Tail(tmp_path / "c.db", 0)
+    assert tail.read(2) == [(1, b"one"), (2, b"two")]
+    assert tail.read(4) == [(4, b"four")] and tail.last == 4
+    with pytest.raises(OSError):  # the broker said 5 is there, and it is not: the writer fails, nothing is lost
+        tail.read(5)
+    j.append(6, b"six")
+    assert tail.read(6) == [(6, b"six")]
+    tail.close()
+    j.close()

@@ -585,19 +585,23 @@ def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_
     ctx.term()
 
 
-def test_with_sync_full_the_commit_makes_a_batch_durable_and_no_journal_is_written(tmp_path: Path) -> None:
+def test_with_sync_full_a_batch_is_durable_only_once_the_writer_committed_it(tmp_path: Path) -> None:
+    """The writer reads it from the journal either way; with ``full`` the ack waits for the commit (fsync)."""
     ctx = zmq.Context()
     store = SqliteStore(tmp_path / "f.db", "full")
     w = Writer(store, ctx)
-    store.append("general", 1, b"{}")
-    batch = store.seal()
-    assert w.submit(batch) is False  # its answer will say it is durable
-    w.idle()
-    assert batch.result is True and list(tmp_path.glob("f.db-log.*")) == []
-    store.written(batch)
-    w.stop()
-    store.close()
-    ctx.term()
+    try:
+        store.append("general", 1, b"{}")
+        batch = store.seal()
+        assert w.submit(batch) is False and not batch.durable  # its answer will say it is durable
+        w.idle()
+        assert batch.result is True and rows_on_disk(store.path) == [("general", 1)]
+        store.written(batch)
+    finally:
+        w.stop()
+        store.close()
+        ctx.term()
+    assert list(tmp_path.glob("f.db-log.*")) == []  # a clean stop leaves no journal
 
 
 def test_after_a_failure_what_the_journal_has_counts_as_durable(tmp_path: Path) -> None:
