@@ -192,9 +192,9 @@ class SqliteStore:
         not yet sealed (without ``journaled``: not those the journal has)."""
         for batch in itertools.chain(self.failed, self.sealed):
             if journaled or not batch.durable:
-                for row in batch.rows:
-                    if row[0] == room:
-                        yield from events_of(row)
+                for name, last, payload, first in batch.rows:
+                    if name == room:
+                        yield from events_of(last, payload, first)
         for name, run in itertools.chain(self._ended, self._growing.items()):
             if name == room:
                 yield from enumerate(run.events, run.first)
@@ -402,9 +402,8 @@ def read_batch(frame: bytes) -> tuple[int, list[Row]]:
         return number, [(room, seq, event, None) for room, seq, event in events]
 
 
-def events_of(row: Row) -> Iterator[tuple[int, bytes]]:
-    """(seq, event) for each event of a stored row, oldest first."""
-    _, last, payload, first = row
+def events_of(last: int, payload: bytes, first: int | None) -> Iterator[tuple[int, bytes]]:
+    """(seq, event) for each event of a stored row (its ``seq``, ``payload`` and ``first``), oldest first."""
     if first is None:
         yield last, payload
     else:
@@ -433,27 +432,24 @@ _PLUS_ONE = (1).__add__
 
 def _newest_topic(row: Row) -> tuple[str, int, bytes] | None:
     """The row's newest topic event, as ``topics`` keeps it (room, seq, event), if it has one."""
-    room, last, payload, _ = row
+    room, last, payload, first = row
     at = payload.rfind(TOPIC_EVENT)
     if at < 0:
         return None
     if at == 0 or payload[at - 1] == ord("\n"):  # where an event begins (JSON-encoded, it cannot be elsewhere)
         end = payload.find(b"\n", at)
         return room, last - payload.count(b"\n", at), payload[at : None if end < 0 else end]
-    topics = [(room, seq, e) for seq, e in events_of(row) if e.startswith(TOPIC_EVENT)]
+    topics = [(room, seq, e) for seq, e in events_of(last, payload, first) if e.startswith(TOPIC_EVENT)]
     return topics[-1] if topics else None
 
 
 def _expand(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[tuple[int, bytes]]:
     """Stored rows (oldest first) -> (seq, event) for each event with ``seq > after``."""
-    for seq, payload, first in rows:
-        if first is None:
-            if seq > after:
-                yield seq, payload
-            continue
-        for offset, event in enumerate(payload.split(b"\n")):
-            if first + offset > after:
-                yield first + offset, event
+    for last, payload, first in rows:
+        if last > after:
+            for seq, event in events_of(last, payload, first):
+                if seq > after:
+                    yield seq, event
 
 
 def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[bytes]:

@@ -391,7 +391,7 @@ def on_disk(path: Path) -> list[tuple[str, int]]:
     """What a broker starting now would find: SQLite's rows and the journal's (another process's reading)."""
     journaled = journal.Journal(path).pending(0)
     rows = [row for _, frame in journaled for row in store_module.read_batch(frame)[1]]
-    return rows_on_disk(path) + [(row[0], seq) for row in rows for seq, _ in store_module.events_of(row)]
+    return rows_on_disk(path) + [(row[0], seq) for row in rows for seq, _ in store_module.events_of(*row[1:])]
 
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
