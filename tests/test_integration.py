@@ -326,3 +326,25 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
     assert loop["python"] == 0 and loop["ZMQbg/IO/0"] == 3, loop
     (writer,) = [int(child) for child in children]
     assert set(_policies(writer).values()) == {3}
+
+
+def test_where_the_policy_cannot_be_set_the_io_thread_keeps_the_default(monkeypatch) -> None:
+    """A sandbox may refuse ``sched_setscheduler``: libzmq would abort on it, so the context is left as it was."""
+    import os
+
+    import transport
+
+    class Context:  # records what is set on it
+        def __init__(self) -> None:
+            self.options: dict[int, int] = {}
+
+        def set(self, option: int, value: int) -> None:
+            self.options[option] = value
+
+    assert transport.batch_scheduled(Context()).options  # type: ignore[arg-type]  (allowed here: it is set)
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    assert transport.batch_scheduled(Context()).options == {}  # type: ignore[arg-type]
