@@ -332,6 +332,7 @@ def test_mentions_completion_and_commands(harness: Harness, browser: Browser) ->
     alice.type("/topic")
     expect(alice.log()).to_contain_text("topic of #general: Release 2.0 today")
     bob.type("/join dev")
+    expect(bob.page.locator("#room-title")).to_have_text("#dev")  # /topic is the current room's, as a person sees it
     bob.type("/topic only dev things")
     expect(bob.page.locator("#room-topic")).to_have_text("only dev things")
     alice.type("/join dev")
