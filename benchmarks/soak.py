@@ -276,9 +276,10 @@ class Soak:
                     repeats += 1  # out of order counts as a fault too
                 holes += sum(1 for (before, _), (_, prev) in itertools.pairwise(chain) if prev != before)
                 orders[room].append(seqs)
-        for seen in orders.values():  # every file holds the room's events in one order (from its start)
-            start = max(seqs[0] for seqs in seen)
-            tails = {tuple(s for s in seqs if s >= start) for seqs in seen}
+        for seen in orders.values():  # every file holds the room's events in one order, where they overlap: a
+            start = max(seqs[0] for seqs in seen)  # logger started later saw less of the start, and one stopped
+            end = min(seqs[-1] for seqs in seen)  # earlier less of the end (the bots' last leaves); not another order
+            tails = {tuple(s for s in seqs if start <= s <= end) for seqs in seen}
             disagree += len(tails) - 1
         messages = sum(1 for out in self.logs_out for e in self.events(out) if e["type"] == "msg")
         rows = [
