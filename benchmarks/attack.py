@@ -1184,8 +1184,8 @@ def attack_dedupe_eviction(lab: Lab) -> Check:
                 counts["rate_limited"] += reply.count(b'"rate_limited"')
                 counts["unavailable"] += reply.count(b'"unavailable"')
     flood_s = now() - start
+    resent_at = now()  # before the command: a loaded machine may answer the resend before this process runs on
     lab.tell_honest(f"resend {victim}")
-    resent_at = now()
     again = None
     while now() < resent_at + 15 and again is None:  # a deadline, not a timing: a loaded machine is slow
         lab.honest_log.refresh()
