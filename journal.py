@@ -44,11 +44,7 @@ class Journal:
         self._fd = -1
         self._size = 0
         #: Segments written to, oldest first: (number of its first batch, path).
-        self._segments: list[tuple[int, Path]] = sorted(
-            (int(path.name[len(self.prefix) :]), path)
-            for path in self.folder.glob(self.prefix + "*")
-            if path.name[len(self.prefix) :].isdigit()
-        )
+        self._segments = segments(db_path)
 
     def pending(self, stored: int) -> Iterator[tuple[int, bytes]]:
         """Every intact record with a number above ``stored`` (what SQLite does not have), oldest first."""
@@ -121,8 +117,7 @@ class Tail:
     every batch in them, all of them behind this reader."""
 
     def __init__(self, db_path: Path, after: int) -> None:
-        self.folder = db_path.parent
-        self.prefix = db_path.name + "-log."
+        self.db_path = db_path
         self.last = after  # the number of the last record read (or stored before)
         self._file: BinaryIO | None = None
         self._segment = -1  # the number in the open segment's name
@@ -135,7 +130,7 @@ class Tail:
             record = self._record()
             if record is None and not self._next_segment():
                 self.last = upto
-                raise OSError(errno.ENOENT, f"the journal has no batch {self.last + 1}..{upto} in {self.folder}")
+                raise OSError(errno.ENOENT, f"the journal of {self.db_path} has no batch up to {upto}")
             if record is not None and record[0] > self.last:
                 self.last = record[0]
                 records.append(record)
@@ -149,18 +144,18 @@ class Tail:
         header = self._file.read(HEADER.size)
         if len(header) == HEADER.size:
             number, length, _ = HEADER.unpack(header)
-            payload = self._file.read(length)
-            if len(payload) == length:
-                return number, payload
+            if length <= os.fstat(self._file.fileno()).st_size - at - HEADER.size:  # not a torn header's length
+                return number, self._file.read(length)
         self._file.seek(at)
         return None
 
     def _next_segment(self) -> bool:
         """Go on to the segment after the open one (by number); False if there is none (the open one stays)."""
-        names = (path.name[len(self.prefix) :] for path in self.folder.glob(self.prefix + "*"))
-        for number in sorted(n for n in map(int, filter(str.isdigit, names)) if n > self._segment):
+        for number, path in segments(self.db_path):
+            if number <= self._segment:
+                continue
             try:
-                segment = open(self.folder / f"{self.prefix}{number}", "rb")  # noqa: SIM115 (kept open)
+                segment = open(path, "rb")  # noqa: SIM115 (kept open)
             except FileNotFoundError:  # deleted since: SQLite had all of it
                 continue
             self.close()
@@ -172,6 +167,13 @@ class Tail:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def segments(db_path: Path) -> list[tuple[int, Path]]:
+    """The journal segments beside ``db_path``, oldest first: (number of its first batch, path)."""
+    prefix = db_path.name + "-log."
+    found = ((path.name[len(prefix) :], path) for path in db_path.parent.glob(prefix + "*"))
+    return sorted((int(number), path) for number, path in found if number.isdigit())
 
 
 def _delete(path: Path) -> None:

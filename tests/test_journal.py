@@ -148,3 +148,16 @@ def test_the_writer_reads_past_a_torn_record_and_a_number_an_append_failed_to_us
     assert tail.read(6) == [(6, b"six")]
     tail.close()
     j.close()
+
+
+def test_a_torn_header_claiming_gigabytes_is_a_torn_tail_not_an_allocation(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "c.db")
+    j.append(1, b"one")
+    with (tmp_path / "c.db-log.1").open("ab") as f:
+        f.write(journal.HEADER.pack(2, 0xFFFFFFFF, 0) + b"y")
+    tail = journal.Tail(tmp_path / "c.db", 0)
+    assert tail.read(1) == [(1, b"one")]
+    with pytest.raises(OSError):
+        tail.read(2)
+    tail.close()
+    j.close()
