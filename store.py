@@ -382,15 +382,20 @@ def stored_batch(db: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-_encode_batch = msgspec.msgpack.Encoder().encode
+_batch_encoder = msgspec.msgpack.Encoder()
 _decode_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes, int | None]]]).decode
 #: Before rows, a batch listed its events one by one, ``[room, seq, event]``: a journal written then is read too.
 _decode_old_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes]]]).decode
 
 
-def batch_frame(number: int, rows: list[Row]) -> bytes:
-    """A batch as the journal keeps it and the writer process receives it: msgpack ``[number, rows]``."""
-    return _encode_batch((number, rows))
+def batch_frame(number: int, rows: list[Row], into: bytearray | None = None) -> bytes | bytearray:
+    """A batch as the journal keeps it and the writer process reads it: msgpack ``[number, rows]``.  With
+    ``into``, encoded there (resized to fit) and returned: the loop reuses one buffer, as a new one the size
+    of a batch is fresh memory the kernel has to map and zero each time (measured: 80 ns an event)."""
+    if into is None:
+        return _batch_encoder.encode((number, rows))
+    _batch_encoder.encode_into((number, rows), into)
+    return into
 
 
 def read_batch(frame: bytes) -> tuple[int, list[Row]]:

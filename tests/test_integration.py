@@ -306,7 +306,7 @@ def test_the_library_refuses_text_that_is_not_unicode_before_queueing_it(harness
 
 
 def _policies(pid: int) -> dict[str, int]:
-    """Each thread's name and scheduling policy (``/proc``: 0 SCHED_OTHER, 3 SCHED_BATCH)."""
+    """Each thread's name and scheduling policy (``/proc``: 0 SCHED_OTHER, 3 SCHED_BATCH, 5 SCHED_IDLE)."""
     found = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         stat = (task / "stat").read_text()
@@ -317,7 +317,8 @@ def _policies(pid: int) -> dict[str, int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
 def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(harness: Harness) -> None:
-    """The broker's ZeroMQ I/O thread and its SQLite writer run under SCHED_BATCH (``transport.batch_scheduled``)."""
+    """The broker's ZeroMQ I/O thread runs under SCHED_BATCH (``transport.batch_scheduled``), and its SQLite
+    writer, which nobody waits for with ``--sync normal``, under SCHED_IDLE (``store_writer.run_when_idle``)."""
     broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
     harness.client(broker, "alice")  # in #general: the I/O thread and the writer have been at work
     pid = broker.pid
@@ -325,7 +326,15 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
     loop = _policies(pid)
     assert loop["python"] == 0 and loop["ZMQbg/IO/0"] == 3, loop
     (writer,) = [int(child) for child in children]
-    assert set(_policies(writer).values()) == {3}
+    assert set(_policies(writer).values()) == {5}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_with_sync_full_acks_wait_for_the_writer_so_it_keeps_the_usual_policy(harness: Harness) -> None:
+    broker = harness.broker("--sync", "full", db=str(harness.tmp_path / "chat.db"))
+    harness.client(broker, "alice")
+    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    assert set(_policies(writer).values()) == {0}
 
 
 def test_where_the_policy_cannot_be_set_the_io_thread_keeps_the_default(monkeypatch) -> None:
