@@ -141,7 +141,7 @@ class Broker:
         self.written: zmq.Socket | None = None  # the writer says "a batch is done" here
         store = core.store
         if isinstance(store, SqliteStore) and store.file is not None:
-            self.writer = Writer(store, router.context)
+            self.writer = Writer(store, router.context, max_unstored_bytes)
             self.written = self.writer.sock
             self.poller.register(self.written, zmq.POLLIN)
         for sock in front_door.sockets if front_door is not None else ():

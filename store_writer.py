@@ -18,8 +18,9 @@ thread and this process three copies of their bytes, where the journal's page ca
 a database file still accepted only 0.6-0.7 of what it did with ``--db :memory:``.
 
 The broker (``Writer``) binds the PAIR and starts ``python store_writer.py DB SYNC ENDPOINT``.  It sends
-``["journaled", N]``: every batch up to ``N`` is in the journal (each record's payload a
-``store.batch_frame``, msgpack ``[number, rows]``, the rows as stored).  Each answer says ``[N, error]`` for
+``["journaled", N, behind]``: every batch up to ``N`` is in the journal (each record's payload a
+``store.batch_frame``, msgpack ``[number, rows]``, the rows as stored), and whether SQLite is far behind
+(``Yielding``).  Each answer says ``[N, error]`` for
 every batch up to ``N`` (error ``null`` once they are committed); what queues up meanwhile goes in one
 transaction (group commit).  After a failure every later batch fails too, without touching the database,
 until the broker, having stored them itself, says ``["recover"]``.  ``["execute", SQL]`` runs a statement on
@@ -32,13 +33,16 @@ in the database by the next broker.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,13 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 #: With a journal (``--sync normal``), batches are handed to the writer at most this often: nobody waits.
 GROUP_S = 0.02
+#: The writer is behind (``Yielding``) while the bytes of batches it has not answered for are at this share
+#: of ``--max-unstored-bytes``, where the broker stops reading requests.
+BEHIND_SHARE = 0.25
+#: Kept up for this long, the writer runs on idle CPU time only again (``Yielding``); twice as long after each
+#: time it fell behind, up to the most.
+IDLE_AFTER_S = 10.0
+IDLE_AFTER_MAX_S = 1280.0
 #: The buffer batches are encoded in is kept while no bigger than this (a full batch of small events is
 #: about 100 KiB; a batch of big ones, up to ``COMMIT_BATCH`` frames, is not kept).
 FRAME_KEPT = 1 << 20
@@ -61,7 +72,7 @@ FRAME_KEPT = 1 << 20
 class Writer:
     """The broker's end: hands batches to the writer process and learns which were committed."""
 
-    def __init__(self, store: SqliteStore, ctx: zmq.Context) -> None:
+    def __init__(self, store: SqliteStore, ctx: zmq.Context, max_unstored_bytes: int = 16 << 20) -> None:
         self._dir = tempfile.mkdtemp(prefix="chat-writer-")
         endpoint = f"ipc://{self._dir}/writer"
         self.sock = ctx.socket(zmq.PAIR)
@@ -82,6 +93,8 @@ class Writer:
         self._journaled = self._told = store.stored_batch  # the last batch journaled; the last one told of
         self._handed_at = 0.0
         self._frame = bytearray()  # each batch is encoded here, for the journal
+        self._store = store
+        self._behind_bytes = int(max_unstored_bytes * BEHIND_SHARE)
 
     def submit(self, batch: Sealed) -> bool:
         """Put ``batch`` in the journal and tell the writer of it (now, or with the next ones); True if it is
@@ -105,7 +118,7 @@ class Writer:
         too, so the last ones do not wait for more)."""
         if self._told < self._journaled:
             self._told = self._journaled
-            self._send([_encode(["journaled", self._told])])
+            self._send([_encode(["journaled", self._told, self._store.unstored_bytes >= self._behind_bytes])])
         self._handed_at = now or time.monotonic()
 
     def _send(self, frames: list[bytes]) -> None:
@@ -183,6 +196,9 @@ def serve(path: str, sync: str, endpoint: str) -> None:
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
+    # After the socket: the context's I/O thread keeps the policy it was made with, and brings in the orders
+    # that tell a starved writer it is behind.
+    yielding = Yielding(sync == "normal" and can_leave_idle(), _set_idle)
     failed = False
     while True:
         orders = [_decode(sock.recv())]
@@ -192,6 +208,7 @@ def serve(path: str, sync: str, endpoint: str) -> None:
         for order in orders:
             if order[0] == "journaled":
                 journaled = order[1]
+                yielding.told(order[2], time.monotonic())
                 continue
             failed = _commit(db, tail, journaled, failed, sock)
             journaled = 0
@@ -238,25 +255,73 @@ def main(argv: list[str] | None = None) -> Any:
     # everything is handed over; if the broker dies instead, PR_SET_PDEATHSIG kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sync == "normal":
-        run_when_idle()
+    if sync == "normal" and hasattr(os, "SCHED_BATCH"):  # nobody waits for us: woken, we do not preempt the loop
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     serve(path, sync, endpoint)
 
 
-def run_when_idle() -> None:
-    """With ``--sync normal`` nobody waits for this process: it runs under ``SCHED_IDLE`` (Linux), on CPU time
-    nothing else wants, so it never delays the broker's loop, its I/O thread or its clients.  Set before the
-    ZeroMQ context is made, so that context's thread has it too.
+class Yielding:
+    """With ``--sync normal`` nobody waits for the writer: while it keeps up, its thread runs under
+    ``SCHED_IDLE`` (Linux), on CPU time nothing else wants; once the broker says it is behind (what it has
+    not answered for is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair
+    share, until it has kept up for ``IDLE_AFTER_S``, twice as long after each time it fell behind (up to
+    ``IDLE_AFTER_MAX_S``): a machine that stays busy starves it less and less often.
 
-    Measured (``bench.py``, 1 subscriber): under ``SCHED_BATCH`` the default broker accepted 0.87x what it
-    did with ``--db :memory:``; under ``SCHED_IDLE``, 0.92x: woken every ``GROUP_S``, the writer no longer
-    takes a core from the publishers or the loop.  Starved by a busy machine, it still gets a small share
-    (Linux gives an idle task weight 3 against 1024), and the broker reads no more requests while what
-    SQLite lacks is at ``--max-unstored-bytes``: a loaded machine slows the chat down, never grows memory."""
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is not None:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, policy, os.sched_param(0))
+    Measured (``bench.py``): with the writer always under ``SCHED_BATCH`` the default broker accepted
+    0.87x-0.88x what it did with ``--db :memory:``; idle while it keeps up, 0.89x-0.92x, the publishers and
+    the loop no longer waiting for it.  Always idle, three busy processes on the machine starved it: SQLite
+    fell ``--max-unstored-bytes`` behind and the broker read nothing for seconds; with this, it read nothing
+    for about a second, once, and went on at the pace it has under ``SCHED_BATCH``.  (Counted as behind
+    when 0.1 s of hand-overs queued up, it left ``SCHED_IDLE`` in every latency run, for a moment's lag at
+    start, and p99 was SCHED_BATCH's.)  Leaving ``SCHED_IDLE`` takes ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20
+    (root has them); a process without either never enters it (``can_rise`` False) and keeps ``SCHED_BATCH``.
+    Sans-I/O: ``set_policy`` does the system call."""
+
+    def __init__(self, can_rise: bool, set_policy: Callable[[bool], None]) -> None:
+        self.can_rise = can_rise
+        self._set_policy = set_policy  # True: SCHED_IDLE; False: SCHED_BATCH
+        self.idle = False
+        self._behind_at = -math.inf
+        self.idle_after = IDLE_AFTER_S / 2  # doubled each time it is found behind, the first time included
+
+    def told(self, behind: bool, now: float) -> None:
+        """The broker's last hand-over said whether the writer is ``behind``."""
+        if not self.can_rise:
+            return
+        if behind:
+            if now - self._behind_at >= self.idle_after:  # it was idle since: it fell behind anew
+                self.idle_after = min(self.idle_after * 2, IDLE_AFTER_MAX_S)
+            self._behind_at = now
+        idle = now - self._behind_at >= self.idle_after
+        if idle != self.idle:
+            self._set_policy(idle)
+            self.idle = idle
+
+
+def _set_idle(idle: bool) -> None:
+    os.sched_setscheduler(0, os.SCHED_IDLE if idle else os.SCHED_BATCH, os.sched_param(0))
+
+
+def can_leave_idle() -> bool:
+    """Whether this process may go back from ``SCHED_IDLE`` to ``SCHED_BATCH``: tried on a thread of its own
+    (a policy is per thread), so a refusal leaves the caller as it was."""
+    if not (hasattr(os, "SCHED_IDLE") and hasattr(os, "SCHED_BATCH")):
+        return False
+    allowed: list[bool] = []
+
+    def probe() -> None:
+        try:
+            _set_idle(True)
+            _set_idle(False)
+            allowed.append(True)
+        except OSError:
+            allowed.append(False)
+
+    thread = threading.Thread(target=probe, name="sched-probe")
+    thread.start()
+    thread.join()
+    return allowed == [True]
 
 
 if __name__ == "__main__":

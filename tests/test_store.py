@@ -622,3 +622,37 @@ def test_after_a_failure_what_the_journal_has_counts_as_durable(tmp_path: Path) 
         assert store.first_pending("general") is None and rows_on_disk(store.path) == [("general", 1), ("general", 2)]
     finally:
         store.close()
+
+
+def test_the_writer_yields_the_cpu_while_it_keeps_up_and_takes_its_share_while_behind() -> None:
+    """``store_writer.Yielding``: idle from the first hand-over, a fair share as soon as the broker says it is
+    behind (a busy machine starved it), idle again only after keeping up for ``IDLE_AFTER_S``, twice as long
+    after each time it fell behind anew."""
+    from store_writer import IDLE_AFTER_MAX_S, IDLE_AFTER_S, Yielding
+
+    policies: list[bool] = []
+    yielding = Yielding(True, policies.append)
+    yielding.told(False, 100.0)
+    assert policies == [True]  # idle
+    yielding.told(True, 102.0)
+    assert policies == [True, False]  # behind: SCHED_BATCH
+    yielding.told(True, 103.0)  # still behind: the same episode
+    yielding.told(False, 103.0 + IDLE_AFTER_S - 0.1)
+    assert policies == [True, False] and not yielding.idle
+    yielding.told(False, 103.0 + IDLE_AFTER_S)
+    assert policies == [True, False, True] and yielding.idle
+    now = 200.0
+    yielding.told(True, now)  # starved again: twice as long before it yields again
+    yielding.told(False, now + IDLE_AFTER_S)
+    assert policies == [True, False, True, False] and not yielding.idle
+    yielding.told(False, now + 2 * IDLE_AFTER_S)
+    assert yielding.idle
+    for _ in range(20):  # a machine that stays busy: at most IDLE_AFTER_MAX_S between two starvations
+        now += yielding.idle_after
+        yielding.told(True, now)
+    assert yielding.idle_after == IDLE_AFTER_MAX_S and not yielding.idle
+    never: list[bool] = []
+    stuck = Yielding(False, never.append)  # may not leave SCHED_IDLE: never enters it
+    for behind in (False, True, False):
+        stuck.told(behind, 0.0)
+    assert never == [] and not stuck.idle
