@@ -18,9 +18,8 @@ thread and this process three copies of their bytes, where the journal's page ca
 a database file still accepted only 0.6-0.7 of what it did with ``--db :memory:``.
 
 The broker (``Writer``) binds the PAIR and starts ``python store_writer.py DB SYNC ENDPOINT``.  It sends
-``["journaled", N, behind]``: every batch up to ``N`` is in the journal (each record's payload a
-``store.batch_frame``, msgpack ``[number, rows]``, the rows as stored), and whether SQLite is far behind
-(``Yielding``).  Each answer says ``[N, error]`` for
+``["journaled", N]``: every batch up to ``N`` is in the journal (each record's payload a
+``store.batch_frame``, msgpack ``[number, rows]``, the rows as stored).  Each answer says ``[N, error]`` for
 every batch up to ``N`` (error ``null`` once they are committed); what queues up meanwhile goes in one
 transaction (group commit).  After a failure every later batch fails too, without touching the database,
 until the broker, having stored them itself, says ``["recover"]``.  ``["execute", SQL]`` runs a statement on
@@ -82,7 +81,7 @@ class Writer:
         here = Path(__file__).resolve().parent
         self.process = subprocess.Popen(
             [sys.executable, str(here / "store_writer.py"), str(store.path), store.sync, endpoint],
-            preexec_fn=die_with_parent,
+            preexec_fn=_batch_child if store.sync == "normal" else die_with_parent,
         )
         self._numbers = store.stored_batch
         self._sent: dict[int, Sealed] = {}  # submitted, not yet answered, oldest first
@@ -95,6 +94,7 @@ class Writer:
         self._frame = bytearray()  # each batch is encoded here, for the journal
         self._store = store
         self._behind_bytes = int(max_unstored_bytes * BEHIND_SHARE)
+        self._yielding = Yielding(store.sync == "normal" and can_leave_idle(), self._set_policy)
 
     def submit(self, batch: Sealed) -> bool:
         """Put ``batch`` in the journal and tell the writer of it (now, or with the next ones); True if it is
@@ -118,8 +118,15 @@ class Writer:
         too, so the last ones do not wait for more)."""
         if self._told < self._journaled:
             self._told = self._journaled
-            self._send([_encode(["journaled", self._told, self._store.unstored_bytes >= self._behind_bytes])])
+            self._send([_encode(["journaled", self._told])])
         self._handed_at = now or time.monotonic()
+        self._yielding.told(self._store.unstored_bytes >= self._behind_bytes, self._handed_at)
+
+    def _set_policy(self, idle: bool) -> None:
+        """The writer's main thread (its pid) under SCHED_IDLE or SCHED_BATCH, set from here: a writer starved
+        of the CPU could not raise itself before the broker stops reading."""
+        with contextlib.suppress(OSError):  # gone: ``_check_writer`` finds out
+            os.sched_setscheduler(self.process.pid, os.SCHED_IDLE if idle else os.SCHED_BATCH, os.sched_param(0))
 
     def _send(self, frames: list[bytes]) -> None:
         """Send, waiting while the writer is alive but not yet (or no longer) reading; if it is gone, every
@@ -196,9 +203,6 @@ def serve(path: str, sync: str, endpoint: str) -> None:
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
-    # After the socket: the context's I/O thread keeps the policy it was made with, and brings in the orders
-    # that tell a starved writer it is behind.
-    yielding = Yielding(sync == "normal" and can_leave_idle(), _set_idle)
     failed = False
     while True:
         orders = [_decode(sock.recv())]
@@ -208,7 +212,6 @@ def serve(path: str, sync: str, endpoint: str) -> None:
         for order in orders:
             if order[0] == "journaled":
                 journaled = order[1]
-                yielding.told(order[2], time.monotonic())
                 continue
             failed = _commit(db, tail, journaled, failed, sock)
             journaled = 0
@@ -255,24 +258,31 @@ def main(argv: list[str] | None = None) -> Any:
     # everything is handed over; if the broker dies instead, PR_SET_PDEATHSIG kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sync == "normal" and hasattr(os, "SCHED_BATCH"):  # nobody waits for us: woken, we do not preempt the loop
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     serve(path, sync, endpoint)
+
+
+def _batch_child() -> None:
+    """Between fork and exec, with ``--sync normal``: the writer, which nobody waits for, and every thread it
+    makes run under ``SCHED_BATCH`` (woken, they do not preempt the loop); ``Yielding`` may then set its main
+    thread idle."""
+    die_with_parent()
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 class Yielding:
     """With ``--sync normal`` nobody waits for the writer: while it keeps up, its thread runs under
-    ``SCHED_IDLE`` (Linux), on CPU time nothing else wants; once the broker says it is behind (what it has
-    not answered for is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair
+    ``SCHED_IDLE`` (Linux), on CPU time nothing else wants; once it is behind (what it has not answered for
+    is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair
     share, until it has kept up for ``IDLE_AFTER_S``, twice as long after each time it fell behind (up to
     ``IDLE_AFTER_MAX_S``): a machine that stays busy starves it less and less often.
 
     Measured (``bench.py``): with the writer always under ``SCHED_BATCH`` the default broker accepted
     0.87x-0.88x what it did with ``--db :memory:``; idle while it keeps up, 0.89x-0.92x, the publishers and
     the loop no longer waiting for it.  Always idle, three busy processes on the machine starved it: SQLite
-    fell ``--max-unstored-bytes`` behind and the broker read nothing for seconds; with this, it read nothing
-    for about a second, once, and went on at the pace it has under ``SCHED_BATCH``.  (Counted as behind
+    fell ``--max-unstored-bytes`` behind and the broker read nothing for seconds.  The broker sets the policy
+    (``Writer._set_policy``): a writer that had to raise itself did so only when it next got the CPU, 1.7 s
+    later, with the broker already stopped at the bound once.  (Counted as behind
     when 0.1 s of hand-overs queued up, it left ``SCHED_IDLE`` in every latency run, for a moment's lag at
     start, and p99 was SCHED_BATCH's.)  Leaving ``SCHED_IDLE`` takes ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20
     (root has them); a process without either never enters it (``can_rise`` False) and keeps ``SCHED_BATCH``.

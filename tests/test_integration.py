@@ -334,6 +334,24 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
     wait_for(lambda: _policies(writer)["python"] == idle, what=f"the writer under policy {idle}")
 
 
+@pytest.mark.skipif(not can_leave_idle(), reason="may not raise a thread from SCHED_IDLE here")
+def test_a_writer_behind_is_given_its_fair_share_of_the_cpu_again(harness: Harness) -> None:
+    """A starved writer (a busy machine) falls behind: the broker takes it out of SCHED_IDLE itself, before it
+    has to stop reading at ``--max-unstored-bytes``.  A tiny bound here: a burst is already behind."""
+    broker = harness.broker("--max-unstored-bytes", "2000", db=str(harness.tmp_path / "chat.db"))
+    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    with ChatClient("bot", router=broker.router, pub=broker.pub, context=harness.ctx) as bot:
+        bot.connect()
+        bot.say_many("general", [f"line {n} " + "x" * 300 for n in range(40)])
+        wait_for(lambda: _policies(writer)["python"] == 3, what="the writer under SCHED_BATCH")
+
+        def all_acked() -> bool:
+            bot.poll(0.1)
+            return not bot.unacked
+
+        wait_for(all_acked, what="every line acked")
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
 def test_with_sync_full_acks_wait_for_the_writer_so_it_keeps_the_usual_policy(harness: Harness) -> None:
     broker = harness.broker("--sync", "full", db=str(harness.tmp_path / "chat.db"))
