@@ -237,7 +237,8 @@ CATALOGUE = (
         "broker",
         ROOM,
         broker("FILE"),
-        durable="SQLite WAL, synchronous=NORMAL: committed before the ack; survives kill -9, not a power cut",
+        durable="the journal (one write, in the OS page cache) before the ack, SQLite (WAL, synchronous=NORMAL) soon "
+        "after; survives kill -9, not a power cut",
     ),
     System(
         "broker-db-batch",
