@@ -39,7 +39,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +50,7 @@ import zmq
 from journal import Tail
 from lifeline import die_with_parent
 from store import Sealed, SqliteStore, batch_frame, read_batch, stored_batch, write
+from transport import may_set_policies
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -309,29 +309,9 @@ class Yielding:
             self.idle = idle
 
 
-def _set_idle(idle: bool) -> None:
-    os.sched_setscheduler(0, os.SCHED_IDLE if idle else os.SCHED_BATCH, os.sched_param(0))
-
-
 def can_leave_idle() -> bool:
-    """Whether this process may go back from ``SCHED_IDLE`` to ``SCHED_BATCH``: tried on a thread of its own
-    (a policy is per thread), so a refusal leaves the caller as it was."""
-    if not (hasattr(os, "SCHED_IDLE") and hasattr(os, "SCHED_BATCH")):
-        return False
-    allowed: list[bool] = []
-
-    def probe() -> None:
-        try:
-            _set_idle(True)
-            _set_idle(False)
-            allowed.append(True)
-        except OSError:
-            allowed.append(False)
-
-    thread = threading.Thread(target=probe, name="sched-probe")
-    thread.start()
-    thread.join()
-    return allowed == [True]
+    """Whether this process may go back from ``SCHED_IDLE`` to ``SCHED_BATCH`` (``Yielding``)."""
+    return hasattr(os, "SCHED_IDLE") and may_set_policies(os.SCHED_IDLE, os.SCHED_BATCH)
 
 
 if __name__ == "__main__":

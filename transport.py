@@ -147,17 +147,20 @@ def batch_scheduled(ctx: zmq.Context) -> zmq.Context:
     cannot be set, so it is tried on a thread of ours first (a sandbox may forbid it); must be called before
     the context's first socket."""
     policy = getattr(os, "SCHED_BATCH", None)
-    if policy is not None and _may_set_policy(policy):
+    if policy is not None and may_set_policies(policy):
         ctx.set(zmq.THREAD_SCHED_POLICY, policy)
     return ctx
 
 
-def _may_set_policy(policy: int) -> bool:
+def may_set_policies(*policies: int) -> bool:
+    """Whether this process may put a thread under each of ``policies``, one after the other: tried on a thread
+    of its own (a policy is per thread), so a refusal leaves the caller as it was."""
     allowed: list[bool] = []
 
     def probe() -> None:
         try:
-            os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread, this one
+            for policy in policies:
+                os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread, this one
             allowed.append(True)
         except OSError:
             allowed.append(False)
