@@ -271,22 +271,22 @@ def _batch_child() -> None:
 
 
 class Yielding:
-    """With ``--sync normal`` nobody waits for the writer: while it keeps up, its thread runs under
+    """With ``--sync normal`` nobody waits for the writer: while it keeps up, its main thread runs under
     ``SCHED_IDLE`` (Linux), on CPU time nothing else wants; once it is behind (what it has not answered for
-    is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair
-    share, until it has kept up for ``IDLE_AFTER_S``, twice as long after each time it fell behind (up to
-    ``IDLE_AFTER_MAX_S``): a machine that stays busy starves it less and less often.
+    is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair share, until it
+    has kept up for ``IDLE_AFTER_S``, twice as long after each time it fell behind (up to
+    ``IDLE_AFTER_MAX_S``): a machine that stays busy starves it less and less often.  The broker decides
+    (``Writer._set_policy``): a starved writer would raise itself only when it next got the CPU.
 
     Measured (``bench.py``): with the writer always under ``SCHED_BATCH`` the default broker accepted
-    0.87x-0.88x what it did with ``--db :memory:``; idle while it keeps up, 0.89x-0.92x, the publishers and
+    0.87x-0.88x what it did with ``--db :memory:``; idle while it keeps up, 0.89x-0.93x, the publishers and
     the loop no longer waiting for it.  Always idle, three busy processes on the machine starved it: SQLite
-    fell ``--max-unstored-bytes`` behind and the broker read nothing for seconds.  The broker sets the policy
-    (``Writer._set_policy``): a writer that had to raise itself did so only when it next got the CPU, 1.7 s
-    later, with the broker already stopped at the bound once.  (Counted as behind
-    when 0.1 s of hand-overs queued up, it left ``SCHED_IDLE`` in every latency run, for a moment's lag at
-    start, and p99 was SCHED_BATCH's.)  Leaving ``SCHED_IDLE`` takes ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20
-    (root has them); a process without either never enters it (``can_rise`` False) and keeps ``SCHED_BATCH``.
-    Sans-I/O: ``set_policy`` does the system call."""
+    fell ``--max-unstored-bytes`` behind and the broker read nothing for seconds; raising itself, the writer
+    did so 1.7 s late, the broker stopped once; raised by the broker, it went on without a pause.  Counted
+    as behind when 0.1 s of hand-overs queued up instead, it left ``SCHED_IDLE`` in every latency run.
+    Leaving ``SCHED_IDLE`` takes ``CAP_SYS_NICE`` or ``RLIMIT_NICE`` >= 20 (root has them); without either
+    the writer never enters it (``can_rise`` False) and keeps ``SCHED_BATCH``.  Sans-I/O: ``set_policy``
+    does the system call."""
 
     def __init__(self, can_rise: bool, set_policy: Callable[[bool], None]) -> None:
         self.can_rise = can_rise
