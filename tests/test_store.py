@@ -16,7 +16,7 @@ import messages as m
 import store as store_module
 from chat import ChatConfig, ChatCore, Publish, Reply, SaidWindows
 from store import MemoryStore, SqliteStore, open_store
-from store_writer import Writer
+from store_writer import IDLE_AFTER_MAX_S, IDLE_AFTER_S, Writer, Yielding
 
 A = b"peer-a"
 B = b"peer-b"
@@ -628,8 +628,6 @@ def test_the_writer_yields_the_cpu_while_it_keeps_up_and_takes_its_share_while_b
     """``store_writer.Yielding``: idle from the first hand-over, a fair share as soon as the broker says it is
     behind (a busy machine starved it), idle again only after keeping up for ``IDLE_AFTER_S``, twice as long
     after each time it fell behind anew."""
-    from store_writer import IDLE_AFTER_MAX_S, IDLE_AFTER_S, Yielding
-
     policies: list[bool] = []
     yielding = Yielding(True, policies.append)
     yielding.told(False, 100.0)
