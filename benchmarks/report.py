@@ -223,7 +223,8 @@ def report(
         "",
         f"{when}, {machine()}. "
         f"{'QUICK SMOKE RUN: tiny counts, the figures mean nothing. ' if cfg.quick else ''}"
-        f"Medians of {cfg.runs} run(s), {cfg.window:g} s windows after {cfg.warmup:g} s of load; "
+        f"Medians of {cfg.runs} run(s), {cfg.window:g} s windows ({cfg.latency_window:g} s for latency) after "
+        f"{cfg.warmup:g} s of load; "
         f"{cfg.pubs} publisher process(es), subscribers spread over 1-4 processes, all on this machine "
         f"with the system under test (SUT): the load generators compete with it for the same cores. "
         f"Took {elapsed:.0f} s.",

@@ -55,7 +55,14 @@ def throughput_latency(cfg: Config, work: Path, found: list[System], only: set[s
                             flush=True,
                         )
                     if do_latency and not (cfg.quick and levels):
-                        (w,) = drive(*args, cfg.subs, rate=cfg.latency_rate, latency=True, pub_args=system.pub_args)
+                        (w,) = drive(
+                            *args,
+                            cfg.subs,
+                            rate=cfg.latency_rate,
+                            latency=True,
+                            pub_args=system.pub_args,
+                            window=cfg.latency_window,
+                        )
                         rec.add(system.key, "latency", summarize(w, "sut"))
                         lat = w.latency
                         print(
@@ -210,7 +217,7 @@ def _relay_once(
     watch = {"relay": proxy.pid, "broker": server.pid}
     args = (cfg, work, "broker", "room/general/", server.inbox)
     tp = None if cfg.quick else drive(*args, feed, watch, cfg.subs)[0]  # the smoke run: latency only
-    (lat,) = drive(*args, feed, watch, cfg.subs, rate=cfg.latency_rate, latency=True)
+    (lat,) = drive(*args, feed, watch, cfg.subs, rate=cfg.latency_rate, latency=True, window=cfg.latency_window)
     shown = tp or lat
     value = {
         "sub_median": shown.sub_median,
@@ -223,7 +230,9 @@ def _relay_once(
         **lat.latency,
     }
     if not direct_known:  # the same figures without the relay, from this broker
-        (dl,) = drive(*args, server.feed, watch, cfg.subs, rate=cfg.latency_rate, latency=True)
+        (dl,) = drive(
+            *args, server.feed, watch, cfg.subs, rate=cfg.latency_rate, latency=True, window=cfg.latency_window
+        )
         rec.add("broker", "latency", summarize(dl, "broker"))
     rec.add("relay", "relay", value)
     print(
