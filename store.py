@@ -416,12 +416,27 @@ def events_of(last: int, payload: bytes, first: int | None) -> Iterator[tuple[in
 
 
 def _stored_rows(room: str, first: int, events: list[bytes]) -> Iterator[Row]:
-    """A run of ``room``'s consecutive events as stored rows: one, unless it is over ``RUN_BYTES`` (then cut
-    where the byte bound falls, found by bisection over the running lengths: no Python work per event)."""
+    """A run of ``room``'s consecutive events as stored rows: one, unless it is over ``RUN_BYTES``.  Then it is
+    cut by the events' average size (a burst's events are alike: one more join, measured 15 µs for 512 events
+    where the exact cut took 42); from a piece still over the bound on, the rest is cut exactly (``_cut_rows``)."""
     joined = b"\n".join(events)
     if len(joined) <= RUN_BYTES:
         yield room, first + len(events) - 1, joined, first if len(events) > 1 else None
         return
+    per, start = max(1, len(events) * RUN_BYTES // len(joined)), 0
+    while start < len(events):
+        run = events[start : start + per]
+        payload = b"\n".join(run)
+        if len(payload) > RUN_BYTES and len(run) > 1:
+            yield from _cut_rows(room, first + start, events[start:])
+            return
+        yield room, first + start + len(run) - 1, payload, first + start if len(run) > 1 else None
+        start += len(run)
+
+
+def _cut_rows(room: str, first: int, events: list[bytes]) -> Iterator[Row]:
+    """``events`` cut where the byte bound falls, found by bisection over the running lengths (no Python work
+    per event)."""
     ends = list(itertools.accumulate(map(_PLUS_ONE, map(len, events))))  # bytes of events[..k], a newline each
     start = 0
     while start < len(events):

@@ -10,6 +10,8 @@ import msgspec
 import pytest
 import zmq
 from conftest import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import journal
 import messages as m
@@ -463,6 +465,23 @@ def test_a_seal_cuts_each_rooms_events_into_rows_at_a_gap_and_at_their_byte_boun
     ]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from([1, 100, 150, 4000, store_module.RUN_BYTES // 3, store_module.RUN_BYTES + 5]),
+        min_size=1,
+        max_size=600,
+    )
+)
+def test_a_run_is_cut_into_rows_within_the_byte_bound_holding_every_event_in_order(sizes: list[int]) -> None:
+    events = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    rows = list(store_module._stored_rows("r", 7, events))
+    assert [e for _, last, payload, first in rows for _, e in store_module.events_of(last, payload, first)] == events
+    seqs = [(first if first is not None else last, last) for _, last, _, first in rows]
+    assert [a for a, _ in seqs] == [7] + [b + 1 for _, b in seqs[:-1]]  # consecutive, no seq twice or skipped
+    assert all(len(payload) <= store_module.RUN_BYTES or first is None for _, _, payload, first in rows)
+
+
 def test_a_rows_newest_topic_is_kept_with_its_own_seq(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "t.db")
     events = [b'{"type":"msg","text":"{\\"type\\":\\"topic\\","}', b'{"type":"topic","topic":"old"}', b"{}"]
@@ -576,8 +595,10 @@ def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_
     for batch in batches:
         store.written(batch)
     assert rows_on_disk(path) == [("general", seq) for seq in range(1, 31)]
-    # the writer deletes what it read through once it answered: the one being written to stays
-    wait_for(lambda: len(list(tmp_path.glob("w.db-log.*"))) == 1, what="read-through segments deleted")
+    # what the writer read through goes once it answered (the first two kept as spares, to be written over):
+    # the one being written to stays
+    wait_for(lambda: len(journal.segments(path)) == 1, what="read-through segments gone")
+    assert [p.name for p in sorted(journal.spares(path))] == ["w.db-log.spare.41", "w.db-log.spare.44"]
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone() == ("70",)
     db.close()
