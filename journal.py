@@ -15,17 +15,7 @@ checkpointing it several times a second; with the hop to the writer on two busy 
 
 A segment is ``DB-log.N`` (N: the number of its first batch); a record is a header ``<QII`` (the batch's
 number, the payload's length, CRC-32 of the payload) and the payload.  A record cut short or failing its
-check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked), and so
-does one whose number is not above the one before it.
-
-Segments are recycled: one the writer has read through and committed becomes a spare (``DB-log.spare.N``,
-up to ``SPARES`` of them) that the loop renames and writes over from its start when it next begins a segment;
-what is left of its old records after the new ones has lower numbers, so it ends what is read.  Measured:
-deleting an 8 MiB segment kept the writer 1-2 ms in the kernel and, with the file system's ``discard``,
-freed blocks the disk was told of at the next journal commit; at 10,000 msgs/s, right after the throughput
-runs, the default broker's p99 was 0.91-1.41 ms (median 1.12) with deletion and 0.96-1.15 ms (median 0.98,
-one run 1.79) with none, 5 runs each.  A spare's pages are still cached when it is used at once; the loop
-asks the kernel to read ahead those of one that waited long enough to lose them.
+check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked).
 """
 
 from __future__ import annotations
@@ -42,10 +32,8 @@ from typing import BinaryIO
 log = logging.getLogger("chat-broker")
 
 HEADER = struct.Struct("<QII")
-#: A segment is closed (and a new one begun) past this size.
+#: A segment is closed (and a new one begun) past this size: what one batch's deletion waits for at most.
 SEGMENT_BYTES = 8 * 1024 * 1024
-#: Segments read through and committed that are kept to be written over (each ``SEGMENT_BYTES`` of disk).
-SPARES = 2
 
 
 class Journal:
@@ -60,15 +48,15 @@ class Journal:
 
     def pending(self, stored: int) -> Iterator[tuple[int, bytes]]:
         """Every intact record with a number above ``stored`` (what SQLite does not have), oldest first."""
-        for first, path in segments(self.db_path):
+        for _, path in segments(self.db_path):
             data = path.read_bytes()
-            at, before = 0, first - 1
+            at = 0
             while at + HEADER.size <= len(data):
                 number, length, crc = HEADER.unpack_from(data, at)
                 payload = data[at + HEADER.size : at + HEADER.size + length]
-                if number <= before or len(payload) < length or zlib.crc32(payload) != crc:
-                    break  # a torn tail (never acked), or what a recycled segment held before
-                at, before = at + HEADER.size + length, number
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break  # a torn tail: never acked
+                at += HEADER.size + length
                 if number > stored:
                     yield number, payload
 
@@ -79,7 +67,7 @@ class Journal:
             self._begin(number)
         header = HEADER.pack(number, len(payload), zlib.crc32(payload))
         try:  # header and payload in one write, without copying them into one buffer first
-            written = os.pwritev(self._fd, (header, payload), self._size)
+            written = os.writev(self._fd, (header, payload))
             if written != len(header) + len(payload):  # a short write to a file: the disk is full
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError:
@@ -91,27 +79,16 @@ class Journal:
         self._size += written
 
     def _begin(self, number: int) -> None:
-        """Begin segment ``number``: a spare written over from its start if there is one, else a new file."""
         path = self.folder / f"{self.prefix}{number}"
-        for spare in spares(self.db_path):
-            try:
-                os.rename(spare, path)
-            except FileNotFoundError:  # a start deleted it meanwhile (tests): try the next
-                continue
-            fd = os.open(path, os.O_WRONLY)
-            if hasattr(os, "posix_fadvise"):  # partial pages no longer cached are read ahead, not one by one
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            break
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._size = fd, 0
 
     def clear(self) -> None:
-        """SQLite has everything: delete every segment and spare (the next ``append`` begins a new one)."""
+        """SQLite has everything: delete every segment (the next ``append`` begins a new one)."""
         self.close()
-        for path in [path for _, path in segments(self.db_path)] + spares(self.db_path):
+        for _, path in segments(self.db_path):
             _delete(path)
 
     def close(self) -> None:
@@ -136,7 +113,6 @@ class Tail:
         self.last = after  # the number of the last record read (or stored before)
         self._file: BinaryIO | None = None
         self._segment = -1  # the number in the open segment's name
-        self._before = -1  # the number of the open segment's record read last (its name's, less one, at first)
         self._read_through: list[Path] = []  # segments read to their end: ``release`` deletes them
 
     def read(self, upto: int) -> list[tuple[int, bytes]]:
@@ -161,9 +137,7 @@ class Tail:
         header = self._file.read(HEADER.size)
         if len(header) == HEADER.size:
             number, length, _ = HEADER.unpack(header)
-            # Not a torn header's length, nor what a recycled segment held before (a lower number).
-            if number > self._before and length <= os.fstat(self._file.fileno()).st_size - at - HEADER.size:
-                self._before = number
+            if length <= os.fstat(self._file.fileno()).st_size - at - HEADER.size:  # not a torn header's length
                 return number, self._file.read(length)
         self._file.seek(at)
         return None
@@ -174,28 +148,21 @@ class Tail:
             if number <= self._segment:
                 continue
             try:
-                # Unbuffered: a buffer would keep what followed the last record read, and in a recycled segment
-                # that is what the loop writes over next.
-                segment = open(path, "rb", buffering=0)  # noqa: SIM115 (kept open)
+                segment = open(path, "rb")  # noqa: SIM115 (kept open)
             except FileNotFoundError:  # deleted since: SQLite had all of it
                 continue
             if self._file is not None:
                 self._read_through.append(Path(self._file.name))
             self.close()
-            self._file, self._segment, self._before = segment, number, number - 1
+            self._file, self._segment = segment, number
             return True
         return False
 
     def release(self) -> None:
-        """The writer committed everything it read: the segments it read to their end become spares, or are
-        deleted past ``SPARES`` (the loop appends only to the newest, and a broker that starts needs none of
-        what SQLite has)."""
-        kept = len(spares(self.db_path)) if self._read_through else 0
+        """The writer committed everything it read: delete the segments it read to their end (the loop
+        appends only to the newest, and a broker that starts needs none of what SQLite has)."""
         for path in self._read_through:
-            if kept < SPARES and _recycle(path, self.db_path):
-                kept += 1
-            else:
-                _delete(path)
+            _delete(path)
         self._read_through = []
 
     def close(self) -> None:
@@ -209,21 +176,6 @@ def segments(db_path: Path) -> list[tuple[int, Path]]:
     prefix = db_path.name + "-log."
     found = ((path.name[len(prefix) :], path) for path in db_path.parent.glob(prefix + "*"))
     return sorted((int(number), path) for number, path in found if number.isdigit())
-
-
-def spares(db_path: Path) -> list[Path]:
-    """The spare segments beside ``db_path`` (read through, committed, kept to be written over)."""
-    return list(db_path.parent.glob(db_path.name + "-log.spare.*"))
-
-
-def _recycle(path: Path, db_path: Path) -> bool:
-    """Make a segment SQLite has every batch of a spare; False if it cannot be (then it is deleted)."""
-    number = path.name[len(db_path.name + "-log.") :]
-    try:
-        path.rename(path.with_name(f"{db_path.name}-log.spare.{number}"))
-        return True
-    except OSError:
-        return False
 
 
 def _delete(path: Path) -> None:

@@ -21,7 +21,6 @@ import journal
 class JournalMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.segment_bytes, journal.SEGMENT_BYTES = journal.SEGMENT_BYTES, 400  # segments roll over, and are reused
         self.folder = Path(tempfile.mkdtemp(prefix="journal-"))
         self.db = self.folder / "c.db"
         self.journal = journal.Journal(self.db)
@@ -31,7 +30,6 @@ class JournalMachine(RuleBasedStateMachine):
         self.appended: dict[int, bytes] = {}  # what an append returned from: durable
 
     def teardown(self) -> None:
-        journal.SEGMENT_BYTES = self.segment_bytes
         self.journal.close()
         self.tail.close()
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -46,8 +44,6 @@ class JournalMachine(RuleBasedStateMachine):
     def append_fails(self, payload: bytes, device: str) -> None:
         """A full disk (or a file that cannot be written): the append raises and leaves nothing behind."""
         self.append(b"")  # a segment is open
-        if self.journal._size >= journal.SEGMENT_BYTES:  # and the next append would begin another: now
-            self.append(b"")
         fd = self.journal._fd
         self.journal._fd = os.open(device, os.O_WRONLY if device == "/dev/full" else os.O_RDONLY)
         self.number += 1
@@ -70,10 +66,9 @@ class JournalMachine(RuleBasedStateMachine):
 
     @rule()
     def sqlite_catches_up(self) -> None:
-        """The writer committed what it read: the segments it read through become spares (or go)."""
+        """The writer committed what it read, and deletes the segments it read through."""
         self.stored = max(self.stored, self.tail.last)
         self.tail.release()
-        assert len(journal.spares(self.db)) <= journal.SPARES
 
     @rule(cut=st.integers(1, 40))
     def killed_while_writing(self, cut: int) -> None:
@@ -117,33 +112,6 @@ def test_segments_roll_over_and_go_once_the_writer_read_them_through(tmp_path: P
     assert [n for n, _ in journal.Journal(tmp_path / "c.db").pending(0)] == list(range(13, 21))
     tail.close()
     j.close()
-
-
-def test_a_spare_is_written_over_and_what_it_held_before_is_never_read(tmp_path: Path, monkeypatch) -> None:
-    """A segment read through becomes a spare; the next segment is that file, written over from its start:
-    its old records (lower numbers) after the new ones are neither read by the writer nor taken in at a start."""
-    monkeypatch.setattr(journal, "SEGMENT_BYTES", 100)
-    j = journal.Journal(tmp_path / "c.db")
-    for number in (1, 2, 3):
-        j.append(number, b"x" * 40)  # segment 1 holds 1 and 2 (over 100 bytes), segment 3 holds 3
-    tail = journal.Tail(tmp_path / "c.db", 0)
-    assert [n for n, _ in tail.read(3)] == [1, 2, 3]
-    tail.release()
-    (spare,) = journal.spares(tmp_path / "c.db")
-    assert spare.name == "c.db-log.spare.1" and spare.stat().st_size > 100
-    j.append(4, b"y" * 40)
-    j.close()  # 5 begins a segment: the spare, renamed; 5 is shorter than what 1 was, and 2 follows it
-    j.append(5, b"z")
-    assert not journal.spares(tmp_path / "c.db") and (tmp_path / "c.db-log.5").stat().st_size > 100
-    assert tail.read(5) == [(4, b"y" * 40), (5, b"z")]
-    with pytest.raises(OSError):  # 2, left over in the recycled file, is not taken for a batch
-        tail.read(6)
-    j.append(7, b"seven")  # over 2, after the writer looked there: it reads the new record, not the old
-    assert tail.read(7) == [(7, b"seven")]
-    assert list(journal.Journal(tmp_path / "c.db").pending(3)) == [(4, b"y" * 40), (5, b"z"), (7, b"seven")]
-    tail.close()
-    j.clear()
-    assert not list(tmp_path.glob("c.db-log.*"))
 
 
 def test_a_segment_that_cannot_be_deleted_is_logged_and_kept(tmp_path: Path, monkeypatch, caplog) -> None:
