@@ -55,6 +55,8 @@ MAX_UNSTORED_BYTES = 16 * 1024 * 1024
 #: ... or this many seconds of handling, whichever comes first: a few expensive requests (a batch of
 #: history requests) must not hold back everyone's replies until the burst is drained.
 FLUSH_AFTER_S = 0.01
+#: Logged when the broker stops reading requests until its store catches up (``_read_within_bound``).
+STOPPED_READING = "reading no requests until it catches up"
 #: How long a stopping broker waits for its writer; past it the writer is killed and the loop commits the rest.
 STOP_WAIT_S = 10.0
 #: Per-subscriber feed queue, in frames.  At the mark PUB drops that subscriber's
@@ -353,7 +355,7 @@ class Broker:
         now = time.monotonic()
         if now - self._paused_at >= 60:
             behind = "the cluster's log" if self.front_door is not None else "SQLite"
-            log.warning("%s is %d bytes behind: reading no requests until it catches up", behind, self.unstored())
+            log.warning("%s is %d bytes behind: %s", behind, self.unstored(), STOPPED_READING)
         self._paused_at = now
 
     def _settle_before_stop(self) -> None:

@@ -41,8 +41,6 @@ class Journal:
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self.folder = db_path.parent
-        self.prefix = db_path.name + "-log."
         self._fd = -1
         self._size = 0
 
@@ -79,7 +77,7 @@ class Journal:
         self._size += written
 
     def _begin(self, number: int) -> None:
-        path = self.folder / f"{self.prefix}{number}"
+        path = segment_path(self.db_path, number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self._fd >= 0:
             os.close(self._fd)
@@ -171,11 +169,20 @@ class Tail:
             self._file = None
 
 
+def segment_path(db_path: Path, number: int) -> Path:
+    """The segment beside ``db_path`` whose first batch is ``number``."""
+    return db_path.with_name(f"{_prefix(db_path)}{number}")
+
+
 def segments(db_path: Path) -> list[tuple[int, Path]]:
     """The journal segments beside ``db_path``, oldest first: (number of its first batch, path)."""
-    prefix = db_path.name + "-log."
+    prefix = _prefix(db_path)
     found = ((path.name[len(prefix) :], path) for path in db_path.parent.glob(prefix + "*"))
     return sorted((int(number), path) for number, path in found if number.isdigit())
+
+
+def _prefix(db_path: Path) -> str:
+    return db_path.name + "-log."
 
 
 def _delete(path: Path) -> None:

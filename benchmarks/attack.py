@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 import keys  # noqa: E402
 import messages as m  # noqa: E402
 from benchmarks.procs import Child, cpu_seconds, free_port, python, status_kib  # noqa: E402
+from broker import STOPPED_READING  # noqa: E402
 from chat import ChatConfig  # noqa: E402
 
 MIB = 1024 * 1024
@@ -1890,10 +1891,6 @@ def attack_kill9(lab: Lab) -> Check:
     )
 
 
-#: What the broker logs when it stops reading requests until SQLite catches up (``Broker._read_within_bound``).
-STOPPED_FOR_SQLITE = "reading no requests until it catches up"
-
-
 def attack_busy_machine(lab: Lab) -> Check:
     """A machine busy with other work: CPU-bound processes at normal priority, one more than it has cores,
     while 32 connections at a time (fresh sources, as ``fill`` does) post 24 KB messages as fast as their
@@ -1907,7 +1904,7 @@ def attack_busy_machine(lab: Lab) -> Check:
     and the common criteria.
     """
     assert lab.broker is not None
-    before = lab.broker.text().count(STOPPED_FOR_SQLITE)
+    before = lab.broker.text().count(STOPPED_READING)
     start = now()
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 1) + 1)]
     try:
@@ -1917,7 +1914,7 @@ def attack_busy_machine(lab: Lab) -> Check:
         for process in busy:
             process.kill()
             process.wait()
-    stopped = lab.broker.text().count(STOPPED_FOR_SQLITE) - before
+    stopped = lab.broker.text().count(STOPPED_READING) - before
     lab.honest_log.refresh()
     worst = max((rtt for sent, rtt in lab.honest_log.pings if sent >= start), default=0.0)
     return Check(
