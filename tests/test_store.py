@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from pathlib import Path
@@ -480,6 +481,64 @@ def test_a_run_is_cut_into_rows_within_the_byte_bound_holding_every_event_in_ord
     seqs = [(first if first is not None else last, last) for _, last, _, first in rows]
     assert [a for a, _ in seqs] == [7] + [b + 1 for _, b in seqs[:-1]]  # consecutive, no seq twice or skipped
     assert all(len(payload) <= store_module.RUN_BYTES or first is None for _, _, payload, first in rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.booleans(),  # a gap in the room's seqs before it
+            st.lists(
+                st.sampled_from([1, 300, 5000, store_module.RUN_BYTES // 2, store_module.RUN_BYTES + 1]),
+                min_size=1,
+                max_size=8,
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_a_commit_joins_each_rooms_consecutive_rows_within_the_byte_bound(batches) -> None:
+    """The loop makes a row per batch; the commit stores each room's consecutive ones as one row (a row over
+    about 1 KiB costs SQLite an overflow page of its own), never over the bound, losing or reordering nothing."""
+    seqs: dict[str, int] = {}
+    rows, events = [], []
+    for room, gap, sizes in batches:
+        first = seqs.get(room, 0) + 1 + gap
+        payloads = [b"%s%d:" % (room.encode(), first + i) + b"x" * size for i, size in enumerate(sizes)]
+        rows += list(store_module._stored_rows(room, first, payloads))
+        events += [(room, first + i, p) for i, p in enumerate(payloads)]
+        seqs[room] = first + len(payloads) - 1
+    joined = store_module.joined_runs(rows)
+    spread = [
+        (room, seq, e)
+        for room, last, payload, first in joined
+        for seq, e in store_module.events_of(last, payload, first)
+    ]
+    assert sorted(spread) == sorted(events) and len(spread) == len(events)
+    assert all(len(p) <= store_module.RUN_BYTES or f is None for _, _, p, f in joined)
+    for room in seqs:  # as few rows as the gaps and the bound allow: no two consecutive rows fit in one
+        mine = [(last if f is None else f, last, len(p)) for r, last, p, f in joined if r == room]
+        for (_, end, size), (start, _, size2) in itertools.pairwise(mine):
+            assert start > end + 1 or size + 1 + size2 > store_module.RUN_BYTES
+
+
+def test_batches_the_writer_commits_together_are_stored_as_one_row_a_room(writer) -> None:
+    store, w = writer
+    batches = []
+    for seq in range(1, 41):
+        store.append("general", seq, b'{"seq":%d}' % seq)
+        store.append("dev", seq, b'{"seq":%d}' % seq)
+        batches.append(store.seal())
+    for batch in batches:
+        w.submit(batch)
+    w.idle()
+    assert all(batch.result is True for batch in batches)
+    (count,) = sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM events").fetchone()
+    assert count < len(batches)  # told of several at once, the writer joined them (one hand-over: 2 rows)
+    for batch in batches:
+        store.written(batch)
+    assert store.read("dev", 10, 100) == [b'{"seq":%d}' % seq for seq in range(11, 41)]
 
 
 def test_a_rows_newest_topic_is_kept_with_its_own_seq(tmp_path: Path) -> None:
