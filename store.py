@@ -27,7 +27,6 @@ import sqlite3
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -383,27 +382,41 @@ def joined_runs(rows: list[Row]) -> list[Row]:
 
     The loop makes a row per batch, and at 10k msgs/s a batch holds a few events, about 1 KiB.  SQLite keeps
     what a row of this table has over about 1 KiB on overflow pages of its own, so each such row cost a 4 KiB
-    page, mostly empty, written to the WAL and again at the checkpoint (measured: 6.5 bytes written per byte
-    of events at 10k msgs/s; joined, see ``docs/scaling.md``).  A run is cut only by the bound, as the loop
-    cuts it."""
-    runs: list[list[Any]] = []  # [room, first, last, pieces, bytes]
-    open_runs: dict[str, list[Any]] = {}
+    page, mostly empty, written to the WAL and again at the checkpoint (measured at 10k msgs/s: 6.5 bytes
+    written per byte of events; joined, 2.3: ``docs/scaling.md``).  A run is cut only by the bound, as the
+    loop cuts it."""
+    runs: list[_Joined] = []
+    open_runs: dict[str, _Joined] = {}
     for room, last, payload, first in rows:
-        start = last if first is None else first
         run = open_runs.get(room)
-        if run is not None and start == run[2] + 1 and run[4] + 1 + len(payload) <= RUN_BYTES:
-            run[2] = last
-            run[3].append(payload)
-            run[4] += 1 + len(payload)
-        else:
-            run = open_runs[room] = [room, start, last, [payload], len(payload)]
+        if run is None or not run.takes(last if first is None else first, payload):
+            run = open_runs[room] = _Joined(room, last if first is None else first)
             runs.append(run)
-    if len(runs) == len(rows):
-        return rows
-    return [
-        (room, last, pieces[0] if len(pieces) == 1 else b"\n".join(pieces), None if first == last else first)
-        for room, first, last, pieces, _ in runs
-    ]
+        run.add(last, payload)
+    return rows if len(runs) == len(rows) else [run.row() for run in runs]
+
+
+class _Joined:
+    """A room's consecutive rows being joined into one (``joined_runs``)."""
+
+    __slots__ = ("first", "last", "pieces", "room", "size")
+
+    def __init__(self, room: str, first: int) -> None:
+        self.room, self.first, self.last = room, first, first - 1
+        self.pieces: list[bytes] = []
+        self.size = -1  # the bytes of the pieces and the newlines between them
+
+    def takes(self, first: int, payload: bytes) -> bool:
+        return first == self.last + 1 and self.size + 1 + len(payload) <= RUN_BYTES
+
+    def add(self, last: int, payload: bytes) -> None:
+        self.last = last
+        self.pieces.append(payload)
+        self.size += 1 + len(payload)
+
+    def row(self) -> Row:
+        payload = self.pieces[0] if len(self.pieces) == 1 else b"\n".join(self.pieces)
+        return self.room, self.last, payload, None if self.first == self.last else self.first
 
 
 def stored_batch(db: sqlite3.Connection) -> int:
