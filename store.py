@@ -388,9 +388,10 @@ def joined_runs(rows: list[Row]) -> list[Row]:
     runs: list[_Joined] = []
     open_runs: dict[str, _Joined] = {}
     for room, last, payload, first in rows:
+        start = last if first is None else first
         run = open_runs.get(room)
-        if run is None or not run.takes(last if first is None else first, payload):
-            run = open_runs[room] = _Joined(room, last if first is None else first)
+        if run is None or not run.takes(start, payload):
+            run = open_runs[room] = _Joined(room, start)
             runs.append(run)
         run.add(last, payload)
     return rows if len(runs) == len(rows) else [run.row() for run in runs]
