@@ -294,6 +294,8 @@ class Room:
     topic: str = ""  # set by ``topic`` ("": none), kept in history as a topic event
     topic_seq: int = 0  # the seq of the event that set it
     topic_asked: bool = False  # a front door: the cluster's copy of the topic was looked up (once)
+    #: Where its events go for the store until the next seal (``SqliteStore.run``); None: ask the store.
+    unsealed: list[bytes] | None = None
 
     def set_topic(self, payload: bytes | None) -> None:
         """Take the topic from a stored topic event (a room loaded from the store)."""
@@ -456,8 +458,8 @@ class ChatCore:
         """
         self.config = config or ChatConfig()
         self.store = store or MemoryStore()
-        #: ``store.append``, bound once (None: the store keeps nothing): a lookup per event shows in throughput.
-        self._store_append = self.store.append if self.store.persistent else None
+        #: ``store.run``, bound once (None: the store keeps nothing): rooms append their events to what it gives.
+        self._store_run = self.store.run if self.store.persistent else None
         self.clustered = clustered
         #: A front door: the names it holds in the cluster (claimed, not yet released), and the hello or nick
         #: of each connection waiting for its claim (kind, request, key).
@@ -684,7 +686,7 @@ class ChatCore:
         limited, conn = self.config.rate_limit or self.config.source_rate, session.conn
         kept, room_cap = self.config.history_kept, self.config.history_bytes_per_room
         encode, plain, event, ack, new_tuple = m.encode, m.PlainMsg, m.MsgEvent, m.Ack, _new_tuple
-        ts, store_append = now + self.wall_offset, self._store_append
+        ts, store_run = now + self.wall_offset, self._store_run
         end, grown, added, first, overhead = len(envelopes), 0, 0, True, EVENT_OVERHEAD
         if self.unavailable is not None or self.clustered:
             return at  # nothing can be stored (the general path refuses each), or the log numbers events
@@ -715,8 +717,8 @@ class ChatCore:
                 added += size
                 if room.bytes > room_cap:
                     added -= self._trim_room(room)
-                if store_append is not None:
-                    store_append(room_name, seq, payload)
+                if store_run is not None:
+                    (room.unsealed or store_run(room_name, seq, room)).append(payload)
                 out.append(new_tuple(Publish, (room.feed, payload)))
                 if first:
                     said, first = windows.window(session.folded, now), False  # made, or moved to most recent
@@ -1470,8 +1472,8 @@ class ChatCore:
         event.ts = now + self.wall_offset
         payload = m.encode(event)
         self._keep(room, [payload])
-        if self._store_append is not None:  # a call per event that does nothing shows in the broker's throughput
-            self._store_append(room.name, seq, payload)
+        if self._store_run is not None:  # a call per event that does nothing shows in the broker's throughput
+            (room.unsealed or self._store_run(room.name, seq, room)).append(payload)
         out.append(_new_tuple(Publish, (room.feed, payload)))  # Publish(...) without its Python-level __new__
         return seq
 

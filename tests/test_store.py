@@ -328,6 +328,36 @@ def writer(tmp_path: Path):
     ctx.term()
 
 
+class Holder:
+    """What a room is to ``SqliteStore.run``: it keeps the list its events go to."""
+
+    unsealed: list[bytes] | None = None
+
+
+def test_a_run_takes_appends_until_its_rows_are_taken_and_then_tells_its_holder(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "chat.db")
+    general, dev = Holder(), Holder()
+    store.run("general", 1, general).append(b'{"seq":1}')
+    general.unsealed.append(b'{"seq":2}')  # the hot path: the list it holds, no call to the store
+    store.run("dev", 7, dev).append(b'{"seq":7}')
+    assert store.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}'] and store.pending == 3
+    batch = store.seal()
+    assert general.unsealed is None and dev.unsealed is None  # the next event asks for a new run
+    assert batch.rows == [("general", 2, b'{"seq":1}\n{"seq":2}', 1), ("dev", 7, b'{"seq":7}', None)]
+    store.run("general", 3, general).append(b'{"seq":3}')
+    store.run("general", 9, Holder()).append(b'{"seq":9}')  # a gap ends the run, whoever holds it
+    store.db.execute("PRAGMA query_only = ON")  # a read-only disk: the commit fails, nothing is taken
+    with pytest.raises(sqlite3.Error):
+        store.commit()
+    general.unsealed.append(b'{"seq":4}')  # still the run's list: kept, and stored with it
+    store.db.execute("PRAGMA query_only = OFF")
+    store.unseal()
+    store.commit()
+    assert general.unsealed is None
+    assert rows_on_disk(store.path) == [("dev", 7)] + [("general", seq) for seq in (1, 2, 3, 4, 9)]
+    store.close()
+
+
 def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writer) -> None:
     store, w = writer
     store.append("general", 1, b'{"seq":1}')

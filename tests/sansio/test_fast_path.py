@@ -47,10 +47,16 @@ class RecordingStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[tuple[str, int, bytes]] = []
+        self.runs: list[tuple[str, int, list[bytes]]] = []
 
-    def append(self, room: str, seq: int, payload: bytes) -> None:
-        self.rows.append((room, seq, payload))
+    def run(self, room: str, seq: int, holder: Any) -> list[bytes]:
+        holder.unsealed = events = []
+        self.runs.append((room, seq, events))
+        return events
+
+    @property
+    def rows(self) -> list[tuple[str, int, bytes]]:
+        return [(room, first + i, event) for room, first, events in self.runs for i, event in enumerate(events)]
 
 
 def core(rate_limit: float) -> ChatCore:
