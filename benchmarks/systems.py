@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +85,10 @@ class System:
 
 @contextlib.contextmanager
 def running(system: System, work: Path) -> Iterator[Server]:
+    """``system`` started, and stopped after.  It starts with the disk quiet: what the systems before it
+    wrote (hundreds of MB for the durable ones) is flushed first, not written back by the kernel beside its
+    measurement, on the same two cores."""
+    os.sync()
     server = system.start(work)
     try:
         yield server
