@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -13,6 +15,7 @@ import zmq
 from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import journal
 import messages as m
@@ -356,6 +359,100 @@ def test_a_run_takes_appends_until_its_rows_are_taken_and_then_tells_its_holder(
     assert general.unsealed is None
     assert rows_on_disk(store.path) == [("dev", 7)] + [("general", seq) for seq in (1, 2, 3, 4, 9)]
     store.close()
+
+
+class RunsMachine(RuleBasedStateMachine):
+    """Rooms append to the lists the store gives them (``SqliteStore.run``), as the core's hot path does, while
+    batches are sealed, committed by a writer (a connection of its own) in order, or fail and are stored again
+    on the loop, and rooms come back from rest with a new holder.  Whatever happens, reads find every event
+    appended, in order, exactly once."""
+
+    ROOMS = ("general", "dev")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = Path(tempfile.mkdtemp(prefix="runs-"))
+        self.store = SqliteStore(self.folder / "chat.db")
+        self.writer_db = sqlite3.connect(self.store.path, isolation_level=None)
+        self.holders = {room: Holder() for room in self.ROOMS}
+        self.events: dict[str, list[bytes]] = {room: [] for room in self.ROOMS}
+        self.seq = dict.fromkeys(self.ROOMS, 0)
+        self.first = dict.fromkeys(self.ROOMS, 1)  # a room's first seq: it may start anew after a gap
+        self.sealed: list = []  # sealed, not yet committed by the writer, oldest first
+
+    def teardown(self) -> None:
+        self.writer_db.close()
+        self.store.db.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @rule(room=st.sampled_from(ROOMS), count=st.integers(1, 5))
+    def publish(self, room: str, count: int) -> None:
+        holder = self.holders[room]
+        for _ in range(count):
+            seq = self.seq[room] = self.seq[room] + 1
+            payload = b'{"room":"%s","seq":%d}' % (room.encode(), seq)
+            (holder.unsealed or self.store.run(room, seq, holder)).append(payload)  # as ChatCore does
+            self.events[room].append(payload)
+
+    @rule(room=st.sampled_from(ROOMS), jump=st.integers(0, 3))
+    def back_from_rest(self, room: str, jump: int) -> None:
+        """The room was put to rest and comes back: a new holder, its seq going on (or, a gap, further)."""
+        self.holders[room] = Holder()
+        self.seq[room] += jump
+
+    @rule()
+    def seal(self) -> None:
+        batch = self.store.seal()
+        if batch is not None:
+            self.sealed.append(batch)
+
+    @rule()
+    def writer_commits_the_oldest(self) -> None:
+        if not self.sealed:
+            return
+        batch = self.sealed.pop(0)
+        self.writer_db.execute("BEGIN")
+        store_module.write(self.writer_db, batch.rows)
+        self.writer_db.execute("COMMIT")
+        self.store.written(batch)
+
+    @rule()
+    def commit_on_the_loop(self) -> None:
+        """What putting a room to rest does: the store commits what was appended since the last seal."""
+        self.store.commit()
+
+    @rule()
+    def the_writer_fails_and_the_loop_stores_it_all(self) -> None:
+        """The writer failed: its batches come back (``unseal``); the loop's first try, on a read-only disk,
+        fails and takes nothing; the next stores them with what was appended since."""
+        self.store.unseal()
+        self.sealed.clear()
+        pending = self.store.pending
+        self.store.db.execute("PRAGMA query_only = ON")
+        try:
+            self.store.commit()
+            failed = False
+        except sqlite3.Error:
+            failed = True
+        finally:
+            self.store.db.execute("PRAGMA query_only = OFF")
+        assert failed == (pending > 0) and self.store.pending == pending
+        self.store.commit()
+
+    @invariant()
+    def every_event_is_read_once_in_order(self) -> None:
+        for room in self.ROOMS:
+            expected = self.events[room]
+            assert self.store.read(room, 0, 10**6) == expected
+            assert self.store.last_seq(room) == (_seq(expected[-1]) if expected else 0)
+
+
+def _seq(payload: bytes) -> int:
+    return msgspec.json.decode(payload)["seq"]
+
+
+RunsMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_rooms_appending_to_their_runs_lose_nothing_whatever_is_sealed_committed_or_failed = RunsMachine.TestCase
 
 
 def test_sealed_rows_are_read_back_before_and_after_the_writer_commits_them(writer) -> None:
