@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import heapq
 import itertools
 import logging
+import math
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol
 
@@ -210,8 +213,12 @@ class SqliteStore:
         """The newest events of ``room`` with ``seq > after`` that fit in ``max_bytes`` (the newest always),
         oldest first: what memory keeps of a room.  Read newest first and lazily, so it stops at the budget."""
         rows = self.db.execute(f"{SELECT_AFTER} ORDER BY seq DESC", (room, after))
-        recent, used = [], 0
-        for payload in _newest_first(rows, after):
+        pending = [(seq, event) for seq, event in self._unstored(room) if seq > after]
+        recent, used, below = [], 0, math.inf
+        for seq, payload in _merged(_newest_first(rows, after), reversed(pending), newest_first=True):
+            if seq >= below:
+                continue  # a batch the writer stored but has not yet said so: in both
+            below = seq
             used += len(payload)
             if recent and used > max_bytes:
                 break
@@ -234,11 +241,9 @@ class SqliteStore:
 
     def last_seq(self, room: str) -> int:
         """The last seq of ``room`` (0 for a room it has no event of), pending events included."""
-        pending = [seq for seq, _ in self._unstored(room)]
-        if pending:
-            return pending[-1]
+        pending = max((seq for seq, _ in self._unstored(room)), default=0)
         (seq,) = self.db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
-        return seq or 0
+        return max(pending, seq or 0)
 
     def append(self, room: str, seq: int, payload: bytes) -> None:
         self._run(room, seq).events.append(payload)
@@ -262,11 +267,10 @@ class SqliteStore:
 
     def topic(self, room: str) -> bytes | None:
         """``room``'s newest topic event, pending ones included (None: it never had a topic)."""
-        pending = [p for _, p in self._unstored(room) if p.startswith(TOPIC_EVENT)]
-        if pending:
-            return pending[-1]
-        row = self.db.execute("SELECT payload FROM topics WHERE room = ?", (room,)).fetchone()
-        return None if row is None else row[0]
+        pending = [(seq, p) for seq, p in self._unstored(room) if p.startswith(TOPIC_EVENT)]
+        row = self.db.execute("SELECT seq, payload FROM topics WHERE room = ?", (room,)).fetchone()
+        newest = max([*pending[-1:], *([tuple(row)] if row else [])], key=itemgetter(0), default=None)
+        return None if newest is None else newest[1]
 
     def read(self, room: str, after: int, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
         """Encoded events of ``room`` with ``seq > after``, oldest first, at most ``limit`` and, but for the
@@ -278,9 +282,9 @@ class SqliteStore:
             (room, after, limit),
         )
         found, used, last = [], 0, after
-        for seq, payload in itertools.chain(_expand(rows, after), self._unstored(room)):
+        for seq, payload in _merged(_expand(rows, after), self._unstored(room)):
             if seq <= last:
-                continue  # a pending row is newer than every committed one; this skips none of them twice
+                continue  # at or before ``after``, or a batch the writer stored but has not yet said so: in both
             used += len(payload)
             if (found and used > max_bytes) or len(found) == limit:
                 break
@@ -383,7 +387,12 @@ SELECT_AFTER = "SELECT seq, payload, first FROM events WHERE room = ? AND seq > 
 
 #: How a topic event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
 TOPIC_EVENT = b'{"type":"topic",'
-UPSERT_TOPIC = "INSERT OR REPLACE INTO topics (room, seq, payload) VALUES (?, ?, ?)"
+#: A room's newest topic event, kept only if it is newer than the one stored: a failed batch stored again on
+#: the loop may be older than what the loop stored meanwhile.
+UPSERT_TOPIC = (
+    "INSERT INTO topics (room, seq, payload) VALUES (?, ?, ?) ON CONFLICT (room) DO UPDATE"
+    " SET seq = excluded.seq, payload = excluded.payload WHERE excluded.seq > topics.seq"
+)
 
 
 def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
@@ -538,15 +547,24 @@ def _expand(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterat
                     yield seq, event
 
 
-def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[bytes]:
-    """Stored rows (newest first) -> each event with ``seq > after``, newest first."""
+def _merged(
+    stored: Iterable[tuple[int, bytes]], pending: Iterable[tuple[int, bytes]], newest_first: bool = False
+) -> Iterator[tuple[int, bytes]]:
+    """(seq, event) from SQLite and from what is not known to be there yet, in the order of their seqs (each
+    source is): pending events are not always newer, as the loop may commit what it appended since the last
+    seal while the writer still has older batches (a room put to rest does)."""
+    return heapq.merge(stored, pending, key=itemgetter(0), reverse=newest_first)
+
+
+def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[tuple[int, bytes]]:
+    """Stored rows (newest first) -> (seq, event) for each event with ``seq > after``, newest first."""
     for seq, payload, first in rows:
         events = [payload] if first is None else payload.split(b"\n")
         base = seq - len(events) + 1
         for offset in range(len(events) - 1, -1, -1):
             if base + offset <= after:
                 return
-            yield events[offset]
+            yield base + offset, events[offset]
 
 
 class RunHolder(Protocol):

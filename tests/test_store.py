@@ -385,12 +385,13 @@ class RunsMachine(RuleBasedStateMachine):
         self.store.db.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    @rule(room=st.sampled_from(ROOMS), count=st.integers(1, 5))
-    def publish(self, room: str, count: int) -> None:
+    @rule(room=st.sampled_from(ROOMS), count=st.integers(1, 5), topic=st.booleans())
+    def publish(self, room: str, count: int, topic: bool) -> None:
         holder = self.holders[room]
         for _ in range(count):
             seq = self.seq[room] = self.seq[room] + 1
-            payload = b'{"room":"%s","seq":%d}' % (room.encode(), seq)
+            kind = b"topic" if topic else b"msg"
+            payload = b'{"type":"%s","room":"%s","seq":%d}' % (kind, room.encode(), seq)
             (holder.unsealed or self.store.run(room, seq, holder)).append(payload)  # as ChatCore does
             self.events[room].append(payload)
 
@@ -444,7 +445,10 @@ class RunsMachine(RuleBasedStateMachine):
         for room in self.ROOMS:
             expected = self.events[room]
             assert self.store.read(room, 0, 10**6) == expected
+            assert self.store.newest(room, 0, 10**6) == expected
             assert self.store.last_seq(room) == (_seq(expected[-1]) if expected else 0)
+            topics = [e for e in expected if e.startswith(store_module.TOPIC_EVENT)]
+            assert self.store.topic(room) == (topics[-1] if topics else None)
 
 
 def _seq(payload: bytes) -> int:
