@@ -269,8 +269,8 @@ class SqliteStore:
         """``room``'s newest topic event, pending ones included (None: it never had a topic)."""
         pending = [(seq, p) for seq, p in self._unstored(room) if p.startswith(TOPIC_EVENT)]
         row = self.db.execute("SELECT seq, payload FROM topics WHERE room = ?", (room,)).fetchone()
-        newest = max([*pending[-1:], *([tuple(row)] if row else [])], key=itemgetter(0), default=None)
-        return None if newest is None else newest[1]
+        newest = pending[-1:] + ([tuple(row)] if row is not None else [])  # the loop may have stored a newer one
+        return max(newest, key=itemgetter(0))[1] if newest else None
 
     def read(self, room: str, after: int, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
         """Encoded events of ``room`` with ``seq > after``, oldest first, at most ``limit`` and, but for the
