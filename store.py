@@ -193,16 +193,17 @@ class SqliteStore:
         """The database file, or None for SQLite's own in-memory database (tests): a writer process needs a file."""
         return None if str(self.path) == ":memory:" else self.path
 
-    def _unstored(self, room: str, journaled: bool = True) -> Iterator[tuple[int, bytes]]:
+    def _unstored(self, room: str, journaled: bool = True, after: int = 0) -> Iterator[tuple[int, bytes]]:
         """(seq, event) of ``room`` appended but not known to be committed, oldest first: failed, being written,
-        not yet sealed (without ``journaled``: not those the journal has)."""
+        not yet sealed (without ``journaled``: not those the journal has).  A row or run that ends at or before
+        ``after`` is skipped whole (the others may still hold a few events at or before it)."""
         for batch in itertools.chain(self.failed, self.sealed):
             if journaled or not batch.durable:
                 for name, last, payload, first in batch.rows:
-                    if name == room:
+                    if name == room and last > after:
                         yield from events_of(last, payload, first)
         for name, run in itertools.chain(self._ended, self._growing.items()):
-            if name == room:
+            if name == room and run.first + len(run.events) > after + 1:
                 yield from enumerate(run.events, run.first)
 
     def rooms(self) -> list[tuple[str, int]]:
@@ -213,7 +214,7 @@ class SqliteStore:
         """The newest events of ``room`` with ``seq > after`` that fit in ``max_bytes`` (the newest always),
         oldest first: what memory keeps of a room.  Read newest first and lazily, so it stops at the budget."""
         rows = self.db.execute(f"{SELECT_AFTER} ORDER BY seq DESC", (room, after))
-        pending = [(seq, event) for seq, event in self._unstored(room) if seq > after]
+        pending = [(seq, event) for seq, event in self._unstored(room, after=after) if seq > after]
         recent, used, below = [], 0, math.inf
         for seq, payload in _merged(_newest_first(rows, after), reversed(pending), newest_first=True):
             if seq >= below:
@@ -282,7 +283,7 @@ class SqliteStore:
             (room, after, limit),
         )
         found, used, last = [], 0, after
-        for seq, payload in _merged(_expand(rows, after), self._unstored(room)):
+        for seq, payload in _merged(_expand(rows, after), self._unstored(room, after=after)):
             if seq <= last:
                 continue  # at or before ``after``, or a batch the writer stored but has not yet said so: in both
             used += len(payload)

@@ -446,6 +446,9 @@ class RunsMachine(RuleBasedStateMachine):
             expected = self.events[room]
             assert self.store.read(room, 0, 10**6) == expected
             assert self.store.newest(room, 0, 10**6) == expected
+            after = _seq(expected[len(expected) // 2]) if expected else 0  # from the middle on, too
+            later = [e for e in expected if _seq(e) > after]
+            assert self.store.read(room, after, 10**6) == later and self.store.newest(room, after, 10**6) == later
             assert self.store.last_seq(room) == (_seq(expected[-1]) if expected else 0)
             topics = [e for e in expected if e.startswith(store_module.TOPIC_EVENT)]
             assert self.store.topic(room) == (topics[-1] if topics else None)
