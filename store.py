@@ -23,7 +23,6 @@ import fcntl
 import heapq
 import itertools
 import logging
-import math
 import os
 import sqlite3
 from collections import deque
@@ -203,7 +202,7 @@ class SqliteStore:
                     if name == room and last > after:
                         yield from events_of(last, payload, first)
         for name, run in itertools.chain(self._ended, self._growing.items()):
-            if name == room and run.first + len(run.events) > after + 1:
+            if name == room and run.first + len(run.events) - 1 > after:
                 yield from enumerate(run.events, run.first)
 
     def rooms(self) -> list[tuple[str, int]]:
@@ -215,11 +214,8 @@ class SqliteStore:
         oldest first: what memory keeps of a room.  Read newest first and lazily, so it stops at the budget."""
         rows = self.db.execute(f"{SELECT_AFTER} ORDER BY seq DESC", (room, after))
         pending = [(seq, event) for seq, event in self._unstored(room, after=after) if seq > after]
-        recent, used, below = [], 0, math.inf
-        for seq, payload in _merged(_newest_first(rows, after), reversed(pending), newest_first=True):
-            if seq >= below:
-                continue  # a batch the writer stored but has not yet said so: in both
-            below = seq
+        recent, used = [], 0
+        for _, payload in _merged(_newest_first(rows, after), reversed(pending), newest_first=True):
             used += len(payload)
             if recent and used > max_bytes:
                 break
@@ -285,7 +281,7 @@ class SqliteStore:
         found, used, last = [], 0, after
         for seq, payload in _merged(_expand(rows, after), self._unstored(room, after=after)):
             if seq <= last:
-                continue  # at or before ``after``, or a batch the writer stored but has not yet said so: in both
+                continue  # at or before ``after`` (a pending row may begin there)
             used += len(payload)
             if (found and used > max_bytes) or len(found) == limit:
                 break
@@ -552,9 +548,14 @@ def _merged(
     stored: Iterable[tuple[int, bytes]], pending: Iterable[tuple[int, bytes]], newest_first: bool = False
 ) -> Iterator[tuple[int, bytes]]:
     """(seq, event) from SQLite and from what is not known to be there yet, in the order of their seqs (each
-    source is): pending events are not always newer, as the loop may commit what it appended since the last
-    seal while the writer still has older batches (a room put to rest does)."""
-    return heapq.merge(stored, pending, key=itemgetter(0), reverse=newest_first)
+    source is), each seq once (a batch the writer stored but has not yet said so is in both): pending events
+    are not always newer, as the loop may commit what it appended since the last seal while the writer still
+    has older batches (a room put to rest does)."""
+    before = None
+    for seq, event in heapq.merge(stored, pending, key=itemgetter(0), reverse=newest_first):
+        if seq != before:
+            before = seq
+            yield seq, event
 
 
 def _newest_first(rows: Iterator[tuple[int, bytes, int | None]], after: int) -> Iterator[tuple[int, bytes]]:
