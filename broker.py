@@ -215,7 +215,7 @@ class Broker:
         writer is found dead (then what it had not answered is held, for ``retry_storage``)."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         if self.writer is not None:
-            self.writer.hand_over()
+            self.writer.hand_over(awaited=True)
         while (self.waiting or self.unstored()) and self.written is not None:
             left = max(0, math.ceil(min(0.1, deadline - time.monotonic()) * 1000))
             if self.written.poll(left):
@@ -351,7 +351,7 @@ class Broker:
             return
         self.poller.unregister(self.router)
         if self.writer is not None:
-            self.writer.hand_over()  # all of it, now: the writer has to catch up before anything else
+            self.writer.hand_over(awaited=True)  # all of it, now: the writer has to catch up before anything else
         now = time.monotonic()
         if now - self._paused_at >= 60:
             behind = "the cluster's log" if self.front_door is not None else "SQLite"
@@ -450,8 +450,8 @@ class Broker:
         if self.front_door is not None:
             self._settle_with_the_log()
             self.front_door.close()
-        if self.writer is not None:
-            self.writer.stop()
+        if self.writer is not None and not self.writer.stop(STOP_WAIT_S):
+            log.error("the store's writer did not exit in %g s; killed it, committing what it held here", STOP_WAIT_S)
         unstored = self.core.store.pending
         try:
             self.core.store.close()

@@ -113,14 +113,17 @@ class Writer:
             self.hand_over(now)
         return batch.durable
 
-    def hand_over(self, now: float = 0.0) -> None:
+    def hand_over(self, now: float = 0.0, *, awaited: bool = False) -> None:
         """Tell the writer of the batches journaled since the last hand-over (the broker's timer calls this
-        too, so the last ones do not wait for more)."""
+        too, so the last ones do not wait for more).  ``awaited``: the caller waits for its answers (a stop, a
+        failure, reads paused), so the writer is behind whatever it holds: under ``SCHED_IDLE`` on a busy
+        machine it would take seconds to answer, or to exit."""
         if self._told < self._journaled:
             self._told = self._journaled
             self._send([_encode(["journaled", self._told])])
         self._handed_at = now or time.monotonic()
-        self._yielding.told(self._store.unstored_bytes >= self._behind_bytes, self._handed_at)
+        behind = awaited or self._store.unstored_bytes >= self._behind_bytes
+        self._yielding.told(behind, self._handed_at)
 
     def _set_policy(self, idle: bool) -> None:
         """The writer's main thread (its pid) under SCHED_IDLE or SCHED_BATCH, set from here: a writer starved
@@ -151,7 +154,7 @@ class Writer:
 
     def idle(self) -> None:
         """Wait until every batch submitted has its result (the writer is then doing nothing)."""
-        self.hand_over()
+        self.hand_over(awaited=True)
         while self._sent:
             if not self.sock.poll(100) and self.process.poll() is not None:
                 self._lost()
@@ -167,16 +170,21 @@ class Writer:
         self._send([_encode(["execute", sql])])
         self.idle()
 
-    def stop(self) -> None:
-        self.hand_over()
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Tell the writer to commit what it was told of and exit; False if it did not in ``timeout`` seconds
+        (then it is killed: what it had not committed is in the journal, for the next start)."""
+        self.hand_over(awaited=True)
         self._send([_encode(["stop"])])
+        exited = True
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            exited = False
         self.sock.close()
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+        return exited
 
     def abandon(self) -> None:
         """The process is gone: fail what it had not answered, and let the socket go."""
@@ -276,7 +284,9 @@ class Yielding:
     is at ``BEHIND_SHARE`` of ``--max-unstored-bytes``), under ``SCHED_BATCH`` again, a fair share, until it
     has kept up for ``IDLE_AFTER_S``, twice as long after each time it fell behind (up to
     ``IDLE_AFTER_MAX_S``): a machine that stays busy starves it less and less often.  The broker decides
-    (``Writer._set_policy``): a starved writer would raise itself only when it next got the CPU.
+    (``Writer._set_policy``): a starved writer would raise itself only when it next got the CPU.  Whoever
+    waits for its answers (a stop, a failed batch, reads paused) counts it as behind too: beside one busy
+    process, an idle writer took 10 s to exit.
 
     Measured (``bench.py``): with the writer always under ``SCHED_BATCH`` the default broker accepted
     0.87x-0.88x what it did with ``--db :memory:``; idle while it keeps up, 0.89x-0.93x, the publishers and

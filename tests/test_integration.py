@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Harness, Proc, wait_for
 
+from broker import STOP_WAIT_S
 from client import ChatClient
 from store_writer import can_leave_idle
 
@@ -350,6 +353,29 @@ def test_a_writer_behind_is_given_its_fair_share_of_the_cpu_again(harness: Harne
             return not bot.unacked
 
         wait_for(all_acked, what="every line acked")
+
+
+@pytest.mark.skipif(not can_leave_idle(), reason="may not raise a thread from SCHED_IDLE here")
+def test_a_stop_on_a_busy_machine_gives_the_idle_writer_its_share_first(harness: Harness) -> None:
+    """A writer that keeps up runs under SCHED_IDLE: beside one busy process on its CPU it gets almost none of
+    it, and took seconds to exit (a SIGTERM in CI waited out the whole ``STOP_WAIT_S``, then killed it).  A
+    stop waits for the writer, so it first takes it out of SCHED_IDLE: the writer commits and exits itself."""
+    broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
+    harness.client(broker, "alice")  # in #general: the writer has been at work
+    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    wait_for(lambda: _policies(writer)["python"] == 5, what="the writer under SCHED_IDLE")
+    cpu = min(os.sched_getaffinity(writer))
+    os.sched_setaffinity(writer, {cpu})  # its main thread, which runs the commits
+    spin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nprint('busy', flush=True)\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout is not None and busy.stdout.readline() == "busy\n"
+        broker.kill(signal.SIGTERM)
+        assert broker.wait(3 * STOP_WAIT_S) == 0
+    finally:
+        busy.kill()
+        busy.wait()
+    assert not re.search("writer did not (answer|exit)", broker.text()), broker.tail()
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
