@@ -309,10 +309,11 @@ class Broker:
                 continue
             send(payload, NOBLOCK)  # the rest of a message whose first part was taken is always taken
 
-    def run(self) -> None:
-        """Serve until interrupted (KeyboardInterrupt, raised for SIGINT and SIGTERM)."""
+    def run(self, stop: transport.StopSignals) -> None:
+        """Serve until ``stop`` is requested (SIGINT, SIGTERM): the turn under way ends first."""
+        self.poller.register(stop, zmq.POLLIN)
         self.flush(self.core.tick(time.monotonic()))
-        while True:
+        while not stop.requested:
             self.turn()
 
     def turn(self) -> None:
@@ -798,18 +799,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  security:       {transport.security_mode(curve is not None, allowed)}")
     print(f"  capacity:       about {max(0, open_files - 64):,} connections (open files limit {open_files:,})")
     print("Ctrl-C stops it.", flush=True)
-    transport.stop_on_sigterm()
+    at_once = False
     try:
-        broker.run()
-    except KeyboardInterrupt:
+        broker.run(transport.StopSignals())
+    except KeyboardInterrupt:  # asked twice while a turn was under way
         pass
     finally:
-        broker.stop()
+        try:
+            broker.stop()
+        except KeyboardInterrupt:  # asked twice: the journal keeps what was acked, for the next start
+            log.warning("asked again to stop: stopping at once")
+            at_once = True
         router.close()
         pub.close()  # LINGER lets the shutdown event and queued replies go out
         if auth is not None:
             auth.stop()
-        ctx.term()
+        if at_once:
+            ctx.destroy(linger=0)  # the writer's socket too, which the stop had no time to close
+        else:
+            ctx.term()
     print(
         f"chat broker stopped ({len(core.sessions)} sessions ended, {broker.dropped_replies} replies undeliverable)",
         flush=True,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -74,15 +75,20 @@ class Writer:
     def __init__(self, store: SqliteStore, ctx: zmq.Context, max_unstored_bytes: int = 16 << 20) -> None:
         self._dir = tempfile.mkdtemp(prefix="chat-writer-")
         endpoint = f"ipc://{self._dir}/writer"
-        self.sock = ctx.socket(zmq.PAIR)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.SNDHWM, 0)  # the broker bounds what it hands over in bytes (unstored_bytes)
-        self.sock.bind(endpoint)
         here = Path(__file__).resolve().parent
         self.process = subprocess.Popen(
             [sys.executable, str(here / "store_writer.py"), str(store.path), store.sync, endpoint],
             preexec_fn=_batch_child if store.sync == "normal" else die_with_parent,
         )
+        # The writer binds, this end connects: the pipe exists from now on, so orders queue in it while the
+        # writer starts (or hangs before it can bind: a stuck disk); a PAIR that binds blocks its sender
+        # until a peer connects, and the loop with it.
+        self.sock = ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # the broker bounds what it hands over in bytes (unstored_bytes)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the writer binds within its start: no 100 ms wait
+        self.sock.connect(endpoint)
+        self.sock.send(_encode(["hello"]))  # its arrival says we are connected: the socket's file can go
         self._numbers = store.stored_batch
         self._sent: dict[int, Sealed] = {}  # submitted, not yet answered, oldest first
         assert store.journal is not None, "a writer process needs a database file"
@@ -182,16 +188,14 @@ class Writer:
             self.process.kill()
             exited = False
         self.sock.close()
-        with contextlib.suppress(OSError):
-            os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)  # the writer's socket file, if it was killed
         return exited
 
     def abandon(self) -> None:
         """The process is gone: fail what it had not answered, and let the socket go."""
         self._lost()
         self.sock.close(linger=0)
-        with contextlib.suppress(OSError):
-            os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)  # the writer's socket file, if it was killed
 
     def _lost(self) -> None:
         """The writer process died: every batch it had not answered failed (those it had committed, SQLite
@@ -205,12 +209,16 @@ class Writer:
 
 
 def serve(path: str, sync: str, endpoint: str) -> None:
+    sock = zmq.Context.instance().socket(zmq.PAIR)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind(endpoint)
+    sock.recv()  # the broker's hello: connected for good, so nothing is left in /tmp if either is killed
+    socket_file = Path(endpoint.removeprefix("ipc://"))
+    socket_file.unlink()
+    socket_file.parent.rmdir()
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA synchronous={sync.upper()}")
     tail = Tail(Path(path), stored_batch(db))
-    sock = zmq.Context.instance().socket(zmq.PAIR)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(endpoint)
     failed = False
     while True:
         orders = [_decode(sock.recv())]

@@ -11,6 +11,7 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,3 +192,28 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def stop_on_sigterm() -> None:
     """SIGTERM stops the program as cleanly as Ctrl-C: both raise KeyboardInterrupt in the main thread."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask a poll loop to stop after its turn, never in the middle of one (the Guide's
+    ``s_interrupted``): a KeyboardInterrupt raised wherever a signal lands could cut a commit or a hand-over to
+    the store's writer in half.  Each signal's byte lands on ``fileno()`` (``signal.set_wakeup_fd``), which the
+    loop polls beside its sockets: it wakes at once however long it meant to wait.  Asked a second time, it
+    raises KeyboardInterrupt after all: whoever insists does not want to wait for the stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._wakeup, self._signalled = socket.socketpair()
+        self._wakeup.setblocking(False)
+        self._signalled.setblocking(False)
+        signal.set_wakeup_fd(self._signalled.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def fileno(self) -> int:
+        return self._wakeup.fileno()

@@ -97,6 +97,34 @@ def test_kill_9_and_restart_loses_nothing_acknowledged(harness: Harness) -> None
     assert raw.reply()["rooms"]["general"] == max(e["seq"] for e in log if e["room"] == "general")
 
 
+def test_sigterms_mid_stream_stop_cleanly_and_lose_nothing_acknowledged(harness: Harness) -> None:
+    """A signal lands wherever the loop is: it only asks the loop to stop after its turn
+    (``transport.StopSignals``), so a commit or a hand-over to the writer is never cut in half; each stop
+    commits, the writer exits by itself, and every acked message is in the history once."""
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=db, **ends)
+    log_path = harness.tmp_path / "chat.jsonl"
+    harness.logger(broker, "--out", str(log_path))
+    ids = []
+    with ChatClient("bot", ack_timeout=0.5, **ends) as bot:
+        bot.connect()
+        for i in range(600):
+            ids.append(bot.say("general", f"message {i}"))
+            bot.poll(0)
+            if i % 150 == 149:
+                broker.kill(signal.SIGTERM)
+                assert broker.wait() == 0
+                assert not re.search("writer did not (answer|exit)", broker.text()), broker.tail()
+                broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=db, **ends)
+        drain_acks(bot)
+    log = wait_for(
+        lambda: (lg := read_log(log_path)) and any(e["type"] == "leave" and e["user"] == "bot" for e in lg) and lg,
+        what="the logger to catch up, up to the bot's leave",
+    )
+    check_exactly_once(log, "bot", ids)
+
+
 def test_text_typed_while_the_broker_is_down_is_sent_when_it_is_back(harness: Harness) -> None:
     ends = fixed_endpoints()
     db = str(harness.tmp_path / "chat.db")
@@ -224,6 +252,54 @@ def test_sigterm_commits_tells_the_feed_and_exits_promptly(harness: Harness) -> 
     alice.expect(r"^\[system\] reconnected$")
     bob = harness.client(broker, "bob")
     bob.expect(r"^alice: remember me$")  # the history survived, shown to a newcomer
+
+
+def test_a_writer_hung_from_its_start_holds_up_nothing_and_leaves_nothing_in_tmp(harness: Harness) -> None:
+    """The writer binds its socket and the broker connects, so orders queue from the start: a writer stuck
+    before it could bind (a hung disk; SIGSTOP here, most likely during its start) no longer blocked the loop's
+    first hand-over, and with it every request.  Once connected, the writer removes its socket's file."""
+    broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
+    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    cmdline = wait_for(
+        lambda: b"store_writer.py" in (line := Path(f"/proc/{writer}/cmdline").read_bytes()) and line,
+        what="the writer's exec",
+    )
+    os.kill(writer, signal.SIGSTOP)
+    endpoint = cmdline.split(b"\0")[4].decode()  # python store_writer.py DB SYNC ENDPOINT
+    try:
+        with ChatClient("alice", router=broker.router, pub=broker.pub) as bot:
+            bot.connect()
+            bot.say("general", "acked while the writer hung")
+            drain_acks(bot)
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    socket_dir = Path(endpoint.removeprefix("ipc://")).parent
+    wait_for(lambda: not socket_dir.exists(), what=f"the writer to remove {socket_dir}")
+
+
+def test_asked_again_while_a_hung_writer_holds_the_stop_it_stops_at_once_and_loses_nothing(
+    harness: Harness,
+) -> None:
+    """A stop waits up to ``STOP_WAIT_S`` for a writer that does not answer; whoever signals again does not
+    want to wait: the broker stops at once.  What was acked is in the journal, and the next start stores it."""
+    ends = fixed_endpoints()
+    db = str(harness.tmp_path / "chat.db")
+    broker = harness.broker(db=db, **ends)
+    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    try:
+        with ChatClient("alice", **ends) as bot:
+            bot.connect()
+            os.kill(writer, signal.SIGSTOP)  # hung: commits nothing, answers nothing, and does not exit
+            bot.say("general", "acked while the writer hung")
+            drain_acks(bot)
+        wait_for(lambda: broker.kill(signal.SIGTERM) or not broker.alive(), what="the broker to stop at once")
+        assert broker.wait() == 0
+        assert "stopping at once" in broker.text(), broker.tail()
+    finally:
+        os.kill(writer, signal.SIGKILL)  # already gone with its parent (PR_SET_PDEATHSIG), or not: the same
+    broker = harness.broker(db=db, **ends)
+    bob = harness.client(broker, "bob")
+    bob.expect(r"^alice: acked while the writer hung$")
 
 
 def test_own_event_on_the_feed_stands_in_for_a_lost_ack() -> None:
