@@ -213,9 +213,7 @@ def serve(path: str, sync: str, endpoint: str) -> None:
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
     sock.recv()  # the broker's hello: connected for good, so nothing is left in /tmp if either is killed
-    socket_file = Path(endpoint.removeprefix("ipc://"))
-    socket_file.unlink()
-    socket_file.parent.rmdir()
+    shutil.rmtree(Path(endpoint.removeprefix("ipc://")).parent, ignore_errors=True)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA synchronous={sync.upper()}")
     tail = Tail(Path(path), stored_batch(db))
