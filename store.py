@@ -470,7 +470,7 @@ def batch_frame(number: int, rows: list[Row], into: bytearray | None = None) -> 
     return into
 
 
-def read_batch(frame: bytes) -> tuple[int, list[Row]]:
+def read_batch(frame: bytes | memoryview) -> tuple[int, list[Row]]:
     """A batch frame's number and rows; ``msgspec.ValidationError`` if it is not one."""
     try:
         return _decode_batch(frame)

@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from journal import Tail
+from journal import RECORD_KEPT, Tail
 from lifeline import die_with_parent
 from store import Sealed, SqliteStore, batch_frame, read_batch, stored_batch, write
 from transport import may_set_policies
@@ -64,9 +64,6 @@ BEHIND_SHARE = 0.5
 #: time it fell behind, up to the most.
 IDLE_AFTER_S = 10.0
 IDLE_AFTER_MAX_S = 1280.0
-#: The buffer batches are encoded in is kept while no bigger than this (a full batch of small events is
-#: about 100 KiB; a batch of big ones, up to ``COMMIT_BATCH`` frames, is not kept).
-FRAME_KEPT = 1 << 20
 
 
 class Writer:
@@ -109,7 +106,7 @@ class Writer:
         self._numbers += 1
         batch.number = self._numbers
         self.journal.append(batch.number, batch_frame(batch.number, batch.rows, self._frame))
-        if len(self._frame) > FRAME_KEPT:
+        if len(self._frame) > RECORD_KEPT:
             self._frame = bytearray()  # a rare big batch does not keep its memory
         self._journaled = batch.number
         batch.durable = self._journal_is_durable

@@ -18,6 +18,11 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 import journal
 
 
+def read(tail: journal.Tail, upto: int) -> list[tuple[int, bytes]]:
+    """What ``tail.read`` gives, each record copied out of the buffer it is read into."""
+    return [(number, bytes(record)) for number, record in tail.read(upto)]
+
+
 class JournalMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -62,7 +67,7 @@ class JournalMachine(RuleBasedStateMachine):
         if not self.appended or max(self.appended) <= self.tail.last:
             return
         before, upto = self.tail.last, max(self.appended)
-        assert self.tail.read(upto) == [(n, p) for n, p in self.appended.items() if before < n <= upto]
+        assert read(self.tail, upto) == [(n, p) for n, p in self.appended.items() if before < n <= upto]
 
     @rule()
     def sqlite_catches_up(self) -> None:
@@ -107,7 +112,7 @@ def test_segments_roll_over_and_go_once_the_writer_read_them_through(tmp_path: P
         j.append(number, b"x" * 40)
     assert len(list(tmp_path.glob("c.db-log.*"))) == 10
     tail = journal.Tail(tmp_path / "c.db", 0)
-    tail.read(13)
+    read(tail, 13)
     tail.release()  # segments it read through go; the one holding 13 and 14 stays
     assert [n for n, _ in journal.Journal(tmp_path / "c.db").pending(0)] == list(range(13, 21))
     tail.close()
@@ -127,7 +132,7 @@ def test_a_segment_that_cannot_be_deleted_is_logged_and_kept(tmp_path: Path, mon
 
     monkeypatch.setattr(Path, "unlink", refuse)
     tail = journal.Tail(tmp_path / "c.db", 0)
-    tail.read(2)
+    read(tail, 2)
     tail.release()
     tail.close()
     log.clear()
@@ -145,12 +150,12 @@ def test_the_writer_reads_past_a_torn_record_and_a_number_an_append_failed_to_us
     j.close()  # so the next record begins a segment of its own
     j.append(4, b"four")
     tail = journal.Tail(tmp_path / "c.db", 0)
-    assert tail.read(2) == [(1, b"one"), (2, b"two")]
-    assert tail.read(4) == [(4, b"four")] and tail.last == 4
+    assert read(tail, 2) == [(1, b"one"), (2, b"two")]
+    assert read(tail, 4) == [(4, b"four")] and tail.last == 4
     with pytest.raises(OSError):  # the broker said 5 is there, and it is not: the writer fails, nothing is lost
-        tail.read(5)
+        read(tail, 5)
     j.append(6, b"six")
-    assert tail.read(6) == [(6, b"six")]
+    assert read(tail, 6) == [(6, b"six")]
     tail.close()
     j.close()
 
@@ -161,8 +166,25 @@ def test_a_torn_header_claiming_gigabytes_is_a_torn_tail_not_an_allocation(tmp_p
     with (tmp_path / "c.db-log.1").open("ab") as f:
         f.write(journal.HEADER.pack(2, 0xFFFFFFFF, 0) + b"y")
     tail = journal.Tail(tmp_path / "c.db", 0)
-    assert tail.read(1) == [(1, b"one")]
+    assert read(tail, 1) == [(1, b"one")]
     with pytest.raises(OSError):
-        tail.read(2)
+        read(tail, 2)
+    tail.close()
+    j.close()
+
+
+def test_records_are_read_into_one_kept_buffer_and_a_bigger_one_for_a_big_record(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "c.db")
+    records = {1: b"a" * 10, 2: b"b" * (journal.RECORD_KEPT + 10), 3: b"c" * 20, 4: b"d" * 5}
+    for number, record in records.items():
+        j.append(number, record)
+    tail = journal.Tail(tmp_path / "c.db", 0)
+    read_back, kept = {}, {}
+    for number, view in tail.read(4):
+        read_back[number] = bytes(view)  # valid until the next is read
+        kept[number] = view.obj is tail._buffer
+    assert read_back == records
+    assert kept == {1: True, 2: False, 3: True, 4: True}  # the big one was read into a buffer of its own
+    assert len(tail._buffer) == 20  # grown to the biggest record kept
     tail.close()
     j.close()
