@@ -789,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         router, pub, core, secure=curve is not None, max_unstored_bytes=args.max_unstored_bytes, front_door=door
     )
     gc.freeze()  # what start-up made (modules, the restored rooms) is never walked by the GC again
+    stop = transport.StopSignals()  # before the lines that say it serves: a signal from then on stops it cleanly
     print(f"chat broker (protocol v{m.PROTOCOL_VERSION}, epoch {core.epoch})")
     print(f"  inbox (ROUTER): {router.getsockopt_string(zmq.LAST_ENDPOINT)}")
     print(f"  feed  (PUB):    {pub.getsockopt_string(zmq.LAST_ENDPOINT)}")
@@ -799,17 +800,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  security:       {transport.security_mode(curve is not None, allowed)}")
     print(f"  capacity:       about {max(0, open_files - 64):,} connections (open files limit {open_files:,})")
     print("Ctrl-C stops it.", flush=True)
-    at_once = False
+    at_once = False  # asked twice: the journal keeps what was acked, for the next start
     try:
-        broker.run(transport.StopSignals())
-    except KeyboardInterrupt:  # asked twice while a turn was under way
-        pass
+        broker.run(stop)
+    except KeyboardInterrupt:  # asked twice before the turn under way ended, which may be cut anywhere
+        at_once = True
     finally:
-        try:
-            broker.stop()
-        except KeyboardInterrupt:  # asked twice: the journal keeps what was acked, for the next start
+        if not at_once:
+            try:
+                broker.stop()
+            except KeyboardInterrupt:
+                at_once = True
+        if at_once:
             log.warning("asked again to stop: stopping at once")
-            at_once = True
         router.close()
         pub.close()  # LINGER lets the shutdown event and queued replies go out
         if auth is not None:

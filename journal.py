@@ -20,6 +20,7 @@ check ends what is read of that segment (the tail a power cut can leave; nothing
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -132,6 +133,13 @@ class Tail:
                 self.last = record[0]
                 yield record
 
+    def skip(self, upto: int) -> None:
+        """Go past every record up to ``upto`` unread (the broker stores those batches itself), as far as the
+        journal has them."""
+        with contextlib.suppress(OSError):
+            for _ in self.read(upto):
+                pass
+
     def _record(self) -> tuple[int, memoryview] | None:
         """The open segment's next record, or None at its end or a torn tail (read from there again next)."""
         if self._file is None:
@@ -139,9 +147,11 @@ class Tail:
         at = self._file.tell()
         header = self._file.read(HEADER.size)
         if len(header) == HEADER.size:
-            number, length, _ = HEADER.unpack(header)
+            number, length, crc = HEADER.unpack(header)
             if length <= os.fstat(self._file.fileno()).st_size - at - HEADER.size:  # not a torn header's length
-                return number, self._body(length)
+                body = self._body(length)
+                if zlib.crc32(body) == crc:  # else torn, or damaged on disk: never stored as if it were a batch
+                    return number, body
         self._file.seek(at)
         return None
 

@@ -184,7 +184,7 @@ class Writer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             exited = False
-        self.sock.close()
+        self.sock.close(linger=0)  # the writer is gone: nothing sent now could reach it
         shutil.rmtree(self._dir, ignore_errors=True)  # the writer's socket file, if it was killed
         return exited
 
@@ -209,7 +209,7 @@ def serve(path: str, sync: str, endpoint: str) -> None:
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
-    sock.recv()  # the broker's hello: connected for good, so nothing is left in /tmp if either is killed
+    sock.recv()  # the broker's hello: connected for good, so from now on nothing is left in /tmp if either is killed
     shutil.rmtree(Path(endpoint.removeprefix("ipc://")).parent, ignore_errors=True)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA synchronous={sync.upper()}")
@@ -247,6 +247,7 @@ def _commit(db: sqlite3.Connection, tail: Tail, journaled: int, failed: bool, so
     try:
         rows = [row for _, frame in tail.read(journaled) for row in read_batch(frame)[1]]
     except (OSError, msgspec.ValidationError) as exc:  # the broker stores them itself, from memory
+        tail.skip(journaled)  # so none of them is read again, and stored twice, after ``recover``
         rows, error = [], error or f"cannot read the journal: {exc}"
     if error is None:
         try:

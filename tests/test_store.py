@@ -799,6 +799,58 @@ def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_
     ctx.term()
 
 
+def test_batches_the_writer_could_not_read_are_never_read_again_after_it_recovers(tmp_path: Path) -> None:
+    """A batch the writer cannot decode fails it and every batch it was told of with it (the broker stores them
+    from memory); after ``recover`` it reads on from the next one: reading the rest again had stored an event
+    twice, joined into a row with a newer seq."""
+    import store_writer
+
+    path = tmp_path / "c.db"
+    SqliteStore(path, "normal").close()  # the schema
+    log = journal.Journal(path)
+    log.append(1, store_module.batch_frame(1, [("general", 1, b'{"seq":1}', None)]))
+    log.append(2, msgspec.msgpack.encode([2, "not rows"]))  # intact (its CRC holds), but not a batch
+    log.append(3, store_module.batch_frame(3, [("general", 3, b'{"seq":3}', None)]))
+    answers = []
+
+    class Answers:
+        def send(self, frame: bytes) -> None:
+            answers.append(store_writer._decode(frame))
+
+    db = sqlite3.connect(path, isolation_level=None)
+    tail = journal.Tail(path, 0)
+    assert store_writer._commit(db, tail, 3, False, Answers()) is True  # failed
+    assert answers[-1][0] == 3 and answers[-1][1]
+    db.execute("BEGIN")  # the broker stores batches 1-3 itself, then tells the writer to recover
+    events = [("general", seq, b'{"seq":%d}' % seq, None) for seq in (1, 2, 3)]
+    store_module.write(db, events, 3)
+    db.execute("COMMIT")
+    log.append(4, store_module.batch_frame(4, [("general", 4, b'{"seq":4}', None)]))
+    assert store_writer._commit(db, tail, 4, False, Answers()) is False
+    stored = db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+    assert b"\n".join(payload for (payload,) in stored) == b'{"seq":1}\n{"seq":2}\n{"seq":3}\n{"seq":4}'
+    tail.close()
+    log.close()
+    db.close()
+
+
+def test_the_writer_takes_a_damaged_record_for_a_torn_one(tmp_path: Path) -> None:
+    """``Tail`` checks each record's CRC, as a start does: a damaged batch fails (the broker stores it from
+    memory) instead of being stored as what the bytes now say."""
+    log = journal.Journal(tmp_path / "c.db")
+    log.append(1, b"one")
+    log.append(2, b"two")
+    log.close()
+    segment = journal.segments(tmp_path / "c.db")[0][1]
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of record 2
+    segment.write_bytes(data)
+    tail = journal.Tail(tmp_path / "c.db", 0)
+    with pytest.raises(OSError):
+        [bytes(record) for _, record in tail.read(2)]
+    tail.close()
+
+
 def test_with_sync_full_a_batch_is_durable_only_once_the_writer_committed_it(tmp_path: Path) -> None:
     """The writer reads it from the journal either way; with ``full`` the ack waits for the commit (fsync)."""
     ctx = zmq.Context()
