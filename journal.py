@@ -121,8 +121,8 @@ class Tail:
     def read(self, upto: int) -> Iterator[tuple[int, memoryview]]:
         """Every record numbered above ``last`` and up to ``upto``, oldest first, each in the one buffer this
         reader keeps, so valid until the next is read: a new one the size of a batch was fresh memory the
-        kernel had to map and zero each time (measured at full load: the writer took 15k page faults/s, 3k
-        with it, and 10 % less CPU).  Raises ``OSError`` if the journal does not have them (then ``last`` is
+        kernel had to map and zero each time (measured at full load: the writer took 10-18k page faults/s, 3k
+        with it, and about 8 % less CPU).  Raises ``OSError`` if the journal does not have them (then ``last`` is
         ``upto``: what follows is read from the next segment)."""
         while self.last < upto:
             record = self._record()
