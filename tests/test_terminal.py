@@ -39,12 +39,16 @@ def test_typing_is_not_disturbed_by_incoming_messages(harness: Harness, terminal
     alice.expect("bob: interrupting you")
     alice.type("ne\r")  # finish the line that was being typed when bob's message came in
     bob.expect(r"^alice: half a line$")
+    # Alice's own copy of the line is printed by patch_stdout's thread, which waits 0.2 s between writes, so
+    # it may come after bob has his. Wait for it, so that the count below can only grow when Up redraws the
+    # input line (two CI runs typed Enter on an empty line: the late copy was taken for the recall).
+    alice.expect("alice: half a line")
 
     shown = alice.screen.count("half a line")
     alice.type("\x1b[A")  # Up: the line editor's history recalls the last line
     deadline = time.monotonic() + WAIT
-    while alice.screen.count("half a line") <= shown:  # redrawn in the input line: recalled (a CI run once lost
-        assert time.monotonic() < deadline, f"Up recalled nothing:\n{alice.screen}"  # the Enter typed at once)
+    while alice.screen.count("half a line") <= shown:  # redrawn in the input line: recalled
+        assert time.monotonic() < deadline, f"Up recalled nothing:\n{alice.screen}"
         time.sleep(0.02)  # polling the terminal's buffer, as Terminal.expect does
     alice.type("\r")
     bob.expect(r"^alice: half a line$")
