@@ -808,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not at_once:
             try:
+                print("chat broker stopping: storing what is pending (asked again, it stops at once)", flush=True)
                 broker.stop()
             except KeyboardInterrupt:
                 at_once = True

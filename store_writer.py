@@ -51,7 +51,7 @@ import zmq
 from journal import RECORD_KEPT, Tail
 from lifeline import die_with_parent
 from store import Sealed, SqliteStore, batch_frame, read_batch, stored_batch, write
-from transport import may_set_policies
+from transport import batch_scheduled, may_set_policies
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -206,7 +206,9 @@ class Writer:
 
 
 def serve(path: str, sync: str, endpoint: str) -> None:
-    sock = zmq.Context.instance().socket(zmq.PAIR)
+    # Its I/O thread under SCHED_BATCH, said outright: inherited, it would be under SCHED_IDLE whenever the
+    # broker put this process there before the thread began (a slow start on a busy machine).
+    sock = batch_scheduled(zmq.Context.instance()).socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
     sock.recv()  # the broker's hello: connected for good, so from now on nothing is left in /tmp if either is killed

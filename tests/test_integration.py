@@ -338,6 +338,39 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
 
 
 @pytest.mark.skipif(not can_leave_idle(), reason="may not raise a thread from SCHED_IDLE here")
+def test_a_writer_put_under_sched_idle_before_its_io_thread_began_still_runs_that_thread_as_batch(
+    tmp_path: Path,
+) -> None:
+    """On a busy machine the broker can put the writer under SCHED_IDLE before the writer has made its socket;
+    a thread inherits its policy, so its I/O thread was under SCHED_IDLE too (a CI run under load)."""
+    import zmq
+
+    from store import SqliteStore
+
+    db = tmp_path / "chat.db"
+    SqliteStore(db).close()
+    sockets = tmp_path / "sock"
+    sockets.mkdir()
+    endpoint = f"ipc://{sockets}/writer"
+    writer = subprocess.Popen(
+        [sys.executable, str(ROOT / "store_writer.py"), str(db), "normal", endpoint],
+        preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)),
+    )
+    ctx = zmq.Context()
+    try:
+        broker_end = ctx.socket(zmq.PAIR)
+        broker_end.connect(endpoint)
+        broker_end.send(b"hello")  # any first message: the writer then removes its socket's folder
+        wait_for(lambda: not sockets.exists(), what="the writer to take the hello")
+        policies = _policies(writer.pid)
+        assert policies["python"] == 5 and policies["ZMQbg/IO/0"] == 3, policies
+    finally:
+        writer.kill()
+        writer.wait()
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.skipif(not can_leave_idle(), reason="may not raise a thread from SCHED_IDLE here")
 def test_a_writer_behind_is_given_its_fair_share_of_the_cpu_again(harness: Harness) -> None:
     """A starved writer (a busy machine) falls behind: the broker takes it out of SCHED_IDLE itself, before it
     has to stop reading at ``--max-unstored-bytes``.  A tiny bound here: a burst is already behind."""
