@@ -206,9 +206,10 @@ class Writer:
 
 
 def serve(path: str, sync: str, endpoint: str) -> None:
-    # Its I/O thread under SCHED_BATCH, said outright: inherited, it would be under SCHED_IDLE whenever the
-    # broker put this process there before the thread began (a slow start on a busy machine).
-    sock = batch_scheduled(zmq.Context.instance()).socket(zmq.PAIR)
+    ctx = zmq.Context.instance()
+    if sync == "normal":  # its I/O thread under SCHED_BATCH, said outright: inherited, it would be under
+        batch_scheduled(ctx)  # SCHED_IDLE if the broker put this process there before the thread began (a busy machine)
+    sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
     sock.recv()  # the broker's hello: connected for good, so from now on nothing is left in /tmp if either is killed
