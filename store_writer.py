@@ -207,8 +207,10 @@ class Writer:
 
 def serve(path: str, sync: str, endpoint: str) -> None:
     ctx = zmq.Context.instance()
-    if sync == "normal":  # its I/O thread under SCHED_BATCH, said outright: inherited, it would be under
-        batch_scheduled(ctx)  # SCHED_IDLE if the broker put this process there before the thread began (a busy machine)
+    if sync == "normal":
+        # Its I/O thread under SCHED_BATCH, said outright: inherited, it would be under SCHED_IDLE if the broker
+        # put this process there before the thread began (a slow start on a busy machine).
+        batch_scheduled(ctx)
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(endpoint)
