@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import shutil
 import signal
@@ -25,37 +26,52 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lifeline import die_with_parent
 
-#: The cluster's name in every node's config (routes only join nodes of one name).
+#: The cluster's name in every node's config (routes only join nodes of one name), with a suffix per folder.
 CLUSTER_NAME = "chat"
 #: How long a node may take to answer ``/healthz`` (JetStream ready) before the start is given up.
 START_TIMEOUT_S = 20.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now.  They are released before their user binds them, so another process
+    may take one meanwhile (under a parallel test run it happens): ``NatsCluster.start`` copes with that."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:  # bound all at once: none is handed out twice
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 class Node:
     """One nats-server: its ports, its folder, its process."""
 
-    def __init__(self, name: str, folder: Path) -> None:
+    def __init__(self, name: str, folder: Path, cluster_name: str = CLUSTER_NAME) -> None:
         self.name = name
         self.folder = folder
-        self.client_port, self.route_port, self.monitor_port = free_port(), free_port(), free_port()
+        self.cluster_name = cluster_name
+        self.client_port, self.route_port, self.monitor_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
+        self.server_id: str | None = None  # what its monitor port says, once that was seen to be this node's
+        self.log_from = 0  # where this start's lines begin in its log
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.client_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "nats.log"
 
     def config(self, routes: list[str]) -> str:
         routes_text = ", ".join(f'"{route}"' for route in routes)
@@ -64,24 +80,67 @@ class Node:
             f"listen: 127.0.0.1:{self.client_port}\n"
             f"http: 127.0.0.1:{self.monitor_port}\n"
             f'jetstream {{ store_dir: "{self.folder / "store"}" }}\n'
-            f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.route_port}, routes: [{routes_text}] }}\n'
+            f'cluster {{ name: "{self.cluster_name}", listen: 127.0.0.1:{self.route_port}, routes: [{routes_text}] }}\n'
         )
 
     def start(self, routes: list[str]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         conf = self.folder / "nats.conf"
         conf.write_text(self.config(routes))
-        with open(self.folder / "nats.log", "ab") as log:
+        self.server_id = None
+        with open(self.log, "ab") as log:
+            self.log_from = log.seek(0, 2)
             self.process = subprocess.Popen(
                 ["nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
 
+    def failed(self) -> str | None:
+        """Why this start of the node is over (None: it runs): it exited, or its log says it is about to (a
+        fatal error, most often a port it could not bind: ``free_port`` found it free, someone took it since)."""
+        if self.process is None:
+            return "was not started"
+        if self.process.poll() is not None:
+            return f"exited ({self.process.returncode})"
+        with contextlib.suppress(OSError), open(self.log, "rb") as log:
+            log.seek(self.log_from)
+            fatal = next((line for line in log if b"[FTL]" in line), None)
+            if fatal is not None:
+                return "failed: " + fatal.decode(errors="replace").split("[FTL]", 1)[1].strip()
+        return None
+
+    def monitor(self, path: str) -> Any:
+        """A monitoring endpoint's JSON document, if this node is the server that answers it (else None).
+
+        The monitor port may belong to another process (taken before this node could bind it, or since it
+        died): anything may answer there, another cluster's nats-server included.  So each document is checked
+        for this node's server id, learned from ``/varz`` when it named this node's ports."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        try:
+            document = self._get(path)
+            if self.server_id is None:
+                varz = document if path == "varz" else self._get("varz")
+                if (varz.get("port"), varz.get("http_port")) != (self.client_port, self.monitor_port):
+                    return None
+                self.server_id = varz.get("server_id") or None
+        except Exception:  # refused, reset, not HTTP (a NATS port's INFO line), not JSON, ...: not this node
+            return None
+        return document if self.server_id and document.get("server_id") == self.server_id else None
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/{path}", timeout=1) as reply:
+            return json.load(reply)
+
     def healthy(self) -> bool:
-        """JetStream on this node is up and current (``/healthz`` answers 200)."""
+        """JetStream on this node is up and current (``/healthz`` answers 200), as this very node says.
+        Whatever goes wrong asking, or whoever else answers, is "not yet"."""
+        if self.monitor("varz") is None:  # not up yet, or its monitor port is not its own
+            return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
+                # Still running: still the one that answered /varz (the port is its own while it lives).
+                return reply.status == 200 and self.process is not None and self.process.poll() is None
+        except Exception:  # an error status (HTTPError), refused, not HTTP, ...
             return False
 
     def kill(self) -> None:
@@ -104,16 +163,26 @@ class NatsCluster:
 
     def __init__(self, folder: Path, nodes: int = 3) -> None:
         self.folder = folder
-        self.nodes = [Node(f"n{i}", folder / f"n{i}") for i in range(1, nodes + 1)]
+        # A name of its own (the same for the same folder): a route that reaches another cluster's node (its
+        # route port taken by that one before this cluster's node bound it) is refused, not joined.
+        self.name = f"{CLUSTER_NAME}-{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]}"
+        self.nodes = [Node(f"n{i}", folder / f"n{i}", self.name) for i in range(1, nodes + 1)]
+        self._new_ports()
 
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
-    def start(self, attempts: int = 3) -> None:
+    def _new_ports(self) -> None:
+        ports = iter(free_ports(3 * len(self.nodes)))  # distinct within the cluster
+        for node in self.nodes:
+            node.client_port, node.route_port, node.monitor_port = next(ports), next(ports), next(ports)
+
+    def start(self, attempts: int = 5) -> None:
         """Start every node and wait until each says JetStream is ready; ``RuntimeError`` if one does not.
-        A node that exits at once (most often: a port that ``free_port`` found free was taken before the node
-        bound it) makes every node start again, on new ports."""
+        A node that fails (most often: a port that ``free_port`` found free was taken before the node bound it,
+        which nats-server logs as fatal and exits) makes every node start again, on new ports."""
+        fresh = not any((node.folder / "store").exists() for node in self.nodes)
         for attempt in range(attempts):
             for node in self.nodes:
                 self.start_node(node, wait=False)
@@ -124,8 +193,10 @@ class NatsCluster:
                 self.stop()
                 if attempt == attempts - 1:
                     raise
-                for node in self.nodes:
-                    node.client_port, node.route_port, node.monitor_port = free_port(), free_port(), free_port()
+                if fresh:  # what the failed start stored (the nodes that came up made a meta group) only slows
+                    for node in self.nodes:  # the next start down (~5 s, as they agree it away): gone with it
+                        shutil.rmtree(node.folder / "store", ignore_errors=True)
+                self._new_ports()
 
     def start_node(self, node: Node, wait: bool = True) -> None:
         """(Re)start one node on its ports and folder, as after a crash."""
@@ -134,25 +205,27 @@ class NatsCluster:
             self.wait_healthy([node])
 
     def wait_healthy(self, nodes: Sequence[Node] | None = None, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until each node is healthy (``RuntimeError`` at once if one fails, or if one is not in time)."""
         deadline = time.monotonic() + timeout
-        for node in nodes or self.nodes:
-            while not node.healthy():
-                if node.process is not None and node.process.poll() is not None:
-                    raise RuntimeError(f"nats-server {node.name} exited; see {node.folder / 'nats.log'}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nats-server {node.name} not healthy in {timeout:g} s")
-                time.sleep(0.05)
+        waiting = list(nodes or self.nodes)
+        while True:
+            for node in nodes or self.nodes:  # the healthy ones too: a port clash can come to light late
+                failed = node.failed()
+                if failed:
+                    raise RuntimeError(f"nats-server {node.name} {failed}; see {node.log}")
+            waiting = [node for node in waiting if not node.healthy()]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server {waiting[0].name} not healthy in {timeout:g} s; see {waiting[0].log}")
+            time.sleep(0.05)
 
     def stream_leader(self, stream: str) -> Node | None:
         """The node that leads ``stream`` now, as any live node's monitoring endpoint says (None: none yet)."""
         for node in self.nodes:
-            try:
-                url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    accounts = json.load(reply).get("account_details", [])
-            except (urllib.error.URLError, OSError, ValueError):
-                continue
-            for detail in (d for account in accounts for d in account.get("stream_detail", [])):
+            jsz = node.monitor("jsz?streams=true") or {}  # {}: down, or another server on its port
+            accounts = jsz.get("account_details") or []
+            for detail in (d for account in accounts for d in account.get("stream_detail") or []):
                 leader = detail.get("cluster", {}).get("leader") if detail.get("name") == stream else None
                 if leader:
                     return next((n for n in self.nodes if n.name == leader), None)
@@ -196,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.stop()
         print(f"nats-cluster: {exc}", file=sys.stderr)
         return 1
-    print(f"NATS cluster {CLUSTER_NAME!r}: {', '.join(cluster.urls)} (data in {folder})", flush=True)
+    print(f"NATS cluster {cluster.name!r}: {', '.join(cluster.urls)} (data in {folder})", flush=True)
     ports = [
         (args.port + 10 * i, args.port + 10 * i + 1) if args.port else (free_port(), free_port())
         for i in range(args.brokers)
