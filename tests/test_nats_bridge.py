@@ -66,11 +66,13 @@ def cluster(tmp_path: Path):
 def loop(cluster: NatsCluster):
     ctx = zmq.Context()
     bridge = NatsBridge(ctx, cluster.urls)
-    running = Loop(bridge)
-    running.until(lambda e: isinstance(e, Status) and e.state == "connected")
-    yield running
-    bridge.close()
-    ctx.term()
+    try:  # closed even when it never connected: its thread would otherwise retry for the rest of the run
+        running = Loop(bridge)
+        running.until(lambda e: isinstance(e, Status) and e.state == "connected")
+        yield running
+    finally:
+        bridge.close()
+        ctx.term()
 
 
 def test_publishes_are_stored_once_republished_in_a_prev_chain_and_survive_a_leader_kill(
