@@ -331,7 +331,14 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
     loop = _policies(pid)
     assert loop["python"] == 0 and loop["ZMQbg/IO/0"] == 3, loop
     (writer,) = [int(child) for child in children]
-    policies = _policies(writer)
+
+    # Nobody waits for the writer (acks go once the journal has a batch): on a busy machine it may not have
+    # made its socket, and so its I/O thread, yet.
+    def with_io_thread() -> dict[str, int] | None:
+        found = _policies(writer)
+        return found if "ZMQbg/IO/0" in found else None
+
+    policies = wait_for(with_io_thread, what="the writer's I/O thread")
     assert policies["ZMQbg/IO/0"] == 3, policies
     idle = 5 if can_leave_idle() else 3
     wait_for(lambda: _policies(writer)["python"] == idle, what=f"the writer under policy {idle}")
