@@ -75,6 +75,16 @@ def wait_for(condition: Any, timeout: float = WAIT, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def until_no_error(ask: Any, attempts: int = 5) -> Any:
+    """``ask()`` (an answer with an ``error``) again until one has none, as the front door does when it makes
+    its stream: under load JetStream may time out, or still be electing its leader.  The last answer."""
+    for _ in range(attempts):
+        answer = ask()
+        if answer.error is None:
+            break
+    return answer
+
+
 class StubClient:
     """Stands in for a ChatClient where only UI logic is under test (console, window): no sockets.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from conftest import until_no_error
 
 from front_door import stream_config
 from nats_bridge import Acked, Changed, Dropped, Failed, KvResult, Message, NatsBridge, Status, Stored
@@ -79,7 +80,7 @@ def test_publishes_are_stored_once_republished_in_a_prev_chain_and_survive_a_lea
     cluster: NatsCluster, loop: Loop
 ) -> None:
     bridge = loop.bridge
-    assert loop.answer(bridge.stream(STREAM)).error is None
+    assert until_no_error(lambda: loop.answer(bridge.stream(STREAM))).error is None
     bridge.subscribe("feed.room.>")
     first = loop.answer(bridge.publish("chat.room.a", b"one", "alice:1"))
     second = loop.answer(bridge.publish("chat.room.b", b"two", "alice:2"))
@@ -171,7 +172,7 @@ def test_a_loop_that_reads_no_feed_loses_feed_messages_counted_and_no_answer(clu
     answers = Loop(bridge, feed=False)  # reads answers only: the feed queue fills and stays full
     try:
         answers.until(lambda e: isinstance(e, Status) and e.state == "connected")
-        assert answers.answer(bridge.stream(STREAM)).error is None
+        assert until_no_error(lambda: answers.answer(bridge.stream(STREAM))).error is None
         bridge.subscribe("feed.room.>")
         probe = answers.answer(bridge.publish("chat.room.flood", b"probe", "bot:probe"))
         tokens = [bridge.publish("chat.room.flood", b"x" * 100, f"bot:{i}") for i in range(2_000)]
