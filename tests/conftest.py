@@ -186,6 +186,12 @@ class Broker(Proc):
     def endpoints(self) -> list[str]:
         return ["--router", self.router, "--pub", self.pub]
 
+    @property
+    def writer_pid(self) -> int:
+        """The pid of its store's writer, its only child (a database file; Linux: read from /proc)."""
+        (child,) = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return int(child)
+
 
 class Harness:
     """Starts processes for one test and stops them all at its end."""

@@ -326,11 +326,9 @@ def test_the_loop_runs_as_usual_and_what_works_beside_it_does_not_preempt_it(har
     leave it again (``store_writer.Yielding``); its I/O thread, which brings in its orders, under SCHED_BATCH."""
     broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
     harness.client(broker, "alice")  # in #general: the I/O thread and the writer have been at work
-    pid = broker.pid
-    children = (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
-    loop = _policies(pid)
+    loop = _policies(broker.pid)
     assert loop["python"] == 0 and loop["ZMQbg/IO/0"] == 3, loop
-    (writer,) = [int(child) for child in children]
+    writer = broker.writer_pid
 
     # Nobody waits for the writer (acks go once the journal has a batch): on a busy machine it may not have
     # made its socket, and so its I/O thread, yet.
@@ -383,7 +381,7 @@ def test_a_writer_behind_is_given_its_fair_share_of_the_cpu_again(harness: Harne
     """A starved writer (a busy machine) falls behind: the broker takes it out of SCHED_IDLE itself, before it
     has to stop reading at ``--max-unstored-bytes``.  A tiny bound here: a burst is already behind."""
     broker = harness.broker("--max-unstored-bytes", "2000", db=str(harness.tmp_path / "chat.db"))
-    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    writer = broker.writer_pid
     with ChatClient("bot", router=broker.router, pub=broker.pub, context=harness.ctx) as bot:
         bot.connect()
         bot.say_many("general", [f"line {n} " + "x" * 300 for n in range(40)])
@@ -403,7 +401,7 @@ def test_a_stop_on_a_busy_machine_gives_the_idle_writer_its_share_first(harness:
     stop waits for the writer, so it first takes it out of SCHED_IDLE: the writer commits and exits itself."""
     broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
     harness.client(broker, "alice")  # in #general: the writer has been at work
-    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    writer = broker.writer_pid
     wait_for(lambda: _policies(writer)["python"] == 5, what="the writer under SCHED_IDLE")
     cpu = min(os.sched_getaffinity(writer))
     os.sched_setaffinity(writer, {cpu})  # its main thread, which runs the commits
@@ -423,7 +421,7 @@ def test_a_stop_on_a_busy_machine_gives_the_idle_writer_its_share_first(harness:
 def test_with_sync_full_acks_wait_for_the_writer_so_it_keeps_the_usual_policy(harness: Harness) -> None:
     broker = harness.broker("--sync", "full", db=str(harness.tmp_path / "chat.db"))
     harness.client(broker, "alice")
-    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    writer = broker.writer_pid
     assert set(_policies(writer).values()) == {0}
 
 

@@ -259,7 +259,7 @@ def test_a_writer_hung_from_its_start_holds_up_nothing_and_leaves_nothing_in_tmp
     before it could bind (a hung disk; SIGSTOP here, most likely during its start) no longer blocked the loop's
     first hand-over, and with it every request.  Once connected, the writer removes its socket's file."""
     broker = harness.broker(db=str(harness.tmp_path / "chat.db"))
-    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    writer = broker.writer_pid
     cmdline = wait_for(
         lambda: b"store_writer.py" in (line := Path(f"/proc/{writer}/cmdline").read_bytes()) and line,
         what="the writer's exec",
@@ -286,7 +286,7 @@ def test_asked_again_while_a_hung_writer_holds_the_stop_it_stops_at_once_and_los
     ends = fixed_endpoints()
     db = str(harness.tmp_path / "chat.db")
     broker = harness.broker(db=db, **ends)
-    (writer,) = [int(child) for child in Path(f"/proc/{broker.pid}/task/{broker.pid}/children").read_text().split()]
+    writer = broker.writer_pid
     try:
         with ChatClient("alice", **ends) as bot:
             bot.connect()
@@ -437,9 +437,7 @@ def test_a_kill_9_while_sqlite_lags_behind_the_journal_loses_nothing_acknowledge
     ends = fixed_endpoints()
     db = harness.tmp_path / "chat.db"
     broker = harness.broker("--rate-limit", "0", "--source-rate", "0", db=str(db), **ends)
-    (writer_pid,) = [
-        int(p) for p in Path(f"/proc/{broker.popen.pid}/task/{broker.popen.pid}/children").read_text().split()
-    ]
+    writer_pid = broker.writer_pid
     raw = harness.raw(broker)
     raw.request({"type": "hello", "user": "bot"})
     assert raw.reply()["type"] == "welcome"
