@@ -4,7 +4,7 @@ One poller loop, no locks (the zguide way).  Everything the broker decides is
 decided by ``chat.ChatCore``; this file only moves bytes and time.  With a
 database file, the loop puts each batch in the journal (``journal``: one
 append to a file, which a kill cannot undo) and sends its acks and events at
-once; a writer process (``store_writer``) copies batches into SQLite later.
+once; a writer process (``store_writer``) indexes batches in SQLite later.
 With ``--sync full`` the loop instead sends a batch's acks and events when the
 writer says (over an ipc PAIR) that the batch is committed and flushed.
 

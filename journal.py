@@ -1,12 +1,13 @@
-"""The journal: where a batch becomes durable before its ack, so that SQLite is off the loop's critical path.
+"""The journal: where a batch becomes durable before its ack, and where its events are kept for good.
 
 With ``--sync normal`` (the default) the broker's loop appends each sealed batch here as one record: one
 ``write`` to an append-only file, whose bytes are in the OS's page cache when it returns, so they survive
 the broker being killed at any moment (the promise of ``--sync normal``: not a power cut).  The batch's acks
-and events go out at once; the store's writer process copies batches into SQLite in its own time, in big
-transactions, and deletes each segment it has read to the end once it has committed it (the writer, not the
-loop: an 8 MiB segment took the loop 1-2 ms to delete).  A broker that starts stores the batches SQLite does
-not have yet (``pending``), then deletes the segments.
+and events go out at once; the store's writer process reads the records in its own time and indexes them in
+SQLite (``store.py``: a row says which record of which segment holds a run of a room's events), in big
+transactions.  The events' bytes stay here: SQLite's own copies of them (its WAL, then the checkpoint) were
+most of the writer's work and of the disk's, measured in ``docs/scaling.md``.  A broker that starts indexes
+the records SQLite has not yet.
 
 Measured before this: the loop handed each batch to the writer process and waited for its commit, and
 at 10,000 msgs/s SQLite committed a few events at a time, rewriting whole pages into its WAL and
@@ -15,7 +16,8 @@ checkpointing it several times a second; with the hop to the writer on two busy 
 
 A segment is ``DB-log.N`` (N: the number of its first batch); a record is a header ``<QII`` (the batch's
 number, the payload's length, CRC-32 of the payload) and the payload.  A record cut short or failing its
-check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked).
+check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked), and
+is never indexed; a record read for history is checked again (``Records``).
 """
 
 from __future__ import annotations
@@ -41,26 +43,35 @@ RECORD_KEPT = 1 << 20
 
 
 class Journal:
-    """Append-only segments beside the database, appended to on the loop (``Tail`` reads and deletes them)."""
+    """Append-only segments beside the database, appended to on the loop (``Tail`` reads them)."""
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._fd = -1
         self._size = 0
 
-    def pending(self, stored: int) -> Iterator[tuple[int, bytes]]:
-        """Every intact record with a number above ``stored`` (what SQLite does not have), oldest first."""
-        for _, path in segments(self.db_path):
+    def pending(self, stored: int) -> Iterator[tuple[int, bytes, Place]]:
+        """Every intact record with a number above ``stored`` (what SQLite has not indexed), oldest first, with
+        where it is.  Segments wholly at or before ``stored`` are not read: they are the history."""
+        for number, path in unread_segments(self.db_path, stored):
             data = path.read_bytes()
             at = 0
             while at + HEADER.size <= len(data):
-                number, length, crc = HEADER.unpack_from(data, at)
+                batch, length, crc = HEADER.unpack_from(data, at)
                 payload = data[at + HEADER.size : at + HEADER.size + length]
                 if len(payload) < length or zlib.crc32(payload) != crc:
                     break  # a torn tail: never acked
+                if batch > stored:
+                    yield batch, payload, (number, at, HEADER.size + length)
                 at += HEADER.size + length
-                if number > stored:
-                    yield number, payload
+
+    def drop_after(self, stored: int) -> None:
+        """Delete the segments that begin after ``stored``, the last batch SQLite has indexed: a start indexed
+        every intact record, so they hold only torn ones, and the next ``append`` may begin a segment of the
+        same name."""
+        for number, path in segments(self.db_path):
+            if number > stored:
+                _delete(path)
 
     def append(self, number: int, payload: bytes | bytearray) -> None:
         """Make batch ``number`` durable (for ``--sync normal``): once this returns, a kill cannot lose it.
@@ -85,18 +96,17 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd, self._size = fd, 0
-
-    def clear(self) -> None:
-        """SQLite has everything: delete every segment (the next ``append`` begins a new one)."""
-        self.close()
-        for _, path in segments(self.db_path):
-            _delete(path)
+        self._fd, self._size = fd, os.fstat(fd).st_size
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+#: Where a record is: (the number in its segment's name, the offset of its header there, its bytes with the
+#: header).  What SQLite's index keeps of a row's events (``store.py``).
+Place = tuple[int, int, int]
 
 
 class Tail:
@@ -107,15 +117,17 @@ class Tail:
 
     Records are read in the order of their numbers, which may skip one (an append that failed used its
     number and left nothing).  A segment read to its end (or to a torn tail: an append that failed and could
-    not be undone) is followed by the next one by number; the broker deletes segments only once SQLite has
-    every batch in them, all of them behind this reader."""
+    not be undone) is followed by the next one by number."""
 
     def __init__(self, db_path: Path, after: int) -> None:
         self.db_path = db_path
         self.last = after  # the number of the last record read (or stored before)
+        #: Where the record ``read`` gave last is (``Place``).
+        self.place: Place = (0, 0, 0)
         self._file: BinaryIO | None = None
         self._segment = -1  # the number in the open segment's name
-        self._read_through: list[Path] = []  # segments read to their end: ``release`` deletes them
+        self._unsynced: set[int] = set()  # segments read from since ``sync``
+        self._named = -1  # the newest segment whose name the folder has on disk (``sync``)
         self._buffer = bytearray()  # records are read into it (``read``)
 
     def read(self, upto: int) -> Iterator[tuple[int, memoryview]]:
@@ -151,6 +163,8 @@ class Tail:
             if length <= os.fstat(self._file.fileno()).st_size - at - HEADER.size:  # not a torn header's length
                 body = self._body(length)
                 if zlib.crc32(body) == crc:  # else torn, or damaged on disk: never stored as if it were a batch
+                    self.place = (self._segment, at, HEADER.size + length)
+                    self._unsynced.add(self._segment)
                     return number, body
         self._file.seek(at)
         return None
@@ -168,32 +182,79 @@ class Tail:
         return view
 
     def _next_segment(self) -> bool:
-        """Go on to the segment after the open one (by number); False if there is none (the open one stays)."""
-        for number, path in segments(self.db_path):
+        """Go on to the segment after the open one (by number), past those wholly read before (the history);
+        False if there is none (the open one stays)."""
+        for number, path in unread_segments(self.db_path, self.last):
             if number <= self._segment:
                 continue
             try:
                 segment = open(path, "rb")  # noqa: SIM115 (kept open)
-            except FileNotFoundError:  # deleted since: SQLite had all of it
+            except FileNotFoundError:  # deleted since (by hand): nothing of it can be read
                 continue
-            if self._file is not None:
-                self._read_through.append(Path(self._file.name))
             self.close()
             self._file, self._segment = segment, number
             return True
         return False
 
-    def release(self) -> None:
-        """The writer committed everything it read: delete the segments it read to their end (the loop
-        appends only to the newest, and a broker that starts needs none of what SQLite has)."""
-        for path in self._read_through:
-            _delete(path)
-        self._read_through = []
+    def sync(self) -> None:
+        """Flush to the disk the segments records were read from since the last call, and the folder's entry
+        of each new one: with ``--sync full``, before SQLite's commit indexes them (its fsync)."""
+        for number in sorted(self._unsynced):
+            sync_segment(self.db_path, number, named=number <= self._named)
+            self._named = max(self._named, number)
+        self._unsynced.clear()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class Records:
+    """Reads records back for history (the loop's reads of SQLite's index), each checked as ``Tail`` checks
+    it: a record the disk lost or damaged since (a power cut with ``--sync normal``) is None, never events.
+    Keeps a few segments open, and the last record read (a history read often takes several rows of one)."""
+
+    OPEN_SEGMENTS = 8
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._fds: dict[int, int] = {}  # segment number -> fd, least recently used first
+        self._last: tuple[Place, bytes] | None = None
+
+    def read(self, place: Place) -> bytes | None:
+        """The payload of the record at ``place``, or None (logged) if it is not there intact."""
+        if self._last is not None and self._last[0] == place:
+            return self._last[1]
+        segment, at, size = place
+        try:
+            data = os.pread(self._fd(segment), size, at)
+        except OSError as exc:
+            log.error("cannot read batch history from the journal segment %s: %s", segment, exc)
+            return None
+        if len(data) == size and size >= HEADER.size:
+            _, length, crc = HEADER.unpack_from(data)
+            payload = data[HEADER.size :]
+            if length == len(payload) and zlib.crc32(payload) == crc:
+                self._last = (place, payload)
+                return payload
+        log.error("the journal segment %s has lost the record at %d: history there is missing", segment, at)
+        return None
+
+    def _fd(self, segment: int) -> int:
+        fd = self._fds.pop(segment, None)
+        if fd is None:
+            fd = os.open(segment_path(self.db_path, segment), os.O_RDONLY)
+            if len(self._fds) >= self.OPEN_SEGMENTS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[segment] = fd  # the most recently used, last
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._last = None
 
 
 def segment_path(db_path: Path, number: int) -> Path:
@@ -208,16 +269,39 @@ def segments(db_path: Path) -> list[tuple[int, Path]]:
     return sorted((int(number), path) for number, path in found if number.isdigit())
 
 
+def unread_segments(db_path: Path, after: int) -> list[tuple[int, Path]]:
+    """The segments that may hold a record numbered above ``after``: from the newest whose first batch is at
+    or before ``after + 1`` on (a segment ends where the next begins, so the ones before it end at or before
+    ``after``)."""
+    found = segments(db_path)
+    begin = 0
+    while begin + 1 < len(found) and found[begin + 1][0] <= after + 1:
+        begin += 1
+    return found[begin:]
+
+
+def sync_segment(db_path: Path, number: int, named: bool = False) -> None:
+    """Flush segment ``number`` to the disk, and (unless it is ``named`` there already) the folder's entry."""
+    for path, flush in ((segment_path(db_path, number), os.fdatasync), (db_path.parent, os.fsync)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            flush(fd)
+        finally:
+            os.close(fd)
+        if named:
+            return
+
+
 def _prefix(db_path: Path) -> str:
     return db_path.name + "-log."
 
 
 def _delete(path: Path) -> None:
-    """Delete a segment SQLite has every batch of.  If that fails (a read-only folder), the segment stays and
-    costs disk space, nothing else: the next start skips what SQLite has (by number) and tries again."""
+    """Delete a segment that holds nothing indexed.  If that fails (a read-only folder), it stays and costs
+    disk space, nothing else."""
     try:
         path.unlink()
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.error("cannot delete the journal segment %s (%s); SQLite has all of it", path, exc)
+        log.error("cannot delete the journal segment %s (%s)", path, exc)

@@ -8,12 +8,18 @@ a restarted broker never reuses a seq.
 Durability: with ``--sync normal`` (the default) a batch is durable once it is
 in the journal (``journal.py``: one ``write`` to an append-only file, in the OS
 page cache when it returns), which survives the broker process dying at any
-moment (kill -9); the store's writer process copies it into SQLite (WAL,
-``synchronous=NORMAL``) later, and a starting store first takes in what the
+moment (kill -9); the store's writer process indexes it in SQLite (WAL,
+``synchronous=NORMAL``) later, and a starting store first indexes what the
 journal has that SQLite does not.  Neither survives the machine losing power
-before the OS writes its cache back; ``--sync full`` fsyncs every commit for
-that (the commit is then what makes a batch durable), at the price of a disk
-flush per batch.
+before the OS writes its cache back; ``--sync full`` fsyncs the journal and
+every commit for that (the commit is then what makes a batch durable), at the
+price of disk flushes per batch.
+
+Where the events' bytes are: a journaled batch's stay in the journal, and its
+rows in SQLite say where (``log_segment``, ``log_offset``, ``log_size``: the
+record; ``log_row``: which of its rows), its payload left empty.  Rows the
+broker stores itself (no writer: tests; or batches a failed writer left) hold
+their payload.  So the database is the file and its ``-log.N`` segments.
 """
 
 from __future__ import annotations
@@ -33,16 +39,19 @@ from typing import Protocol
 
 import msgspec
 
-from journal import Journal
+from journal import Journal, Place, Records, sync_segment
 
 log = logging.getLogger("chat-broker")
 
 #: The meta key of the number of the last journaled batch that SQLite has (``journal.py``).
 STORED_BATCH = "journal"
+#: 5: a row may say where its events are in the journal instead of holding them (``log_*``).
 #: 4: each room's newest topic event is kept in ``topics`` too.  3: a row holds a run of a room's consecutive
 #: events (``first`` to ``seq``), not one event.  2 and 3 are read and upgraded in place (2's rows are runs of
-#: one, ``first`` NULL; neither had topics).
-SCHEMA_VERSION = 4
+#: one, ``first`` NULL; neither had topics), as 4 is.
+SCHEMA_VERSION = 5
+#: What 5 added to a row: where its events are in the journal (``journal.Place``, and the row of the record).
+JOURNAL_COLUMNS = ("log_segment", "log_offset", "log_size", "log_row")
 #: Largest run of events stored in one row: what one history read may have to load to find one event.
 RUN_BYTES = 64 * 1024
 SYNC_LEVELS = ("normal", "full")
@@ -130,8 +139,11 @@ class SqliteStore:
             -- One B-tree keyed by (room, seq): the only order anything is read in.  A row is a run of the
             -- room's consecutive events, first..seq, their payloads joined by newlines (an encoded event has
             -- none); first is NULL for a run of one.  Runs are what a commit brings: one row, not one per event.
+            -- A journaled run's payload is empty: it is row log_row of the journal's record of log_size bytes
+            -- at log_offset in segment log_segment (journal.py).
             CREATE TABLE IF NOT EXISTS events (
                 room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, first INTEGER,
+                log_segment INTEGER, log_offset INTEGER, log_size INTEGER, log_row INTEGER,
                 PRIMARY KEY (room, seq)
             ) WITHOUT ROWID;
             -- Each room's newest topic event (also in events): found without reading the room's history.
@@ -142,9 +154,11 @@ class SqliteStore:
         if version is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (os.urandom(8).hex(),))
-        elif int(version[0]) in (2, 3):  # topics was made above; 2 had one event a row: runs of one
+        elif int(version[0]) in (2, 3, 4):  # topics was made above; 2 had one event a row: runs of one
             if int(version[0]) == 2:
                 self.db.execute("ALTER TABLE events ADD COLUMN first INTEGER")
+            for column in JOURNAL_COLUMNS:
+                self.db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
         elif int(version[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
@@ -167,25 +181,31 @@ class SqliteStore:
         #: The number of the last journaled batch SQLite has: the writer numbers batches on from it.
         self.stored_batch = self._stored_batch()
         self.journal = Journal(self.path) if self.file is not None else None
+        #: The last journal record read for history, decoded: a read often takes several of its rows.
+        self._record: tuple[Place, list[Row]] | None = None
+        self.records = Records(self.path) if self.journal is not None else None
         if self.journal is not None:
             self._take_in_journal(self.journal)
 
     def _take_in_journal(self, journal: Journal) -> None:
-        """Store what the journal holds and SQLite does not (the broker was killed before its writer caught
-        up), then start the journal afresh."""
-        batches = list(journal.pending(self.stored_batch))
-        if batches:
+        """Index what the journal holds and SQLite does not (the broker was killed before its writer caught
+        up); drop the segments that hold nothing else (torn records)."""
+        found = [(number, read_batch(frame)[1], place) for number, frame, place in journal.pending(self.stored_batch)]
+        if found:
+            if self.sync == "full":  # indexed, they are durable: the journal must be on the disk first
+                for segment in sorted({place[0] for _, _, place in found}):
+                    sync_segment(self.path, segment)
             self.db.execute("BEGIN")
             try:
-                write(self.db, [row for _, frame in batches for row in read_batch(frame)[1]], batches[-1][0])
+                index(self.db, [(rows, place) for _, rows, place in found], found[-1][0])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            self.stored_batch = batches[-1][0]
-            count = f"{len(batches)} batch" + ("es" if len(batches) > 1 else "")
-            log.warning("stored %s from the journal that SQLite did not have yet", count)
-        journal.clear()
+            self.stored_batch = found[-1][0]
+            count = f"{len(found)} batch" + ("es" if len(found) > 1 else "")
+            log.warning("indexed %s from the journal that SQLite did not have yet", count)
+        journal.drop_after(self.stored_batch)
 
     @property
     def file(self) -> Path | None:
@@ -212,7 +232,7 @@ class SqliteStore:
     def newest(self, room: str, after: int, max_bytes: int) -> list[bytes]:
         """The newest events of ``room`` with ``seq > after`` that fit in ``max_bytes`` (the newest always),
         oldest first: what memory keeps of a room.  Read newest first and lazily, so it stops at the budget."""
-        rows = self.db.execute(f"{SELECT_AFTER} ORDER BY seq DESC", (room, after))
+        rows = self._loaded(self.db.execute(f"{SELECT_AFTER} ORDER BY seq DESC", (room, after)))
         pending = [(seq, event) for seq, event in self._unstored(room, after=after) if seq > after]
         recent, used = [], 0
         for _, payload in _merged(_newest_first(rows, after), reversed(pending), newest_first=True):
@@ -225,9 +245,7 @@ class SqliteStore:
 
     def events(self, room: str, after: int) -> Iterator[bytes]:
         """Every stored event of ``room`` with ``seq > after``, oldest first, one at a time."""
-        rows = self.db.execute(
-            "SELECT seq, payload, first FROM events WHERE room = ? AND seq > ? ORDER BY seq", (room, after)
-        )
+        rows = self._loaded(self.db.execute(f"{SELECT_AFTER} ORDER BY seq", (room, after)))
         for _, payload in _expand(rows, after):
             yield payload
 
@@ -274,10 +292,7 @@ class SqliteStore:
         first, within ``max_bytes`` (rows are read lazily, so a large limit costs only what is sent):
         committed ones, then those appended since the last commit (memory may already have let them go;
         the broker sends the reply only after the commit anyway)."""
-        rows = self.db.execute(
-            "SELECT seq, payload, first FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (room, after, limit),
-        )
+        rows = self._loaded(self.db.execute(f"{SELECT_AFTER} ORDER BY seq LIMIT ?", (room, after, limit)))
         found, used, last = [], 0, after
         for seq, payload in _merged(_expand(rows, after), self._unstored(room, after=after)):
             if seq <= last:
@@ -288,6 +303,32 @@ class SqliteStore:
             found.append(payload)
             last = seq
         return found
+
+    def _loaded(self, rows: Iterable[tuple]) -> Iterator[tuple[int, bytes, int | None]]:
+        """Rows as ``SELECT_AFTER`` gives them -> (seq, payload, first), a journaled row's payload read from
+        the journal.  One the journal lost (a power cut with ``--sync normal``, a segment deleted by hand) is
+        left out, logged: history then has a gap, and the seqs are never given again."""
+        for seq, payload, first, segment, offset, size, row in rows:
+            if segment is not None:
+                payload = self._journaled(seq, (segment, offset, size), row)
+                if payload is None:
+                    continue
+            yield seq, payload, first
+
+    def _journaled(self, seq: int, place: Place, row: int) -> bytes | None:
+        if self._record is None or self._record[0] != place:
+            frame = self.records.read(place) if self.records is not None else None
+            try:
+                self._record = None if frame is None else (place, read_batch(frame)[1])
+            except msgspec.ValidationError:
+                self._record = None
+            if self._record is None:
+                return None
+        rows = self._record[1]
+        if row < len(rows) and rows[row][1] == seq:
+            return rows[row][2]
+        log.error("the journal's record at %s does not hold the row SQLite says (seq %d): left out", place, seq)
+        return None
 
     @property
     def pending(self) -> int:
@@ -363,11 +404,11 @@ class SqliteStore:
     def close(self) -> None:
         try:
             self.commit()
-            if self.journal is not None and not self.sealed:
-                self.journal.clear()  # SQLite has everything
         finally:
             if self.journal is not None:
                 self.journal.close()
+            if self.records is not None:
+                self.records.close()
             self.db.close()
             if self._lock >= 0:
                 os.close(self._lock)
@@ -378,8 +419,12 @@ class SqliteStore:
 #: A row holds a run of the room's consecutive events, at most ``RUN_BYTES`` of them (or one bigger event).
 Row = tuple[str, int, bytes, int | None]
 INSERT = "INSERT INTO events (room, seq, payload, first) VALUES (?, ?, ?, ?)"
-#: The rows that hold events of a room after a seq: every run that ends after it.
-SELECT_AFTER = "SELECT seq, payload, first FROM events WHERE room = ? AND seq > ?"
+#: A row whose events are in the journal: where (``JOURNAL_COLUMNS``), its payload empty.
+INDEX = (
+    f"INSERT INTO events (room, seq, payload, first, {', '.join(JOURNAL_COLUMNS)}) VALUES (?, ?, X'', ?, ?, ?, ?, ?)"
+)
+#: The rows that hold events of a room after a seq: every run that ends after it (``SqliteStore._loaded``).
+SELECT_AFTER = f"SELECT seq, payload, first, {', '.join(JOURNAL_COLUMNS)} FROM events WHERE room = ? AND seq > ?"
 
 
 #: How a topic event's bytes begin (``messages.encode`` writes a tagged struct's ``type`` first).
@@ -398,6 +443,22 @@ def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
     under load a row holds hundreds, and looking at each cost the writer most of its time."""
     rows = joined_runs(rows)
     db.executemany(INSERT, rows)
+    _keep_topics_and_batch(db, rows, batch)
+
+
+def index(db: sqlite3.Connection, records: list[tuple[list[Row], Place]], batch: int) -> None:
+    """Index journaled batches in the open transaction (each: its rows, and where its record is): a row each,
+    saying where its events are, without them; with each room's newest topic event and the number of the
+    last batch (``batch``), as ``write``.  SQLite's copies of the events' bytes (its WAL, then the
+    checkpoint) were most of what the writer cost the machine (``docs/scaling.md``)."""
+    db.executemany(
+        INDEX,
+        [(room, last, first, *place, i) for rows, place in records for i, (room, last, _, first) in enumerate(rows)],
+    )
+    _keep_topics_and_batch(db, [row for rows, _ in records for row in rows], batch)
+
+
+def _keep_topics_and_batch(db: sqlite3.Connection, rows: list[Row], batch: int) -> None:
     topics = {topic[0]: topic for row in rows if (topic := _newest_topic(row)) is not None}
     if topics:
         db.executemany(UPSERT_TOPIC, topics.values())

@@ -4,10 +4,10 @@ disk nor for a lock on the interpreter.
 The loop puts every batch in the journal (``journal.py``: one ``write``) and tells this process, over an ipc
 PAIR, the number of the last one; this process reads them from there (``journal.Tail``).  With ``--sync
 normal`` a batch is durable once the journal has it, so nobody waits for this process: the loop tells it at
-most every ``GROUP_S``, and what it reads then is committed in one transaction (a few pages rewritten per
-hand-over, not per batch, and few checkpoints); the answer lets the broker forget the batches' rows, and
-this process then deletes the journal segments it has read through.  With ``--sync full`` the commit (and
-its fsync) is what makes a batch durable: it is told of each batch at once, and acks wait for the answer.
+most every ``GROUP_S``, and what it reads then is indexed in one transaction (``store.index``: a row says
+where a run of a room's events is in the journal, which keeps them); the answer lets the broker forget the
+batches' rows.  With ``--sync full`` the commit (the journal's fdatasync, then SQLite's fsync) is what makes
+a batch durable: it is told of each batch at once, and acks wait for the answer.
 (A journaled batch a crash kept from SQLite is stored by the next broker; with ``--sync full`` it was never
 acked, and a resend of it is recognised.)
 
@@ -50,7 +50,7 @@ import zmq
 
 from journal import RECORD_KEPT, Tail
 from lifeline import die_with_parent
-from store import Sealed, SqliteStore, batch_frame, read_batch, stored_batch, write
+from store import Sealed, SqliteStore, batch_frame, index, read_batch, stored_batch
 from transport import batch_scheduled, may_set_policies
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -229,7 +229,7 @@ def serve(path: str, sync: str, endpoint: str) -> None:
             if order[0] == "journaled":
                 journaled = order[1]
                 continue
-            failed = _commit(db, tail, journaled, failed, sock)
+            failed = _commit(db, tail, journaled, failed, sock, sync)
             journaled = 0
             if order[0] == "stop":
                 tail.close()
@@ -240,32 +240,34 @@ def serve(path: str, sync: str, endpoint: str) -> None:
                 failed = False
             elif order[0] == "execute":
                 db.execute(order[1])
-        failed = _commit(db, tail, journaled, failed, sock)
+        failed = _commit(db, tail, journaled, failed, sock, sync)
 
 
-def _commit(db: sqlite3.Connection, tail: Tail, journaled: int, failed: bool, sock: zmq.Socket) -> bool:
-    """Read the batches journaled up to ``journaled`` and store them in one transaction; answer.  Returns
-    whether the writer is now failed."""
+def _commit(
+    db: sqlite3.Connection, tail: Tail, journaled: int, failed: bool, sock: zmq.Socket, sync: str = "normal"
+) -> bool:
+    """Read the batches journaled up to ``journaled`` and index them in one transaction (with ``--sync full``
+    the journal flushed to the disk first); answer.  Returns whether the writer is now failed."""
     if journaled <= tail.last:
         return failed
     error: str | None = "an earlier batch could not be stored" if failed else None
-    try:
-        rows = [row for _, frame in tail.read(journaled) for row in read_batch(frame)[1]]
+    try:  # each record is decoded before the next is read into the same buffer
+        records = [(read_batch(frame)[1], tail.place) for _, frame in tail.read(journaled)]
+        if sync == "full" and error is None:
+            tail.sync()
     except (OSError, msgspec.ValidationError) as exc:  # the broker stores them itself, from memory
         tail.skip(journaled)  # so none of them is read again, and stored twice, after ``recover``
-        rows, error = [], error or f"cannot read the journal: {exc}"
+        records, error = [], error or f"cannot read the journal: {exc}"
     if error is None:
         try:
             db.execute("BEGIN")
-            write(db, rows, journaled)
+            index(db, records, journaled)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             error = str(exc) or type(exc).__name__
     sock.send(_encode([journaled, error]))
-    if error is None:
-        tail.release()  # after the answer: with ``--sync full`` acks wait for it
     return error is not None
 
 

@@ -1,6 +1,7 @@
 """The journal (``journal.py``) under a hypothesis state machine: appends, the writer reading them, SQLite
-catching up, restarts, failed writes and torn tails.  Whatever happens, the writer reads each record appended
-exactly once, in order, and a restart finds exactly the records appended and not yet stored."""
+indexing them, restarts, failed writes and torn tails.  Whatever happens, the writer reads each record
+appended exactly once, in order; a restart finds exactly the records appended and not yet indexed; and every
+record indexed is read back for history from where the writer found it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 import journal
 
 
-def read(tail: journal.Tail, upto: int) -> list[tuple[int, bytes]]:
-    """What ``tail.read`` gives, each record copied out of the buffer it is read into."""
-    return [(number, bytes(record)) for number, record in tail.read(upto)]
+def read(tail: journal.Tail, upto: int, places: dict | None = None) -> list[tuple[int, bytes]]:
+    """What ``tail.read`` gives, each record copied out of the buffer it is read into (and, into ``places``,
+    where it is: what SQLite's index keeps)."""
+    found = []
+    for number, record in tail.read(upto):
+        found.append((number, bytes(record)))
+        if places is not None:
+            places[number] = tail.place
+    return found
 
 
 class JournalMachine(RuleBasedStateMachine):
@@ -33,6 +40,8 @@ class JournalMachine(RuleBasedStateMachine):
         self.number = 0
         self.stored = 0
         self.appended: dict[int, bytes] = {}  # what an append returned from: durable
+        self.places: dict[int, journal.Place] = {}  # where the writer found each record it read
+        self.indexed: dict[journal.Place, bytes] = {}  # what SQLite's index points to, and what is there
 
     def teardown(self) -> None:
         self.journal.close()
@@ -67,13 +76,22 @@ class JournalMachine(RuleBasedStateMachine):
         if not self.appended or max(self.appended) <= self.tail.last:
             return
         before, upto = self.tail.last, max(self.appended)
-        assert read(self.tail, upto) == [(n, p) for n, p in self.appended.items() if before < n <= upto]
+        assert read(self.tail, upto, self.places) == [(n, p) for n, p in self.appended.items() if before < n <= upto]
 
     @rule()
     def sqlite_catches_up(self) -> None:
-        """The writer committed what it read, and deletes the segments it read through."""
+        """The writer indexed what it read: from now on, history is read from there."""
         self.stored = max(self.stored, self.tail.last)
-        self.tail.release()
+        self.indexed |= {place: self.appended[n] for n, place in self.places.items() if n in self.appended}
+        self.places.clear()
+
+    @rule()
+    def history_is_read_back(self) -> None:
+        records = journal.Records(self.db)
+        try:
+            assert {place: records.read(place) for place in self.indexed} == self.indexed
+        finally:
+            records.close()
 
     @rule(cut=st.integers(1, 40))
     def killed_while_writing(self, cut: int) -> None:
@@ -91,12 +109,13 @@ class JournalMachine(RuleBasedStateMachine):
         self.journal.close()
         self.journal = journal.Journal(self.db)
         found = list(self.journal.pending(self.stored))
-        assert found == [(n, p) for n, p in self.appended.items() if n > self.stored]
-        # What a starting store does: takes them in, then starts the journal afresh.
+        assert [(n, p) for n, p, _ in found] == [(n, p) for n, p in self.appended.items() if n > self.stored]
+        # What a starting store does: indexes them, and drops the segments that hold only torn records.
+        self.indexed |= {place: payload for _, payload, place in found}
         self.stored = max([self.stored, *self.appended])
         self.number = max(self.number, self.stored) + 1  # a torn record's number is never reused
-        self.journal.clear()
-        self.appended = {}
+        self.journal.drop_after(self.stored)
+        self.appended, self.places = {}, {}
         self.tail.close()
         self.tail = journal.Tail(self.db, self.stored)
 
@@ -105,39 +124,62 @@ JournalMachine.TestCase.settings = settings(max_examples=60, stateful_step_count
 test_the_journal_keeps_what_was_appended_and_not_stored = JournalMachine.TestCase
 
 
-def test_segments_roll_over_and_go_once_the_writer_read_them_through(tmp_path: Path, monkeypatch) -> None:
+def test_segments_roll_over_and_a_start_reads_only_those_after_what_sqlite_has(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(journal, "SEGMENT_BYTES", 100)
     j = journal.Journal(tmp_path / "c.db")
     for number in range(1, 21):
         j.append(number, b"x" * 40)
-    assert len(list(tmp_path.glob("c.db-log.*"))) == 10
-    tail = journal.Tail(tmp_path / "c.db", 0)
-    read(tail, 13)
-    tail.release()  # segments it read through go; the one holding 13 and 14 stays
-    assert [n for n, _ in journal.Journal(tmp_path / "c.db").pending(0)] == list(range(13, 21))
+    assert len(list(tmp_path.glob("c.db-log.*"))) == 10  # two records each: 1-2, 3-4, ...
+    opened, read_bytes = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: opened.append(self.name) or read_bytes(self))
+    assert [n for n, _, _ in journal.Journal(tmp_path / "c.db").pending(12)] == list(range(13, 21))
+    assert opened == [f"c.db-log.{n}" for n in (13, 15, 17, 19)]  # not the history before
+    tail = journal.Tail(tmp_path / "c.db", 14)
+    assert read(tail, 16) == [(15, b"x" * 40), (16, b"x" * 40)] and tail.place[0] == 15
     tail.close()
     j.close()
 
 
-def test_a_segment_that_cannot_be_deleted_is_logged_and_kept(tmp_path: Path, monkeypatch, caplog) -> None:
-    """``unlink`` refused (a read-only folder: EROFS, EACCES) costs disk space and a log line, never the
-    broker's loop; a later start skips what SQLite has, by number."""
-    monkeypatch.setattr(journal, "SEGMENT_BYTES", 1)  # a segment per record
+def test_a_start_drops_segments_holding_only_torn_records_and_logs_one_it_cannot(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """The next append may begin a segment of the same name.  ``unlink`` refused (a read-only folder: EROFS,
+    EACCES) costs disk space and a log line, never the broker."""
     log = journal.Journal(tmp_path / "c.db")
-    for number in (1, 2, 3):
-        log.append(number, b"x")
+    log.append(1, b"x")
+    log.close()
+    (tmp_path / "c.db-log.2").write_bytes(journal.HEADER.pack(2, 30, 0) + b"y")  # torn: a power cut
+    (tmp_path / "c.db-log.3").write_bytes(journal.HEADER.pack(3, 30, 0) + b"y")
+    log.drop_after(2)
+    assert sorted(path.name for path in tmp_path.glob("c.db-log.*")) == ["c.db-log.1", "c.db-log.2"]
 
     def refuse(self: Path, missing_ok: bool = False) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
 
     monkeypatch.setattr(Path, "unlink", refuse)
-    tail = journal.Tail(tmp_path / "c.db", 0)
-    read(tail, 2)
-    tail.release()
-    tail.close()
-    log.clear()
+    log.drop_after(1)
     assert "cannot delete the journal segment" in caplog.text
-    assert [number for number, _ in journal.Journal(tmp_path / "c.db").pending(2)] == [3]
+
+
+def test_a_record_lost_or_damaged_since_it_was_indexed_is_not_history(tmp_path: Path, caplog) -> None:
+    """After a power cut with ``--sync normal`` SQLite's index may point at bytes the disk never got."""
+    j = journal.Journal(tmp_path / "c.db")
+    for number in (1, 2, 3):
+        j.append(number, b"record %d" % number)
+    j.close()
+    tail = journal.Tail(tmp_path / "c.db", 0)
+    places: dict[int, journal.Place] = {}
+    read(tail, 3, places)
+    tail.close()
+    segment = tmp_path / "c.db-log.1"
+    data = bytearray(segment.read_bytes())
+    data[places[2][1] + journal.HEADER.size] ^= 0xFF  # record 2 damaged
+    segment.write_bytes(data[: places[3][1] + 5])  # record 3 cut short
+    records = journal.Records(tmp_path / "c.db")
+    assert [records.read(places[n]) for n in (1, 2, 3)] == [b"record 1", None, None]
+    assert records.read((7, 0, 20)) is None  # a segment deleted by hand
+    records.close()
+    assert "history there is missing" in caplog.text and "cannot read batch history" in caplog.text
 
 
 def test_the_writer_reads_past_a_torn_record_and_a_number_an_append_failed_to_use(tmp_path: Path, monkeypatch) -> None:

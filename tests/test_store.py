@@ -12,7 +12,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-from conftest import wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -528,7 +527,7 @@ def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
 def on_disk(path: Path) -> list[tuple[str, int]]:
     """What a broker starting now would find: SQLite's rows and the journal's (another process's reading)."""
     journaled = journal.Journal(path).pending(0)
-    rows = [row for _, frame in journaled for row in store_module.read_batch(frame)[1]]
+    rows = [row for _, frame, _ in journaled for row in store_module.read_batch(frame)[1]]
     return rows_on_disk(path) + [(row[0], seq) for row in rows for seq, _ in store_module.events_of(*row[1:])]
 
 
@@ -657,7 +656,8 @@ def test_a_commit_joins_each_rooms_consecutive_rows_within_the_byte_bound(batche
             assert start > end + 1 or size + 1 + size2 > store_module.RUN_BYTES
 
 
-def test_batches_the_writer_commits_together_are_stored_as_one_row_a_room(writer) -> None:
+def test_the_writer_indexes_journaled_batches_and_sqlite_holds_none_of_their_bytes(writer) -> None:
+    """Each batch's rows say where in the journal their events are; history reads them back from there."""
     store, w = writer
     batches = []
     for seq in range(1, 41):
@@ -668,11 +668,18 @@ def test_batches_the_writer_commits_together_are_stored_as_one_row_a_room(writer
         w.submit(batch)
     w.idle()
     assert all(batch.result is True for batch in batches)
-    (count,) = sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM events").fetchone()
-    assert count < len(batches)  # told of several at once, the writer joined them (one hand-over: 2 rows)
+    db = sqlite3.connect(store.path)
+    (count, stored_bytes, places) = db.execute(
+        "SELECT COUNT(*), SUM(LENGTH(payload)), COUNT(DISTINCT log_offset) FROM events"
+    ).fetchone()
+    db.close()
+    assert (count, stored_bytes, places) == (80, 0, 40)  # a row a room a batch; a record a batch
     for batch in batches:
         store.written(batch)
     assert store.read("dev", 10, 100) == [b'{"seq":%d}' % seq for seq in range(11, 41)]
+    assert store.read("general", 0, 100) == [b'{"seq":%d}' % seq for seq in range(1, 41)]
+    assert list(store.events("dev", 38)) == [b'{"seq":39}', b'{"seq":40}']
+    assert store.newest("general", 0, 30) == [b'{"seq":38}', b'{"seq":39}', b'{"seq":40}']
 
 
 def test_a_rows_newest_topic_is_kept_with_its_own_seq(tmp_path: Path) -> None:
@@ -729,11 +736,12 @@ def killed(store: SqliteStore) -> None:
     """What a kill -9 leaves: nothing committed or cleared on the way out; only the kernel's locks go."""
     if store.journal is not None:
         store.journal.close()
+        store.records.close()
     store.db.close()
     os.close(store._lock)
 
 
-def test_a_journaled_batch_sqlite_never_got_is_stored_by_the_next_broker(tmp_path: Path) -> None:
+def test_a_journaled_batch_sqlite_never_got_is_indexed_by_the_next_broker(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     store = SqliteStore(path)
     assert store.journal is not None and store.stored_batch == 0
@@ -744,7 +752,8 @@ def test_a_journaled_batch_sqlite_never_got_is_stored_by_the_next_broker(tmp_pat
     assert rows_on_disk(path) == []
     again = SqliteStore(path)
     assert rows_on_disk(path) == [("general", 1), ("general", 2)]
-    assert again.stored_batch == 2 and list(tmp_path.glob("j.db-log.*")) == []
+    assert again.stored_batch == 2 and again.read("general", 0, 10) == [b'{"seq":1}', b'{"seq":2}']
+    assert [path.name for path in tmp_path.glob("j.db-log.*")] == ["j.db-log.1"]  # it holds them
     killed(again)
     third = SqliteStore(path)  # taken in once: nothing twice
     assert rows_on_disk(path) == [("general", 1), ("general", 2)] and third.stored_batch == 2
@@ -770,7 +779,7 @@ def test_a_torn_record_ends_its_segment_and_what_sqlite_has_is_not_stored_again(
     again.close()
 
 
-def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_path: Path, monkeypatch) -> None:
+def test_the_writer_numbers_batches_on_and_history_is_read_back_across_segments(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(journal, "SEGMENT_BYTES", 200)
     path = tmp_path / "w.db"
     ctx = zmq.Context()
@@ -788,14 +797,16 @@ def test_the_writer_numbers_batches_on_and_segments_go_once_sqlite_has_them(tmp_
     for batch in batches:
         store.written(batch)
     assert rows_on_disk(path) == [("general", seq) for seq in range(1, 31)]
-    # the writer deletes what it read through once it answered: the one being written to stays
-    wait_for(lambda: len(list(tmp_path.glob("w.db-log.*"))) == 1, what="read-through segments deleted")
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone() == ("70",)
     db.close()
     w.stop()
     store.close()
-    assert list(tmp_path.glob("w.db-log.*")) == []  # a clean stop leaves no journal
+    segments = len(list(tmp_path.glob("w.db-log.*")))
+    again = SqliteStore(path)  # the segments are the history, and a start indexes nothing twice
+    assert again.read("general", 0, 100) == [b'{"text":"%s"}' % (b"x" * 50)] * 30 and again.stored_batch == 70
+    assert len(list(tmp_path.glob("w.db-log.*"))) == segments > 5
+    again.close()
     ctx.term()
 
 
@@ -827,11 +838,14 @@ def test_batches_the_writer_could_not_read_are_never_read_again_after_it_recover
     db.execute("COMMIT")
     log.append(4, store_module.batch_frame(4, [("general", 4, b'{"seq":4}', None)]))
     assert store_writer._commit(db, tail, 4, False, Answers()) is False
-    stored = db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
-    assert b"\n".join(payload for (payload,) in stored) == b'{"seq":1}\n{"seq":2}\n{"seq":3}\n{"seq":4}'
+    indexed = db.execute("SELECT seq, first, log_segment IS NOT NULL FROM events ORDER BY seq").fetchall()
+    assert indexed == [(3, 1, 0), (4, None, 1)]  # 1-3 stored by the broker, 4 indexed: each once
     tail.close()
     log.close()
     db.close()
+    again = SqliteStore(path)
+    assert again.read("general", 0, 10) == [b'{"seq":%d}' % seq for seq in (1, 2, 3, 4)]
+    again.close()
 
 
 def test_the_writer_takes_a_damaged_record_for_a_torn_one(tmp_path: Path) -> None:
@@ -867,7 +881,9 @@ def test_with_sync_full_a_batch_is_durable_only_once_the_writer_committed_it(tmp
         w.stop()
         store.close()
         ctx.term()
-    assert list(tmp_path.glob("f.db-log.*")) == []  # a clean stop leaves no journal
+    again = SqliteStore(tmp_path / "f.db", "full")
+    assert again.read("general", 0, 10) == [b"{}"]  # from the journal, which SQLite's row points into
+    again.close()
 
 
 def test_after_a_failure_what_the_journal_has_counts_as_durable(tmp_path: Path) -> None:
