@@ -17,7 +17,8 @@ checkpointing it several times a second; with the hop to the writer on two busy 
 A segment is ``DB-log.N`` (N: the number of its first batch); a record is a header ``<QII`` (the batch's
 number, the payload's length, CRC-32 of the payload) and the payload.  A record cut short or failing its
 check ends what is read of that segment (the tail a power cut can leave; nothing after it was acked), and
-is never indexed; a record read for history is checked again (``Records``).
+is never indexed.  SQLite's index keeps, for each row, where its events' bytes are in a segment and their
+CRC-32, checked again when history reads them (``Records``).
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ class Journal:
             self._fd = -1
 
 
-#: Where a record is: (the number in its segment's name, the offset of its header there, its bytes with the
-#: header).  What SQLite's index keeps of a row's events (``store.py``).
+#: Where bytes of the journal are: (the number in their segment's name, their offset there, their length).
+#: A record's (``Tail.place``: its header's offset, its length with the header); what SQLite's index keeps of a
+#: row's events (``store.py``).
 Place = tuple[int, int, int]
 
 
@@ -211,34 +213,27 @@ class Tail:
 
 
 class Records:
-    """Reads records back for history (the loop's reads of SQLite's index), each checked as ``Tail`` checks
-    it: a record the disk lost or damaged since (a power cut with ``--sync normal``) is None, never events.
-    Keeps a few segments open, and the last record read (a history read often takes several rows of one)."""
+    """Reads a row's events back for history (the loop's reads of SQLite's index), checked by the CRC-32 the
+    index keeps: bytes the disk lost or damaged since (a power cut with ``--sync normal``) are None, never
+    events.  Keeps a few segments open."""
 
     OPEN_SEGMENTS = 8
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._fds: dict[int, int] = {}  # segment number -> fd, least recently used first
-        self._last: tuple[Place, bytes] | None = None
 
-    def read(self, place: Place) -> bytes | None:
-        """The payload of the record at ``place``, or None (logged) if it is not there intact."""
-        if self._last is not None and self._last[0] == place:
-            return self._last[1]
-        segment, at, size = place
+    def read(self, place: Place, crc: int) -> bytes | None:
+        """The bytes at ``place`` if their CRC-32 is ``crc``, else None (logged)."""
+        segment, offset, size = place
         try:
-            data = os.pread(self._fd(segment), size, at)
+            data = os.pread(self._fd(segment), size, offset)
         except OSError as exc:
-            log.error("cannot read batch history from the journal segment %s: %s", segment, exc)
+            log.error("cannot read history from the journal segment %s: %s", segment, exc)
             return None
-        if len(data) == size and size >= HEADER.size:
-            _, length, crc = HEADER.unpack_from(data)
-            payload = data[HEADER.size :]
-            if length == len(payload) and zlib.crc32(payload) == crc:
-                self._last = (place, payload)
-                return payload
-        log.error("the journal segment %s has lost the record at %d: history there is missing", segment, at)
+        if len(data) == size and zlib.crc32(data) == crc:
+            return data
+        log.error("the journal segment %s has lost the events at %d: history there is missing", segment, offset)
         return None
 
     def _fd(self, segment: int) -> int:
@@ -254,7 +249,6 @@ class Records:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        self._last = None
 
 
 def segment_path(db_path: Path, number: int) -> Path:

@@ -16,8 +16,9 @@ every commit for that (the commit is then what makes a batch durable), at the
 price of disk flushes per batch.
 
 Where the events' bytes are: a journaled batch's stay in the journal, and its
-rows in SQLite say where (``log_segment``, ``log_offset``, ``log_size``: the
-record; ``log_row``: which of its rows), its payload left empty.  Rows the
+rows in SQLite say where (``log_segment``, ``log_offset``, ``log_size``: a
+row's events, joined, in the batch's record; ``log_crc``: their CRC-32), the
+payload left empty.  Rows the
 broker stores itself (no writer: tests; or batches a failed writer left) hold
 their payload.  So the database is the file and its ``-log.N`` segments.
 """
@@ -31,6 +32,8 @@ import itertools
 import logging
 import os
 import sqlite3
+import struct
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
@@ -39,7 +42,7 @@ from typing import Protocol
 
 import msgspec
 
-from journal import Journal, Place, Records, sync_segment
+from journal import HEADER, Journal, Place, Records, sync_segment
 
 log = logging.getLogger("chat-broker")
 
@@ -51,10 +54,11 @@ STORED_BATCH = "journal"
 #: one, ``first`` NULL; neither had topics), as 4 is.
 SCHEMA_VERSION = 5
 #: What 5 added to a row: where its events are in the journal (``journal.Place``, and the row of the record).
-JOURNAL_COLUMNS = ("log_segment", "log_offset", "log_size", "log_row")
+JOURNAL_COLUMNS = ("log_segment", "log_offset", "log_size", "log_crc")
 #: Largest run of events stored in one row: what one history read may have to load to find one event.
 RUN_BYTES = 64 * 1024
 SYNC_LEVELS = ("normal", "full")
+HEADER_SIZE = HEADER.size
 
 
 class MemoryStore:
@@ -139,11 +143,11 @@ class SqliteStore:
             -- One B-tree keyed by (room, seq): the only order anything is read in.  A row is a run of the
             -- room's consecutive events, first..seq, their payloads joined by newlines (an encoded event has
             -- none); first is NULL for a run of one.  Runs are what a commit brings: one row, not one per event.
-            -- A journaled run's payload is empty: it is row log_row of the journal's record of log_size bytes
-            -- at log_offset in segment log_segment (journal.py).
+            -- A journaled run's payload is empty: it is the log_size bytes at log_offset in the journal's
+            -- segment log_segment (journal.py), whose CRC-32 is log_crc.
             CREATE TABLE IF NOT EXISTS events (
                 room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, first INTEGER,
-                log_segment INTEGER, log_offset INTEGER, log_size INTEGER, log_row INTEGER,
+                log_segment INTEGER, log_offset INTEGER, log_size INTEGER, log_crc INTEGER,
                 PRIMARY KEY (room, seq)
             ) WITHOUT ROWID;
             -- Each room's newest topic event (also in events): found without reading the room's history.
@@ -181,8 +185,6 @@ class SqliteStore:
         #: The number of the last journaled batch SQLite has: the writer numbers batches on from it.
         self.stored_batch = self._stored_batch()
         self.journal = Journal(self.path) if self.file is not None else None
-        #: The last journal record read for history, decoded: a read often takes several of its rows.
-        self._record: tuple[Place, list[Row]] | None = None
         self.records = Records(self.path) if self.journal is not None else None
         if self.journal is not None:
             self._take_in_journal(self.journal)
@@ -190,14 +192,14 @@ class SqliteStore:
     def _take_in_journal(self, journal: Journal) -> None:
         """Index what the journal holds and SQLite does not (the broker was killed before its writer caught
         up); drop the segments that hold nothing else (torn records)."""
-        found = [(number, read_batch(frame)[1], place) for number, frame, place in journal.pending(self.stored_batch)]
+        found = [(number, located(frame, place), place) for number, frame, place in journal.pending(self.stored_batch)]
         if found:
             if self.sync == "full":  # indexed, they are durable: the journal must be on the disk first
                 for segment in sorted({place[0] for _, _, place in found}):
                     sync_segment(self.path, segment)
             self.db.execute("BEGIN")
             try:
-                index(self.db, [(rows, place) for _, rows, place in found], found[-1][0])
+                index(self.db, [row for _, rows, _ in found for row in rows], found[-1][0])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -308,27 +310,12 @@ class SqliteStore:
         """Rows as ``SELECT_AFTER`` gives them -> (seq, payload, first), a journaled row's payload read from
         the journal.  One the journal lost (a power cut with ``--sync normal``, a segment deleted by hand) is
         left out, logged: history then has a gap, and the seqs are never given again."""
-        for seq, payload, first, segment, offset, size, row in rows:
+        for seq, payload, first, segment, offset, size, crc in rows:
             if segment is not None:
-                payload = self._journaled(seq, (segment, offset, size), row)
+                payload = self.records.read((segment, offset, size), crc) if self.records is not None else None
                 if payload is None:
                     continue
             yield seq, payload, first
-
-    def _journaled(self, seq: int, place: Place, row: int) -> bytes | None:
-        if self._record is None or self._record[0] != place:
-            frame = self.records.read(place) if self.records is not None else None
-            try:
-                self._record = None if frame is None else (place, read_batch(frame)[1])
-            except msgspec.ValidationError:
-                self._record = None
-            if self._record is None:
-                return None
-        rows = self._record[1]
-        if row < len(rows) and rows[row][1] == seq:
-            return rows[row][2]
-        log.error("the journal's record at %s does not hold the row SQLite says (seq %d): left out", place, seq)
-        return None
 
     @property
     def pending(self) -> int:
@@ -443,23 +430,43 @@ def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
     under load a row holds hundreds, and looking at each cost the writer most of its time."""
     rows = joined_runs(rows)
     db.executemany(INSERT, rows)
-    _keep_topics_and_batch(db, rows, batch)
+    _keep_topics_and_batch(db, {t[0]: t for row in rows if (t := _newest_topic(row)) is not None}, batch)
 
 
-def index(db: sqlite3.Connection, records: list[tuple[list[Row], Place]], batch: int) -> None:
-    """Index journaled batches in the open transaction (each: its rows, and where its record is): a row each,
-    saying where its events are, without them; with each room's newest topic event and the number of the
-    last batch (``batch``), as ``write``.  SQLite's copies of the events' bytes (its WAL, then the
-    checkpoint) were most of what the writer cost the machine (``docs/scaling.md``)."""
-    db.executemany(
-        INDEX,
-        [(room, last, first, *place, i) for rows, place in records for i, (room, last, _, first) in enumerate(rows)],
-    )
-    _keep_topics_and_batch(db, [row for rows, _ in records for row in rows], batch)
+#: A row of the index, and the newest topic event of its events if they have one (room, seq, event).
+Located = tuple[tuple[str, int, int | None, int, int, int, int], "tuple[str, int, bytes] | None"]
 
 
-def _keep_topics_and_batch(db: sqlite3.Connection, rows: list[Row], batch: int) -> None:
-    topics = {topic[0]: topic for row in rows if (topic := _newest_topic(row)) is not None}
+def located(frame: bytes | memoryview, record: Place) -> list[Located]:
+    """The rows of a journaled batch's frame, ``record`` where it is (``journal.Tail.place``), as SQLite indexes
+    them: (room, seq, first, segment, offset, size, CRC-32) of the events' bytes, which history reads back alone
+    (reading and decoding the whole record for each row cost a history read of 500 one-event rows 10 ms, where
+    SQLite's joined rows had cost 0.3); with each row's newest topic event.  ``ValueError`` if it is not a
+    batch frame."""
+    segment, at, _ = record
+    base = at + HEADER_SIZE
+    data = bytes(frame)  # one copy, for ``find`` (the writer reads every record into one buffer)
+    view = memoryview(data)
+    found: list[Located] = []
+    for room, last, first, start, end in _row_spans(data):
+        topic = None
+        if data.find(TOPIC_EVENT, start, end) >= 0:
+            topic = _newest_topic((room, last, data[start:end], first))
+        found.append(((room, last, first, segment, base + start, end - start, zlib.crc32(view[start:end])), topic))
+    return found
+
+
+def index(db: sqlite3.Connection, rows: list[Located], batch: int) -> None:
+    """Index journaled batches' rows (``located``) in the open transaction: a row each, saying where its events
+    are, without them, with each room's newest topic event and the number of the last batch (``batch``), as
+    ``write``.  SQLite's copies of the events' bytes (its WAL, then the checkpoint) were most of what the writer
+    cost the machine (``docs/scaling.md``)."""
+    db.executemany(INDEX, [row for row, _ in rows])
+    topics = {topic[0]: topic for _, topic in rows if topic is not None}
+    _keep_topics_and_batch(db, topics, batch)
+
+
+def _keep_topics_and_batch(db: sqlite3.Connection, topics: dict[str, tuple[str, int, bytes]], batch: int) -> None:
     if topics:
         db.executemany(UPSERT_TOPIC, topics.values())
     if batch:
@@ -538,6 +545,99 @@ def read_batch(frame: bytes | memoryview) -> tuple[int, list[Row]]:
     except msgspec.ValidationError:
         number, events = _decode_old_batch(frame)
         return number, [(room, seq, event, None) for room, seq, event in events]
+
+
+def _row_spans(frame: bytes | memoryview) -> Iterator[tuple[str, int, int | None, int, int]]:
+    """(room, last, first, start, end) of each row of a batch frame (``batch_frame``, or the format before
+    rows: ``[number, [[room, seq, event], ...]]``), its events' bytes ``frame[start:end]``: msgpack walked by
+    hand, as no decoder says where a value lies.  ``ValueError`` if it is not one."""
+    walk = _Walker(frame)
+    if walk.array() != 2:
+        raise ValueError("a batch frame is [number, rows]")
+    walk.integer()
+    for _ in range(walk.array()):
+        items = walk.array()
+        if items not in (3, 4):
+            raise ValueError("a row is [room, seq, events, first]")
+        room, last, (start, end) = walk.text(), walk.integer(), walk.binary()
+        first = walk.integer_or_nil() if items == 4 else None
+        yield room, last, first, start, end
+    if walk.at != len(frame):
+        raise ValueError("bytes after a batch frame")
+
+
+_MSGPACK_INTEGERS = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
+#: The length before a str (0xD9-0xDB) or bin (0xC4-0xC6) of 8, 16 or 32 bits.
+_MSGPACK_SIZES = {0xD9: ">B", 0xDA: ">H", 0xDB: ">I", 0xC4: ">B", 0xC5: ">H", 0xC6: ">I"}
+
+
+class _Walker:
+    """Reads the few msgpack types a batch frame holds, from ``at`` on (``_row_spans``)."""
+
+    def __init__(self, frame: bytes | memoryview) -> None:
+        self.frame, self.at = frame, 0
+
+    def _byte(self) -> int:
+        if self.at >= len(self.frame):
+            raise ValueError("a batch frame cut short")
+        self.at += 1
+        return self.frame[self.at - 1]
+
+    def _unpack(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        if self.at + size > len(self.frame):
+            raise ValueError("a batch frame cut short")
+        (value,) = struct.unpack_from(fmt, self.frame, self.at)
+        self.at += size
+        return value
+
+    def _span(self, size: int) -> tuple[int, int]:
+        start = self.at
+        self.at += size
+        if self.at > len(self.frame):
+            raise ValueError("a batch frame cut short")
+        return start, self.at
+
+    def array(self) -> int:
+        kind = self._byte()
+        if 0x90 <= kind <= 0x9F:
+            return kind & 0x0F
+        if kind in (0xDC, 0xDD):
+            return self._unpack(">H" if kind == 0xDC else ">I")
+        raise ValueError("not an array")
+
+    def integer(self) -> int:
+        kind = self._byte()
+        if kind <= 0x7F:
+            return kind
+        if kind >= 0xE0:
+            return kind - 0x100
+        if kind in _MSGPACK_INTEGERS:
+            return self._unpack(_MSGPACK_INTEGERS[kind])
+        raise ValueError("not an integer")
+
+    def integer_or_nil(self) -> int | None:
+        if self.at < len(self.frame) and self.frame[self.at] == 0xC0:
+            self.at += 1
+            return None
+        return self.integer()
+
+    def text(self) -> str:
+        kind = self._byte()
+        if 0xA0 <= kind <= 0xBF:
+            size = kind & 0x1F
+        elif kind in (0xD9, 0xDA, 0xDB):
+            size = self._unpack(_MSGPACK_SIZES[kind])
+        else:
+            raise ValueError("not a string")
+        start, end = self._span(size)
+        return bytes(self.frame[start:end]).decode()
+
+    def binary(self) -> tuple[int, int]:
+        kind = self._byte()
+        if kind not in (0xC4, 0xC5, 0xC6):
+            raise ValueError("not bytes")
+        return self._span(self._unpack(_MSGPACK_SIZES[kind]))
 
 
 def events_of(last: int, payload: bytes, first: int | None) -> Iterator[tuple[int, bytes]]:

@@ -50,7 +50,7 @@ import zmq
 
 from journal import RECORD_KEPT, Tail
 from lifeline import die_with_parent
-from store import Sealed, SqliteStore, batch_frame, index, read_batch, stored_batch
+from store import Sealed, SqliteStore, batch_frame, index, located, stored_batch
 from transport import batch_scheduled, may_set_policies
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -252,16 +252,16 @@ def _commit(
         return failed
     error: str | None = "an earlier batch could not be stored" if failed else None
     try:  # each record is decoded before the next is read into the same buffer
-        records = [(read_batch(frame)[1], tail.place) for _, frame in tail.read(journaled)]
+        rows = [row for _, frame in tail.read(journaled) for row in located(frame, tail.place)]
         if sync == "full" and error is None:
             tail.sync()
-    except (OSError, msgspec.ValidationError) as exc:  # the broker stores them itself, from memory
+    except (OSError, ValueError) as exc:  # the broker stores them itself, from memory
         tail.skip(journaled)  # so none of them is read again, and stored twice, after ``recover``
-        records, error = [], error or f"cannot read the journal: {exc}"
+        rows, error = [], error or f"cannot read the journal: {exc}"
     if error is None:
         try:
             db.execute("BEGIN")
-            index(db, records, journaled)
+            index(db, rows, journaled)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import sqlite3
 import tempfile
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -669,11 +671,12 @@ def test_the_writer_indexes_journaled_batches_and_sqlite_holds_none_of_their_byt
     w.idle()
     assert all(batch.result is True for batch in batches)
     db = sqlite3.connect(store.path)
-    (count, stored_bytes, places) = db.execute(
-        "SELECT COUNT(*), SUM(LENGTH(payload)), COUNT(DISTINCT log_offset) FROM events"
+    (count, stored_bytes, places, journaled_bytes) = db.execute(
+        "SELECT COUNT(*), SUM(LENGTH(payload)), COUNT(DISTINCT log_offset), SUM(log_size) FROM events"
     ).fetchone()
     db.close()
-    assert (count, stored_bytes, places) == (80, 0, 40)  # a row a room a batch; a record a batch
+    assert (count, stored_bytes, places) == (80, 0, 80)  # a row a room a batch, where its events are
+    assert journaled_bytes == sum(len(b'{"seq":%d}' % seq) for seq in range(1, 41)) * 2
     for batch in batches:
         store.written(batch)
     assert store.read("dev", 10, 100) == [b'{"seq":%d}' % seq for seq in range(11, 41)]
@@ -934,3 +937,42 @@ def test_the_writer_yields_the_cpu_while_it_keeps_up_and_takes_its_share_while_b
     for behind in (False, True, False):
         stuck.told(behind, 0.0)
     assert never == [] and not stuck.idle
+
+
+rows_strategy = st.lists(
+    st.tuples(
+        st.text(max_size=300),
+        st.integers(0, 2**63 - 1),
+        st.binary(max_size=70_000),
+        st.none() | st.integers(-(2**63), 2**63 - 1),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(number=st.integers(0, 2**64 - 1), rows=rows_strategy, old=st.booleans())
+def test_each_row_of_a_batch_frame_is_found_where_msgpack_put_it(number: int, rows: list, old: bool) -> None:
+    """``located`` walks the frame by hand to index each row's bytes in place: it must agree with msgpack,
+    for every size of every field (fixstr to str32, bin8 to bin32, every integer width), in both formats."""
+    frame = (
+        msgspec.msgpack.encode((number, [(room, last, payload) for room, last, payload, _ in rows]))
+        if old
+        else store_module.batch_frame(number, rows)
+    )
+    found = store_module.located(frame, (7, 100, len(frame) + journal.HEADER.size))
+    assert len(found) == len(rows)
+    for (room, last, payload, first), (index_row, _) in zip(rows, found, strict=True):
+        i_room, i_last, i_first, segment, offset, size, crc = index_row
+        start = offset - 100 - journal.HEADER.size
+        assert (i_room, i_last, i_first, segment) == (room, last, None if old else first, 7)
+        assert frame[start : start + size] == payload and crc == zlib.crc32(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=st.binary(max_size=200) | rows_strategy.map(lambda rows: store_module.batch_frame(1, rows)[:-1]))
+def test_a_frame_that_is_not_a_batch_is_a_value_error_never_another(frame: bytes) -> None:
+    """The writer fails such a batch (the broker stores it from memory): anything but ``ValueError`` would end
+    the writer process."""
+    with contextlib.suppress(ValueError):
+        store_module.located(frame, (1, 0, len(frame)))
