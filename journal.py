@@ -93,11 +93,14 @@ class Journal:
         self._size += written
 
     def _begin(self, number: int) -> None:
+        """A new segment, never one that exists: records appended behind a torn one (a segment a start could
+        not delete) would never be read.  If it exists, the append fails (nothing was acked), and the next
+        batch's number names another."""
         path = segment_path(self.db_path, number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd, self._size = fd, os.fstat(fd).st_size
+        self._fd, self._size = fd, 0
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -193,10 +196,20 @@ class Tail:
                 segment = open(path, "rb")  # noqa: SIM115 (kept open)
             except FileNotFoundError:  # deleted since (by hand): nothing of it can be read
                 continue
+            self._flush()
             self.close()
             self._file, self._segment = segment, number
             return True
         return False
+
+    def _flush(self) -> None:
+        """The open segment is read through: flush it to the disk (with ``--sync normal`` too, once per
+        segment), so a power cut can take back only the newest segment's events, not older history."""
+        if self._file is not None:
+            try:
+                os.fdatasync(self._file.fileno())
+            except OSError as exc:
+                log.error("cannot flush the journal segment %s to the disk: %s", self._segment, exc)
 
     def sync(self) -> None:
         """Flush to the disk the segments records were read from since the last call, and the folder's entry

@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,7 @@ from typing import Protocol
 
 import msgspec
 
-from journal import HEADER, Journal, Place, Records, sync_segment
+from journal import HEADER, Journal, Place, Records, segments, sync_segment
 
 log = logging.getLogger("chat-broker")
 
@@ -154,18 +155,13 @@ class SqliteStore:
             CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, payload BLOB NOT NULL);
             """
         )
-        version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if version is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (os.urandom(8).hex(),))
-        elif int(version[0]) in (2, 3, 4):  # topics was made above; 2 had one event a row: runs of one
-            if int(version[0]) == 2:
-                self.db.execute("ALTER TABLE events ADD COLUMN first INTEGER")
-            for column in JOURNAL_COLUMNS:
-                self.db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
-        elif int(version[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
+        self.db.execute("BEGIN IMMEDIATE")  # a kill in the middle of an upgrade leaves the file as it was
+        try:
+            self._upgrade()
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         #: Names this history for as long as the file lives; a new file means seqs started over.
         self.history_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()[0]
         self.db.execute("BEGIN IMMEDIATE")  # can we write at all (a read-only file, folder or disk)?  Say so now.
@@ -188,6 +184,24 @@ class SqliteStore:
         self.records = Records(self.path) if self.journal is not None else None
         if self.journal is not None:
             self._take_in_journal(self.journal)
+
+    def _upgrade(self) -> None:
+        """A new file: its schema and history id (and a deleted database's journal set aside).  An older
+        schema: upgraded in place (``SCHEMA_VERSION``)."""
+        version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (os.urandom(8).hex(),))
+            if self.file is not None:
+                _set_aside_orphans(self.file)
+        elif int(version[0]) in (2, 3, 4):  # topics was made above; 2 had one event a row: runs of one
+            if int(version[0]) == 2:
+                self.db.execute("ALTER TABLE events ADD COLUMN first INTEGER")
+            for column in JOURNAL_COLUMNS:
+                self.db.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        elif int(version[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema {version[0]}; this broker reads {SCHEMA_VERSION}")
 
     def _take_in_journal(self, journal: Journal) -> None:
         """Index what the journal holds and SQLite does not (the broker was killed before its writer caught
@@ -757,6 +771,26 @@ class Sealed:
         self.number = 0  # given by the writer: batches are numbered in order, on from ``stored_batch``
         self.result: bool | BaseException | None = None
         self.durable = False  # in the journal: a crash cannot take it back (``--sync normal``)
+
+
+def _set_aside_orphans(db_path: Path) -> None:
+    """A new database beside journal segments: they are a deleted database's history (a deleted database
+    starts every room afresh), renamed out of the journal's way, not taken in, and kept for whoever deleted it
+    by mistake."""
+    found = segments(db_path)
+    if not found:
+        return
+    suffix = f".orphaned-{int(time.time())}"
+    for _, path in found:
+        path.rename(path.with_name(path.name + suffix))
+    log.warning(
+        "%s is a new database, but %d journal segment(s) of a deleted one were beside it: renamed to %s-log.N%s "
+        "(delete them to free the space)",
+        db_path,
+        len(found),
+        db_path.name,
+        suffix,
+    )
 
 
 def _lock(path: Path) -> int:

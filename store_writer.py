@@ -137,6 +137,8 @@ class Writer:
     def _send(self, frames: list[bytes]) -> None:
         """Send, waiting while the writer is alive but not yet (or no longer) reading; if it is gone, every
         batch it had fails (the broker then refuses writes until a commit of its own works)."""
+        if self.sock.closed:  # abandoned: it is gone, and its batches failed then
+            return
         while True:
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK)
@@ -200,6 +202,7 @@ class Writer:
         for batch in self._sent.values():
             batch.result = sqlite3.OperationalError("the store's writer process ended")
         self._sent.clear()
+        self._told = self._journaled  # nothing journaled is told to it any more: the broker stores them itself
 
 
 # --- the writer process ----------------------------------------------------------------------------

@@ -239,3 +239,19 @@ def test_records_are_read_into_one_kept_buffer_and_a_bigger_one_for_a_big_record
     assert buffers[3] is not buffers[2]  # the big one was read into a buffer of its own, not kept
     tail.close()
     j.close()
+
+
+def test_a_segment_is_never_appended_to_behind_a_torn_record(tmp_path: Path) -> None:
+    """Found in review: a start that could not delete a segment holding only a torn record numbered the next
+    batches from there again, appended them behind it, and the writer (and the next start) never read them.
+    A segment is begun only if it does not exist: that append fails (nothing acked), the next one names
+    another."""
+    (tmp_path / "c.db-log.2").write_bytes(journal.HEADER.pack(2, 30, 0) + b"y")  # left by a power cut
+    j = journal.Journal(tmp_path / "c.db")
+    with pytest.raises(FileExistsError):
+        j.append(2, b"two")
+    j.append(3, b"three")
+    tail = journal.Tail(tmp_path / "c.db", 1)
+    assert read(tail, 3) == [(3, b"three")]
+    tail.close()
+    j.close()

@@ -515,6 +515,29 @@ def test_after_a_failed_batch_every_later_one_fails_until_recovered_and_nothing_
     assert third.result is True
 
 
+def test_a_writer_that_died_before_it_was_told_of_batches_fails_them_and_the_broker_goes_on(
+    writer, monkeypatch
+) -> None:
+    """Found in review: the broker abandons a dead writer (its socket closed), then waits for it (``idle``);
+    telling it of the batches journaled since the last hand-over raised ``ZMQError`` on the closed socket, out
+    of the broker's loop.  They fail instead (they are journaled: the broker stores them itself)."""
+    import store_writer
+
+    store, w = writer
+    monkeypatch.setattr(store_writer, "GROUP_S", 3600.0)  # the second batch waits for the next hand-over
+    batches = []
+    for seq in (1, 2):
+        store.append("general", seq, b"{}")
+        batches.append(store.seal())
+        w.submit(batches[-1])
+    w.process.kill()
+    w.process.wait()
+    w.abandon()  # what the broker's check does when it finds the process gone
+    w.idle()
+    assert all(isinstance(batch.result, sqlite3.Error) for batch in batches if batch.result is not True)
+    assert isinstance(batches[1].result, sqlite3.Error)
+
+
 def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
     store, w = writer
     w.process.kill()
@@ -730,6 +753,70 @@ def test_a_schema_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     store.commit()
     assert store.read("general", 1, 10) == [b"[]", b"3", b"4"]
     store.close()
+
+
+def schema_4(path: Path) -> None:
+    """A database as the broker before the journal's index left it: rows with their events, a journal."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL, first INTEGER,
+                             PRIMARY KEY (room, seq)) WITHOUT ROWID;
+        CREATE TABLE topics (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, payload BLOB NOT NULL);
+        INSERT INTO meta VALUES ('schema', '4'), ('history_id', 'beef'), ('journal', '1');
+        INSERT INTO events VALUES ('general', 2, X'7B7D0A5B5D', 1);
+        """
+    )
+    db.commit()
+    db.close()
+    log = journal.Journal(path)
+    log.append(2, store_module.batch_frame(2, [("general", 3, b'"3"', None)]))  # acked, not yet in SQLite
+    log.close()
+
+
+def test_a_schema_4_database_and_its_journal_are_taken_in_and_read_together(tmp_path: Path) -> None:
+    schema_4(tmp_path / "c.db")
+    store = SqliteStore(tmp_path / "c.db")
+    assert store.history_id == "beef" and store.stored_batch == 2
+    assert store.read("general", 0, 10) == [b"{}", b"[]", b'"3"']  # one row with its events, one indexed
+    store.close()
+
+
+def test_an_upgrade_cut_short_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """Found in review: each ``ALTER TABLE`` was a transaction of its own, and a kill between them left a file
+    no later start could upgrade (``duplicate column name``).  The upgrade is one transaction now: here its
+    third statement fails, and nothing of the first two stays."""
+    path = tmp_path / "c.db"
+    schema_4(path)
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE events ADD COLUMN log_size INTEGER")  # in the way of the upgrade's third
+    db.commit()
+    db.close()
+    with pytest.raises(sqlite3.OperationalError, match="duplicate column"):
+        SqliteStore(path)
+    db = sqlite3.connect(path)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+    assert columns == ["room", "seq", "payload", "first", "log_size"]
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+    db.close()
+
+
+def test_a_deleted_database_starts_afresh_and_its_journal_is_set_aside(tmp_path: Path, caplog) -> None:
+    """Found in review: the journal outlives the database file (it holds the events), and a new file beside
+    it took the old history in again, under a new history id.  A deleted database starts every room at seq 1
+    (``docs/protocol.md``); its journal is renamed out of the way and kept, and the log says so."""
+    store = SqliteStore(tmp_path / "c.db")
+    store.journal.append(1, store_module.batch_frame(1, [("general", 1, b"{}", None)]))
+    killed(store)
+    for leftover in tmp_path.glob("c.db*"):
+        if "-log." not in leftover.name:
+            leftover.unlink()
+    again = SqliteStore(tmp_path / "c.db")
+    assert again.rooms() == [] and again.read("general", 0, 10) == [] and again.stored_batch == 0
+    assert [p.name.split(".orphaned-")[0] for p in tmp_path.glob("c.db-log.*")] == ["c.db-log.1"]
+    assert journal.segments(tmp_path / "c.db") == [] and "of a deleted one" in caplog.text
+    again.close()
 
 
 # --- the journal (``--sync normal``): durable before SQLite has it ------------------------------------
