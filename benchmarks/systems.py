@@ -244,8 +244,8 @@ CATALOGUE = (
         "broker",
         ROOM,
         broker("FILE"),
-        durable="the journal (one write, in the OS page cache) before the ack, SQLite (WAL, synchronous=NORMAL) soon "
-        "after; survives kill -9, not a power cut",
+        durable="the journal (one write, in the OS page cache) before the ack, which keeps the events; SQLite's index "
+        "of them (WAL, synchronous=NORMAL) soon after; survives kill -9, not a power cut",
     ),
     System(
         "broker",
@@ -275,7 +275,8 @@ CATALOGUE = (
         ROOM,
         broker("FILE", "full"),
         ("1", "main"),
-        durable="SQLite WAL, synchronous=FULL: fsync before the ack; survives a power cut",
+        durable="the journal, fdatasync, then SQLite's index (WAL, synchronous=FULL), fsync, before the ack; "
+        "survives a power cut",
     ),
     System(
         "broker-batch",
