@@ -4,7 +4,7 @@ With ``--sync normal`` (the default) the broker's loop appends each sealed batch
 ``write`` to an append-only file, whose bytes are in the OS's page cache when it returns, so they survive
 the broker being killed at any moment (the promise of ``--sync normal``: not a power cut).  The batch's acks
 and events go out at once; the store's writer process reads the records in its own time and indexes them in
-SQLite (``store.py``: a row says which record of which segment holds a run of a room's events), in big
+SQLite (``store.py``: a row says where in which segment a run of a room's events is), in big
 transactions.  The events' bytes stay here: SQLite's own copies of them (its WAL, then the checkpoint) were
 most of the writer's work and of the disk's, measured in ``docs/scaling.md``.  A broker that starts indexes
 the records SQLite has not yet.
@@ -228,13 +228,15 @@ class Tail:
 class Records:
     """Reads a row's events back for history (the loop's reads of SQLite's index), checked by the CRC-32 the
     index keeps: bytes the disk lost or damaged since (a power cut with ``--sync normal``) are None, never
-    events.  Keeps a few segments open."""
+    events, logged once a segment (a history read of hundreds of rows would say it hundreds of times).  Keeps
+    a few segments open."""
 
     OPEN_SEGMENTS = 8
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._fds: dict[int, int] = {}  # segment number -> fd, least recently used first
+        self._reported: set[int] = set()  # segments whose loss was logged
 
     def read(self, place: Place, crc: int) -> bytes | None:
         """The bytes at ``place`` if their CRC-32 is ``crc``, else None (logged)."""
@@ -242,12 +244,17 @@ class Records:
         try:
             data = os.pread(self._fd(segment), size, offset)
         except OSError as exc:
-            log.error("cannot read history from the journal segment %s: %s", segment, exc)
+            self._lost(segment, f"cannot read history from the journal segment {segment}: {exc}")
             return None
         if len(data) == size and zlib.crc32(data) == crc:
             return data
-        log.error("the journal segment %s has lost the events at %d: history there is missing", segment, offset)
+        self._lost(segment, f"the journal segment {segment} has lost events (at {offset}): history there is missing")
         return None
+
+    def _lost(self, segment: int, what: str) -> None:
+        if segment not in self._reported:
+            self._reported.add(segment)
+            log.error("%s", what)
 
     def _fd(self, segment: int) -> int:
         fd = self._fds.pop(segment, None)

@@ -18,9 +18,9 @@ price of disk flushes per batch.
 Where the events' bytes are: a journaled batch's stay in the journal, and its
 rows in SQLite say where (``log_segment``, ``log_offset``, ``log_size``: a
 row's events, joined, in the batch's record; ``log_crc``: their CRC-32), the
-payload left empty.  Rows the
-broker stores itself (no writer: tests; or batches a failed writer left) hold
-their payload.  So the database is the file and its ``-log.N`` segments.
+payload left empty.  Rows the broker stores itself (no writer: tests; or
+batches a failed writer left) hold their payload.  So the database is the file
+and its ``-log.N`` segments.
 """
 
 from __future__ import annotations
@@ -54,12 +54,11 @@ STORED_BATCH = "journal"
 #: events (``first`` to ``seq``), not one event.  2 and 3 are read and upgraded in place (2's rows are runs of
 #: one, ``first`` NULL; neither had topics), as 4 is.
 SCHEMA_VERSION = 5
-#: What 5 added to a row: where its events are in the journal (``journal.Place``, and the row of the record).
+#: What 5 added to a row: where its events are in the journal (``journal.Place``), and their CRC-32.
 JOURNAL_COLUMNS = ("log_segment", "log_offset", "log_size", "log_crc")
 #: Largest run of events stored in one row: what one history read may have to load to find one event.
 RUN_BYTES = 64 * 1024
 SYNC_LEVELS = ("normal", "full")
-HEADER_SIZE = HEADER.size
 
 
 class MemoryStore:
@@ -458,7 +457,7 @@ def located(frame: bytes | memoryview, record: Place) -> list[Located]:
     SQLite's joined rows had cost 0.3); with each row's newest topic event.  ``ValueError`` if it is not a
     batch frame."""
     segment, at, _ = record
-    base = at + HEADER_SIZE
+    base = at + HEADER.size
     data = bytes(frame)  # one copy, for ``find`` (the writer reads every record into one buffer)
     view = memoryview(data)
     found: list[Located] = []
@@ -537,9 +536,6 @@ def stored_batch(db: sqlite3.Connection) -> int:
 
 
 _batch_encoder = msgspec.msgpack.Encoder()
-_decode_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes, int | None]]]).decode
-#: Before rows, a batch listed its events one by one, ``[room, seq, event]``: a journal written then is read too.
-_decode_old_batch = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, bytes]]]).decode
 
 
 def batch_frame(number: int, rows: list[Row], into: bytearray | None = None) -> bytes | bytearray:
@@ -550,15 +546,6 @@ def batch_frame(number: int, rows: list[Row], into: bytearray | None = None) -> 
         return _batch_encoder.encode((number, rows))
     _batch_encoder.encode_into((number, rows), into)
     return into
-
-
-def read_batch(frame: bytes | memoryview) -> tuple[int, list[Row]]:
-    """A batch frame's number and rows; ``msgspec.ValidationError`` if it is not one."""
-    try:
-        return _decode_batch(frame)
-    except msgspec.ValidationError:
-        number, events = _decode_old_batch(frame)
-        return number, [(room, seq, event, None) for room, seq, event in events]
 
 
 def _row_spans(frame: bytes | memoryview) -> Iterator[tuple[str, int, int | None, int, int]]:

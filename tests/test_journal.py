@@ -186,9 +186,10 @@ def test_a_record_lost_or_damaged_since_it_was_indexed_is_not_history(tmp_path: 
     segment.write_bytes(data[: places[3][1] + 5])  # record 3 cut short
     records = journal.Records(tmp_path / "c.db")
     assert [records.read(*body(places[n], b"record %d" % n)) for n in (1, 2, 3)] == [b"record 1", None, None]
-    assert records.read((7, 0, 20), 0) is None  # a segment deleted by hand
+    assert records.read((7, 0, 20), 0) is None and records.read((7, 20, 20), 0) is None  # deleted by hand
     records.close()
     assert "history there is missing" in caplog.text and "cannot read history" in caplog.text
+    assert caplog.text.count("cannot read history") == 1 and caplog.text.count("has lost events") == 1  # once each
 
 
 def test_the_writer_reads_past_a_torn_record_and_a_number_an_append_failed_to_use(tmp_path: Path, monkeypatch) -> None:

@@ -552,8 +552,9 @@ def test_the_writer_dies_with_its_broker_and_its_batches_fail(writer) -> None:
 def on_disk(path: Path) -> list[tuple[str, int]]:
     """What a broker starting now would find: SQLite's rows and the journal's (another process's reading)."""
     journaled = journal.Journal(path).pending(0)
-    rows = [row for _, frame, _ in journaled for row in store_module.read_batch(frame)[1]]
-    return rows_on_disk(path) + [(row[0], seq) for row in rows for seq, _ in store_module.events_of(*row[1:])]
+    rows = [row for _, frame, _ in journaled for row in store_module._row_spans(frame)]
+    journaled_seqs = [(room, seq) for room, last, first, _, _ in rows for seq in range(first or last, last + 1)]
+    return rows_on_disk(path) + journaled_seqs
 
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
