@@ -446,8 +446,12 @@ def write(db: sqlite3.Connection, rows: list[Row], batch: int = 0) -> None:
     _keep_topics_and_batch(db, {t[0]: t for row in rows if (t := _newest_topic(row)) is not None}, batch)
 
 
-#: A row of the index, and the newest topic event of its events if they have one (room, seq, event).
-Located = tuple[tuple[str, int, int | None, int, int, int, int], "tuple[str, int, bytes] | None"]
+#: A row of the index: (room, seq, first, segment, offset, size, CRC-32), as ``INDEX`` inserts it.
+IndexRow = tuple[str, int, int | None, int, int, int, int]
+#: A room's newest topic event, as ``topics`` keeps it: (room, seq, event).
+Topic = tuple[str, int, bytes]
+#: A row of the index, and the newest topic event of its events if they have one.
+Located = tuple[IndexRow, Topic | None]
 
 
 def located(frame: bytes | memoryview, record: Place) -> list[Located]:
@@ -479,7 +483,7 @@ def index(db: sqlite3.Connection, rows: list[Located], batch: int) -> None:
     _keep_topics_and_batch(db, topics, batch)
 
 
-def _keep_topics_and_batch(db: sqlite3.Connection, topics: dict[str, tuple[str, int, bytes]], batch: int) -> None:
+def _keep_topics_and_batch(db: sqlite3.Connection, topics: dict[str, Topic], batch: int) -> None:
     if topics:
         db.executemany(UPSERT_TOPIC, topics.values())
     if batch:
@@ -548,7 +552,7 @@ def batch_frame(number: int, rows: list[Row], into: bytearray | None = None) -> 
     return into
 
 
-def _row_spans(frame: bytes | memoryview) -> Iterator[tuple[str, int, int | None, int, int]]:
+def _row_spans(frame: bytes) -> Iterator[tuple[str, int, int | None, int, int]]:
     """(room, last, first, start, end) of each row of a batch frame (``batch_frame``, or the format before
     rows: ``[number, [[room, seq, event], ...]]``), its events' bytes ``frame[start:end]``: msgpack walked by
     hand, as no decoder says where a value lies.  ``ValueError`` if it is not one."""
@@ -575,7 +579,7 @@ _MSGPACK_SIZES = {0xD9: ">B", 0xDA: ">H", 0xDB: ">I", 0xC4: ">B", 0xC5: ">H", 0x
 class _Walker:
     """Reads the few msgpack types a batch frame holds, from ``at`` on (``_row_spans``)."""
 
-    def __init__(self, frame: bytes | memoryview) -> None:
+    def __init__(self, frame: bytes) -> None:
         self.frame, self.at = frame, 0
 
     def _byte(self) -> int:
@@ -632,7 +636,7 @@ class _Walker:
         else:
             raise ValueError("not a string")
         start, end = self._span(size)
-        return bytes(self.frame[start:end]).decode()
+        return self.frame[start:end].decode()
 
     def binary(self) -> tuple[int, int]:
         kind = self._byte()
@@ -684,7 +688,7 @@ def _cut_rows(room: str, first: int, events: list[bytes]) -> Iterator[Row]:
 _PLUS_ONE = (1).__add__
 
 
-def _newest_topic(row: Row) -> tuple[str, int, bytes] | None:
+def _newest_topic(row: Row) -> Topic | None:
     """The row's newest topic event, as ``topics`` keeps it (room, seq, event), if it has one."""
     room, last, payload, first = row
     at = payload.rfind(TOPIC_EVENT)
